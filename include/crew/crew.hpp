@@ -1,0 +1,10 @@
+// crew — the Node.js concurrency toolbox for C++20. This umbrella header brings in every public
+// header of crew::core.
+#pragma once
+
+#include <crew/errors.hpp>
+#include <crew/future.hpp>
+#include <crew/parallel.hpp>
+#include <crew/pool.hpp>
+#include <crew/stats.hpp>
+#include <crew/version.hpp>

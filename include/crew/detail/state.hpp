@@ -1,0 +1,176 @@
+// The shared state behind crew::Future: one allocation, reference counted, settled exactly once.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <exception>
+#include <optional>
+#include <utility>
+
+namespace crew::inline v0::detail {
+
+class StateBase;
+
+/// Run once, on the thread that settles a state (or on the installing thread if it was already
+/// settled and the installer chose to run it).
+class Continuation {
+ public:
+  virtual void on_ready(StateBase& state) noexcept = 0;
+
+ protected:
+  Continuation() = default;
+  Continuation(const Continuation&) = default;
+  Continuation& operator=(const Continuation&) = default;
+  ~Continuation() = default;
+};
+
+/// Lets Future::wait() on a pool thread run other queued work instead of blocking (fork-join).
+class Helper {
+ public:
+  /// Runs one queued task if there is one; returns false when there was nothing to run.
+  virtual bool help_one() noexcept = 0;
+
+ protected:
+  ~Helper() = default;
+};
+
+/// Set by a pool's worker threads for their lifetime; null on every other thread.
+inline thread_local Helper* tl_helper = nullptr;
+
+/// Settlement protocol: a settler first claims (kClaimed, exactly one wins), writes the result,
+/// then publishes (kReady, release). Readers that observe kReady (acquire) see the result.
+/// Thread safety: all members may be called concurrently; the result is read only after ready().
+class StateBase {
+ public:
+  StateBase() = default;
+  StateBase(const StateBase&) = delete;
+  StateBase& operator=(const StateBase&) = delete;
+
+  void add_ref() noexcept { refs_.fetch_add(1, std::memory_order_relaxed); }
+  void release() noexcept {
+    if (refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) destroy();
+  }
+
+  [[nodiscard]] bool ready() const noexcept {
+    return (word_.load(std::memory_order_acquire) & kReady) != 0;
+  }
+  [[nodiscard]] bool claimed() const noexcept {
+    return (word_.load(std::memory_order_acquire) & kClaimed) != 0;
+  }
+
+  /// True for the single caller that may write the result and then call publish().
+  bool try_claim() noexcept {
+    return (word_.fetch_or(kClaimed, std::memory_order_acq_rel) & kClaimed) == 0;
+  }
+
+  /// Makes the result visible, wakes blocked waiters and runs the continuation, if any.
+  /// The caller must hold a reference for the duration of the call.
+  void publish() noexcept;
+
+  bool set_exception(std::exception_ptr error) noexcept {
+    if (!try_claim()) return false;
+    error_ = std::move(error);
+    publish();
+    return true;
+  }
+
+  /// Settles with crew::Cancelled if nobody has settled yet. Task states also request stop.
+  virtual bool cancel() noexcept;
+
+  /// Blocks until ready. On a pool thread it runs other queued tasks meanwhile.
+  void wait() const noexcept;
+  /// Blocks until ready or the timeout passes; true if ready. Never runs other tasks.
+  bool wait_for(std::chrono::nanoseconds timeout) const noexcept;
+
+  /// Installs `c` to run when the state settles. Returns false, leaving `c` uninstalled, when the
+  /// state is already ready: the caller then handles the result itself. At most one per state.
+  bool try_set_continuation(Continuation* c) noexcept;
+
+  [[nodiscard]] const std::exception_ptr& error() const noexcept { return error_; }
+
+ protected:
+  virtual ~StateBase() = default;
+  virtual void destroy() noexcept { delete this; }
+  std::exception_ptr error_;
+
+ private:
+  static constexpr std::uint32_t kClaimed = 1;
+  static constexpr std::uint32_t kReady = 2;
+  static constexpr std::uint32_t kWaiters = 4;
+  static constexpr std::uint32_t kContinuation = 8;
+
+  void block_until_ready(std::chrono::nanoseconds slice) const noexcept;
+
+  mutable std::atomic<std::uint32_t> word_{0};
+  std::atomic<std::uint32_t> refs_{1};
+  Continuation* continuation_ = nullptr;
+};
+
+template <class T>
+class State : public StateBase {
+ public:
+  template <class... A>
+  bool set_value(A&&... args) noexcept {
+    if (!try_claim()) return false;
+    try {
+      value_.emplace(std::forward<A>(args)...);
+    } catch (...) {
+      error_ = std::current_exception();
+    }
+    publish();
+    return true;
+  }
+  /// Moves the result out, or rethrows the stored exception. Only after ready().
+  T take() {
+    if (error_) std::rethrow_exception(error_);
+    return std::move(*value_);
+  }
+
+ private:
+  std::optional<T> value_;
+};
+
+template <>
+class State<void> : public StateBase {
+ public:
+  bool set_value() noexcept {
+    if (!try_claim()) return false;
+    publish();
+    return true;
+  }
+  void take() {
+    if (error_) std::rethrow_exception(error_);
+  }
+};
+
+/// Owning handle to one reference on a state.
+template <class S>
+class Ref {
+ public:
+  Ref() = default;
+  explicit Ref(S* adopt) noexcept : p_(adopt) {}
+  Ref(Ref&& o) noexcept : p_(std::exchange(o.p_, nullptr)) {}
+  Ref& operator=(Ref&& o) noexcept {
+    if (this != &o) {
+      reset();
+      p_ = std::exchange(o.p_, nullptr);
+    }
+    return *this;
+  }
+  Ref(const Ref&) = delete;
+  Ref& operator=(const Ref&) = delete;
+  ~Ref() { reset(); }
+  void reset() noexcept {
+    if (p_) std::exchange(p_, nullptr)->release();
+  }
+  S* release_ownership() noexcept { return std::exchange(p_, nullptr); }
+  S* get() const noexcept { return p_; }
+  S* operator->() const noexcept { return p_; }
+  explicit operator bool() const noexcept { return p_ != nullptr; }
+
+ private:
+  S* p_ = nullptr;
+};
+
+}  // namespace crew::inline v0::detail

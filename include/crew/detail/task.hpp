@@ -1,0 +1,133 @@
+// Tasks as the scheduler sees them: one allocation holding the callable, its arguments and, for
+// run(), the Future's shared state.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <exception>
+#include <functional>
+#include <optional>
+#include <stop_token>
+#include <type_traits>
+#include <utility>
+#include <variant>
+
+#include <crew/detail/state.hpp>
+
+namespace crew::inline v0::detail {
+
+enum class Outcome : std::uint8_t { completed, failed, cancelled };
+
+/// A unit of work in a pool's queues. The queue owns one reference, dropped with destroy().
+class Task {
+ public:
+  Task() = default;
+  Task(const Task&) = delete;
+  Task& operator=(const Task&) = delete;
+
+  /// Runs the body and settles. A fire-and-forget task's exception goes to `*unobserved`.
+  virtual Outcome run(std::exception_ptr* unobserved) noexcept = 0;
+  /// Settles without running (terminate). Returns how the task should be counted.
+  virtual void reject(std::exception_ptr why) noexcept = 0;
+  /// Already settled (cancelled while queued): skip it.
+  [[nodiscard]] virtual bool settled() const noexcept { return false; }
+  /// The timeout passed while running: settle with TimedOut and request stop.
+  virtual void expire() noexcept {}
+  /// terminate() while running: request stop on the task's token.
+  virtual void request_stop() noexcept {}
+  [[nodiscard]] virtual bool stop_aware() const noexcept { return false; }
+  /// Drops the queue's reference.
+  virtual void destroy() noexcept = 0;
+
+  std::uint64_t enqueued_ticks = 0;
+  std::uint64_t seq = 0;  // FIFO order in the shared queue
+  std::chrono::nanoseconds timeout{0};
+  int priority = 0;
+
+ protected:
+  ~Task() = default;
+};
+
+std::exception_ptr make_timed_out(std::chrono::nanoseconds timeout);
+
+/// A task that settles a Future<R>. `Fn` is called as fn() or, when kStopAware, fn(stop_token).
+template <class R, class Fn, bool kStopAware>
+class FutureTask final : public State<R>, public Task {
+ public:
+  FutureTask(Fn&& fn, int prio, std::chrono::nanoseconds limit, const std::stop_token& user_stop)
+      : fn_(std::move(fn)) {
+    priority = prio;
+    timeout = limit;
+    // Registered last: if the token already fired, the callback cancels us right here.
+    if (user_stop.stop_possible()) user_stop_.emplace(user_stop, CancelOnStop{this});
+  }
+
+  Outcome run(std::exception_ptr* /*unobserved*/) noexcept override {
+    try {
+      if constexpr (std::is_void_v<R>) {
+        invoke();
+        return this->set_value() ? Outcome::completed : Outcome::cancelled;
+      } else {
+        return this->set_value(invoke()) ? Outcome::completed : Outcome::cancelled;
+      }
+    } catch (...) {
+      return this->set_exception(std::current_exception()) ? Outcome::failed : Outcome::cancelled;
+    }
+  }
+  void reject(std::exception_ptr why) noexcept override { this->set_exception(std::move(why)); }
+  [[nodiscard]] bool settled() const noexcept override { return this->claimed(); }
+  void expire() noexcept override {
+    this->set_exception(make_timed_out(timeout));
+    request_stop();
+  }
+  void request_stop() noexcept override {
+    if constexpr (kStopAware) stop_.request_stop();
+  }
+  [[nodiscard]] bool stop_aware() const noexcept override { return kStopAware; }
+  bool cancel() noexcept override {
+    const bool did = StateBase::cancel();
+    request_stop();
+    return did;
+  }
+  void destroy() noexcept override { this->release(); }
+
+ private:
+  struct CancelOnStop {
+    FutureTask* self;
+    void operator()() const noexcept { self->cancel(); }
+  };
+  decltype(auto) invoke() {
+    if constexpr (kStopAware) {
+      return std::invoke(fn_, stop_.get_token());
+    } else {
+      return std::invoke(fn_);
+    }
+  }
+
+  Fn fn_;
+  [[no_unique_address]] std::conditional_t<kStopAware, std::stop_source, std::monostate> stop_{};
+  std::optional<std::stop_callback<CancelOnStop>> user_stop_;
+};
+
+/// A fire-and-forget task: no Future; an exception is handed to the pool's error handler.
+template <class Fn>
+class PostTask final : public Task {
+ public:
+  explicit PostTask(Fn&& fn) : fn_(std::move(fn)) {}
+  Outcome run(std::exception_ptr* unobserved) noexcept override {
+    try {
+      std::invoke(fn_);
+      return Outcome::completed;
+    } catch (...) {
+      *unobserved = std::current_exception();
+      return Outcome::failed;
+    }
+  }
+  void reject(std::exception_ptr /*why*/) noexcept override {}
+  void destroy() noexcept override { delete this; }
+
+ private:
+  Fn fn_;
+};
+
+}  // namespace crew::inline v0::detail

@@ -1,0 +1,47 @@
+// crew — typed errors shared by every part of the toolbox.
+#pragma once
+
+#include <stdexcept>
+#include <string>
+
+namespace crew {
+inline namespace v0 {
+
+/// Base of every error crew raises for a task or a pool. Catch `crew::Error` to handle them all.
+///
+/// Thread safety: immutable after construction; safe to copy and read from any thread.
+class Error : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+/// The task was cancelled before it finished: its Future was cancelled, its `RunOptions::stop`
+/// token fired, or its stop was requested. A task cancelled while still queued never runs.
+class Cancelled : public Error {
+ public:
+  Cancelled();
+  explicit Cancelled(const std::string& what) : Error(what) {}
+};
+
+/// The task ran past its `RunOptions::timeout` (counted from when it started). The Future settles at
+/// the deadline; a thread task keeps running until it returns, so make long tasks watch their
+/// `std::stop_token` (it is signalled), or run them in a process pool, which kills them.
+class TimedOut : public Error {
+ public:
+  explicit TimedOut(const std::string& what) : Error(what) {}
+};
+
+/// The pool's bounded queue was full and its policy is `OnFull::reject`. The task was not accepted.
+class QueueFull : public Error {
+ public:
+  explicit QueueFull(const std::string& what) : Error(what) {}
+};
+
+/// The pool is closed: it accepts no new tasks, or it was terminated before a queued task started.
+class PoolClosed : public Error {
+ public:
+  explicit PoolClosed(const std::string& what) : Error(what) {}
+};
+
+}  // namespace v0
+}  // namespace crew

@@ -1,0 +1,817 @@
+#include <crew/errors.hpp>
+#include <crew/pool.hpp>
+
+#include <fmt/format.h>
+#include <pthread.h>
+#include <sched.h>
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <cstdio>
+#include <cstdlib>
+#include <deque>
+#include <map>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "clock.hpp"
+#include <crew/detail/futex.hpp>
+#include <crew/detail/ws_deque.hpp>
+
+namespace crew::inline v0 {
+
+namespace {
+constexpr std::size_t kMaxThreads = 1024;
+// Every kAgingPeriod-th pop from the shared queue takes the oldest task (see RunOptions::priority).
+constexpr std::uint64_t kAgingPeriod = 8;
+// An idle thread keeps looking for work this long before it parks: a task that arrives within it
+// starts without a wake-up syscall. Spent only right after work ran out, so an idle pool costs
+// nothing.
+constexpr auto kSpinFor = std::chrono::microseconds(50);
+
+std::size_t read_thread_env() {
+  const char* v = std::getenv("CREW_THREADS");
+  if (v == nullptr || *v == '\0') return 0;
+  char* end = nullptr;
+  const long n = std::strtol(v, &end, 10);
+  if (end == v || *end != '\0' || n < 1) {
+    std::fprintf(stderr, "crew: ignoring CREW_THREADS=\"%s\": expected a whole number >= 1\n", v);
+    return 0;
+  }
+  return std::min<std::size_t>(static_cast<std::size_t>(n), kMaxThreads);
+}
+}  // namespace
+
+std::size_t default_thread_count() {
+  static const std::size_t n = [] {
+    if (const std::size_t env = read_thread_env(); env != 0) return env;
+    const unsigned hw = std::thread::hardware_concurrency();
+    return hw == 0 ? std::size_t{1} : std::min<std::size_t>(hw, kMaxThreads);
+  }();
+  return n;
+}
+
+namespace detail {
+
+double ns_per_tick() noexcept {
+  static const double rate = [] {
+#if defined(__x86_64__)
+    const auto c0 = std::chrono::steady_clock::now();
+    const std::uint64_t t0 = ticks();
+    std::chrono::steady_clock::time_point c1;
+    do {
+      c1 = std::chrono::steady_clock::now();
+    } while (c1 - c0 < std::chrono::microseconds(200));
+    const std::uint64_t t1 = ticks();
+    const auto ns = std::chrono::duration<double, std::nano>(c1 - c0).count();
+    return t1 > t0 ? ns / static_cast<double>(t1 - t0) : 1.0;
+#else
+    return 1.0;
+#endif
+  }();
+  return rate;
+}
+
+std::exception_ptr make_timed_out(std::chrono::nanoseconds timeout) {
+  const double ms = std::chrono::duration<double, std::milli>(timeout).count();
+  return std::make_exception_ptr(TimedOut(fmt::format(
+      "crew: the task ran past its timeout of {} ms and its Future was settled; its stop_token "
+      "was signalled but a thread cannot be killed, so the task keeps its thread until it "
+      "returns. Raise RunOptions::timeout, make the task check its std::stop_token, or use a "
+      "ProcessPool for work that must be killed",
+      ms)));
+}
+
+// The shared queue: priority lanes, FIFO within a lane, with the aging rule. Guarded by
+// PoolCore::queue_mutex_.
+class SharedQueue {
+ public:
+  void push(Task* t) {
+    t->seq = next_seq_++;
+    lane_for(t->priority).push_back(t);
+    ++size_;
+  }
+  Task* pop() {
+    if (size_ == 0) return nullptr;
+    Lane* pick = nullptr;
+    if (lanes_.size() > 1 && ++pops_ % kAgingPeriod == 0) {
+      for (auto& lane : lanes_) {
+        if (!lane.tasks.empty() && (pick == nullptr || lane.tasks.front()->seq < pick->tasks.front()->seq)) {
+          pick = &lane;
+        }
+      }
+    } else {
+      for (auto& lane : lanes_) {
+        if (!lane.tasks.empty()) {
+          pick = &lane;
+          break;
+        }
+      }
+    }
+    Task* t = pick->tasks.front();
+    pick->tasks.pop_front();
+    --size_;
+    return t;
+  }
+  [[nodiscard]] std::size_t size() const noexcept { return size_; }
+
+ private:
+  struct Lane {
+    int priority;
+    std::deque<Task*> tasks;
+  };
+  std::deque<Task*>& lane_for(int priority) {
+    // Lanes sorted by descending priority; almost always one or two, so a linear scan wins.
+    auto it = lanes_.begin();
+    while (it != lanes_.end() && it->priority > priority) ++it;
+    if (it != lanes_.end() && it->priority == priority) return it->tasks;
+    if (lanes_.size() >= 16) {
+      std::erase_if(lanes_, [](const Lane& l) { return l.tasks.empty(); });
+      it = lanes_.begin();
+      while (it != lanes_.end() && it->priority > priority) ++it;
+    }
+    return lanes_.insert(it, Lane{priority, {}})->tasks;
+  }
+
+  std::vector<Lane> lanes_;
+  std::uint64_t next_seq_ = 0;
+  std::uint64_t pops_ = 0;
+  std::size_t size_ = 0;
+};
+
+struct alignas(64) WorkerSlot {
+  WorkStealingDeque<Task> deque;
+  std::atomic<std::uint32_t> park_word{0};
+  std::atomic<std::uint32_t> running{0};  // nesting depth of tasks running on this thread
+  // Counters and histograms below have this slot's thread as their only writer.
+  std::atomic<std::uint64_t> completed{0};
+  std::atomic<std::uint64_t> failed{0};
+  std::atomic<std::uint64_t> cancelled{0};
+  std::atomic<std::uint64_t> run_ns{0};
+  LatencyHistogram wait_hist;
+  LatencyHistogram run_hist;
+  std::size_t index = 0;
+  std::uint64_t rng = 0;
+  std::jthread thread;  // guarded by PoolCore::park_mutex_
+  bool active = false;  // guarded by PoolCore::park_mutex_
+};
+
+void bump(std::atomic<std::uint64_t>& c, std::uint64_t by = 1) noexcept {
+  c.store(c.load(std::memory_order_relaxed) + by, std::memory_order_relaxed);
+}
+
+class PoolCore {
+ public:
+  explicit PoolCore(PoolOptions o);
+  ~PoolCore() { shutdown(false); }
+  PoolCore(const PoolCore&) = delete;
+  PoolCore& operator=(const PoolCore&) = delete;
+
+  bool submit(Task* t, SubmitMode mode);
+  void close() { shutdown(false); }
+  void terminate() { shutdown(true); }
+  void wait_idle();
+  PoolStats stats() const;
+  bool needs_drain() const noexcept {
+    return opts_.max_queue != 0 && shared_size_.load(std::memory_order_relaxed) >= opts_.max_queue;
+  }
+  void set_on_error(std::function<void(std::exception_ptr)> cb) {
+    std::lock_guard lock(callback_mutex_);
+    on_error_ = std::make_shared<std::function<void(std::exception_ptr)>>(std::move(cb));
+  }
+  void set_on_drain(std::function<void()> cb) {
+    std::lock_guard lock(callback_mutex_);
+    on_drain_ = std::make_shared<std::function<void()>>(std::move(cb));
+  }
+  std::size_t threads() const noexcept { return threads_.load(std::memory_order_relaxed); }
+  const std::string& name() const noexcept { return opts_.name; }
+
+ private:
+  struct Helper final : detail::Helper {
+    PoolCore* core = nullptr;
+    WorkerSlot* slot = nullptr;
+    bool help_one() noexcept override {
+      Task* t = core->find_task(*slot);
+      if (t == nullptr) return false;
+      core->execute(*slot, t);
+      return true;
+    }
+  };
+
+  static thread_local PoolCore* tl_core;
+  static thread_local WorkerSlot* tl_slot;
+
+  bool on_own_thread() const noexcept { return tl_core == this; }
+  void check_not_own_thread(const char* what) const {
+    if (on_own_thread()) {
+      throw std::logic_error(fmt::format(
+          "crew::ThreadPool '{}': {}() called from one of the pool's own threads would wait for "
+          "itself; call it from outside the pool",
+          opts_.name, what));
+    }
+  }
+
+  void worker_main(WorkerSlot& slot);
+  Task* find_task(WorkerSlot& slot);
+  Task* pop_shared();
+  Task* steal(WorkerSlot& self);
+  bool any_work_visible() const noexcept;
+  void execute(WorkerSlot& slot, Task* t) noexcept;
+  void finish_one() noexcept;
+  bool park(WorkerSlot& slot);  // false: this thread should exit
+  void wake_one() noexcept;
+  void wake_all() noexcept;
+  void maybe_grow();
+  bool spawn_locked();  // park_mutex_ held
+  void shutdown(bool reject_queued);
+  void report_error(const std::exception_ptr& e) noexcept;
+  void arm_timer(Task* t);
+  void disarm_timer(Task* t);
+  void timer_main(std::stop_token st);
+
+  const PoolOptions opts_;
+  const std::size_t min_threads_;
+  const std::size_t max_threads_;
+  const double ns_per_tick_;
+  const std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();
+  std::vector<std::unique_ptr<WorkerSlot>> slots_;
+  std::atomic<std::size_t> slots_used_{0};  // slots [0, slots_used_) may hold a live worker
+
+  // Shared queue. Lock order: lifecycle_mutex_ > queue_mutex_ > park_mutex_.
+  mutable std::mutex queue_mutex_;
+  std::condition_variable space_cv_;
+  SharedQueue queue_;
+  std::size_t space_waiters_ = 0;
+  bool drain_armed_ = false;
+  bool closed_ = false;
+  std::atomic<bool> terminating_{false};
+  std::atomic<std::size_t> shared_size_{0};  // mirrors queue_.size() for lock-free peeks
+
+  // Parking.
+  std::mutex park_mutex_;
+  std::vector<WorkerSlot*> sleepers_;
+  std::atomic<std::size_t> num_sleepers_{0};
+  std::atomic<std::size_t> spinning_{0};
+  std::atomic<std::size_t> idle_{0};
+  std::atomic<std::size_t> threads_{0};
+  std::atomic<bool> stopping_{false};
+
+  // Tasks accepted and not yet finished; wait_idle/close wait for zero.
+  std::atomic<std::size_t> pending_{0};
+  std::mutex idle_mutex_;
+  std::condition_variable idle_cv_;
+  std::atomic<std::size_t> idle_waiters_{0};
+
+  std::atomic<std::uint64_t> rejected_{0};  // terminate() rejections, counted as cancelled
+  std::stop_source terminate_source_;
+
+  std::mutex callback_mutex_;
+  std::shared_ptr<std::function<void(std::exception_ptr)>> on_error_;
+  std::shared_ptr<std::function<void()>> on_drain_;
+
+  // Timeouts: started on first use.
+  std::mutex timer_mutex_;
+  std::condition_variable_any timer_cv_;
+  std::multimap<std::chrono::steady_clock::time_point, Task*> deadlines_;
+  std::jthread timer_;
+
+  std::mutex lifecycle_mutex_;
+  bool shut_down_ = false;
+};
+
+thread_local PoolCore* PoolCore::tl_core = nullptr;
+thread_local WorkerSlot* PoolCore::tl_slot = nullptr;
+
+namespace {
+// Checks the options and fills in the defaults, so min_threads and max_threads are both set.
+PoolOptions validated(PoolOptions o) {
+  const auto fail = [&](const std::string& msg) {
+    throw std::invalid_argument(fmt::format("ThreadPool '{}': {}", o.name, msg));
+  };
+  if (o.name.empty()) fail("name must not be empty");
+  if (o.max_threads && *o.max_threads == 0) fail("max_threads (0) must be >= 1");
+  const std::size_t max = o.max_threads.value_or(std::max(default_thread_count(), o.min_threads.value_or(0)));
+  if (max > kMaxThreads) {
+    fail(fmt::format("{} ({}) must be <= {}", o.max_threads ? "max_threads" : "min_threads", max, kMaxThreads));
+  }
+  if (o.min_threads && *o.min_threads > max) {
+    fail(fmt::format("min_threads ({}) must be <= max_threads ({})", *o.min_threads, max));
+  }
+  if (o.idle_timeout.count() < 0) {
+    fail(fmt::format("idle_timeout ({} ms) must be >= 0", o.idle_timeout.count()));
+  }
+  o.max_threads = max;
+  o.min_threads = o.min_threads.value_or(max);
+  return o;
+}
+}  // namespace
+
+PoolCore::PoolCore(PoolOptions o)
+    : opts_(validated(std::move(o))),
+      min_threads_(*opts_.min_threads),
+      max_threads_(*opts_.max_threads),
+      ns_per_tick_(ns_per_tick()) {
+  slots_.reserve(max_threads_);
+  for (std::size_t i = 0; i < max_threads_; ++i) {
+    auto s = std::make_unique<WorkerSlot>();
+    s->index = i;
+    s->rng = 0x9e3779b97f4a7c15ULL * (i + 1);
+    slots_.push_back(std::move(s));
+  }
+  std::lock_guard lock(park_mutex_);
+  for (std::size_t i = 0; i < min_threads_; ++i) spawn_locked();
+}
+
+bool PoolCore::spawn_locked() {
+  if (threads_.load(std::memory_order_relaxed) >= max_threads_ || stopping_.load()) return false;
+  for (auto& s : slots_) {
+    if (s->active) continue;
+    if (s->thread.joinable()) s->thread.join();  // a thread that shrank away; already exiting
+    s->active = true;
+    threads_.fetch_add(1, std::memory_order_relaxed);
+    // idle_ counts this thread until it finds work, so a burst does not spawn one per task.
+    idle_.fetch_add(1, std::memory_order_seq_cst);
+    const std::size_t used = slots_used_.load(std::memory_order_relaxed);
+    if (s->index + 1 > used) slots_used_.store(s->index + 1, std::memory_order_release);
+    WorkerSlot* slot = s.get();
+    slot->thread = std::jthread([this, slot] { worker_main(*slot); });
+    return true;
+  }
+  return false;
+}
+
+void PoolCore::maybe_grow() {
+  std::lock_guard lock(park_mutex_);
+  if (idle_.load(std::memory_order_seq_cst) == 0) spawn_locked();
+}
+
+bool PoolCore::submit(Task* t, SubmitMode mode) {
+  if (t->timeout.count() < 0) {
+    throw std::invalid_argument(fmt::format("ThreadPool '{}': RunOptions::timeout ({} ns) must be >= 0",
+                                            opts_.name, t->timeout.count()));
+  }
+  t->enqueued_ticks = ticks();
+  if (on_own_thread()) {
+    // Nested: the submitting thread's own deque, accepted even while closing so that fork-join
+    // code inside a draining pool completes; refused only once terminate() has begun.
+    if (terminating_.load(std::memory_order_acquire)) {
+      throw PoolClosed(fmt::format("crew: pool '{}' is terminating and accepts no new tasks", opts_.name));
+    }
+    pending_.fetch_add(1, std::memory_order_relaxed);
+    tl_slot->deque.push(t);  // seq_cst store: ordered before the sleeper check below
+    if (num_sleepers_.load(std::memory_order_seq_cst) > 0 &&
+        spinning_.load(std::memory_order_seq_cst) == 0) {
+      wake_one();
+    }
+    return true;
+  }
+  {
+    std::unique_lock lock(queue_mutex_);
+    while (true) {
+      if (closed_) {
+        throw PoolClosed(fmt::format(
+            "crew: pool '{}' is closed and accepts no new tasks; submit before close() or "
+            "terminate(), or create a new pool",
+            opts_.name));
+      }
+      if (opts_.max_queue == 0 || queue_.size() < opts_.max_queue) break;
+      drain_armed_ = true;
+      if (mode == SubmitMode::try_only) return false;
+      if (opts_.on_full == OnFull::reject) {
+        throw QueueFull(fmt::format(
+            "crew: pool '{}' queue is full (max_queue = {}); retry later, use try_run(), or set "
+            "on_full = OnFull::wait to make producers wait",
+            opts_.name, opts_.max_queue));
+      }
+      ++space_waiters_;
+      space_cv_.wait(lock);
+      --space_waiters_;
+    }
+    pending_.fetch_add(1, std::memory_order_relaxed);
+    queue_.push(t);
+    shared_size_.store(queue_.size(), std::memory_order_relaxed);
+    if (opts_.max_queue != 0 && queue_.size() >= opts_.max_queue) drain_armed_ = true;
+  }
+  // The push above happened under queue_mutex_, which a parking worker also takes after counting
+  // itself a sleeper: either it sees the task, or this load sees it (see park()).
+  if (num_sleepers_.load(std::memory_order_seq_cst) > 0 &&
+      spinning_.load(std::memory_order_seq_cst) == 0) {
+    wake_one();
+  } else if (idle_.load(std::memory_order_relaxed) == 0 &&
+             threads_.load(std::memory_order_relaxed) < max_threads_) {
+    maybe_grow();
+  }
+  return true;
+}
+
+Task* PoolCore::pop_shared() {
+  if (shared_size_.load(std::memory_order_relaxed) == 0) return nullptr;
+  std::shared_ptr<std::function<void()>> drained;
+  Task* t = nullptr;
+  {
+    std::lock_guard lock(queue_mutex_);
+    t = queue_.pop();
+    if (t == nullptr) return nullptr;
+    shared_size_.store(queue_.size(), std::memory_order_relaxed);
+    if (space_waiters_ > 0) space_cv_.notify_one();
+    if (drain_armed_ && queue_.size() == 0) {
+      drain_armed_ = false;
+      std::lock_guard cb_lock(callback_mutex_);
+      drained = on_drain_;
+    }
+  }
+  if (drained && *drained) {
+    try {
+      (*drained)();
+    } catch (...) {
+      report_error(std::current_exception());
+    }
+  }
+  return t;
+}
+
+Task* PoolCore::steal(WorkerSlot& self) {
+  const std::size_t n = slots_used_.load(std::memory_order_acquire);
+  if (n <= 1) return nullptr;
+  self.rng ^= self.rng << 13;
+  self.rng ^= self.rng >> 7;
+  self.rng ^= self.rng << 17;
+  const std::size_t start = self.rng % n;
+  for (std::size_t k = 0; k < n; ++k) {
+    WorkerSlot& victim = *slots_[(start + k) % n];
+    if (&victim == &self) continue;
+    if (Task* t = victim.deque.steal()) return t;
+  }
+  return nullptr;
+}
+
+Task* PoolCore::find_task(WorkerSlot& slot) {
+  if (Task* t = slot.deque.pop()) return t;
+  if (Task* t = pop_shared()) return t;
+  return steal(slot);
+}
+
+bool PoolCore::any_work_visible() const noexcept {
+  if (shared_size_.load(std::memory_order_relaxed) != 0) return true;
+  const std::size_t n = slots_used_.load(std::memory_order_acquire);
+  for (std::size_t i = 0; i < n; ++i) {
+    if (!slots_[i]->deque.empty_approx()) return true;
+  }
+  return false;
+}
+
+void PoolCore::execute(WorkerSlot& slot, Task* t) noexcept {
+  const std::uint64_t start = ticks();
+  slot.wait_hist.record_ns(start > t->enqueued_ticks
+                               ? static_cast<std::uint64_t>(static_cast<double>(start - t->enqueued_ticks) * ns_per_tick_)
+                               : 0);
+  Outcome outcome = Outcome::cancelled;
+  std::exception_ptr unobserved;
+  if (!t->settled()) {
+    const std::uint32_t depth = slot.running.load(std::memory_order_relaxed);
+    slot.running.store(depth + 1, std::memory_order_relaxed);
+    const bool timed = t->timeout.count() > 0;
+    if (timed) arm_timer(t);
+    if (t->stop_aware()) {
+      // terminate() reaches running tasks through their own stop tokens.
+      std::stop_callback on_terminate(terminate_source_.get_token(), [t] { t->request_stop(); });
+      outcome = t->run(&unobserved);
+    } else {
+      outcome = t->run(&unobserved);
+    }
+    if (timed) disarm_timer(t);
+    slot.running.store(depth, std::memory_order_relaxed);
+  }
+  const std::uint64_t end = ticks();
+  const auto ran = static_cast<std::uint64_t>(static_cast<double>(end > start ? end - start : 0) * ns_per_tick_);
+  slot.run_hist.record_ns(ran);
+  bump(slot.run_ns, ran);
+  switch (outcome) {
+    case Outcome::completed: bump(slot.completed); break;
+    case Outcome::failed: bump(slot.failed); break;
+    case Outcome::cancelled: bump(slot.cancelled); break;
+  }
+  if (unobserved) report_error(unobserved);
+  t->destroy();
+  finish_one();
+}
+
+void PoolCore::finish_one() noexcept {
+  if (pending_.fetch_sub(1, std::memory_order_seq_cst) == 1 &&
+      idle_waiters_.load(std::memory_order_seq_cst) > 0) {
+    std::lock_guard lock(idle_mutex_);
+    idle_cv_.notify_all();
+  }
+}
+
+void PoolCore::report_error(const std::exception_ptr& e) noexcept {
+  std::shared_ptr<std::function<void(std::exception_ptr)>> handler;
+  {
+    std::lock_guard lock(callback_mutex_);
+    handler = on_error_;
+  }
+  if (handler && *handler) {
+    try {
+      (*handler)(e);
+      return;
+    } catch (...) {
+      std::fprintf(stderr, "crew: pool '%s': the on_error handler threw; it must not\n", opts_.name.c_str());
+    }
+  }
+  try {
+    std::rethrow_exception(e);
+  } catch (const std::exception& ex) {
+    std::fprintf(stderr, "crew: pool '%s': a posted task threw: %s (set ThreadPool::on_error to handle it)\n",
+                 opts_.name.c_str(), ex.what());
+  } catch (...) {
+    std::fprintf(stderr, "crew: pool '%s': a posted task threw a non-std exception (set ThreadPool::on_error to handle it)\n",
+                 opts_.name.c_str());
+  }
+}
+
+void PoolCore::worker_main(WorkerSlot& slot) {
+  std::string thread_name = fmt::format("{}-w{}", opts_.name, slot.index);
+  if (thread_name.size() > 15) thread_name.erase(0, thread_name.size() - 15);  // keep the index
+  pthread_setname_np(pthread_self(), thread_name.c_str());
+  Helper helper;
+  helper.core = this;
+  helper.slot = &slot;
+  detail::tl_helper = &helper;
+  tl_core = this;
+  tl_slot = &slot;
+  bool idle = true;  // spawn_locked() counted us idle
+  while (true) {
+    if (Task* t = find_task(slot)) {
+      if (idle) {
+        idle_.fetch_sub(1, std::memory_order_seq_cst);
+        idle = false;
+      }
+      execute(slot, t);
+      continue;
+    }
+    if (!idle) {
+      idle_.fetch_add(1, std::memory_order_seq_cst);
+      idle = true;
+    }
+    if (stopping_.load(std::memory_order_acquire)) break;
+    // Spin a little before parking (see kSpinFor); yield so a producer sharing our core runs.
+    spinning_.fetch_add(1, std::memory_order_seq_cst);
+    const auto until = std::chrono::steady_clock::now() + kSpinFor;
+    bool found = false;
+    for (int i = 1; !found; ++i) {
+      if (any_work_visible() || stopping_.load(std::memory_order_relaxed)) found = true;
+      else if ((i & 15) == 0) {
+        if (std::chrono::steady_clock::now() > until) break;
+        sched_yield();
+      } else {
+        cpu_relax();
+      }
+    }
+    spinning_.fetch_sub(1, std::memory_order_seq_cst);
+    if (found) continue;
+    if (!park(slot)) break;
+  }
+  idle_.fetch_sub(1, std::memory_order_seq_cst);
+  detail::tl_helper = nullptr;
+  tl_core = nullptr;
+  tl_slot = nullptr;
+}
+
+bool PoolCore::park(WorkerSlot& slot) {
+  {
+    std::lock_guard lock(park_mutex_);
+    sleepers_.push_back(&slot);
+    num_sleepers_.fetch_add(1, std::memory_order_seq_cst);
+  }
+  // Re-check after counting ourselves a sleeper. The shared queue is checked under its mutex: a
+  // submitter pushes under it and then reads num_sleepers_, so one of us sees the other. Deque
+  // pushes pair a seq_cst store with the same seq_cst load (Dekker).
+  bool work = stopping_.load(std::memory_order_seq_cst);
+  if (!work) {
+    std::lock_guard lock(queue_mutex_);
+    work = queue_.size() != 0;
+  }
+  if (!work) {
+    const std::size_t n = slots_used_.load(std::memory_order_acquire);
+    for (std::size_t i = 0; i < n && !work; ++i) work = !slots_[i]->deque.empty_approx();
+  }
+  const bool may_shrink = threads_.load(std::memory_order_relaxed) > min_threads_;
+  bool timed_out = false;
+  if (!work) {
+    const auto limit = may_shrink ? std::chrono::nanoseconds(opts_.idle_timeout) : std::chrono::nanoseconds(-1);
+    while (slot.park_word.load(std::memory_order_acquire) == 0) {
+      if (!futex_wait(slot.park_word, 0, limit)) {
+        timed_out = true;
+        break;
+      }
+    }
+  }
+  std::lock_guard lock(park_mutex_);
+  auto it = std::find(sleepers_.begin(), sleepers_.end(), &slot);
+  if (it != sleepers_.end()) {
+    // Nobody woke us (we found work, timed out, or are stopping): withdraw.
+    sleepers_.erase(it);
+    num_sleepers_.fetch_sub(1, std::memory_order_seq_cst);
+  }
+  slot.park_word.store(0, std::memory_order_relaxed);
+  if (timed_out && !stopping_.load() && threads_.load(std::memory_order_relaxed) > min_threads_ &&
+      !any_work_visible()) {
+    slot.active = false;
+    threads_.fetch_sub(1, std::memory_order_relaxed);
+    return false;
+  }
+  return true;
+}
+
+void PoolCore::wake_one() noexcept {
+  WorkerSlot* s = nullptr;
+  {
+    std::lock_guard lock(park_mutex_);
+    if (sleepers_.empty()) return;
+    s = sleepers_.back();
+    sleepers_.pop_back();
+    num_sleepers_.fetch_sub(1, std::memory_order_seq_cst);
+    s->park_word.store(1, std::memory_order_release);
+    futex_wake(s->park_word, 1);
+  }
+}
+
+void PoolCore::wake_all() noexcept {
+  std::lock_guard lock(park_mutex_);
+  for (WorkerSlot* s : sleepers_) {
+    s->park_word.store(1, std::memory_order_release);
+    futex_wake(s->park_word, 1);
+  }
+  sleepers_.clear();
+  num_sleepers_.store(0, std::memory_order_seq_cst);
+}
+
+void PoolCore::wait_idle() {
+  check_not_own_thread("wait_idle");
+  std::unique_lock lock(idle_mutex_);
+  idle_waiters_.fetch_add(1, std::memory_order_seq_cst);
+  // finish_one() decrements pending_ and then reads idle_waiters_; with both seq_cst, either it
+  // sees us (and notifies under idle_mutex_) or we see its zero here.
+  idle_cv_.wait(lock, [this] { return pending_.load(std::memory_order_seq_cst) == 0; });
+  idle_waiters_.fetch_sub(1, std::memory_order_seq_cst);
+}
+
+void PoolCore::shutdown(bool reject_queued) {
+  check_not_own_thread(reject_queued ? "terminate" : "close");
+  std::lock_guard life(lifecycle_mutex_);
+  if (shut_down_) return;
+  std::vector<Task*> dropped;
+  {
+    std::lock_guard lock(queue_mutex_);
+    closed_ = true;
+    if (reject_queued) {
+      terminating_.store(true, std::memory_order_release);
+      while (Task* t = queue_.pop()) dropped.push_back(t);
+      shared_size_.store(0, std::memory_order_relaxed);
+    }
+    space_cv_.notify_all();
+  }
+  if (reject_queued) {
+    const std::size_t n = slots_used_.load(std::memory_order_acquire);
+    for (std::size_t i = 0; i < n; ++i) {
+      while (Task* t = slots_[i]->deque.steal()) dropped.push_back(t);
+    }
+    const auto why = std::make_exception_ptr(PoolClosed(fmt::format(
+        "crew: pool '{}' was terminated before this task started; it never ran", opts_.name)));
+    for (Task* t : dropped) {
+      t->reject(why);
+      t->destroy();
+      rejected_.fetch_add(1, std::memory_order_relaxed);
+      finish_one();
+    }
+    terminate_source_.request_stop();
+  }
+  wait_idle();
+  {
+    std::lock_guard lock(park_mutex_);
+    stopping_.store(true, std::memory_order_seq_cst);
+  }
+  wake_all();
+  for (auto& s : slots_) {
+    if (s->thread.joinable()) s->thread.join();
+    s->active = false;
+  }
+  threads_.store(0, std::memory_order_relaxed);
+  if (timer_.joinable()) {
+    timer_.request_stop();
+    timer_.join();
+  }
+  shut_down_ = true;
+}
+
+void PoolCore::arm_timer(Task* t) {
+  std::lock_guard lock(timer_mutex_);
+  if (!timer_.joinable()) timer_ = std::jthread([this](std::stop_token st) { timer_main(st); });
+  const auto deadline = std::chrono::steady_clock::now() + t->timeout;
+  const bool earliest = deadlines_.empty() || deadline < deadlines_.begin()->first;
+  deadlines_.emplace(deadline, t);
+  if (earliest) timer_cv_.notify_one();
+}
+
+void PoolCore::disarm_timer(Task* t) {
+  std::lock_guard lock(timer_mutex_);
+  for (auto it = deadlines_.begin(); it != deadlines_.end(); ++it) {
+    if (it->second == t) {
+      deadlines_.erase(it);
+      return;
+    }
+  }
+}
+
+void PoolCore::timer_main(std::stop_token st) {
+  pthread_setname_np(pthread_self(), "crew-timer");
+  std::unique_lock lock(timer_mutex_);
+  while (!st.stop_requested()) {
+    if (deadlines_.empty()) {
+      timer_cv_.wait(lock, st, [this] { return !deadlines_.empty(); });
+      continue;
+    }
+    const auto next = deadlines_.begin()->first;
+    if (std::chrono::steady_clock::now() < next) {
+      // Wakes early when an earlier deadline is armed or this one is disarmed.
+      timer_cv_.wait_until(lock, st, next, [this, next] {
+        return deadlines_.empty() || deadlines_.begin()->first < next;
+      });
+      continue;
+    }
+    // Expire under the lock: disarm_timer() (also under it) runs before the task is destroyed, so
+    // the task is alive here.
+    Task* t = deadlines_.begin()->second;
+    deadlines_.erase(deadlines_.begin());
+    t->expire();
+  }
+}
+
+PoolStats PoolCore::stats() const {
+  PoolStats s;
+  LatencyHistogram wait_total;
+  LatencyHistogram run_total;
+  std::uint64_t run_ns = 0;
+  const std::size_t n = slots_used_.load(std::memory_order_acquire);
+  for (std::size_t i = 0; i < n; ++i) {
+    const WorkerSlot& w = *slots_[i];
+    if (w.running.load(std::memory_order_relaxed) != 0) ++s.busy;
+    s.queued += w.deque.size_approx();
+    s.completed += w.completed.load(std::memory_order_relaxed);
+    s.failed += w.failed.load(std::memory_order_relaxed);
+    s.cancelled += w.cancelled.load(std::memory_order_relaxed);
+    run_ns += w.run_ns.load(std::memory_order_relaxed);
+    w.wait_hist.merge_into(wait_total);
+    w.run_hist.merge_into(run_total);
+  }
+  s.threads = threads_.load(std::memory_order_relaxed);
+  s.busy = std::min(s.busy, s.threads);
+  s.idle = s.threads - s.busy;
+  s.queued += shared_size_.load(std::memory_order_relaxed);
+  s.cancelled += rejected_.load(std::memory_order_relaxed);
+  const double elapsed = std::chrono::duration<double, std::nano>(std::chrono::steady_clock::now() - started_).count();
+  if (elapsed > 0) {
+    s.utilization = std::min(1.0, static_cast<double>(run_ns) / (elapsed * static_cast<double>(max_threads_)));
+  }
+  s.wait_time = wait_total.summary();
+  s.run_time = run_total.summary();
+  return s;
+}
+
+}  // namespace detail
+
+ThreadPool::ThreadPool(PoolOptions options) : core_(std::make_unique<detail::PoolCore>(std::move(options))) {}
+
+ThreadPool::~ThreadPool() {
+  try {
+    core_->close();
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "crew: ThreadPool destructor: %s\n", e.what());
+    std::terminate();
+  }
+}
+
+bool ThreadPool::submit_or_destroy(detail::Task* task, detail::SubmitMode mode) {
+  try {
+    if (core_->submit(task, mode)) return true;
+  } catch (...) {
+    task->destroy();
+    throw;
+  }
+  task->destroy();
+  return false;
+}
+
+void ThreadPool::on_error(std::function<void(std::exception_ptr)> handler) { core_->set_on_error(std::move(handler)); }
+bool ThreadPool::needs_drain() const noexcept { return core_->needs_drain(); }
+void ThreadPool::on_drain(std::function<void()> callback) { core_->set_on_drain(std::move(callback)); }
+void ThreadPool::wait_idle() { core_->wait_idle(); }
+void ThreadPool::close() { core_->close(); }
+void ThreadPool::terminate() { core_->terminate(); }
+PoolStats ThreadPool::stats() const { return core_->stats(); }
+std::size_t ThreadPool::thread_count() const noexcept { return core_->threads(); }
+const std::string& ThreadPool::name() const noexcept { return core_->name(); }
+
+}  // namespace crew::inline v0
