@@ -23,8 +23,8 @@ class Cancelled : public Error {
   explicit Cancelled(const std::string& what) : Error(what) {}
 };
 
-/// The task ran past its `RunOptions::timeout` (counted from when it started). The Future settles at
-/// the deadline; a thread task keeps running until it returns, so make long tasks watch their
+/// The task ran past its `RunOptions::timeout` (counted from when it started). The Future settles
+/// at the deadline; a thread task keeps running until it returns, so make long tasks watch their
 /// `std::stop_token` (it is signalled), or run them in a process pool, which kills them.
 class TimedOut : public Error {
  public:

@@ -47,7 +47,8 @@ void run_chunks(ThreadPool& pool, std::size_t n, std::size_t grain, Make&& make,
   const std::size_t chunk = chunk_size(n, pool.thread_count(), grain);
   parts.reserve((n + chunk - 1) / chunk);
   try {
-    for (std::size_t b = 0; b < n; b += chunk) parts.push_back(pool.run(make(b, std::min(n, b + chunk))));
+    for (std::size_t b = 0; b < n; b += chunk)
+      parts.push_back(pool.run(make(b, std::min(n, b + chunk))));
   } catch (...) {
     error = std::current_exception();  // e.g. QueueFull: the parts already queued still finish
   }
@@ -82,8 +83,8 @@ void parallel_for(ThreadPool& pool, Index first, Index last, Fn fn, std::size_t 
 /// every run, so floating-point results are reproducible for a given pool size and grain.
 ///
 ///     auto sum = crew::parallel_reduce(pool, std::size_t{0}, v.size(), std::uint64_t{0},
-///         [&](std::size_t b, std::size_t e) { return std::accumulate(&v[b], &v[e], std::uint64_t{0}); },
-///         std::plus<>{});
+///         [&](std::size_t b, std::size_t e) { return std::accumulate(&v[b], &v[e],
+///         std::uint64_t{0}); }, std::plus<>{});
 template <std::integral Index, class T, class RangeFn, class Combine>
 T parallel_reduce(ThreadPool& pool, Index first, Index last, T identity, RangeFn range_fn,
                   Combine combine, std::size_t grain = 0) {
@@ -103,7 +104,8 @@ T parallel_reduce(ThreadPool& pool, Index first, Index last, T identity, RangeFn
       },
       parts, error);
   T result = std::move(identity);
-  detail::join_all(parts, error, [&](Future<T>& p) { result = combine(std::move(result), p.get()); });
+  detail::join_all(parts, error,
+                   [&](Future<T>& p) { result = combine(std::move(result), p.get()); });
   return result;
 }
 

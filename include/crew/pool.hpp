@@ -28,10 +28,10 @@ enum class OnFull {
 /// Construction options. Validated once; a bad value throws std::invalid_argument naming it.
 struct PoolOptions {
   /// Threads kept alive when idle. Default: max_threads (a fixed-size pool).
-  std::optional<std::size_t> min_threads;
+  std::optional<std::size_t> min_threads{};
   /// Upper bound on threads; the pool grows toward it while work waits. Default:
   /// crew::default_thread_count(). At most 1024.
-  std::optional<std::size_t> max_threads;
+  std::optional<std::size_t> max_threads{};
   /// A thread above min_threads that found no work for this long exits.
   std::chrono::milliseconds idle_timeout{30'000};
   /// Bound on tasks waiting in the shared queue; 0 means unbounded. A bound is recommended: it is
@@ -74,7 +74,8 @@ template <class F, class... A>
 struct TaskResult {
   static auto probe() {
     if constexpr (kTakesStopToken<F, A...>) {
-      return std::type_identity<std::invoke_result_t<std::decay_t<F>, std::stop_token, std::decay_t<A>...>>{};
+      return std::type_identity<
+          std::invoke_result_t<std::decay_t<F>, std::stop_token, std::decay_t<A>...>>{};
     } else {
       static_assert(std::is_invocable_v<std::decay_t<F>, std::decay_t<A>...>,
                     "crew::ThreadPool::run: the function cannot be called with these arguments "
@@ -88,7 +89,8 @@ struct TaskResult {
 // Binds the callable and decay-copied arguments into one object, like std::thread does.
 template <class F, class... A>
 auto bind_task(F&& fn, A&&... args) {
-  return [f = std::forward<F>(fn), ... a = std::forward<A>(args)](auto&&... token) mutable -> decltype(auto) {
+  return [f = std::forward<F>(fn),
+          ... a = std::forward<A>(args)](auto&&... token) mutable -> decltype(auto) {
     return std::invoke(std::move(f), std::forward<decltype(token)>(token)..., std::move(a)...);
   };
 }
@@ -201,7 +203,8 @@ class ThreadPool {
 
   template <class F>
   bool submit_post(detail::SubmitMode mode, F&& fn) {
-    static_assert(std::is_invocable_v<std::decay_t<F>&>, "crew::ThreadPool::post: fn() must be callable");
+    static_assert(std::is_invocable_v<std::decay_t<F>&>,
+                  "crew::ThreadPool::post: fn() must be callable");
     return submit_or_destroy(new detail::PostTask<std::decay_t<F>>(std::forward<F>(fn)), mode);
   }
 

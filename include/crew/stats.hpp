@@ -22,18 +22,19 @@ struct LatencySummary {
 
 /// A snapshot of a pool, from `ThreadPool::stats()`. Counters are totals since the pool started.
 struct PoolStats {
-  std::size_t threads = 0;     ///< worker threads alive
-  std::size_t busy = 0;        ///< threads running a task
-  std::size_t idle = 0;        ///< threads - busy
-  std::size_t queued = 0;      ///< tasks accepted and not yet started
-  std::uint64_t completed = 0; ///< tasks that returned normally
-  std::uint64_t failed = 0;    ///< tasks that threw (and fire-and-forget tasks whose error went to on_error)
-  std::uint64_t cancelled = 0; ///< tasks cancelled, timed out, or rejected by terminate()
+  std::size_t threads = 0;      ///< worker threads alive
+  std::size_t busy = 0;         ///< threads running a task
+  std::size_t idle = 0;         ///< threads - busy
+  std::size_t queued = 0;       ///< tasks accepted and not yet started
+  std::uint64_t completed = 0;  ///< tasks that returned normally
+  std::uint64_t failed =
+      0;  ///< tasks that threw (and fire-and-forget tasks whose error went to on_error)
+  std::uint64_t cancelled = 0;  ///< tasks cancelled, timed out, or rejected by terminate()
   /// Share of the pool's capacity spent running tasks since it started:
   /// total run time / (elapsed time x max_threads), in [0, 1] (Piscina's definition).
   double utilization = 0.0;
-  LatencySummary wait_time;    ///< from submission to start
-  LatencySummary run_time;     ///< from start to finish
+  LatencySummary wait_time;  ///< from submission to start
+  LatencySummary run_time;   ///< from start to finish
 };
 
 /// A log-linear histogram of durations: records in a few nanoseconds, summarises on demand.
@@ -46,11 +47,13 @@ struct PoolStats {
 /// and `merge_into` may run concurrently with it and see a slightly stale, never torn, state.
 class LatencyHistogram {
  public:
-  static constexpr int kSubBits = 4;                  ///< 16 buckets per power of two
-  static constexpr int kMaxExponent = 47;             ///< durations above ~39 hours clamp
+  static constexpr int kSubBits = 4;       ///< 16 buckets per power of two
+  static constexpr int kMaxExponent = 47;  ///< durations above ~39 hours clamp
   static constexpr std::size_t kBuckets = (kMaxExponent - kSubBits + 2) << kSubBits;
 
-  void record(std::chrono::nanoseconds d) noexcept { record_ns(d.count() < 0 ? 0 : static_cast<std::uint64_t>(d.count())); }
+  void record(std::chrono::nanoseconds d) noexcept {
+    record_ns(d.count() < 0 ? 0 : static_cast<std::uint64_t>(d.count()));
+  }
   void record_ns(std::uint64_t ns) noexcept {
     bump(counts_[bucket_of(ns)]);
     bump(total_, 1);
@@ -59,7 +62,9 @@ class LatencyHistogram {
   /// Adds this histogram's counts into `total` (which must have no concurrent writer).
   void merge_into(LatencyHistogram& total) const noexcept;
   [[nodiscard]] LatencySummary summary() const noexcept;
-  [[nodiscard]] std::uint64_t count() const noexcept { return total_.load(std::memory_order_relaxed); }
+  [[nodiscard]] std::uint64_t count() const noexcept {
+    return total_.load(std::memory_order_relaxed);
+  }
 
   /// The bucket a value falls in, and that bucket's upper bound (for exporters).
   static std::size_t bucket_of(std::uint64_t ns) noexcept {

@@ -1,12 +1,12 @@
-#include <crew/detail/futex.hpp>
+#include <cerrno>
+#include <climits>
+#include <ctime>
 
 #include <linux/futex.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#include <cerrno>
-#include <climits>
-#include <ctime>
+#include <crew/detail/futex.hpp>
 
 namespace crew::inline v0::detail {
 
@@ -25,8 +25,8 @@ bool futex_wait(std::atomic<std::uint32_t>& word, std::uint32_t expected,
   const int op = shared ? FUTEX_WAIT : (FUTEX_WAIT | FUTEX_PRIVATE_FLAG);
   // The kernel compares *word with expected atomically with queueing us, so a wake that happens
   // after the caller's last check cannot be lost.
-  const long rc = ::syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(&word), op, expected, tsp,
-                            nullptr, 0);
+  const long rc =
+      ::syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(&word), op, expected, tsp, nullptr, 0);
   return !(rc == -1 && errno == ETIMEDOUT);
 }
 

@@ -1,10 +1,3 @@
-#include <crew/errors.hpp>
-#include <crew/pool.hpp>
-
-#include <fmt/format.h>
-#include <pthread.h>
-#include <sched.h>
-
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
@@ -13,12 +6,20 @@
 #include <deque>
 #include <map>
 #include <mutex>
+#include <system_error>
 #include <thread>
 #include <vector>
 
-#include "clock.hpp"
+#include <fmt/format.h>
+#include <pthread.h>
+#include <sched.h>
+
 #include <crew/detail/futex.hpp>
 #include <crew/detail/ws_deque.hpp>
+#include <crew/errors.hpp>
+#include <crew/pool.hpp>
+
+#include "clock.hpp"
 
 namespace crew::inline v0 {
 
@@ -98,7 +99,8 @@ class SharedQueue {
     Lane* pick = nullptr;
     if (lanes_.size() > 1 && ++pops_ % kAgingPeriod == 0) {
       for (auto& lane : lanes_) {
-        if (!lane.tasks.empty() && (pick == nullptr || lane.tasks.front()->seq < pick->tasks.front()->seq)) {
+        if (!lane.tasks.empty() &&
+            (pick == nullptr || lane.tasks.front()->seq < pick->tasks.front()->seq)) {
           pick = &lane;
         }
       }
@@ -221,6 +223,7 @@ class PoolCore {
   void execute(WorkerSlot& slot, Task* t) noexcept;
   void finish_one() noexcept;
   bool park(WorkerSlot& slot);  // false: this thread should exit
+  void signal_work();           // work is queued: wake a sleeper, or grow when every thread is busy
   void wake_one() noexcept;
   void wake_all() noexcept;
   void maybe_grow();
@@ -292,9 +295,11 @@ PoolOptions validated(PoolOptions o) {
   };
   if (o.name.empty()) fail("name must not be empty");
   if (o.max_threads && *o.max_threads == 0) fail("max_threads (0) must be >= 1");
-  const std::size_t max = o.max_threads.value_or(std::max(default_thread_count(), o.min_threads.value_or(0)));
+  const std::size_t max =
+      o.max_threads.value_or(std::max(default_thread_count(), o.min_threads.value_or(0)));
   if (max > kMaxThreads) {
-    fail(fmt::format("{} ({}) must be <= {}", o.max_threads ? "max_threads" : "min_threads", max, kMaxThreads));
+    fail(fmt::format("{} ({}) must be <= {}", o.max_threads ? "max_threads" : "min_threads", max,
+                     kMaxThreads));
   }
   if (o.min_threads && *o.min_threads > max) {
     fail(fmt::format("min_threads ({}) must be <= max_threads ({})", *o.min_threads, max));
@@ -336,7 +341,17 @@ bool PoolCore::spawn_locked() {
     const std::size_t used = slots_used_.load(std::memory_order_relaxed);
     if (s->index + 1 > used) slots_used_.store(s->index + 1, std::memory_order_release);
     WorkerSlot* slot = s.get();
-    slot->thread = std::jthread([this, slot] { worker_main(*slot); });
+    try {
+      slot->thread = std::jthread([this, slot] { worker_main(*slot); });
+    } catch (const std::system_error& e) {
+      // Out of threads: keep running with the ones we have; queued work is not lost.
+      s->active = false;
+      threads_.fetch_sub(1, std::memory_order_relaxed);
+      idle_.fetch_sub(1, std::memory_order_seq_cst);
+      std::fprintf(stderr, "crew: pool '%s' could not start a thread (%s); continuing with %zu\n",
+                   opts_.name.c_str(), e.what(), threads_.load(std::memory_order_relaxed));
+      return false;
+    }
     return true;
   }
   return false;
@@ -349,15 +364,17 @@ void PoolCore::maybe_grow() {
 
 bool PoolCore::submit(Task* t, SubmitMode mode) {
   if (t->timeout.count() < 0) {
-    throw std::invalid_argument(fmt::format("ThreadPool '{}': RunOptions::timeout ({} ns) must be >= 0",
-                                            opts_.name, t->timeout.count()));
+    throw std::invalid_argument(
+        fmt::format("ThreadPool '{}': RunOptions::timeout ({} ns) must be >= 0", opts_.name,
+                    t->timeout.count()));
   }
   t->enqueued_ticks = ticks();
   if (on_own_thread()) {
     // Nested: the submitting thread's own deque, accepted even while closing so that fork-join
     // code inside a draining pool completes; refused only once terminate() has begun.
     if (terminating_.load(std::memory_order_acquire)) {
-      throw PoolClosed(fmt::format("crew: pool '{}' is terminating and accepts no new tasks", opts_.name));
+      throw PoolClosed(
+          fmt::format("crew: pool '{}' is terminating and accepts no new tasks", opts_.name));
     }
     pending_.fetch_add(1, std::memory_order_relaxed);
     tl_slot->deque.push(t);  // seq_cst store: ordered before the sleeper check below
@@ -395,7 +412,12 @@ bool PoolCore::submit(Task* t, SubmitMode mode) {
     if (opts_.max_queue != 0 && queue_.size() >= opts_.max_queue) drain_armed_ = true;
   }
   // The push above happened under queue_mutex_, which a parking worker also takes after counting
-  // itself a sleeper: either it sees the task, or this load sees it (see park()).
+  // itself a sleeper: either it sees the task, or signal_work() sees the sleeper (see park()).
+  signal_work();
+  return true;
+}
+
+void PoolCore::signal_work() {
   if (num_sleepers_.load(std::memory_order_seq_cst) > 0 &&
       spinning_.load(std::memory_order_seq_cst) == 0) {
     wake_one();
@@ -403,7 +425,6 @@ bool PoolCore::submit(Task* t, SubmitMode mode) {
              threads_.load(std::memory_order_relaxed) < max_threads_) {
     maybe_grow();
   }
-  return true;
 }
 
 Task* PoolCore::pop_shared() {
@@ -465,7 +486,8 @@ bool PoolCore::any_work_visible() const noexcept {
 void PoolCore::execute(WorkerSlot& slot, Task* t) noexcept {
   const std::uint64_t start = ticks();
   slot.wait_hist.record_ns(start > t->enqueued_ticks
-                               ? static_cast<std::uint64_t>(static_cast<double>(start - t->enqueued_ticks) * ns_per_tick_)
+                               ? static_cast<std::uint64_t>(
+                                     static_cast<double>(start - t->enqueued_ticks) * ns_per_tick_)
                                : 0);
   Outcome outcome = Outcome::cancelled;
   std::exception_ptr unobserved;
@@ -485,13 +507,20 @@ void PoolCore::execute(WorkerSlot& slot, Task* t) noexcept {
     slot.running.store(depth, std::memory_order_relaxed);
   }
   const std::uint64_t end = ticks();
-  const auto ran = static_cast<std::uint64_t>(static_cast<double>(end > start ? end - start : 0) * ns_per_tick_);
+  const auto ran =
+      static_cast<std::uint64_t>(static_cast<double>(end > start ? end - start : 0) * ns_per_tick_);
   slot.run_hist.record_ns(ran);
   bump(slot.run_ns, ran);
   switch (outcome) {
-    case Outcome::completed: bump(slot.completed); break;
-    case Outcome::failed: bump(slot.failed); break;
-    case Outcome::cancelled: bump(slot.cancelled); break;
+    case Outcome::completed:
+      bump(slot.completed);
+      break;
+    case Outcome::failed:
+      bump(slot.failed);
+      break;
+    case Outcome::cancelled:
+      bump(slot.cancelled);
+      break;
   }
   if (unobserved) report_error(unobserved);
   t->destroy();
@@ -517,16 +546,21 @@ void PoolCore::report_error(const std::exception_ptr& e) noexcept {
       (*handler)(e);
       return;
     } catch (...) {
-      std::fprintf(stderr, "crew: pool '%s': the on_error handler threw; it must not\n", opts_.name.c_str());
+      std::fprintf(stderr, "crew: pool '%s': the on_error handler threw; it must not\n",
+                   opts_.name.c_str());
     }
   }
   try {
     std::rethrow_exception(e);
   } catch (const std::exception& ex) {
-    std::fprintf(stderr, "crew: pool '%s': a posted task threw: %s (set ThreadPool::on_error to handle it)\n",
-                 opts_.name.c_str(), ex.what());
+    std::fprintf(
+        stderr,
+        "crew: pool '%s': a posted task threw: %s (set ThreadPool::on_error to handle it)\n",
+        opts_.name.c_str(), ex.what());
   } catch (...) {
-    std::fprintf(stderr, "crew: pool '%s': a posted task threw a non-std exception (set ThreadPool::on_error to handle it)\n",
+    std::fprintf(stderr,
+                 "crew: pool '%s': a posted task threw a non-std exception (set "
+                 "ThreadPool::on_error to handle it)\n",
                  opts_.name.c_str());
   }
 }
@@ -548,6 +582,8 @@ void PoolCore::worker_main(WorkerSlot& slot) {
         idle_.fetch_sub(1, std::memory_order_seq_cst);
         idle = false;
       }
+      // More work waiting: pass the baton to a sleeper, or grow, before running ours.
+      if (shared_size_.load(std::memory_order_relaxed) != 0) signal_work();
       execute(slot, t);
       continue;
     }
@@ -561,7 +597,8 @@ void PoolCore::worker_main(WorkerSlot& slot) {
     const auto until = std::chrono::steady_clock::now() + kSpinFor;
     bool found = false;
     for (int i = 1; !found; ++i) {
-      if (any_work_visible() || stopping_.load(std::memory_order_relaxed)) found = true;
+      if (any_work_visible() || stopping_.load(std::memory_order_relaxed))
+        found = true;
       else if ((i & 15) == 0) {
         if (std::chrono::steady_clock::now() > until) break;
         sched_yield();
@@ -600,7 +637,8 @@ bool PoolCore::park(WorkerSlot& slot) {
   const bool may_shrink = threads_.load(std::memory_order_relaxed) > min_threads_;
   bool timed_out = false;
   if (!work) {
-    const auto limit = may_shrink ? std::chrono::nanoseconds(opts_.idle_timeout) : std::chrono::nanoseconds(-1);
+    const auto limit =
+        may_shrink ? std::chrono::nanoseconds(opts_.idle_timeout) : std::chrono::nanoseconds(-1);
     while (slot.park_word.load(std::memory_order_acquire) == 0) {
       if (!futex_wait(slot.park_word, 0, limit)) {
         timed_out = true;
@@ -771,9 +809,11 @@ PoolStats PoolCore::stats() const {
   s.idle = s.threads - s.busy;
   s.queued += shared_size_.load(std::memory_order_relaxed);
   s.cancelled += rejected_.load(std::memory_order_relaxed);
-  const double elapsed = std::chrono::duration<double, std::nano>(std::chrono::steady_clock::now() - started_).count();
+  const double elapsed =
+      std::chrono::duration<double, std::nano>(std::chrono::steady_clock::now() - started_).count();
   if (elapsed > 0) {
-    s.utilization = std::min(1.0, static_cast<double>(run_ns) / (elapsed * static_cast<double>(max_threads_)));
+    s.utilization =
+        std::min(1.0, static_cast<double>(run_ns) / (elapsed * static_cast<double>(max_threads_)));
   }
   s.wait_time = wait_total.summary();
   s.run_time = run_total.summary();
@@ -782,7 +822,8 @@ PoolStats PoolCore::stats() const {
 
 }  // namespace detail
 
-ThreadPool::ThreadPool(PoolOptions options) : core_(std::make_unique<detail::PoolCore>(std::move(options))) {}
+ThreadPool::ThreadPool(PoolOptions options)
+    : core_(std::make_unique<detail::PoolCore>(std::move(options))) {}
 
 ThreadPool::~ThreadPool() {
   try {
@@ -804,14 +845,32 @@ bool ThreadPool::submit_or_destroy(detail::Task* task, detail::SubmitMode mode) 
   return false;
 }
 
-void ThreadPool::on_error(std::function<void(std::exception_ptr)> handler) { core_->set_on_error(std::move(handler)); }
-bool ThreadPool::needs_drain() const noexcept { return core_->needs_drain(); }
-void ThreadPool::on_drain(std::function<void()> callback) { core_->set_on_drain(std::move(callback)); }
-void ThreadPool::wait_idle() { core_->wait_idle(); }
-void ThreadPool::close() { core_->close(); }
-void ThreadPool::terminate() { core_->terminate(); }
-PoolStats ThreadPool::stats() const { return core_->stats(); }
-std::size_t ThreadPool::thread_count() const noexcept { return core_->threads(); }
-const std::string& ThreadPool::name() const noexcept { return core_->name(); }
+void ThreadPool::on_error(std::function<void(std::exception_ptr)> handler) {
+  core_->set_on_error(std::move(handler));
+}
+bool ThreadPool::needs_drain() const noexcept {
+  return core_->needs_drain();
+}
+void ThreadPool::on_drain(std::function<void()> callback) {
+  core_->set_on_drain(std::move(callback));
+}
+void ThreadPool::wait_idle() {
+  core_->wait_idle();
+}
+void ThreadPool::close() {
+  core_->close();
+}
+void ThreadPool::terminate() {
+  core_->terminate();
+}
+PoolStats ThreadPool::stats() const {
+  return core_->stats();
+}
+std::size_t ThreadPool::thread_count() const noexcept {
+  return core_->threads();
+}
+const std::string& ThreadPool::name() const noexcept {
+  return core_->name();
+}
 
 }  // namespace crew::inline v0

@@ -1,11 +1,11 @@
-#include <crew/detail/futex.hpp>
-#include <crew/detail/state.hpp>
-#include <crew/errors.hpp>
+#include <climits>
+#include <stdexcept>
 
 #include <fmt/format.h>
 
-#include <climits>
-#include <stdexcept>
+#include <crew/detail/futex.hpp>
+#include <crew/detail/state.hpp>
+#include <crew/errors.hpp>
 
 namespace crew::inline v0::detail {
 namespace {

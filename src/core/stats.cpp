@@ -18,7 +18,8 @@ void LatencyHistogram::merge_into(LatencyHistogram& total) const noexcept {
   }
   bump(total.total_, total_.load(std::memory_order_relaxed));
   const auto m = max_.load(std::memory_order_relaxed);
-  if (m > total.max_.load(std::memory_order_relaxed)) total.max_.store(m, std::memory_order_relaxed);
+  if (m > total.max_.load(std::memory_order_relaxed))
+    total.max_.store(m, std::memory_order_relaxed);
 }
 
 LatencySummary LatencyHistogram::summary() const noexcept {
