@@ -197,7 +197,7 @@ class ThreadPool {
     auto* task = new Task(std::move(bound), options.priority, options.timeout, options.stop);
     task->add_ref();  // the Future's reference; the queue holds the first one
     Future<R> future(static_cast<detail::State<R>*>(task));
-    if (!submit_or_destroy(task, mode)) return std::nullopt;
+    if (!submit_or_drop(task, mode)) return std::nullopt;
     return future;
   }
 
@@ -205,12 +205,12 @@ class ThreadPool {
   bool submit_post(detail::SubmitMode mode, F&& fn) {
     static_assert(std::is_invocable_v<std::decay_t<F>&>,
                   "crew::ThreadPool::post: fn() must be callable");
-    return submit_or_destroy(new detail::PostTask<std::decay_t<F>>(std::forward<F>(fn)), mode);
+    return submit_or_drop(new detail::PostTask<std::decay_t<F>>(std::forward<F>(fn)), mode);
   }
 
   // Queues the task and returns true; or drops the queue's reference and returns false (try mode,
   // queue full) or throws (PoolClosed, QueueFull, invalid options).
-  bool submit_or_destroy(detail::Task* task, detail::SubmitMode mode);
+  bool submit_or_drop(detail::Task* task, detail::SubmitMode mode);
 
   std::unique_ptr<detail::PoolCore> core_;
 };

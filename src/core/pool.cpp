@@ -523,7 +523,7 @@ void PoolCore::execute(WorkerSlot& slot, Task* t) noexcept {
       break;
   }
   if (unobserved) report_error(unobserved);
-  t->destroy();
+  t->drop();
   finish_one();
 }
 
@@ -720,7 +720,7 @@ void PoolCore::shutdown(bool reject_queued) {
         "crew: pool '{}' was terminated before this task started; it never ran", opts_.name)));
     for (Task* t : dropped) {
       t->reject(why);
-      t->destroy();
+      t->drop();
       rejected_.fetch_add(1, std::memory_order_relaxed);
       finish_one();
     }
@@ -834,14 +834,14 @@ ThreadPool::~ThreadPool() {
   }
 }
 
-bool ThreadPool::submit_or_destroy(detail::Task* task, detail::SubmitMode mode) {
+bool ThreadPool::submit_or_drop(detail::Task* task, detail::SubmitMode mode) {
   try {
     if (core_->submit(task, mode)) return true;
   } catch (...) {
-    task->destroy();
+    task->drop();
     throw;
   }
-  task->destroy();
+  task->drop();
   return false;
 }
 

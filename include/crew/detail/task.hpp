@@ -18,7 +18,7 @@ namespace crew::inline v0::detail {
 
 enum class Outcome : std::uint8_t { completed, failed, cancelled };
 
-/// A unit of work in a pool's queues. The queue owns one reference, dropped with destroy().
+/// A unit of work in a pool's queues. The queue owns one reference, dropped with drop().
 class Task {
  public:
   Task() = default;
@@ -36,8 +36,8 @@ class Task {
   /// terminate() while running: request stop on the task's token.
   virtual void request_stop() noexcept {}
   [[nodiscard]] virtual bool stop_aware() const noexcept { return false; }
-  /// Drops the queue's reference.
-  virtual void destroy() noexcept = 0;
+  /// Drops the queue's reference (named apart from StateBase::destroy, which FutureTask also has).
+  virtual void drop() noexcept = 0;
 
   std::uint64_t enqueued_ticks = 0;
   std::uint64_t seq = 0;  // FIFO order in the shared queue
@@ -89,7 +89,7 @@ class FutureTask final : public State<R>, public Task {
     request_stop();
     return did;
   }
-  void destroy() noexcept override { this->release(); }
+  void drop() noexcept override { this->release(); }
 
  private:
   struct CancelOnStop {
@@ -124,7 +124,7 @@ class PostTask final : public Task {
     }
   }
   void reject(std::exception_ptr /*why*/) noexcept override {}
-  void destroy() noexcept override { delete this; }
+  void drop() noexcept override { delete this; }
 
  private:
   Fn fn_;
