@@ -124,6 +124,11 @@ class [[nodiscard]] Future {
   template <class Rep, class Period>
   bool wait_for(std::chrono::duration<Rep, Period> timeout) const {
     check("wait_for");
+    // Saturate: a timeout too long for nanoseconds (seconds::max(), say) means "forever".
+    if (std::chrono::duration<double, std::nano>(timeout).count() >= 9.0e18) {
+      state_->wait();
+      return true;
+    }
     return state_->wait_for(std::chrono::duration_cast<std::chrono::nanoseconds>(timeout));
   }
 

@@ -16,6 +16,18 @@ namespace crew {
 inline namespace v0 {
 
 namespace detail {
+// Range arithmetic in the unsigned type: `last - first` of a full int range does not fit in int.
+template <std::integral Index>
+std::size_t distance(Index first, Index last) {
+  using U = std::make_unsigned_t<Index>;
+  return static_cast<std::size_t>(static_cast<U>(static_cast<U>(last) - static_cast<U>(first)));
+}
+template <std::integral Index>
+Index advance(Index first, std::size_t by) {
+  using U = std::make_unsigned_t<Index>;
+  return static_cast<Index>(static_cast<U>(static_cast<U>(first) + static_cast<U>(by)));
+}
+
 // Chunks of at least `grain` indices, about four per thread so that a slow chunk can be balanced
 // by the others.
 inline std::size_t chunk_size(std::size_t n, std::size_t threads, std::size_t grain) {
@@ -64,14 +76,14 @@ void run_chunks(ThreadPool& pool, std::size_t n, std::size_t grain, Make&& make,
 template <std::integral Index, class Fn>
 void parallel_for(ThreadPool& pool, Index first, Index last, Fn fn, std::size_t grain = 0) {
   if (!(first < last)) return;
-  const auto n = static_cast<std::size_t>(last - first);
+  const std::size_t n = detail::distance(first, last);
   std::vector<Future<void>> parts;
   std::exception_ptr error;
   detail::run_chunks(
       pool, n, grain,
       [&fn, first](std::size_t b, std::size_t e) {
         return [&fn, first, b, e] {
-          for (std::size_t i = b; i < e; ++i) fn(static_cast<Index>(first + static_cast<Index>(i)));
+          for (std::size_t i = b; i < e; ++i) fn(detail::advance(first, i));
         };
       },
       parts, error);
@@ -91,15 +103,14 @@ T parallel_reduce(ThreadPool& pool, Index first, Index last, T identity, RangeFn
   static_assert(std::is_convertible_v<std::invoke_result_t<RangeFn&, Index, Index>, T>,
                 "parallel_reduce: range_fn(b, e) must return something convertible to T");
   if (!(first < last)) return identity;
-  const auto n = static_cast<std::size_t>(last - first);
+  const std::size_t n = detail::distance(first, last);
   std::vector<Future<T>> parts;
   std::exception_ptr error;
   detail::run_chunks(
       pool, n, grain,
       [&range_fn, first](std::size_t b, std::size_t e) {
         return [&range_fn, first, b, e]() -> T {
-          return range_fn(static_cast<Index>(first + static_cast<Index>(b)),
-                          static_cast<Index>(first + static_cast<Index>(e)));
+          return range_fn(detail::advance(first, b), detail::advance(first, e));
         };
       },
       parts, error);

@@ -156,8 +156,10 @@ struct alignas(64) WorkerSlot {
   LatencyHistogram run_hist;
   std::size_t index = 0;
   std::uint64_t rng = 0;
-  std::jthread thread;  // guarded by PoolCore::park_mutex_
-  bool active = false;  // guarded by PoolCore::park_mutex_
+  std::size_t unflushed = 0;   // tasks finished here, not yet subtracted from pending_
+  std::uint64_t last_end = 0;  // end tick of the task just run; 0 after idling
+  std::jthread thread;         // guarded by PoolCore::park_mutex_
+  bool active = false;         // guarded by PoolCore::park_mutex_
 };
 
 void bump(std::atomic<std::uint64_t>& c, std::uint64_t by = 1) noexcept {
@@ -196,7 +198,10 @@ class PoolCore {
     WorkerSlot* slot = nullptr;
     bool help_one() noexcept override {
       Task* t = core->find_task(*slot);
-      if (t == nullptr) return false;
+      if (t == nullptr) {
+        slot->last_end = 0;  // the caller now blocks; the next task's start must be read fresh
+        return false;
+      }
       core->execute(*slot, t);
       return true;
     }
@@ -221,7 +226,10 @@ class PoolCore {
   Task* steal(WorkerSlot& self);
   bool any_work_visible() const noexcept;
   void execute(WorkerSlot& slot, Task* t) noexcept;
-  void finish_one() noexcept;
+  void finish(std::size_t n) noexcept;  // n accepted tasks are done
+  void flush_finished(WorkerSlot& slot) noexcept {
+    if (slot.unflushed != 0) finish(std::exchange(slot.unflushed, 0));
+  }
   bool park(WorkerSlot& slot);  // false: this thread should exit
   void signal_work();           // work is queued: wake a sleeper, or grow when every thread is busy
   void wake_one() noexcept;
@@ -484,13 +492,15 @@ bool PoolCore::any_work_visible() const noexcept {
 }
 
 void PoolCore::execute(WorkerSlot& slot, Task* t) noexcept {
-  const std::uint64_t start = ticks();
+  // Back to back, the previous task's end is this one's start: one clock read per task.
+  const std::uint64_t start = slot.last_end != 0 ? slot.last_end : ticks();
   slot.wait_hist.record_ns(start > t->enqueued_ticks
                                ? static_cast<std::uint64_t>(
                                      static_cast<double>(start - t->enqueued_ticks) * ns_per_tick_)
                                : 0);
   Outcome outcome = Outcome::cancelled;
   std::exception_ptr unobserved;
+  slot.last_end = 0;  // tasks run while this one waits (helping) read their own start
   if (!t->settled()) {
     const std::uint32_t depth = slot.running.load(std::memory_order_relaxed);
     slot.running.store(depth + 1, std::memory_order_relaxed);
@@ -507,6 +517,7 @@ void PoolCore::execute(WorkerSlot& slot, Task* t) noexcept {
     slot.running.store(depth, std::memory_order_relaxed);
   }
   const std::uint64_t end = ticks();
+  slot.last_end = end;
   const auto ran =
       static_cast<std::uint64_t>(static_cast<double>(end > start ? end - start : 0) * ns_per_tick_);
   slot.run_hist.record_ns(ran);
@@ -524,11 +535,14 @@ void PoolCore::execute(WorkerSlot& slot, Task* t) noexcept {
   }
   if (unobserved) report_error(unobserved);
   t->drop();
-  finish_one();
+  // Counted locally and subtracted from pending_ when this thread runs out of work: one shared
+  // read-modify-write per busy stretch instead of one per task. Nothing waits on pending_ reaching
+  // zero while this thread still has work, so the delay is invisible.
+  ++slot.unflushed;
 }
 
-void PoolCore::finish_one() noexcept {
-  if (pending_.fetch_sub(1, std::memory_order_seq_cst) == 1 &&
+void PoolCore::finish(std::size_t n) noexcept {
+  if (pending_.fetch_sub(n, std::memory_order_seq_cst) == n &&
       idle_waiters_.load(std::memory_order_seq_cst) > 0) {
     std::lock_guard lock(idle_mutex_);
     idle_cv_.notify_all();
@@ -587,6 +601,8 @@ void PoolCore::worker_main(WorkerSlot& slot) {
       execute(slot, t);
       continue;
     }
+    slot.last_end = 0;
+    flush_finished(slot);
     if (!idle) {
       idle_.fetch_add(1, std::memory_order_seq_cst);
       idle = true;
@@ -690,7 +706,7 @@ void PoolCore::wait_idle() {
   check_not_own_thread("wait_idle");
   std::unique_lock lock(idle_mutex_);
   idle_waiters_.fetch_add(1, std::memory_order_seq_cst);
-  // finish_one() decrements pending_ and then reads idle_waiters_; with both seq_cst, either it
+  // finish() decrements pending_ and then reads idle_waiters_; with both seq_cst, either it
   // sees us (and notifies under idle_mutex_) or we see its zero here.
   idle_cv_.wait(lock, [this] { return pending_.load(std::memory_order_seq_cst) == 0; });
   idle_waiters_.fetch_sub(1, std::memory_order_seq_cst);
@@ -722,7 +738,7 @@ void PoolCore::shutdown(bool reject_queued) {
       t->reject(why);
       t->drop();
       rejected_.fetch_add(1, std::memory_order_relaxed);
-      finish_one();
+      finish(1);
     }
     terminate_source_.request_stop();
   }

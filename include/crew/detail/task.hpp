@@ -113,7 +113,8 @@ class FutureTask final : public State<R>, public Task {
 template <class Fn>
 class PostTask final : public Task {
  public:
-  explicit PostTask(Fn&& fn) : fn_(std::move(fn)) {}
+  template <class F>
+  explicit PostTask(F&& fn) : fn_(std::forward<F>(fn)) {}
   Outcome run(std::exception_ptr* unobserved) noexcept override {
     try {
       std::invoke(fn_);
