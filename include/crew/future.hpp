@@ -35,17 +35,25 @@ struct is_future<Future<T>> : std::true_type {};
 
 // What `then(fn)` produces: fn may take the value (nothing for void), or the whole settled Future
 // (to see errors too).
+// The value form is tried first, so a generic lambda (`[](auto v)`) receives the value.
 template <class T, class F>
 struct ThenTraits {
-  static constexpr bool takes_future = std::is_invocable_v<F, Future<T>>;
+  static constexpr bool takes_value = [] {
+    if constexpr (std::is_void_v<T>) {
+      return std::is_invocable_v<F>;
+    } else {
+      return std::is_invocable_v<F, T>;
+    }
+  }();
+  static constexpr bool takes_future = !takes_value && std::is_invocable_v<F, Future<T>>;
   static auto probe() {
+    static_assert(takes_value || takes_future,
+                  "then(fn): fn must take the value (nothing for Future<void>) or the Future");
     if constexpr (takes_future) {
       return std::type_identity<std::invoke_result_t<F, Future<T>>>{};
     } else if constexpr (std::is_void_v<T>) {
-      static_assert(std::is_invocable_v<F>, "then(fn): fn must take no argument or a Future<void>");
       return std::type_identity<std::invoke_result_t<F>>{};
     } else {
-      static_assert(std::is_invocable_v<F, T>, "then(fn): fn must take T or a Future<T>");
       return std::type_identity<std::invoke_result_t<F, T>>{};
     }
   }
@@ -62,18 +70,30 @@ struct InlineExecutor {
   }
 };
 
+// Runs `body`; returns what it threw. The catch block has ended when this returns, so a state
+// settled with the result is not also referenced by this thread's in-flight exception (which
+// ThreadSanitizer cannot see released: libstdc++'s exception_ptr count is uninstrumented).
+template <class Body>
+std::exception_ptr capture(Body&& body) noexcept {
+  try {
+    std::forward<Body>(body)();
+    return nullptr;
+  } catch (...) {
+    return std::current_exception();
+  }
+}
+
 template <class S, class F, class... A>
 void settle_with(S& state, F&& fn, A&&... args) noexcept {
-  try {
+  auto error = capture([&] {
     if constexpr (std::is_void_v<std::invoke_result_t<F, A...>>) {
       std::invoke(std::forward<F>(fn), std::forward<A>(args)...);
       state.set_value();
     } else {
       state.set_value(std::invoke(std::forward<F>(fn), std::forward<A>(args)...));
     }
-  } catch (...) {
-    state.set_exception(std::current_exception());
-  }
+  });
+  if (error) state.set_exception(std::move(error));
 }
 }  // namespace detail
 
@@ -248,10 +268,8 @@ class ThenState final : public State<U>, public Continuation {
     if (!source->try_set_continuation(this)) on_ready(*source);
   }
   void on_ready(StateBase& /*source*/) noexcept override {
-    try {
-      executor_->post([this] { run(); });
-    } catch (...) {
-      this->set_exception(std::current_exception());
+    if (auto error = capture([this] { executor_->post([this] { run(); }); })) {
+      this->set_exception(std::move(error));
       this->release();
     }
   }
@@ -263,19 +281,15 @@ class ThenState final : public State<U>, public Continuation {
     if constexpr (ThenTraits<T, F>::takes_future) {
       settle_with(*this, std::move(fn_), std::move(src));
     } else if constexpr (std::is_void_v<T>) {
-      try {
-        src.get();
-      } catch (...) {
-        this->set_exception(std::current_exception());
+      if (auto error = capture([&] { src.get(); })) {
+        this->set_exception(std::move(error));
         return;
       }
       settle_with(*this, std::move(fn_));
     } else {
       std::optional<T> value;
-      try {
-        value.emplace(src.get());
-      } catch (...) {
-        this->set_exception(std::current_exception());
+      if (auto error = capture([&] { value.emplace(src.get()); })) {
+        this->set_exception(std::move(error));
         return;
       }
       settle_with(*this, std::move(fn_), std::move(*value));
@@ -372,8 +386,10 @@ struct JoinBase {
   explicit JoinBase(std::size_t n) : remaining(n) {}
   virtual ~JoinBase() = default;
   virtual void finish() noexcept = 0;
+  // Inputs belong to the join alone, so a failure's exception moves to the result (never shared
+  // between two states); finish() then sees the result claimed and reads no input.
   void on_input(StateBase& input) noexcept {
-    if (input.error()) result->set_exception(input.error());
+    if (input.error()) result->set_exception(input.take_error());
     if (remaining.fetch_sub(1, std::memory_order_acq_rel) == 1) {
       finish();
       delete this;
@@ -416,14 +432,13 @@ struct VectorJoin final : JoinBase<std::conditional_t<std::is_void_v<T>, void, s
     if constexpr (std::is_void_v<T>) {
       this->result->set_value();
     } else {
-      try {
+      auto error = capture([this] {
         std::vector<T> values;
         values.reserve(inputs.size());
         for (auto& f : inputs) values.push_back(f.get());
         this->result->set_value(std::move(values));
-      } catch (...) {
-        this->result->set_exception(std::current_exception());
-      }
+      });
+      if (error) this->result->set_exception(std::move(error));
     }
   }
   std::vector<Future<T>> inputs;
@@ -436,12 +451,11 @@ struct TupleJoin final : JoinBase<std::tuple<T...>> {
       : JoinBase<std::tuple<T...>>(sizeof...(T)), inputs(std::move(in)...), slots(sizeof...(T)) {}
   void finish() noexcept override {
     if (this->result->claimed()) return;
-    try {
+    auto error = capture([this] {
       this->result->set_value(
           std::apply([](auto&... f) { return std::tuple<T...>(f.get()...); }, inputs));
-    } catch (...) {
-      this->result->set_exception(std::current_exception());
-    }
+    });
+    if (error) this->result->set_exception(std::move(error));
   }
   std::tuple<Future<T>...> inputs;
   std::vector<JoinInput<std::tuple<T...>>> slots;
@@ -465,17 +479,14 @@ struct AnyJoin {
   void on_input(std::size_t i, StateBase& /*s*/) noexcept {
     Future<T>& in = inputs[i];
     if constexpr (std::is_void_v<T>) {
-      try {
-        in.get();
+      if (auto error = capture([&] { in.get(); })) {
+        forwards[i]->set_exception(std::move(error));
+      } else {
         forwards[i]->set_value();
-      } catch (...) {
-        forwards[i]->set_exception(std::current_exception());
       }
     } else {
-      try {
-        forwards[i]->set_value(in.get());
-      } catch (...) {
-        forwards[i]->set_exception(std::current_exception());
+      if (auto error = capture([&] { forwards[i]->set_value(in.get()); })) {
+        forwards[i]->set_exception(std::move(error));
       }
     }
     if (!winner_taken.exchange(true, std::memory_order_acq_rel)) {

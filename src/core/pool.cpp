@@ -732,10 +732,10 @@ void PoolCore::shutdown(bool reject_queued) {
     for (std::size_t i = 0; i < n; ++i) {
       while (Task* t = slots_[i]->deque.steal()) dropped.push_back(t);
     }
-    const auto why = std::make_exception_ptr(PoolClosed(fmt::format(
-        "crew: pool '{}' was terminated before this task started; it never ran", opts_.name)));
+    const std::string why = fmt::format(
+        "crew: pool '{}' was terminated before this task started; it never ran", opts_.name);
     for (Task* t : dropped) {
-      t->reject(why);
+      t->reject(std::make_exception_ptr(PoolClosed(why)));  // one exception object per Future
       t->drop();
       rejected_.fetch_add(1, std::memory_order_relaxed);
       finish(1);

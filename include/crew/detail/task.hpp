@@ -63,6 +63,7 @@ class FutureTask final : public State<R>, public Task {
   }
 
   Outcome run(std::exception_ptr* /*unobserved*/) noexcept override {
+    std::exception_ptr error;
     try {
       if constexpr (std::is_void_v<R>) {
         invoke();
@@ -71,8 +72,11 @@ class FutureTask final : public State<R>, public Task {
         return this->set_value(invoke()) ? Outcome::completed : Outcome::cancelled;
       }
     } catch (...) {
-      return this->set_exception(std::current_exception()) ? Outcome::failed : Outcome::cancelled;
+      error = std::current_exception();
     }
+    // Settled after the catch block has ended, so this thread holds no reference to the exception
+    // once the Future is ready.
+    return this->set_exception(std::move(error)) ? Outcome::failed : Outcome::cancelled;
   }
   void reject(std::exception_ptr why) noexcept override { this->set_exception(std::move(why)); }
   [[nodiscard]] bool settled() const noexcept override { return this->claimed(); }
