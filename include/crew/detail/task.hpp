@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <exception>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <stop_token>
 #include <type_traits>
@@ -18,9 +19,18 @@ namespace crew::inline v0::detail {
 
 enum class Outcome : std::uint8_t { completed, failed, cancelled };
 
+/// Memory for tasks, recycled per thread (see src/core/task_alloc.cpp).
+void* allocate_task(std::size_t size);
+void deallocate_task(void* p, std::size_t size) noexcept;
+
 /// A unit of work in a pool's queues. The queue owns one reference, dropped with drop().
 class Task {
  public:
+  // Every task type (and, through its virtual destructor, a FutureTask deleted as a StateBase)
+  // allocates through these.
+  static void* operator new(std::size_t size) { return allocate_task(size); }
+  static void operator delete(void* p, std::size_t size) noexcept { deallocate_task(p, size); }
+
   Task() = default;
   Task(const Task&) = delete;
   Task& operator=(const Task&) = delete;
@@ -59,7 +69,10 @@ class FutureTask final : public State<R>, public Task {
     priority = prio;
     timeout = limit;
     // Registered last: if the token already fired, the callback cancels us right here.
-    if (user_stop.stop_possible()) user_stop_.emplace(user_stop, CancelOnStop{this});
+    if (user_stop.stop_possible()) {
+      user_stop_ =
+          std::make_unique<std::stop_callback<CancelOnStop>>(user_stop, CancelOnStop{this});
+    }
   }
 
   Outcome run(std::exception_ptr* /*unobserved*/) noexcept override {
@@ -110,7 +123,8 @@ class FutureTask final : public State<R>, public Task {
 
   Fn fn_;
   [[no_unique_address]] std::conditional_t<kStopAware, std::stop_source, std::monostate> stop_{};
-  std::optional<std::stop_callback<CancelOnStop>> user_stop_;
+  // Separate allocation: only tasks given a RunOptions::stop pay for it.
+  std::unique_ptr<std::stop_callback<CancelOnStop>> user_stop_;
 };
 
 /// A fire-and-forget task: no Future; an exception is handed to the pool's error handler.
