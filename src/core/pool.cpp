@@ -21,13 +21,12 @@
 #include <crew/pool.hpp>
 
 #include "clock.hpp"
+#include "injection_queue.hpp"
 
 namespace crew::inline v0 {
 
 namespace {
 constexpr std::size_t kMaxThreads = 1024;
-// Every kAgingPeriod-th pop from the shared queue takes the oldest task (see RunOptions::priority).
-constexpr std::uint64_t kAgingPeriod = 8;
 // Most tasks a thread takes from the shared queue in one go (see pop_shared()).
 constexpr std::size_t kMaxBatch = 16;
 // An idle thread keeps looking for work this long before it parks: a task that arrives within it
@@ -88,79 +87,6 @@ std::exception_ptr make_timed_out(std::chrono::nanoseconds timeout) {
       ms)));
 }
 
-// The shared queue: priority lanes, FIFO within a lane, with the aging rule. Guarded by
-// PoolCore::queue_mutex_.
-class SharedQueue {
- public:
-  void push(Task* t) {
-    t->seq = next_seq_++;
-    lane_for(t->priority).push_back(t);
-    ++size_;
-  }
-  // Takes up to `max` tasks from one lane, oldest first, into `out`; returns how many. While
-  // several priorities are queued, every kAgingPeriod-th task taken is the oldest of any lane,
-  // and a batch never runs past that point.
-  std::size_t pop_batch(Task** out, std::size_t max) {
-    if (size_ == 0) return 0;
-    Lane* pick = nullptr;
-    std::size_t n = max;
-    if (lanes_.size() > 1) {
-      const std::uint64_t phase = taken_ % kAgingPeriod;
-      if (phase == kAgingPeriod - 1) {
-        for (auto& lane : lanes_) {
-          if (!lane.tasks.empty() &&
-              (pick == nullptr || lane.tasks.front()->seq < pick->tasks.front()->seq)) {
-            pick = &lane;
-          }
-        }
-        n = 1;
-      } else {
-        n = std::min<std::size_t>(n, kAgingPeriod - 1 - phase);
-      }
-    }
-    if (pick == nullptr) {
-      for (auto& lane : lanes_) {
-        if (!lane.tasks.empty()) {
-          pick = &lane;
-          break;
-        }
-      }
-    }
-    n = std::min(n, pick->tasks.size());
-    for (std::size_t i = 0; i < n; ++i) {
-      out[i] = pick->tasks.front();
-      pick->tasks.pop_front();
-    }
-    if (lanes_.size() > 1) taken_ += n;
-    size_ -= n;
-    return n;
-  }
-  [[nodiscard]] std::size_t size() const noexcept { return size_; }
-
- private:
-  struct Lane {
-    int priority;
-    std::deque<Task*> tasks;
-  };
-  std::deque<Task*>& lane_for(int priority) {
-    // Lanes sorted by descending priority; almost always one or two, so a linear scan wins.
-    auto it = lanes_.begin();
-    while (it != lanes_.end() && it->priority > priority) ++it;
-    if (it != lanes_.end() && it->priority == priority) return it->tasks;
-    if (lanes_.size() >= 16) {
-      std::erase_if(lanes_, [](const Lane& l) { return l.tasks.empty(); });
-      it = lanes_.begin();
-      while (it != lanes_.end() && it->priority > priority) ++it;
-    }
-    return lanes_.insert(it, Lane{priority, {}})->tasks;
-  }
-
-  std::vector<Lane> lanes_;
-  std::uint64_t next_seq_ = 0;
-  std::uint64_t taken_ = 0;
-  std::size_t size_ = 0;
-};
-
 struct alignas(64) WorkerSlot {
   WorkStealingDeque<Task> deque;
   std::atomic<std::uint32_t> park_word{0};
@@ -197,10 +123,18 @@ class AdaptiveMutex {
   }
   AdaptiveMutex(const AdaptiveMutex&) = delete;
   AdaptiveMutex& operator=(const AdaptiveMutex&) = delete;
-  ~AdaptiveMutex() { pthread_mutex_destroy(&m_); }
-  void lock() noexcept { pthread_mutex_lock(&m_); }
-  void unlock() noexcept { pthread_mutex_unlock(&m_); }
-  bool try_lock() noexcept { return pthread_mutex_trylock(&m_) == 0; }
+  ~AdaptiveMutex() {
+    pthread_mutex_destroy(&m_);
+  }
+  void lock() noexcept {
+    pthread_mutex_lock(&m_);
+  }
+  void unlock() noexcept {
+    pthread_mutex_unlock(&m_);
+  }
+  bool try_lock() noexcept {
+    return pthread_mutex_trylock(&m_) == 0;
+  }
 
  private:
   pthread_mutex_t m_;
@@ -223,7 +157,7 @@ class PoolCore {
   void wait_idle();
   PoolStats stats() const;
   bool needs_drain() const noexcept {
-    return opts_.max_queue != 0 && shared_size_.load(std::memory_order_relaxed) >= opts_.max_queue;
+    return opts_.max_queue != 0 && queued_.load(std::memory_order_relaxed) >= opts_.max_queue;
   }
   void set_on_error(std::function<void(std::exception_ptr)> cb) {
     std::lock_guard lock(callback_mutex_);
@@ -275,7 +209,12 @@ class PoolCore {
     if (slot.unflushed != 0) finish(std::exchange(slot.unflushed, 0));
   }
   bool park(WorkerSlot& slot);  // false: this thread should exit
-  void signal_work();           // work is queued: wake a sleeper, or grow when every thread is busy
+  void signal_work();
+  [[noreturn]] void throw_closed() const;
+  bool try_reserve() noexcept;
+  bool reserve_slot(
+      SubmitMode mode);  // false: full in try mode; throws QueueFull/PoolClosed           // work
+                         // is queued: wake a sleeper, or grow when every thread is busy
   void wake_one() noexcept;
   void wake_all() noexcept;
   void maybe_grow();
@@ -294,15 +233,20 @@ class PoolCore {
   std::vector<std::unique_ptr<WorkerSlot>> slots_;
   std::atomic<std::size_t> slots_used_{0};  // slots [0, slots_used_) may hold a live worker
 
-  // Shared queue. Lock order: lifecycle_mutex_ > queue_mutex_ > park_mutex_.
-  mutable AdaptiveMutex queue_mutex_;
-  std::condition_variable_any space_cv_;
-  SharedQueue queue_;
-  std::size_t space_waiters_ = 0;
-  bool drain_armed_ = false;
-  bool closed_ = false;
+  // Shared queue. Producers push without a lock; pool threads take from it one at a time under
+  // consume_mutex_. Lock order: lifecycle_mutex_ > consume_mutex_ > park_mutex_; space_mutex_ is
+  // taken alone.
+  InjectionQueue queue_;
+  AdaptiveMutex consume_mutex_;
+  // Tasks in queue_, counted when a producer reserves its place (before the push), so the bound
+  // is exact; consumers may briefly see a reserved task that is not linked yet.
+  std::atomic<std::size_t> queued_{0};
+  std::atomic<bool> closed_{false};
   std::atomic<bool> terminating_{false};
-  std::atomic<std::size_t> shared_size_{0};  // mirrors queue_.size() for lock-free peeks
+  std::atomic<bool> drain_armed_{false};
+  std::mutex space_mutex_;  // OnFull::wait producers sleep on space_cv_
+  std::condition_variable space_cv_;
+  std::atomic<std::size_t> space_waiters_{0};
 
   // Parking.
   std::mutex park_mutex_;
@@ -436,36 +380,72 @@ bool PoolCore::submit(Task* t, SubmitMode mode) {
     }
     return true;
   }
-  {
-    std::unique_lock lock(queue_mutex_);
-    while (true) {
-      if (closed_) {
-        throw PoolClosed(fmt::format(
-            "crew: pool '{}' is closed and accepts no new tasks; submit before close() or "
-            "terminate(), or create a new pool",
-            opts_.name));
-      }
-      if (opts_.max_queue == 0 || queue_.size() < opts_.max_queue) break;
-      drain_armed_ = true;
-      if (mode == SubmitMode::try_only) return false;
-      if (opts_.on_full == OnFull::reject) {
-        throw QueueFull(fmt::format(
-            "crew: pool '{}' queue is full (max_queue = {}); retry later, use try_run(), or set "
-            "on_full = OnFull::wait to make producers wait",
-            opts_.name, opts_.max_queue));
-      }
-      ++space_waiters_;
-      space_cv_.wait(lock);
-      --space_waiters_;
+  // Counted pending before checking closed_: close() sets closed_ and then waits for pending_ to
+  // reach zero, so either we see it closed, or it waits for this task (both seq_cst: Dekker).
+  pending_.fetch_add(1, std::memory_order_seq_cst);
+  try {
+    if (closed_.load(std::memory_order_seq_cst)) throw_closed();
+    if (!reserve_slot(mode)) {
+      finish(1);
+      return false;
     }
-    pending_.fetch_add(1, std::memory_order_relaxed);
-    queue_.push(t);
-    shared_size_.store(queue_.size(), std::memory_order_relaxed);
-    if (opts_.max_queue != 0 && queue_.size() >= opts_.max_queue) drain_armed_ = true;
+  } catch (...) {
+    finish(1);
+    throw;
   }
-  // The push above happened under queue_mutex_, which a parking worker also takes after counting
-  // itself a sleeper: either it sees the task, or signal_work() sees the sleeper (see park()).
+  queue_.push(t);
+  // queued_ was raised with a seq_cst RMW before this load; a parking thread raises num_sleepers_
+  // and then reads queued_. One of us sees the other (see park()).
   signal_work();
+  return true;
+}
+
+void PoolCore::throw_closed() const {
+  throw PoolClosed(fmt::format(
+      "crew: pool '{}' is closed and accepts no new tasks; submit before close() or terminate(), "
+      "or create a new pool",
+      opts_.name));
+}
+
+bool PoolCore::try_reserve() noexcept {
+  std::size_t cur = queued_.load(std::memory_order_seq_cst);
+  while (cur < opts_.max_queue) {
+    if (queued_.compare_exchange_weak(cur, cur + 1, std::memory_order_seq_cst)) {
+      if (cur + 1 >= opts_.max_queue) drain_armed_.store(true, std::memory_order_relaxed);
+      return true;
+    }
+  }
+  return false;
+}
+
+bool PoolCore::reserve_slot(SubmitMode mode) {
+  if (opts_.max_queue == 0) {
+    queued_.fetch_add(1, std::memory_order_seq_cst);
+    return true;
+  }
+  if (try_reserve()) return true;
+  drain_armed_.store(true, std::memory_order_relaxed);
+  if (mode == SubmitMode::try_only) return false;
+  if (opts_.on_full == OnFull::reject) {
+    throw QueueFull(fmt::format(
+        "crew: pool '{}' queue is full (max_queue = {}); retry later, use try_run(), or set "
+        "on_full = OnFull::wait to make producers wait",
+        opts_.name, opts_.max_queue));
+  }
+  std::unique_lock lock(space_mutex_);
+  // Counted before re-checking: a consumer lowers queued_ and then reads space_waiters_ (Dekker),
+  // and notifies under space_mutex_, which we hold until the wait releases it.
+  space_waiters_.fetch_add(1, std::memory_order_seq_cst);
+  bool ok = true;
+  while (!try_reserve()) {
+    if (closed_.load(std::memory_order_seq_cst)) {
+      ok = false;
+      break;
+    }
+    space_cv_.wait(lock);
+  }
+  space_waiters_.fetch_sub(1, std::memory_order_seq_cst);
+  if (!ok) throw_closed();
   return true;
 }
 
@@ -480,28 +460,24 @@ void PoolCore::signal_work() {
 }
 
 Task* PoolCore::pop_shared(WorkerSlot& slot) {
-  const std::size_t visible = shared_size_.load(std::memory_order_relaxed);
+  const std::size_t visible = queued_.load(std::memory_order_relaxed);
   if (visible == 0) return nullptr;
-  // A deep queue is taken in batches: one lock per batch instead of per task, which is what lets
-  // producers and workers share the queue without convoying on its mutex. The batch goes to our
-  // own deque, where idle threads can steal from it.
+  // A deep queue is taken in batches: one lock per batch instead of per task. The batch goes to
+  // our own deque, where idle threads can steal from it.
   const std::size_t threads = std::max<std::size_t>(1, threads_.load(std::memory_order_relaxed));
   const std::size_t want =
       visible > 4 * threads ? std::min(kMaxBatch, visible / (2 * threads)) : std::size_t{1};
   std::array<Task*, kMaxBatch> batch{};
   std::size_t got = 0;
-  std::shared_ptr<std::function<void()>> drained;
   {
-    std::lock_guard lock(queue_mutex_);
+    std::lock_guard lock(consume_mutex_);
     got = queue_.pop_batch(batch.data(), want);
-    if (got == 0) return nullptr;
-    shared_size_.store(queue_.size(), std::memory_order_relaxed);
-    if (space_waiters_ > 0) space_cv_.notify_all();
-    if (drain_armed_ && queue_.size() == 0) {
-      drain_armed_ = false;
-      std::lock_guard cb_lock(callback_mutex_);
-      drained = on_drain_;
-    }
+  }
+  if (got == 0) return nullptr;
+  const std::size_t left = queued_.fetch_sub(got, std::memory_order_seq_cst) - got;
+  if (space_waiters_.load(std::memory_order_seq_cst) > 0) {
+    std::lock_guard lock(space_mutex_);
+    space_cv_.notify_all();
   }
   if (got > 1) {
     // Newest first, so that popping our deque (LIFO) runs them in submission order.
@@ -511,11 +487,19 @@ Task* PoolCore::pop_shared(WorkerSlot& slot) {
       wake_one();
     }
   }
-  if (drained && *drained) {
-    try {
-      (*drained)();
-    } catch (...) {
-      report_error(std::current_exception());
+  if (left == 0 && drain_armed_.load(std::memory_order_relaxed) &&
+      drain_armed_.exchange(false, std::memory_order_acq_rel)) {
+    std::shared_ptr<std::function<void()>> drained;
+    {
+      std::lock_guard cb_lock(callback_mutex_);
+      drained = on_drain_;
+    }
+    if (drained && *drained) {
+      try {
+        (*drained)();
+      } catch (...) {
+        report_error(std::current_exception());
+      }
     }
   }
   return batch[0];
@@ -543,7 +527,7 @@ Task* PoolCore::find_task(WorkerSlot& slot) {
 }
 
 bool PoolCore::any_work_visible() const noexcept {
-  if (shared_size_.load(std::memory_order_relaxed) != 0) return true;
+  if (queued_.load(std::memory_order_relaxed) != 0) return true;
   const std::size_t n = slots_used_.load(std::memory_order_acquire);
   for (std::size_t i = 0; i < n; ++i) {
     if (!slots_[i]->deque.empty_approx()) return true;
@@ -657,7 +641,7 @@ void PoolCore::worker_main(WorkerSlot& slot) {
         idle = false;
       }
       // More work waiting: pass the baton to a sleeper, or grow, before running ours.
-      if (shared_size_.load(std::memory_order_relaxed) != 0) signal_work();
+      if (queued_.load(std::memory_order_relaxed) != 0) signal_work();
       execute(slot, t);
       continue;
     }
@@ -698,14 +682,10 @@ bool PoolCore::park(WorkerSlot& slot) {
     sleepers_.push_back(&slot);
     num_sleepers_.fetch_add(1, std::memory_order_seq_cst);
   }
-  // Re-check after counting ourselves a sleeper. The shared queue is checked under its mutex: a
-  // submitter pushes under it and then reads num_sleepers_, so one of us sees the other. Deque
-  // pushes pair a seq_cst store with the same seq_cst load (Dekker).
-  bool work = stopping_.load(std::memory_order_seq_cst);
-  if (!work) {
-    std::lock_guard lock(queue_mutex_);
-    work = queue_.size() != 0;
-  }
+  // Re-check after counting ourselves a sleeper: a submitter raises queued_ (or, for a deque,
+  // stores bottom) with seq_cst and then reads num_sleepers_, so one of us sees the other (Dekker).
+  bool work =
+      stopping_.load(std::memory_order_seq_cst) || queued_.load(std::memory_order_seq_cst) != 0;
   if (!work) {
     const std::size_t n = slots_used_.load(std::memory_order_acquire);
     for (std::size_t i = 0; i < n && !work; ++i) work = !slots_[i]->deque.empty_approx();
@@ -777,18 +757,19 @@ void PoolCore::shutdown(bool reject_queued) {
   std::lock_guard life(lifecycle_mutex_);
   if (shut_down_) return;
   std::vector<Task*> dropped;
+  closed_.store(true, std::memory_order_seq_cst);
   {
-    std::lock_guard lock(queue_mutex_);
-    closed_ = true;
-    if (reject_queued) {
-      terminating_.store(true, std::memory_order_release);
-      std::array<Task*, kMaxBatch> batch{};
-      while (std::size_t n = queue_.pop_batch(batch.data(), kMaxBatch)) {
-        dropped.insert(dropped.end(), batch.begin(), batch.begin() + static_cast<std::ptrdiff_t>(n));
-      }
-      shared_size_.store(0, std::memory_order_relaxed);
+    std::lock_guard lock(space_mutex_);
+    space_cv_.notify_all();  // producers waiting for space give up with PoolClosed
+  }
+  if (reject_queued) {
+    terminating_.store(true, std::memory_order_seq_cst);
+    std::array<Task*, kMaxBatch> batch{};
+    std::lock_guard lock(consume_mutex_);
+    while (std::size_t n = queue_.pop_batch(batch.data(), kMaxBatch)) {
+      dropped.insert(dropped.end(), batch.begin(), batch.begin() + static_cast<std::ptrdiff_t>(n));
+      queued_.fetch_sub(n, std::memory_order_seq_cst);
     }
-    space_cv_.notify_all();
   }
   if (reject_queued) {
     const std::size_t n = slots_used_.load(std::memory_order_acquire);
@@ -886,7 +867,7 @@ PoolStats PoolCore::stats() const {
   s.threads = threads_.load(std::memory_order_relaxed);
   s.busy = std::min(s.busy, s.threads);
   s.idle = s.threads - s.busy;
-  s.queued += shared_size_.load(std::memory_order_relaxed);
+  s.queued += queued_.load(std::memory_order_relaxed);
   s.cancelled += rejected_.load(std::memory_order_relaxed);
   const double elapsed =
       std::chrono::duration<double, std::nano>(std::chrono::steady_clock::now() - started_).count();

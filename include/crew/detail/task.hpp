@@ -2,6 +2,7 @@
 // run(), the Future's shared state.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <exception>
@@ -23,8 +24,13 @@ enum class Outcome : std::uint8_t { completed, failed, cancelled };
 void* allocate_task(std::size_t size);
 void deallocate_task(void* p, std::size_t size) noexcept;
 
+/// The link of the pool's intrusive shared queue.
+struct QueueNode {
+  std::atomic<QueueNode*> next{nullptr};
+};
+
 /// A unit of work in a pool's queues. The queue owns one reference, dropped with drop().
-class Task {
+class Task : public QueueNode {
  public:
   // Every task type (and, through its virtual destructor, a FutureTask deleted as a StateBase)
   // allocates through these.
@@ -50,7 +56,6 @@ class Task {
   virtual void drop() noexcept = 0;
 
   std::uint64_t enqueued_ticks = 0;
-  std::uint64_t seq = 0;  // FIFO order in the shared queue
   std::chrono::nanoseconds timeout{0};
   int priority = 0;
 
