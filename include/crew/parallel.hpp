@@ -2,9 +2,11 @@
 #pragma once
 
 #include <algorithm>
+#include <atomic>
 #include <concepts>
 #include <cstddef>
 #include <exception>
+#include <optional>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -28,66 +30,71 @@ Index advance(Index first, std::size_t by) {
   return static_cast<Index>(static_cast<U>(static_cast<U>(first) + static_cast<U>(by)));
 }
 
-// Chunks of at least `grain` indices, about four per thread so that a slow chunk can be balanced
-// by the others.
-inline std::size_t chunk_size(std::size_t n, std::size_t threads, std::size_t grain) {
-  const std::size_t parts = std::max<std::size_t>(1, threads) * 4;
-  return std::max<std::size_t>(std::max<std::size_t>(grain, 1), (n + parts - 1) / parts);
+// [0, n) cut into chunks of at least `grain`, about eight per thread: enough for the dynamic
+// hand-out below to even out uneven chunks, few enough that claiming one costs nothing.
+struct Chunking {
+  std::size_t n;
+  std::size_t size;
+  [[nodiscard]] std::size_t count() const { return (n + size - 1) / size; }
+  [[nodiscard]] std::size_t begin(std::size_t c) const { return c * size; }
+  [[nodiscard]] std::size_t end(std::size_t c) const { return std::min(n, (c + 1) * size); }
+};
+inline Chunking chunking(std::size_t n, std::size_t threads, std::size_t grain) {
+  const std::size_t parts = std::max<std::size_t>(1, threads) * 8;
+  return {n, std::max<std::size_t>(std::max<std::size_t>(grain, 1), (n + parts - 1) / parts)};
 }
 
-// Waits for every part (they may reference the caller's stack), then rethrows the first failure.
-template <class T, class Each>
-void join_all(std::vector<Future<T>>& parts, std::exception_ptr error, Each&& each) {
-  for (auto& p : parts) {
-    try {
-      if (error) {
-        p.wait();
-      } else {
-        each(p);
+// Runs body(c) for every chunk c. The caller and up to one task per pool thread claim chunks
+// from a shared counter until none are left, so a slow chunk never leaves the others idle and the
+// caller works instead of waiting for a thread to wake. After the first exception no further
+// chunk starts; it is rethrown once every running chunk has returned.
+template <class Body>
+void run_chunks(ThreadPool& pool, std::size_t chunks, Body& body) {
+  std::atomic<std::size_t> next{0};
+  std::atomic<bool> failed{false};
+  const auto work = [&] {
+    while (!failed.load(std::memory_order_relaxed)) {
+      const std::size_t c = next.fetch_add(1, std::memory_order_relaxed);
+      if (c >= chunks) return;
+      if (auto error = capture([&] { body(c); })) {
+        failed.store(true, std::memory_order_relaxed);
+        std::rethrow_exception(std::move(error));
       }
-    } catch (...) {
-      if (!error) error = std::current_exception();
     }
-  }
-  if (error) std::rethrow_exception(error);
-}
-
-// Submits one task per chunk of [0, n); `make(b, e)` builds the task for a chunk.
-template <class T, class Make>
-void run_chunks(ThreadPool& pool, std::size_t n, std::size_t grain, Make&& make,
-                std::vector<Future<T>>& parts, std::exception_ptr& error) {
-  const std::size_t chunk = chunk_size(n, pool.thread_count(), grain);
-  parts.reserve((n + chunk - 1) / chunk);
+  };
+  std::vector<Future<void>> helpers;
+  std::exception_ptr error;
+  const std::size_t extra = std::min(chunks - 1, pool.thread_count());
+  helpers.reserve(extra);
   try {
-    for (std::size_t b = 0; b < n; b += chunk)
-      parts.push_back(pool.run(make(b, std::min(n, b + chunk))));
+    for (std::size_t i = 0; i < extra; ++i) helpers.push_back(pool.run(work));
   } catch (...) {
-    error = std::current_exception();  // e.g. QueueFull: the parts already queued still finish
+    error = std::current_exception();  // e.g. QueueFull: the caller still does every chunk
   }
+  if (auto e = capture(work); e && !error) error = std::move(e);
+  // Every helper must finish before we return: they reference this frame.
+  for (auto& h : helpers) {
+    if (auto e = capture([&] { h.get(); }); e && !error) error = std::move(e);
+  }
+  if (error) std::rethrow_exception(std::move(error));
 }
 }  // namespace detail
 
-/// Calls `fn(i)` for every i in [first, last), in parallel on `pool`, and returns when all calls
-/// have returned. Indices are split into contiguous chunks of at least `grain` (0: automatic).
-/// If calls throw, the first exception is rethrown after every chunk has finished.
-/// Called from a pool thread, the wait runs other work (nesting is safe).
+/// Calls `fn(i)` for every i in [first, last), in parallel on `pool` and on the calling thread,
+/// and returns when all calls have returned. Indices are handed out in contiguous chunks of at
+/// least `grain` (0: automatic). After a call throws, no further chunk starts, and the exception
+/// is rethrown once the running chunks have finished. Safe to call from a pool thread (nesting).
 ///
 ///     crew::parallel_for(pool, 0, n, [&](int i) { out[i] = f(in[i]); });
 template <std::integral Index, class Fn>
 void parallel_for(ThreadPool& pool, Index first, Index last, Fn fn, std::size_t grain = 0) {
   if (!(first < last)) return;
-  const std::size_t n = detail::distance(first, last);
-  std::vector<Future<void>> parts;
-  std::exception_ptr error;
-  detail::run_chunks(
-      pool, n, grain,
-      [&fn, first](std::size_t b, std::size_t e) {
-        return [&fn, first, b, e] {
-          for (std::size_t i = b; i < e; ++i) fn(detail::advance(first, i));
-        };
-      },
-      parts, error);
-  detail::join_all(parts, error, [](Future<void>& p) { p.get(); });
+  const detail::Chunking ch =
+      detail::chunking(detail::distance(first, last), pool.thread_count(), grain);
+  auto body = [&](std::size_t c) {
+    for (std::size_t i = ch.begin(c), e = ch.end(c); i < e; ++i) fn(detail::advance(first, i));
+  };
+  detail::run_chunks(pool, ch.count(), body);
 }
 
 /// Reduces [first, last) in parallel: each chunk [b, e) gives `range_fn(b, e)`, and the chunk
@@ -103,20 +110,16 @@ T parallel_reduce(ThreadPool& pool, Index first, Index last, T identity, RangeFn
   static_assert(std::is_convertible_v<std::invoke_result_t<RangeFn&, Index, Index>, T>,
                 "parallel_reduce: range_fn(b, e) must return something convertible to T");
   if (!(first < last)) return identity;
-  const std::size_t n = detail::distance(first, last);
-  std::vector<Future<T>> parts;
-  std::exception_ptr error;
-  detail::run_chunks(
-      pool, n, grain,
-      [&range_fn, first](std::size_t b, std::size_t e) {
-        return [&range_fn, first, b, e]() -> T {
-          return range_fn(detail::advance(first, b), detail::advance(first, e));
-        };
-      },
-      parts, error);
+  const detail::Chunking ch =
+      detail::chunking(detail::distance(first, last), pool.thread_count(), grain);
+  std::vector<std::optional<T>> partial(ch.count());
+  auto body = [&](std::size_t c) {
+    partial[c].emplace(
+        range_fn(detail::advance(first, ch.begin(c)), detail::advance(first, ch.end(c))));
+  };
+  detail::run_chunks(pool, ch.count(), body);
   T result = std::move(identity);
-  detail::join_all(parts, error,
-                   [&](Future<T>& p) { result = combine(std::move(result), p.get()); });
+  for (auto& p : partial) result = combine(std::move(result), std::move(*p));
   return result;
 }
 

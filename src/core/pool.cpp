@@ -32,7 +32,7 @@ constexpr std::size_t kMaxBatch = 16;
 // An idle thread keeps looking for work this long before it parks: a task that arrives within it
 // starts without a wake-up syscall. Spent only right after work ran out, so an idle pool costs
 // nothing.
-constexpr auto kSpinFor = std::chrono::microseconds(200);
+constexpr auto kSpinFor = std::chrono::microseconds(50);
 
 std::size_t read_thread_env() {
   const char* v = std::getenv("CREW_THREADS");

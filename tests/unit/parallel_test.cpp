@@ -120,6 +120,7 @@ TEST(ParallelFor, ExceptionIsRethrownAfterEveryChunkFinished) {
   constexpr int kN = 1000;
   std::atomic<bool> thrown{false};
   std::atomic<int> in_flight{0};
+  std::atomic<bool> last_started{false};
   std::atomic<bool> last_done{false};
   std::atomic<int> calls_after_return{0};
   std::atomic<bool> returned{false};
@@ -135,7 +136,9 @@ TEST(ParallelFor, ExceptionIsRethrownAfterEveryChunkFinished) {
             throw ChunkError("chunk 0");
           }
           if (i == kN - 1) {
-            // The last chunk is still busy after the first one failed; parallel_for must wait.
+            last_started = true;
+            // The last chunk, if it started, is still busy after the first one failed;
+            // parallel_for must wait for it.
             const auto guard = std::chrono::steady_clock::now() + kGuard;
             while (!thrown.load() && std::chrono::steady_clock::now() < guard) {
               std::this_thread::yield();
@@ -153,7 +156,7 @@ TEST(ParallelFor, ExceptionIsRethrownAfterEveryChunkFinished) {
     EXPECT_STREQ(e.what(), "chunk 0");
   }
   returned = true;
-  EXPECT_TRUE(last_done.load());
+  EXPECT_EQ(last_started.load(), last_done.load());
   EXPECT_EQ(in_flight.load(), 0);
   pool.wait_idle();
   EXPECT_EQ(calls_after_return.load(), 0);
