@@ -1,5 +1,6 @@
 #include <climits>
 #include <stdexcept>
+#include <thread>
 
 #include <fmt/format.h>
 
@@ -9,12 +10,13 @@
 
 namespace crew::inline v0::detail {
 namespace {
-// A waiter spins this long before sleeping: a task that finishes within a couple of microseconds
+// A waiter spins this long before sleeping (a pool thread keeps looking for work to help with
+// instead): a task that finishes within a couple of microseconds
 // (the common round trip) is seen without a syscall on either side.
 constexpr auto kSpinFor = std::chrono::microseconds(20);
 // While a pool thread waits and finds nothing to help with, it sleeps in slices this long, so work
 // submitted meanwhile is picked up even if only this thread could run it.
-constexpr auto kHelperSlice = std::chrono::microseconds(500);
+constexpr auto kHelperSlice = std::chrono::microseconds(200);
 }  // namespace
 
 void StateBase::publish() noexcept {
@@ -48,8 +50,25 @@ void StateBase::block_until_ready(std::chrono::nanoseconds slice) const noexcept
 void StateBase::wait() const noexcept {
   if (ready()) return;
   if (Helper* helper = tl_helper) {
-    while (!ready()) {
-      if (!helper->help_one()) block_until_ready(kHelperSlice);
+    // Run other work while waiting. With nothing to run, keep looking for a while (in fork-join
+    // code the thread we wait for keeps producing stealable work), then sleep in slices.
+    auto spin_until = std::chrono::steady_clock::time_point::min();
+    for (int i = 0; !ready(); ++i) {
+      if (helper->help_one()) {
+        spin_until = std::chrono::steady_clock::time_point::min();
+        continue;
+      }
+      if ((i & 15) != 15) {
+        cpu_relax();
+        continue;
+      }
+      const auto now = std::chrono::steady_clock::now();
+      if (spin_until == std::chrono::steady_clock::time_point::min()) spin_until = now + kSpinFor;
+      if (now < spin_until) {
+        std::this_thread::yield();
+      } else {
+        block_until_ready(kHelperSlice);
+      }
     }
     return;
   }
