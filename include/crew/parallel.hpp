@@ -64,7 +64,9 @@ void run_chunks(ThreadPool& pool, std::size_t chunks, Body& body) {
   };
   std::vector<Future<void>> helpers;
   std::exception_ptr error;
-  const std::size_t extra = std::min(chunks - 1, pool.thread_count());
+  // The caller counts as one of the pool's threads: as many threads work as the pool has.
+  const std::size_t threads = pool.thread_count();
+  const std::size_t extra = std::min(chunks - 1, threads > 1 ? threads - 1 : threads);
   helpers.reserve(extra);
   try {
     for (std::size_t i = 0; i < extra; ++i) helpers.push_back(pool.run(work));
@@ -80,7 +82,8 @@ void run_chunks(ThreadPool& pool, std::size_t chunks, Body& body) {
 }
 }  // namespace detail
 
-/// Calls `fn(i)` for every i in [first, last), in parallel on `pool` and on the calling thread,
+/// Calls `fn(i)` for every i in [first, last), in parallel on the calling thread and `pool` (as
+/// many threads in all as the pool has),
 /// and returns when all calls have returned. Indices are handed out in contiguous chunks of at
 /// least `grain` (0: automatic). After a call throws, no further chunk starts, and the exception
 /// is rethrown once the running chunks have finished. Safe to call from a pool thread (nesting).
