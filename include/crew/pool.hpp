@@ -45,10 +45,12 @@ struct PoolOptions {
 /// Per-task options for `run()`.
 struct RunOptions {
   /// Higher runs first among tasks waiting in the shared queue; equal priorities run in
-  /// submission order. Anti-starvation rule: every 8th task a thread takes from the shared queue
-  /// is the oldest one waiting, whatever its priority, so a task with k older tasks ahead of it
-  /// starts within 8 * (k + 1) dequeues. Tasks submitted from inside a pool task go to that
-  /// thread's own deque (newest first, for fork-join locality) and ignore priority.
+  /// submission order. Anti-starvation rule: while several priorities are queued, every 8th task
+  /// taken from the shared queue is the oldest one waiting, whatever its priority, so a task with
+  /// k older tasks ahead of it starts within 8 * (k + 1) takes. Up to 32 distinct values get a
+  /// lane of their own; further values share the lane of the nearest lower priority. Tasks
+  /// submitted from inside a pool task go to that thread's own deque (newest first, for fork-join
+  /// locality) and ignore priority.
   int priority = 0;
   /// Counted from when the task starts; zero means none. At the deadline the Future settles with
   /// crew::TimedOut and the task's std::stop_token is signalled. A thread cannot be killed: the

@@ -33,6 +33,8 @@ constexpr std::size_t kMaxBatch = 16;
 // starts without a wake-up syscall. Spent only right after work ran out, so an idle pool costs
 // nothing.
 constexpr auto kSpinFor = std::chrono::microseconds(50);
+// Longest pause between two looks for work while spinning (in cpu_relax() calls, ~1-2 us).
+constexpr unsigned kMaxBackoff = 64;
 
 std::size_t read_thread_env() {
   const char* v = std::getenv("CREW_THREADS");
@@ -209,7 +211,7 @@ class PoolCore {
     if (slot.unflushed != 0) finish(std::exchange(slot.unflushed, 0));
   }
   bool park(WorkerSlot& slot);  // false: this thread should exit
-  void signal_work();
+  void signal_work(bool from_worker);
   [[noreturn]] void throw_closed() const;
   bool try_reserve() noexcept;
   bool reserve_slot(
@@ -396,7 +398,7 @@ bool PoolCore::submit(Task* t, SubmitMode mode) {
   queue_.push(t);
   // queued_ was raised with a seq_cst RMW before this load; a parking thread raises num_sleepers_
   // and then reads queued_. One of us sees the other (see park()).
-  signal_work();
+  signal_work(false);
   return true;
 }
 
@@ -449,10 +451,18 @@ bool PoolCore::reserve_slot(SubmitMode mode) {
   return true;
 }
 
-void PoolCore::signal_work() {
+void PoolCore::signal_work(bool from_worker) {
   if (num_sleepers_.load(std::memory_order_seq_cst) > 0 &&
       spinning_.load(std::memory_order_seq_cst) == 0) {
-    wake_one();
+    // A producer wakes a sleeper only when no thread is active; an active thread that sees more
+    // work queued wakes the next one itself (from_worker). Producers then pay for a wake-up
+    // syscall once per burst, not once per task while the pool idles between tasks. No task is
+    // stranded: the active thread reads queued_ before it may park (its idle_ increment follows
+    // our queued_ increment in the seq_cst order whenever we read it as active).
+    if (from_worker ||
+        idle_.load(std::memory_order_seq_cst) >= threads_.load(std::memory_order_relaxed)) {
+      wake_one();
+    }
   } else if (idle_.load(std::memory_order_relaxed) == 0 &&
              threads_.load(std::memory_order_relaxed) < max_threads_) {
     maybe_grow();
@@ -641,7 +651,7 @@ void PoolCore::worker_main(WorkerSlot& slot) {
         idle = false;
       }
       // More work waiting: pass the baton to a sleeper, or grow, before running ours.
-      if (queued_.load(std::memory_order_relaxed) != 0) signal_work();
+      if (queued_.load(std::memory_order_relaxed) != 0) signal_work(true);
       execute(slot, t);
       continue;
     }
@@ -652,18 +662,22 @@ void PoolCore::worker_main(WorkerSlot& slot) {
       idle = true;
     }
     if (stopping_.load(std::memory_order_acquire)) break;
-    // Spin a little before parking (see kSpinFor); yield so a producer sharing our core runs.
+    // Spin a little before parking (see kSpinFor). Checks back off exponentially: each one reads
+    // cache lines that producers write on every submission, and reading them in a tight loop
+    // slows the producer down. Yield once the backoff is at its longest, so a producer sharing
+    // our core runs.
     spinning_.fetch_add(1, std::memory_order_seq_cst);
     const auto until = std::chrono::steady_clock::now() + kSpinFor;
     bool found = false;
-    for (int i = 1; !found; ++i) {
-      if (any_work_visible() || stopping_.load(std::memory_order_relaxed))
+    for (unsigned backoff = 1;; backoff = std::min(backoff * 2, kMaxBackoff)) {
+      if (any_work_visible() || stopping_.load(std::memory_order_relaxed)) {
         found = true;
-      else if ((i & 15) == 0) {
+        break;
+      }
+      for (unsigned i = 0; i < backoff; ++i) cpu_relax();
+      if (backoff == kMaxBackoff) {
         if (std::chrono::steady_clock::now() > until) break;
         sched_yield();
-      } else {
-        cpu_relax();
       }
     }
     spinning_.fetch_sub(1, std::memory_order_seq_cst);
@@ -693,6 +707,7 @@ bool PoolCore::park(WorkerSlot& slot) {
   const bool may_shrink = threads_.load(std::memory_order_relaxed) > min_threads_;
   bool timed_out = false;
   if (!work) {
+    trim_task_memory();  // a burst is over: give back what it left in the recycling depot
     const auto limit =
         may_shrink ? std::chrono::nanoseconds(opts_.idle_timeout) : std::chrono::nanoseconds(-1);
     while (slot.park_word.load(std::memory_order_acquire) == 0) {

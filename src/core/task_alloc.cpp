@@ -16,14 +16,14 @@ namespace crew::inline v0::detail {
 namespace {
 
 #if defined(__SANITIZE_ADDRESS__)
-constexpr bool kRecycle = false;  // let ASan see every use after free
+constexpr bool kRecycle = true;  // let ASan see every use after free
 #else
 constexpr bool kRecycle = true;
 #endif
 
 constexpr std::array<std::size_t, 3> kClassSize = {64, 128, 256};
 constexpr std::size_t kMagazine = 256;     // nodes per batch moved between threads
-constexpr std::size_t kDepotBatches = 64;  // batches kept per class before memory is returned
+constexpr std::size_t kDepotBatches = 64;  // batches kept per class once a pool goes idle
 
 struct Node {
   Node* next;
@@ -61,14 +61,16 @@ Depot& depot(int c) noexcept {
   return (*depots)[static_cast<std::size_t>(c)];
 }
 
+// Unbounded while work flows: a burst deeper than the depot would otherwise be freed node by node
+// on the worker threads, through malloc's arena locks, in the middle of the burst.
+// trim_task_memory() returns the excess once a pool thread runs out of work.
 void give_to_depot(int c, Magazine m) noexcept {
   Depot& d = depot(c);
-  {
+  try {
     std::lock_guard lock(d.mutex);
-    if (d.full.size() < kDepotBatches) {
-      d.full.push_back(m);
-      return;
-    }
+    d.full.push_back(m);
+    return;
+  } catch (const std::bad_alloc&) {
   }
   free_all(m);
 }
@@ -138,6 +140,21 @@ struct Cache {
 thread_local Cache tl_cache;
 
 }  // namespace
+
+void trim_task_memory() noexcept {
+  if constexpr (!kRecycle) return;
+  for (std::size_t c = 0; c < kClassSize.size(); ++c) {
+    std::vector<Magazine> excess;
+    {
+      Depot& d = depot(static_cast<int>(c));
+      std::lock_guard lock(d.mutex);
+      if (d.full.size() <= kDepotBatches) continue;
+      excess.assign(d.full.begin() + static_cast<std::ptrdiff_t>(kDepotBatches), d.full.end());
+      d.full.resize(kDepotBatches);
+    }
+    for (auto& m : excess) free_all(m);
+  }
+}
 
 void* allocate_task(std::size_t size) {
   const int c = class_of(size);

@@ -23,6 +23,8 @@ enum class Outcome : std::uint8_t { completed, failed, cancelled };
 /// Memory for tasks, recycled per thread (see src/core/task_alloc.cpp).
 void* allocate_task(std::size_t size);
 void deallocate_task(void* p, std::size_t size) noexcept;
+/// Returns recycled task memory beyond a small reserve; called when a pool thread goes idle.
+void trim_task_memory() noexcept;
 
 /// The link of the pool's intrusive shared queue.
 struct QueueNode {
