@@ -9,13 +9,13 @@
 //
 // Part 2, the anti-starvation rule (documented on RunOptions::priority): every 8th task a thread
 // takes from the shared queue is the oldest task waiting, whatever its priority. So a task with k
-// older tasks ahead of it starts within 8 * (k + 1) dequeues, and a steady stream of high-priority
-// work cannot postpone a low-priority task forever. Here one low task is queued first, followed by
-// 20 high ones: it has no older task ahead (k = 0), so it must run within the first 8 dequeues
-// rather than last. (Part 1 is consistent with the rule: only 10 dequeues happen there, and at the
-// one that is an "oldest first" pick the oldest task left is also the one priority would choose.)
-// The rule concerns the shared queue only: tasks submitted from inside a pool task go to that
-// thread's own deque, newest first, and ignore priority.
+// older tasks ahead of it starts within 8 * (k + 1) tasks taken, and a steady stream of
+// high-priority work cannot postpone a low-priority task forever. Here one low task is queued
+// first, followed by 20 high ones: it has no older task ahead (k = 0), so it must run within the
+// first 8 tasks taken rather than last. (Part 1 is consistent with the rule: only 10 tasks are
+// taken there, and at the one that is an "oldest first" pick the oldest task left is also the one
+// priority would choose.) The rule concerns the shared queue only: tasks submitted from inside a
+// pool task go to that thread's own deque, newest first, and ignore priority.
 
 #include <cstdio>
 #include <latch>
@@ -126,7 +126,7 @@ bool low_priority_is_not_starved(crew::ThreadPool& pool) {
   for (std::size_t i = 0; i < log.labels.size(); ++i) {
     if (log.labels[i] == "LOW") low_position = i;
   }
-  // Within the first 8 dequeues after it was queued (positions 0..7), and not simply last.
+  // Within the first 8 tasks taken after it was queued (positions 0..7), and not simply last.
   const bool ok = low_position < 8;
   std::printf("part 2: LOW ran at position %zu of %zu: %s\n", low_position + 1, log.labels.size(),
               ok ? "OK, the oldest-task pick kept it from starving"

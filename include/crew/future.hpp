@@ -29,27 +29,27 @@ template <class T>
 struct FuturePromise;
 
 template <class T>
-struct is_future : std::false_type {};
+struct IsFuture : std::false_type {};
 template <class T>
-struct is_future<Future<T>> : std::true_type {};
+struct IsFuture<Future<T>> : std::true_type {};
 
 // What `then(fn)` produces: fn may take the value (nothing for void), or the whole settled Future
 // (to see errors too).
 // The value form is tried first, so a generic lambda (`[](auto v)`) receives the value.
 template <class T, class F>
 struct ThenTraits {
-  static constexpr bool takes_value = [] {
+  static constexpr bool kTakesValue = [] {
     if constexpr (std::is_void_v<T>) {
       return std::is_invocable_v<F>;
     } else {
       return std::is_invocable_v<F, T>;
     }
   }();
-  static constexpr bool takes_future = !takes_value && std::is_invocable_v<F, Future<T>>;
+  static constexpr bool kTakesFuture = !kTakesValue && std::is_invocable_v<F, Future<T>>;
   static auto probe() {
-    static_assert(takes_value || takes_future,
+    static_assert(kTakesValue || kTakesFuture,
                   "then(fn): fn must take the value (nothing for Future<void>) or the Future");
-    if constexpr (takes_future) {
+    if constexpr (kTakesFuture) {
       return std::type_identity<std::invoke_result_t<F, Future<T>>>{};
     } else if constexpr (std::is_void_v<T>) {
       return std::type_identity<std::invoke_result_t<F>>{};
@@ -278,7 +278,7 @@ class ThenState final : public State<U>, public Continuation {
   void run() noexcept {
     Ref<ThenState> self(this);  // adopts the continuation's reference
     Future<T> src(source_.release_ownership());
-    if constexpr (ThenTraits<T, F>::takes_future) {
+    if constexpr (ThenTraits<T, F>::kTakesFuture) {
       settle_with(*this, std::move(fn_), std::move(src));
     } else if constexpr (std::is_void_v<T>) {
       if (auto error = capture([&] { src.get(); })) {
@@ -332,7 +332,7 @@ template <class F, class Executor>
 auto Future<T>::then(F&& fn, Executor& executor) {
   check("then");
   using U = typename detail::ThenTraits<T, std::decay_t<F>>::result;
-  static_assert(!detail::is_future<U>::value,
+  static_assert(!detail::IsFuture<U>::value,
                 "then(fn): fn returns a Future; return its value instead, or co_await it inside a "
                 "coroutine");
   using S = detail::ThenState<T, U, std::decay_t<F>, Executor>;

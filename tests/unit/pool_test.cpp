@@ -1,3 +1,4 @@
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdlib>
@@ -318,6 +319,30 @@ TEST(ThreadPool, LowPriorityIsNotStarved) {
   // The oldest task is taken at least every 8th dequeue, and it is the oldest here.
   EXPECT_GE(low_position, 0);
   EXPECT_LT(low_position, 8);
+}
+
+TEST(ThreadPool, MoreDistinctPrioritiesThanLanesStillRunInOrder) {
+  crew::ThreadPool pool({.max_threads = 1});
+  Gate gate;
+  auto blocker = pool.run(gate.body());
+  gate.entered.wait();
+  std::mutex m;
+  std::vector<int> order;
+  std::vector<crew::Future<void>> fs;
+  // 40 distinct values: the first 32 get lanes, 32..39 share the lane of 31 (nearest lower).
+  for (int p = 0; p < 40; ++p) {
+    fs.push_back(pool.run(crew::RunOptions{.priority = p}, [&, p] {
+      std::lock_guard lock(m);
+      order.push_back(p);
+    }));
+  }
+  gate.release();
+  for (auto& f : fs) f.get();
+  ASSERT_EQ(order.size(), 40U);
+  EXPECT_EQ(order.front(), 31);  // the highest lane, oldest first
+  std::vector<int> sorted = order;
+  std::sort(sorted.begin(), sorted.end());
+  for (int p = 0; p < 40; ++p) EXPECT_EQ(sorted[static_cast<std::size_t>(p)], p);
 }
 
 TEST(ThreadPool, PostedExceptionsGoToOnError) {
