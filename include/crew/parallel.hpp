@@ -11,6 +11,7 @@
 #include <utility>
 #include <vector>
 
+#include <crew/errors.hpp>
 #include <crew/future.hpp>
 #include <crew/pool.hpp>
 
@@ -47,7 +48,8 @@ inline Chunking chunking(std::size_t n, std::size_t threads, std::size_t grain) 
 // Runs body(c) for every chunk c. The caller and up to one task per pool thread claim chunks
 // from a shared counter until none are left, so a slow chunk never leaves the others idle and the
 // caller works instead of waiting for a thread to wake. After the first exception no further
-// chunk starts; it is rethrown once every running chunk has returned.
+// chunk starts; it is rethrown once every running chunk has returned. Helpers that do not fit in
+// a full queue are simply not used; a closed pool throws PoolClosed before any chunk runs.
 template <class Body>
 void run_chunks(ThreadPool& pool, std::size_t chunks, Body& body) {
   std::atomic<std::size_t> next{0};
@@ -66,14 +68,27 @@ void run_chunks(ThreadPool& pool, std::size_t chunks, Body& body) {
   std::exception_ptr error;
   // The caller counts as one of the pool's threads: as many threads work as the pool has.
   const std::size_t threads = pool.thread_count();
-  const std::size_t extra = std::min(chunks - 1, threads > 1 ? threads - 1 : threads);
+  // At least one helper is tried: a dynamic pool with no thread yet starts one, a closed pool
+  // reports itself.
+  const std::size_t extra = std::min(chunks - 1, threads > 1 ? threads - 1 : std::size_t{1});
   helpers.reserve(extra);
-  try {
-    for (std::size_t i = 0; i < extra; ++i) helpers.push_back(pool.run(work));
-  } catch (...) {
-    error = std::current_exception();  // e.g. QueueFull: the caller still does every chunk
+  for (std::size_t i = 0; i < extra; ++i) {
+    try {
+      helpers.push_back(pool.run(work));
+    } catch (const QueueFull&) {
+      break;  // a full queue means fewer helpers, not a failure: the caller takes the chunks
+    } catch (const PoolClosed&) {
+      if (helpers.empty()) throw;  // nothing started yet: report the closed pool at once
+      break;
+    } catch (...) {
+      error = std::current_exception();
+      failed.store(true, std::memory_order_relaxed);
+      break;
+    }
   }
-  if (auto e = capture(work); e && !error) error = std::move(e);
+  if (!error) {
+    if (auto e = capture(work)) error = std::move(e);
+  }
   // Every helper must finish before we return: they reference this frame.
   for (auto& h : helpers) {
     if (auto e = capture([&] { h.get(); }); e && !error) error = std::move(e);

@@ -4,7 +4,6 @@
 #include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
-#include <deque>
 #include <map>
 #include <mutex>
 #include <system_error>
@@ -211,7 +210,7 @@ class PoolCore {
     if (slot.unflushed != 0) finish(std::exchange(slot.unflushed, 0));
   }
   bool park(WorkerSlot& slot);  // false: this thread should exit
-  void signal_work(bool from_worker);
+  void signal_work();
   [[noreturn]] void throw_closed() const;
   bool try_reserve() noexcept;
   bool reserve_slot(
@@ -398,7 +397,7 @@ bool PoolCore::submit(Task* t, SubmitMode mode) {
   queue_.push(t);
   // queued_ was raised with a seq_cst RMW before this load; a parking thread raises num_sleepers_
   // and then reads queued_. One of us sees the other (see park()).
-  signal_work(false);
+  signal_work();
   return true;
 }
 
@@ -451,18 +450,12 @@ bool PoolCore::reserve_slot(SubmitMode mode) {
   return true;
 }
 
-void PoolCore::signal_work(bool from_worker) {
+void PoolCore::signal_work() {
+  // Wake a sleeper unless a thread is spinning (it will find the task). Even when another thread
+  // is busy: its task may run for a long time, and the queued one must not wait for it.
   if (num_sleepers_.load(std::memory_order_seq_cst) > 0 &&
       spinning_.load(std::memory_order_seq_cst) == 0) {
-    // A producer wakes a sleeper only when no thread is active; an active thread that sees more
-    // work queued wakes the next one itself (from_worker). Producers then pay for a wake-up
-    // syscall once per burst, not once per task while the pool idles between tasks. No task is
-    // stranded: the active thread reads queued_ before it may park (its idle_ increment follows
-    // our queued_ increment in the seq_cst order whenever we read it as active).
-    if (from_worker ||
-        idle_.load(std::memory_order_seq_cst) >= threads_.load(std::memory_order_relaxed)) {
-      wake_one();
-    }
+    wake_one();
   } else if (idle_.load(std::memory_order_relaxed) == 0 &&
              threads_.load(std::memory_order_relaxed) < max_threads_) {
     maybe_grow();
@@ -651,7 +644,7 @@ void PoolCore::worker_main(WorkerSlot& slot) {
         idle = false;
       }
       // More work waiting: pass the baton to a sleeper, or grow, before running ours.
-      if (queued_.load(std::memory_order_relaxed) != 0) signal_work(true);
+      if (queued_.load(std::memory_order_relaxed) != 0) signal_work();
       execute(slot, t);
       continue;
     }

@@ -4,6 +4,7 @@
 #include <climits>
 #include <cstdint>
 #include <functional>
+#include <latch>
 #include <numeric>
 #include <random>
 #include <stdexcept>
@@ -13,6 +14,7 @@
 
 #include <gtest/gtest.h>
 
+#include <crew/errors.hpp>
 #include <crew/parallel.hpp>
 #include <crew/pool.hpp>
 
@@ -322,3 +324,39 @@ TEST(ParallelReduce, NestedInsideAPoolTaskOnOneThread) {
 }
 
 }  // namespace
+
+TEST(ParallelFor, FullQueueMeansFewerHelpersNotFailure) {
+  crew::ThreadPool pool(
+      {.max_threads = 2, .max_queue = 1, .on_full = crew::OnFull::reject, .name = "pfullq"});
+  std::latch a_started(1);
+  std::latch b_started(1);
+  std::latch release(1);
+  // Both threads busy and the one queue slot taken: no helper fits. (One submission at a time:
+  // the queue holds one task.)
+  auto a = pool.run([&] {
+    a_started.count_down();
+    release.wait();
+  });
+  a_started.wait();
+  auto b = pool.run([&] {
+    b_started.count_down();
+    release.wait();
+  });
+  b_started.wait();
+  auto queued = pool.run([] {});
+  std::vector<int> seen(1000, 0);
+  crew::parallel_for(pool, 0, 1000, [&](int i) { seen[static_cast<std::size_t>(i)]++; });
+  for (int v : seen) EXPECT_EQ(v, 1);
+  release.count_down();
+  a.get();
+  b.get();
+  queued.get();
+}
+
+TEST(ParallelFor, ClosedPoolThrowsBeforeAnyCall) {
+  crew::ThreadPool pool({.max_threads = 2, .name = "pclosed"});
+  pool.close();
+  std::atomic<int> calls{0};
+  EXPECT_THROW(crew::parallel_for(pool, 0, 100, [&](int) { calls++; }), crew::PoolClosed);
+  EXPECT_EQ(calls.load(), 0);
+}

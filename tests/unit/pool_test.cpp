@@ -345,6 +345,23 @@ TEST(ThreadPool, MoreDistinctPrioritiesThanLanesStillRunInOrder) {
   for (int p = 0; p < 40; ++p) EXPECT_EQ(sorted[static_cast<std::size_t>(p)], p);
 }
 
+TEST(ThreadPool, BusyThreadDoesNotHoldBackQueuedWorkFromAnIdleOne) {
+  crew::ThreadPool pool({.max_threads = 2});
+  std::latch first_started(1);
+  std::latch second_ran(1);
+  // The first task blocks (without helping) until the second has run: only the other thread can
+  // run the second one, so it must be woken although a thread is active.
+  auto first = pool.run([&] {
+    first_started.count_down();
+    second_ran.wait();
+  });
+  first_started.wait();
+  auto second = pool.run([&] { second_ran.count_down(); });
+  ASSERT_TRUE(first.wait_for(30s)) << "the queued task waited for the busy thread";
+  second.get();
+  first.get();
+}
+
 TEST(ThreadPool, PostedExceptionsGoToOnError) {
   crew::ThreadPool pool({.max_threads = 2});
   std::mutex m;
