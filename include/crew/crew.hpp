@@ -2,9 +2,12 @@
 // header of crew::core.
 #pragma once
 
+#include <crew/atomics.hpp>
+#include <crew/buffer.hpp>
 #include <crew/errors.hpp>
 #include <crew/future.hpp>
 #include <crew/parallel.hpp>
 #include <crew/pool.hpp>
+#include <crew/shared_buffer.hpp>
 #include <crew/stats.hpp>
 #include <crew/version.hpp>

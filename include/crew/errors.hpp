@@ -43,5 +43,13 @@ class PoolClosed : public Error {
   explicit PoolClosed(const std::string& what) : Error(what) {}
 };
 
+/// A value did not have the shape an operation needs: a Message accessed as the wrong kind, a
+/// detached Buffer posted, arguments that do not decode into a task's parameters. The message
+/// names what was expected and what was given.
+class BadArguments : public Error {
+ public:
+  explicit BadArguments(const std::string& what) : Error(what) {}
+};
+
 }  // namespace v0
 }  // namespace crew
