@@ -5,6 +5,7 @@
 #include <crew/atomics.hpp>
 #include <crew/buffer.hpp>
 #include <crew/errors.hpp>
+#include <crew/event_loop.hpp>
 #include <crew/future.hpp>
 #include <crew/parallel.hpp>
 #include <crew/pool.hpp>
