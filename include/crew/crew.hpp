@@ -4,6 +4,7 @@
 
 #include <crew/atomics.hpp>
 #include <crew/buffer.hpp>
+#include <crew/channel.hpp>
 #include <crew/errors.hpp>
 #include <crew/event_loop.hpp>
 #include <crew/future.hpp>
