@@ -8,8 +8,11 @@
 #include <crew/errors.hpp>
 #include <crew/event_loop.hpp>
 #include <crew/future.hpp>
+#include <crew/message.hpp>
 #include <crew/parallel.hpp>
 #include <crew/pool.hpp>
+#include <crew/port.hpp>
 #include <crew/shared_buffer.hpp>
 #include <crew/stats.hpp>
 #include <crew/version.hpp>
+#include <crew/worker.hpp>

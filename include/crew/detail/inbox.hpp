@@ -60,14 +60,19 @@ class Inbox {
     return take_locked(lock);
   }
 
-  /// Further pushes fail; items already queued can still be popped; blocked callers wake.
+  /// Further pushes fail; items already queued can still be popped; blocked callers wake; the
+  /// listener runs once more so push-style consumers notice the end.
   void close() {
+    std::function<void()> listener;
     {
       std::lock_guard lock(mutex_);
+      if (closed_) return;
       closed_ = true;
+      listener = listener_;
     }
     items_ready_.notify_all();
     space_.notify_all();
+    if (listener) listener();
   }
 
   [[nodiscard]] bool closed() const {
@@ -79,14 +84,15 @@ class Inbox {
     return items_.size();
   }
 
-  /// Called (outside the lock, on the pushing thread) after every successful push; also once now
-  /// if items are already waiting. Pass an empty function to remove it.
+  /// Called (outside the lock, on the pushing thread) after every successful push and on close;
+  /// also once now if items are waiting or the inbox is closed. Pass an empty function to remove
+  /// it.
   void set_listener(std::function<void()> listener) {
     bool pending = false;
     {
       std::lock_guard lock(mutex_);
       listener_ = listener;
-      pending = !items_.empty();
+      pending = !items_.empty() || closed_;
     }
     if (pending && listener) listener();
   }
