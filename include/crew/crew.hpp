@@ -3,6 +3,7 @@
 #pragma once
 
 #include <crew/atomics.hpp>
+#include <crew/broadcast.hpp>
 #include <crew/buffer.hpp>
 #include <crew/channel.hpp>
 #include <crew/errors.hpp>
