@@ -141,10 +141,14 @@ extern "C" void* crew_worker_main(void* arg) {
     if (state.stop.stop_requested()) code = 1;  // terminated, as in Node
     tl_worker = nullptr;
     {
-      std::lock_guard lock(state.mutex);
+      std::unique_lock lock(state.mutex);
       state.exit_code = code;
       state.error = error;
       state.finished = true;
+      // The error event goes out before the port closes, so it is scheduled ahead of the exit
+      // event (which, with push delivery, waits for the closed port to be drained).
+      state.fire_error(lock);
+      if (error && !state.on_error) report_unhandled(state, error);
     }
     // Closing after everything the worker posted: the parent drains those, then sees the end.
     ctx.parent().close();
@@ -153,8 +157,6 @@ extern "C" void* crew_worker_main(void* arg) {
   {
     std::unique_lock lock(state.mutex);
     exits.swap(state.exit_waiters);
-    state.fire_error(lock);
-    if (error && !state.on_error) report_unhandled(state, error);
     state.fire_exit(lock);
   }
   state.finished_cv.notify_all();
@@ -202,6 +204,11 @@ Worker::Worker(std::function<void(WorkerContext&)> fn, WorkerOptions options)
 Worker::~Worker() {
   (void)terminate();
   join();
+  // Our port (and with it the push delivery that would have announced the exit after the last
+  // message) goes away with us: announce the exit now, as without push delivery.
+  std::unique_lock lock(state_->mutex);
+  state_->delivery = false;
+  state_->fire_exit(lock);
 }
 
 Future<void> Worker::online() {

@@ -85,6 +85,36 @@ TEST(Worker, ExceptionBecomesErrorEventAndExitCodeOne) {
   EXPECT_EQ(w.join(), 1);
 }
 
+TEST(Worker, ErrorEventComesBeforeExitEvent) {
+  for (int i = 0; i < 50; ++i) {
+    crew::EventLoop loop;
+    crew::Worker w([](crew::WorkerContext& ctx) {
+      (void)ctx.parent().receive();  // wait until every callback is installed
+      throw std::runtime_error("boom");
+    });
+    std::string order;
+    w.on_message([](crew::Message) {}, loop);
+    w.on_error([&](std::exception_ptr) { order += 'E'; }, loop);
+    w.on_exit([&](int) { order += 'X'; }, loop);
+    w.post(crew::Message(1));
+    loop.run_until([&] { return order.size() == 2; });
+    ASSERT_EQ(order, "EX") << "iteration " << i;
+  }
+}
+
+TEST(Worker, ExitEventSurvivesTheWorkerObject) {
+  crew::EventLoop loop;
+  int code = -1;
+  {
+    crew::Worker w([](crew::WorkerContext&) {});
+    w.on_message([](crew::Message) {}, loop);
+    w.on_exit([&](int c) { code = c; }, loop);
+    EXPECT_EQ(w.join(), 0);
+  }  // destroyed before the loop ran anything
+  loop.run_until([&] { return code != -1; });
+  EXPECT_EQ(code, 0);
+}
+
 TEST(Worker, TerminateWakesABlockedReceive) {
   std::atomic<bool> woke{false};
   crew::Worker w([&](crew::WorkerContext& ctx) {

@@ -2,6 +2,7 @@
 // listener for push-style delivery.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstddef>
@@ -10,6 +11,8 @@
 #include <mutex>
 #include <optional>
 #include <utility>
+
+#include <crew/detail/futex.hpp>
 
 namespace crew::inline v0::detail {
 
@@ -35,7 +38,8 @@ class Inbox {
         space_.wait(lock);
       }
       items_.push_back(std::move(item));
-      listener = listener_;
+      count_.store(items_.size(), std::memory_order_release);
+      if (listener_) listener = listener_;
     }
     items_ready_.notify_one();
     if (listener) listener();
@@ -45,6 +49,15 @@ class Inbox {
   /// Blocks until an item arrives (returns it), or the inbox is closed and drained, or `deadline`
   /// passes (both: empty).
   std::optional<T> pop(std::optional<std::chrono::steady_clock::time_point> deadline) {
+    // Look for a while before sleeping: a reply that comes within microseconds (the usual round
+    // trip) is then picked up without a futex sleep and wake on either side.
+    const auto spin_until = std::chrono::steady_clock::now() + kSpinFor;
+    for (int i = 1; count_.load(std::memory_order_acquire) == 0 &&
+                    !closed_flag_.load(std::memory_order_acquire);
+         ++i) {
+      cpu_relax();
+      if ((i & 63) == 0 && std::chrono::steady_clock::now() > spin_until) break;
+    }
     std::unique_lock lock(mutex_);
     const auto ready = [this] { return !items_.empty() || closed_; };
     if (deadline) {
@@ -68,6 +81,7 @@ class Inbox {
       std::lock_guard lock(mutex_);
       if (closed_) return;
       closed_ = true;
+      closed_flag_.store(true, std::memory_order_release);
       listener = listener_;
     }
     items_ready_.notify_all();
@@ -102,6 +116,7 @@ class Inbox {
     if (items_.empty()) return std::nullopt;
     std::optional<T> item(std::move(items_.front()));
     items_.pop_front();
+    count_.store(items_.size(), std::memory_order_release);
     const bool was_full = high_water_mark_ != 0 && items_.size() + 1 == high_water_mark_;
     lock.unlock();
     if (was_full) space_.notify_one();
@@ -115,6 +130,10 @@ class Inbox {
   std::function<void()> listener_;
   const std::size_t high_water_mark_;
   bool closed_ = false;
+  // Mirrors of items_.size() and closed_ (written under the mutex) for the lock-free spin in pop().
+  std::atomic<std::size_t> count_{0};
+  std::atomic<bool> closed_flag_{false};
+  static constexpr auto kSpinFor = std::chrono::microseconds(20);
 };
 
 }  // namespace crew::inline v0::detail
