@@ -23,13 +23,11 @@
 #include <cstdio>
 #include <cstring>
 #include <deque>
-#include <fstream>
 #include <functional>
 #include <iostream>
 #include <mutex>
 #include <optional>
 #include <set>
-#include <sstream>
 #include <string>
 #include <string_view>
 #include <thread>
@@ -46,10 +44,18 @@
 #include <crew/port.hpp>
 #include <crew/shared_buffer.hpp>
 
+#include "bench_common.hpp"
+
 namespace {
 
-using Clock = std::chrono::steady_clock;
-constexpr int kUsageError = 64;
+using crew_bench::check;
+using crew_bench::Clock;
+using crew_bench::fixed;
+using crew_bench::g_results_ok;
+using crew_bench::median;
+using crew_bench::seconds_since;
+using crew_bench::verdict;
+
 constexpr int kWorkloads = 4;
 
 // ---------------------------------------------------------------------------------------------
@@ -73,26 +79,6 @@ struct Config {
   Sizes sizes;
 };
 
-bool g_results_ok = true;
-bool g_progress = false;
-
-void check(bool ok, const std::string& what) {
-  if (ok) return;
-  g_results_ok = false;
-  std::cerr << "WRONG RESULT: " << what << '\n';
-}
-
-double seconds_since(Clock::time_point t0) {
-  return std::chrono::duration<double>(Clock::now() - t0).count();
-}
-
-double median(std::vector<double> v) {
-  if (v.empty()) return 0.0;
-  std::sort(v.begin(), v.end());
-  const std::size_t m = v.size() / 2;
-  return v.size() % 2 ? v[m] : (v[m - 1] + v[m]) / 2.0;
-}
-
 // The q-quantile (0..1) of `v`, nearest rank; reorders `v`.
 double quantile(std::vector<double>& v, double q) {
   if (v.empty()) return 0.0;
@@ -101,25 +87,11 @@ double quantile(std::vector<double>& v, double q) {
   return v[k];
 }
 
-void progress(const std::string& what) {
-  if (g_progress) std::cerr << "\r\033[K" << what << std::flush;
-}
-
-std::string fixed(double v, int digits) {
-  char buf[64];
-  std::snprintf(buf, sizeof buf, "%.*f", digits, v);
-  return buf;
-}
-
 // Very small ratios (a move against a copy) read better as a fraction: "1/740x".
 std::string ratio_text(double r) {
   if (!std::isfinite(r)) return "n/a";
   if (r > 0 && r < 0.1) return "1/" + fixed(1.0 / r, 0) + "x";
   return fixed(r, 2) + "x";
-}
-
-std::string verdict(bool met) {
-  return met ? "met" : "NOT met";
 }
 
 // One line of the table. `ratio` is crew / anchor for the row's metric: for rates above 1 means
@@ -139,22 +111,14 @@ void add_row(Row r) {
   g_rows.push_back(std::move(r));
 }
 
-// Runs every system once per repetition, interleaved (rep 1 of all systems, then rep 2, ...), so
-// slow drift of the machine affects all systems alike. Each system returns several figures per
-// rep (p50, p99, rate); the result is, per system, the median of each figure over the reps.
+// Runs every system `reps` times, interleaved (crew_bench::interleave). Each system returns
+// several figures per rep (p50, p99, rate); the result is, per system, the median of each figure
+// over the reps.
 using Figures = std::vector<double>;
 
 std::vector<Figures> repeat(const std::string& name, int reps,
                             const std::vector<std::function<Figures()>>& systems) {
-  std::vector<std::vector<Figures>> samples(systems.size());
-  for (int r = 0; r < reps; ++r) {
-    for (std::size_t s = 0; s < systems.size(); ++s) {
-      progress(name + ": rep " + std::to_string(r + 1) + "/" + std::to_string(reps) + ", system " +
-               std::to_string(s + 1) + "/" + std::to_string(systems.size()));
-      samples[s].push_back(systems[s]());
-    }
-  }
-  progress("");
+  const auto samples = crew_bench::interleave(name, reps, systems);
   std::vector<Figures> result(systems.size());
   for (std::size_t s = 0; s < systems.size(); ++s) {
     const std::size_t figures = samples[s].empty() ? 0 : samples[s].front().size();
@@ -651,78 +615,16 @@ void workload_futex(const Config& cfg) {
 // ---------------------------------------------------------------------------------------------
 // Output
 
-std::string cpu_model() {
-  std::ifstream in("/proc/cpuinfo");
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind("model name", 0) == 0) {
-      const auto colon = line.find(':');
-      if (colon != std::string::npos) return line.substr(colon + 2);
-    }
-  }
-  return "unknown";
-}
-
-double load_average() {
-  std::ifstream in("/proc/loadavg");
-  double one = -1;
-  in >> one;
-  return one;
-}
-
 void print_header(const Config& cfg) {
   std::cout
       << "crew_messaging: crew ports, channels, buffers and atomics vs hand-written anchors\n";
-  std::cout << "machine: nproc " << std::thread::hardware_concurrency() << ", CPU " << cpu_model()
-            << ", load average " << fixed(load_average(), 2) << '\n';
-  if (load_average() > 0.5) {
-    std::cout << "WARNING: the machine is busy (load average above 0.5); figures will be noisy\n";
-  }
+  crew_bench::print_machine(/*show_online_cpus=*/false);
   std::cout << "setup: " << cfg.reps << " reps per figure (" << cfg.latency_reps
             << " for the round trips of workloads 1 and 4), median shown"
             << (cfg.quick ? " (--quick sizes)" : "") << '\n';
-#ifndef NDEBUG
-  std::cout << "WARNING: built without NDEBUG (not a Release build); figures are not meaningful\n";
-#endif
+  crew_bench::print_build_warning();
   std::cout << "ratio: crew/anchor of the figure shown (rates: > 1 crew faster; "
                "'(p50)' and '(time)': < 1 crew faster)\n\n";
-}
-
-void print_table() {
-  const std::vector<std::string> head = {"workload",    "system", "median",
-                                         "crew/anchor", "target", "result"};
-  auto cells = [](const Row& r) {
-    return std::vector<std::string>{r.workload, r.system, r.value, r.ratio, r.target, r.verdict};
-  };
-  std::vector<std::size_t> width(head.size());
-  for (std::size_t i = 0; i < head.size(); ++i) width[i] = head[i].size();
-  for (const auto& r : g_rows) {
-    const auto c = cells(r);
-    for (std::size_t i = 0; i < c.size(); ++i) width[i] = std::max(width[i], c[i].size());
-  }
-  auto line = [&](const std::vector<std::string>& c) {
-    std::string out;
-    for (std::size_t i = 0; i < c.size(); ++i) {
-      out += c[i];
-      if (i + 1 < c.size()) out += std::string(width[i] - c[i].size() + 2, ' ');
-    }
-    while (!out.empty() && out.back() == ' ') out.pop_back();
-    std::cout << out << '\n';
-  };
-  line(head);
-  std::size_t total = 0;
-  for (auto w : width) total += w + 2;
-  std::cout << std::string(total - 2, '-') << '\n';
-  std::string last;
-  for (const auto& r : g_rows) {
-    auto c = cells(r);
-    if (c[0] == last) {
-      c[0].clear();
-    } else {
-      last = c[0];
-    }
-    line(c);
-  }
 }
 
 void print_help() {
@@ -753,62 +655,21 @@ Exit status: 0 all results correct, 1 a workload computed a wrong result, 64 usa
 )";
 }
 
-std::optional<int> parse_int(std::string_view s) {
-  if (s.empty() || s.size() > 9) return std::nullopt;
-  int v = 0;
-  for (char c : s) {
-    if (c < '0' || c > '9') return std::nullopt;
-    v = v * 10 + (c - '0');
-  }
-  return v;
-}
-
 // Returns the exit status to use when parsing ends the program (help, version, usage error).
 std::optional<int> parse_args(int argc, char** argv, Config& cfg) {
-  std::optional<int> reps;
-  for (int i = 1; i < argc; ++i) {
-    const std::string_view arg = argv[i];
-    auto value = [&]() -> std::optional<std::string_view> {
-      if (i + 1 >= argc) return std::nullopt;
-      return std::string_view(argv[++i]);
-    };
-    if (arg == "--help" || arg == "-h") {
-      print_help();
-      return 0;
-    } else if (arg == "--version") {
-      std::cout << "crew_messaging 0.1\n";
-      return 0;
-    } else if (arg == "--quick") {
-      cfg.quick = true;
-    } else if (arg == "--reps") {
-      const auto v = value();
-      reps = v ? parse_int(*v) : std::nullopt;
-      if (!reps || *reps < 1 || *reps > 1000) {
-        std::cerr << "crew_messaging: --reps needs a number from 1 to 1000\n";
-        return kUsageError;
-      }
-    } else if (arg == "--only") {
-      const auto v = value();
-      if (!v) {
-        std::cerr << "crew_messaging: --only needs a list such as 1,4\n";
-        return kUsageError;
-      }
-      std::stringstream list{std::string(*v)};
-      std::string item;
-      while (std::getline(list, item, ',')) {
-        const auto w = parse_int(item);
-        if (!w || *w < 1 || *w > kWorkloads) {
-          std::cerr << "crew_messaging: --only: '" << item << "' is not a workload 1.."
-                    << kWorkloads << '\n';
-          return kUsageError;
-        }
-        cfg.only.insert(*w);
-      }
-    } else {
-      std::cerr << "crew_messaging: unknown option '" << arg << "' (see --help)\n";
-      return kUsageError;
-    }
-  }
+  const crew_bench::Program program{.name = "crew_messaging",
+                                    .version = "0.1",
+                                    .workloads = kWorkloads,
+                                    .only_example = "1,4",
+                                    .print_help = print_help};
+  crew_bench::CommonOptions options;
+  const auto status = crew_bench::parse_options(program, argc, argv, options,
+                                                [](std::string_view, const crew_bench::NextValue&) {
+                                                  return crew_bench::OptionResult::unknown;
+                                                });
+  if (status) return status;
+  cfg.quick = options.quick;
+  cfg.only = options.only;
   if (cfg.quick) {
     cfg.reps = 3;
     cfg.sizes.round_trips = 20'000;
@@ -816,7 +677,7 @@ std::optional<int> parse_args(int argc, char** argv, Config& cfg) {
     cfg.sizes.buffer_mib = {1, 64};
     cfg.sizes.futex_round_trips = 5'000;
   }
-  if (reps) cfg.reps = cfg.latency_reps = *reps;
+  if (options.reps) cfg.reps = cfg.latency_reps = *options.reps;
   return std::nullopt;
 }
 
@@ -825,7 +686,7 @@ std::optional<int> parse_args(int argc, char** argv, Config& cfg) {
 int main(int argc, char** argv) {
   Config cfg;
   if (const auto status = parse_args(argc, argv, cfg)) return *status;
-  g_progress = isatty(STDERR_FILENO) != 0;
+  crew_bench::enable_progress_on_tty();
 
   print_header(cfg);
   const auto t0 = Clock::now();
@@ -835,8 +696,7 @@ int main(int argc, char** argv) {
   if (selected(3)) workload_buffer(cfg);
   if (selected(4)) workload_futex(cfg);
 
-  print_table();
-  std::cout << "\nwall time " << fixed(seconds_since(t0), 1) << " s; results "
-            << (g_results_ok ? "all correct" : "WRONG (see stderr)") << '\n';
+  crew_bench::print_table(g_rows);
+  crew_bench::print_summary(t0);
   return g_results_ok ? 0 : 1;
 }

@@ -18,7 +18,6 @@
 #include <latch>
 #include <optional>
 #include <set>
-#include <sstream>
 #include <string>
 #include <string_view>
 #include <thread>
@@ -34,21 +33,28 @@
 #include <oneapi/tbb/task_group.h>
 #include <oneapi/tbb/version.h>
 #include <time.h>
-#include <unistd.h>
 
 #include <crew/future.hpp>
 #include <crew/parallel.hpp>
 #include <crew/pool.hpp>
 
 #include "anchors.hpp"
+#include "bench_common.hpp"
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
+using crew_bench::check;
+using crew_bench::Clock;
+using crew_bench::fixed;
+using crew_bench::g_results_ok;
+using crew_bench::load_average;
+using crew_bench::median;
 using crew_bench::MutexPool;
+using crew_bench::progress;
+using crew_bench::seconds_since;
+using crew_bench::verdict;
 
 constexpr std::size_t kWorkers = 2;
-constexpr int kUsageError = 64;
 
 // ---------------------------------------------------------------------------------------------
 // Configuration and helpers
@@ -70,40 +76,10 @@ struct Config {
   Sizes sizes;
 };
 
-bool g_results_ok = true;
-bool g_progress = false;
-
-void check(bool ok, const std::string& what) {
-  if (ok) return;
-  g_results_ok = false;
-  std::cerr << "WRONG RESULT: " << what << '\n';
-}
-
-double seconds_since(Clock::time_point t0) {
-  return std::chrono::duration<double>(Clock::now() - t0).count();
-}
-
-double median(std::vector<double> v) {
-  if (v.empty()) return 0.0;
-  std::sort(v.begin(), v.end());
-  const std::size_t m = v.size() / 2;
-  return v.size() % 2 ? v[m] : (v[m - 1] + v[m]) / 2.0;
-}
-
 double process_cpu_seconds() {
   timespec ts{};
   clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
   return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) * 1e-9;
-}
-
-void progress(const std::string& what) {
-  if (g_progress) std::cerr << "\r\033[K" << what << std::flush;
-}
-
-std::string fixed(double v, int digits) {
-  char buf[64];
-  std::snprintf(buf, sizeof buf, "%.*f", digits, v);
-  return buf;
 }
 
 // One line of the result table. `ratio` is crew / this row for the row's metric: for rates
@@ -130,24 +106,10 @@ std::string ratio_text(double r) {
   return fixed(r, 2) + "x";
 }
 
-std::string verdict(bool met) {
-  return met ? "met" : "NOT met";
-}
-
-// Runs every system once per repetition, interleaved (rep 1 of all systems, then rep 2, ...), so
-// slow drift of the machine affects all systems alike. Returns the per-system samples.
+// Runs every system `reps` times, interleaved; returns the per-system samples.
 std::vector<std::vector<double>> repeat(const std::string& name, int reps,
                                         const std::vector<std::function<double()>>& systems) {
-  std::vector<std::vector<double>> samples(systems.size());
-  for (int r = 0; r < reps; ++r) {
-    for (std::size_t s = 0; s < systems.size(); ++s) {
-      progress(name + ": rep " + std::to_string(r + 1) + "/" + std::to_string(reps) + ", system " +
-               std::to_string(s + 1) + "/" + std::to_string(systems.size()));
-      samples[s].push_back(systems[s]());
-    }
-  }
-  progress("");
-  return samples;
+  return crew_bench::interleave(name, reps, systems);
 }
 
 std::vector<double> medians(const std::vector<std::vector<double>>& samples) {
@@ -758,80 +720,16 @@ void workload_producers(const Config& cfg, TbbArenas& tbb_arenas) {
 // ---------------------------------------------------------------------------------------------
 // Output
 
-std::string cpu_model() {
-  std::ifstream in("/proc/cpuinfo");
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind("model name", 0) == 0) {
-      const auto colon = line.find(':');
-      if (colon != std::string::npos) return line.substr(colon + 2);
-    }
-  }
-  return "unknown";
-}
-
-// The 1-minute load average; other work on the machine skews every figure.
-double load_average() {
-  std::ifstream in("/proc/loadavg");
-  double one = -1;
-  in >> one;
-  return one;
-}
-
 void print_header(const Config& cfg) {
   std::cout << "crew_compare: crew vs Boost.Asio " << BOOST_VERSION / 100000 << '.'
             << BOOST_VERSION / 100 % 1000 << ", oneTBB " << TBB_VERSION_MAJOR << '.'
             << TBB_VERSION_MINOR << ", mutex+condvar pool\n";
-  std::cout << "machine: nproc " << std::thread::hardware_concurrency() << ", online CPUs "
-            << sysconf(_SC_NPROCESSORS_ONLN) << ", CPU " << cpu_model() << ", load average "
-            << fixed(load_average(), 2) << '\n';
-  if (load_average() > 0.5) {
-    std::cout << "WARNING: the machine is busy (load average above 0.5); figures will be noisy\n";
-  }
+  crew_bench::print_machine(/*show_online_cpus=*/true);
   std::cout << "setup: " << kWorkers << " worker threads per system; " << cfg.reps
             << " reps per figure, median shown" << (cfg.quick ? " (--quick sizes)" : "") << '\n';
-#ifndef NDEBUG
-  std::cout << "WARNING: built without NDEBUG (not a Release build); figures are not meaningful\n";
-#endif
+  crew_bench::print_build_warning();
   std::cout << "ratio: crew/anchor of the figure shown (rates: > 1 crew faster; "
                "'(time)' and latency: < 1 crew faster)\n\n";
-}
-
-void print_table() {
-  const std::vector<std::string> head = {"workload",    "system", "median",
-                                         "crew/anchor", "target", "result"};
-  std::vector<std::size_t> width(head.size());
-  auto cells = [](const Row& r) {
-    return std::vector<std::string>{r.workload, r.system, r.value, r.ratio, r.target, r.verdict};
-  };
-  for (std::size_t i = 0; i < head.size(); ++i) width[i] = head[i].size();
-  for (const auto& r : g_rows) {
-    const auto c = cells(r);
-    for (std::size_t i = 0; i < c.size(); ++i) width[i] = std::max(width[i], c[i].size());
-  }
-  auto line = [&](const std::vector<std::string>& c) {
-    std::string out;
-    for (std::size_t i = 0; i < c.size(); ++i) {
-      out += c[i];
-      if (i + 1 < c.size()) out += std::string(width[i] - c[i].size() + 2, ' ');
-    }
-    while (!out.empty() && out.back() == ' ') out.pop_back();
-    std::cout << out << '\n';
-  };
-  line(head);
-  std::size_t total = 0;
-  for (auto w : width) total += w + 2;
-  std::cout << std::string(total - 2, '-') << '\n';
-  std::string last;
-  for (const auto& r : g_rows) {
-    auto c = cells(r);
-    if (c[0] == last) {
-      c[0].clear();
-    } else {
-      last = c[0];
-    }
-    line(c);
-  }
 }
 
 std::string json_escape(const std::string& s) {
@@ -849,8 +747,8 @@ bool write_json(const std::string& path, const Config& cfg) {
   out << "{\n  \"workers\": " << kWorkers << ",\n  \"reps\": " << cfg.reps
       << ",\n  \"quick\": " << (cfg.quick ? "true" : "false")
       << ",\n  \"load_average\": " << load_average() << ",\n  \"cpu\": \""
-      << json_escape(cpu_model()) << "\",\n  \"results_ok\": " << (g_results_ok ? "true" : "false")
-      << ",\n  \"rows\": [\n";
+      << json_escape(crew_bench::cpu_model())
+      << "\",\n  \"results_ok\": " << (g_results_ok ? "true" : "false") << ",\n  \"rows\": [\n";
   for (std::size_t i = 0; i < g_rows.size(); ++i) {
     const auto& r = g_rows[i];
     out << "    {\"workload\": \"" << json_escape(r.workload) << "\", \"system\": \""
@@ -891,68 +789,28 @@ Exit status: 0 all results correct, 1 a workload computed a wrong result, 64 usa
 )";
 }
 
-std::optional<int> parse_int(std::string_view s) {
-  if (s.empty() || s.size() > 9) return std::nullopt;
-  int v = 0;
-  for (char c : s) {
-    if (c < '0' || c > '9') return std::nullopt;
-    v = v * 10 + (c - '0');
-  }
-  return v;
-}
-
 // Returns the exit status to use when parsing ends the program (help, version, usage error).
 std::optional<int> parse_args(int argc, char** argv, Config& cfg) {
-  std::optional<int> reps;
-  for (int i = 1; i < argc; ++i) {
-    const std::string_view arg = argv[i];
-    auto value = [&]() -> std::optional<std::string_view> {
-      if (i + 1 >= argc) return std::nullopt;
-      return std::string_view(argv[++i]);
-    };
-    if (arg == "--help" || arg == "-h") {
-      print_help();
-      return 0;
-    } else if (arg == "--version") {
-      std::cout << "crew_compare 0.1\n";
-      return 0;
-    } else if (arg == "--quick") {
-      cfg.quick = true;
-    } else if (arg == "--reps") {
-      const auto v = value();
-      reps = v ? parse_int(*v) : std::nullopt;
-      if (!reps || *reps < 1 || *reps > 1000) {
-        std::cerr << "crew_compare: --reps needs a number from 1 to 1000\n";
-        return kUsageError;
-      }
-    } else if (arg == "--json") {
-      const auto v = value();
-      if (!v || v->empty()) {
-        std::cerr << "crew_compare: --json needs a file name\n";
-        return kUsageError;
-      }
-      cfg.json_path = std::string(*v);
-    } else if (arg == "--only") {
-      const auto v = value();
-      if (!v) {
-        std::cerr << "crew_compare: --only needs a list such as 1,3\n";
-        return kUsageError;
-      }
-      std::stringstream list{std::string(*v)};
-      std::string item;
-      while (std::getline(list, item, ',')) {
-        const auto w = parse_int(item);
-        if (!w || *w < 1 || *w > 6) {
-          std::cerr << "crew_compare: --only: '" << item << "' is not a workload 1..6\n";
-          return kUsageError;
+  const crew_bench::Program program{.name = "crew_compare",
+                                    .version = "0.1",
+                                    .workloads = 6,
+                                    .only_example = "1,3",
+                                    .print_help = print_help};
+  crew_bench::CommonOptions options;
+  const auto status = crew_bench::parse_options(
+      program, argc, argv, options, [&](std::string_view arg, const crew_bench::NextValue& value) {
+        if (arg != "--json") return crew_bench::OptionResult::unknown;
+        const auto v = value();
+        if (!v || v->empty()) {
+          std::cerr << "crew_compare: --json needs a file name\n";
+          return crew_bench::OptionResult::usage_error;
         }
-        cfg.only.insert(*w);
-      }
-    } else {
-      std::cerr << "crew_compare: unknown option '" << arg << "' (see --help)\n";
-      return kUsageError;
-    }
-  }
+        cfg.json_path = std::string(*v);
+        return crew_bench::OptionResult::handled;
+      });
+  if (status) return status;
+  cfg.quick = options.quick;
+  cfg.only = options.only;
   if (cfg.quick) {
     cfg.reps = 3;
     cfg.sizes.futures = 500'000;
@@ -961,7 +819,7 @@ std::optional<int> parse_args(int argc, char** argv, Config& cfg) {
     cfg.sizes.reduce_elems = 100'000'000;
     cfg.sizes.per_producer = 500'000;
   }
-  if (reps) cfg.reps = *reps;
+  if (options.reps) cfg.reps = *options.reps;
   return std::nullopt;
 }
 
@@ -970,7 +828,7 @@ std::optional<int> parse_args(int argc, char** argv, Config& cfg) {
 int main(int argc, char** argv) {
   Config cfg;
   if (const auto status = parse_args(argc, argv, cfg)) return *status;
-  g_progress = isatty(STDERR_FILENO) != 0;
+  crew_bench::enable_progress_on_tty();
 
   // Two TBB workers in the whole process, plus the thread that calls into TBB.
   tbb::global_control tbb_limit(tbb::global_control::max_allowed_parallelism, kWorkers + 1);
@@ -986,9 +844,8 @@ int main(int argc, char** argv) {
   if (selected(5)) workload_reduce(cfg, tbb_arenas);
   if (selected(6)) workload_producers(cfg, tbb_arenas);
 
-  print_table();
-  std::cout << "\nwall time " << fixed(seconds_since(t0), 1) << " s; results "
-            << (g_results_ok ? "all correct" : "WRONG (see stderr)") << '\n';
+  crew_bench::print_table(g_rows);
+  crew_bench::print_summary(t0);
   if (!cfg.json_path.empty() && !write_json(cfg.json_path, cfg)) {
     std::cerr << "crew_compare: cannot write " << cfg.json_path << '\n';
     return 1;
