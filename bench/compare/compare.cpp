@@ -634,8 +634,9 @@ void two_producers(Produce&& produce) {
   std::jthread b([&] { produce(); });
 }
 
-double w6_crew(std::size_t per_producer) {
-  crew::ThreadPool pool(crew::PoolOptions{.min_threads = kWorkers, .max_threads = kWorkers});
+// Any pool with post() and wait_idle(): crew and the mutex-pool anchor run the same code.
+template <class Pool>
+double w6_post(Pool& pool, std::size_t per_producer, const char* what) {
   std::atomic<std::size_t> count{0};
   const auto t0 = Clock::now();
   two_producers([&] {
@@ -645,8 +646,13 @@ double w6_crew(std::size_t per_producer) {
   });
   pool.wait_idle();
   const double s = seconds_since(t0);
-  check(count.load() == 2 * per_producer, "W6 crew: counter");
+  check(count.load() == 2 * per_producer, std::string("W6 ") + what + ": counter");
   return s;
+}
+
+double w6_crew(std::size_t per_producer) {
+  crew::ThreadPool pool(crew::PoolOptions{.min_threads = kWorkers, .max_threads = kWorkers});
+  return w6_post(pool, per_producer, "crew");
 }
 
 double w6_tbb_enqueue(tbb::task_arena& arena, std::size_t per_producer) {
@@ -682,17 +688,7 @@ double w6_tbb_task_group(tbb::task_arena& arena, std::size_t per_producer) {
 
 double w6_mutex(std::size_t per_producer) {
   MutexPool pool(kWorkers);
-  std::atomic<std::size_t> count{0};
-  const auto t0 = Clock::now();
-  two_producers([&] {
-    for (std::size_t i = 0; i < per_producer; ++i) {
-      pool.post([&count] { count.fetch_add(1, std::memory_order_relaxed); });
-    }
-  });
-  pool.wait_idle();
-  const double s = seconds_since(t0);
-  check(count.load() == 2 * per_producer, "W6 mutex pool: counter");
-  return s;
+  return w6_post(pool, per_producer, "mutex pool");
 }
 
 void workload_producers(const Config& cfg, TbbArenas& tbb_arenas) {
