@@ -1,0 +1,38 @@
+// crew — the command-line face of the crew toolbox. One binary, one subcommand per task.
+#include <cstdio>
+#include <exception>
+#include <vector>
+
+#include <crew/version.hpp>
+
+#include "commands.hpp"
+
+int main(int argc, char** argv) {
+  CLI::App app{"crew: a Node.js-style concurrency toolbox for C++", "crew"};
+  app.set_version_flag("--version", "crew " CREW_VERSION_STRING);
+  app.require_subcommand(1);
+  app.footer(
+      "Exit codes: 0 ok, 1 data error (corrupt input, authentication failure, I/O), 2 usage.");
+
+  std::vector<crew::tool::Command> commands;
+  commands.push_back(crew::tool::add_pipe_command(app));
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    // --help and --version arrive here too, with exit code 0.
+    int rc = app.exit(e);
+    return rc == 0 ? crew::tool::kExitOk : crew::tool::kExitUsage;
+  }
+  for (auto& command : commands) {
+    if (command.app->parsed()) {
+      try {
+        return command.run();
+      } catch (const std::exception& e) {
+        std::fprintf(stderr, "crew %s: error: %s\n", command.app->get_name().c_str(), e.what());
+        return crew::tool::kExitData;
+      }
+    }
+  }
+  return crew::tool::kExitUsage;
+}
