@@ -4,6 +4,8 @@
 #pragma once
 
 #include <crew/stream/bytes.hpp>
+#include <crew/stream/codec.hpp>
+#include <crew/stream/coding.hpp>
 #include <crew/stream/error.hpp>
 #include <crew/stream/flow.hpp>
 #include <crew/stream/stages.hpp>

@@ -46,11 +46,11 @@ class RangeSource final : public Source<std::ranges::range_value_t<R>> {
     auto& it = *it_;
     const auto last = std::ranges::end(range_);
     for (std::size_t n = 0; n < max && it != last; ++n, ++it) {
-      if constexpr (std::is_rvalue_reference_v<std::ranges::range_reference_t<R>> ||
-                    !std::is_reference_v<std::ranges::range_reference_t<R>>) {
-        out.push_back(*it);
+      if constexpr (std::ranges::view<R> ||
+                    !std::is_lvalue_reference_v<std::ranges::range_reference_t<R>>) {
+        out.push_back(T(*it));  // a view's elements belong to someone else: copy them
       } else {
-        out.push_back(T(*it));  // an owned range's elements are copied, the range stays intact
+        out.push_back(std::move(*it));  // the flow owns this container and reads it once
       }
     }
     return it != last;
@@ -96,8 +96,9 @@ struct IsOptional<std::optional<T>> : std::true_type {};
 }  // namespace detail
 
 /// A flow over the elements of a range, in order. The range is stored in the flow (moved, or
-/// copied from an lvalue; pass `std::views::all(v)` or a `std::span` to iterate a container
-/// without copying it — it must then outlive the run).
+/// copied from an lvalue) and its elements are moved out as they flow, so move-only items
+/// (crew::Buffer) work. A view (`std::views::all(v)`, a `std::span`) is iterated without
+/// copying the container, its elements copied; the container must then outlive the run.
 ///
 ///     auto p = crew::stream::from(std::views::iota(0, 1000)) | crew::stream::count();
 template <std::ranges::input_range R>
