@@ -24,13 +24,16 @@ struct Rng {
 
 const char* const kLevels[] = {"INFO ", "INFO ", "INFO ", "DEBUG", "WARN ", "ERROR"};
 const char* const kMethods[] = {"GET", "GET", "GET", "POST", "PUT", "DELETE"};
-const char* const kPaths[] = {"/api/v1/orders/",   "/api/v1/users/",  "/static/img/",
-                              "/api/v2/search?q=", "/healthz",        "/api/v1/cart/",
-                              "/login",            "/api/v1/items/",  "/metrics"};
+const char* const kPaths[] = {
+    "/api/v1/orders/", "/api/v1/users/", "/static/img/",   "/api/v2/search?q=", "/healthz",
+    "/api/v1/cart/",   "/login",         "/api/v1/items/", "/metrics"};
 const char* const kAgents[] = {
     "Mozilla/5.0 (X11; Linux x86_64; rv:120.0) Gecko/20100101 Firefox/120.0",
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 Chrome/119.0 Safari/537.36",
-    "curl/7.88.1", "python-requests/2.31.0", "Go-http-client/1.1", "kube-probe/1.28"};
+    "curl/7.88.1",
+    "python-requests/2.31.0",
+    "Go-http-client/1.1",
+    "kube-probe/1.28"};
 const int kStatus[] = {200, 200, 200, 200, 201, 204, 301, 304, 400, 401, 403, 404, 500, 503};
 
 }  // namespace
@@ -57,13 +60,13 @@ int main(int argc, char** argv) {
         "2026-11-26T%02u:%02u:%02u.%03uZ %s [worker-%u] 10.%u.%u.%u - %s %s%u %d %uB %u.%ums "
         "req=%016llx ua=\"%s\"\n",
         h, m, s, static_cast<unsigned>(ms % 1000), kLevels[rng.below(6)], rng.below(16),
-        rng.below(4), rng.below(256), rng.below(256), kMethods[rng.below(6)],
-        kPaths[rng.below(9)], rng.below(100000), kStatus[rng.below(14)], rng.below(65536),
-        rng.below(900), rng.below(10), static_cast<unsigned long long>(rng.next()),
-        kAgents[rng.below(6)]);
+        rng.below(4), rng.below(256), rng.below(256), kMethods[rng.below(6)], kPaths[rng.below(9)],
+        rng.below(100000), kStatus[rng.below(14)], rng.below(65536), rng.below(900), rng.below(10),
+        static_cast<unsigned long long>(rng.next()), kAgents[rng.below(6)]);
     out.append(line, static_cast<std::size_t>(n));
     if (out.size() >= (1 << 20)) {
-      std::size_t k = static_cast<std::size_t>(std::min<std::uint64_t>(out.size(), total - written));
+      std::size_t k =
+          static_cast<std::size_t>(std::min<std::uint64_t>(out.size(), total - written));
       std::fwrite(out.data(), 1, k, stdout);
       written += k;
       out.clear();

@@ -4,12 +4,12 @@
 //   crew_bench_measure RESULT_FILE COMMAND [ARG]...   (stdin/stdout are passed through)
 //
 // Writes "<seconds> <peak RSS KiB> <exit status>" to RESULT_FILE; exits with the command's status.
+#include <chrono>
+#include <cstdio>
+
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
-
-#include <chrono>
-#include <cstdio>
 
 int main(int argc, char** argv) {
   if (argc < 3) {
@@ -31,8 +31,7 @@ int main(int argc, char** argv) {
   struct rusage usage {};
   while (wait4(pid, &status, 0, &usage) < 0) {
   }
-  double seconds =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   int code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
   if (FILE* f = std::fopen(argv[1], "w")) {
     std::fprintf(f, "%.3f %ld %d\n", seconds, usage.ru_maxrss, code);
