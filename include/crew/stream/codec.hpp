@@ -119,8 +119,8 @@ struct GzipOptions {
   /// Deflate level 0..12 (libdeflate; 1..9 mean what they mean to gzip, 10..12 compress harder).
   int level = 6;
   /// Input bytes per gzip member (one parallel job each). 64 KiB..64 MiB. Larger blocks compress a
-  /// little better; smaller ones keep memory low. 1 MiB costs about 0.1% in size against one
-  /// stream and keeps peak memory near (threads + in-flight) × 2 MiB.
+  /// little better; smaller ones keep memory low: on log text 1 MiB blocks come out 0.35% larger
+  /// than 64 MiB ones, and each job in flight holds about 1.5 × block bytes.
   std::size_t block = std::size_t{1} << 20;
 };
 
