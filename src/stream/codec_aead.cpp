@@ -237,6 +237,7 @@ class DecryptCodec final : public ChunkCodec {
  private:
   bool read_header() {
     auto v = pending_.view();
+    if (v.empty()) return false;
     std::size_t n = std::min(v.size(), sizeof kMagic);
     if (std::memcmp(v.data(), kMagic, n) != 0) {
       throw DataError("decrypt: not crew encrypted data (bad magic) at byte 0", 0);
