@@ -285,7 +285,7 @@ class GunzipCodec final : public ChunkCodec {
       std::uint64_t end = base_ + buf_.size();
       if (end == 0) corrupt("empty input, not gzip", 0);
       corrupt(
-          fmt::format("truncated input: ends inside the member that starts at byte {}", member_at_),
+          fmt::format("truncated input (the member starting at byte {} is incomplete)", member_at_),
           end);
     }
     flush_output(out);

@@ -1,37 +1,43 @@
-// crew pipe: streams IN (or stdin) through a chain of transforms to OUT (or stdout), running
-// compression and encryption in parallel on a ThreadPool with bounded memory.
+// crew pipe: streams IN (or stdin) through a chain of transforms to OUT (or stdout) with a
+// crew::stream pipeline; compression and encryption run in parallel on one ThreadPool.
 #include <algorithm>
 #include <atomic>
 #include <cctype>
 #include <cerrno>
-#include <csignal>
+#include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <exception>
 #include <filesystem>
 #include <memory>
 #include <optional>
+#include <stop_token>
 #include <string>
 #include <system_error>
+#include <thread>
 #include <utility>
 #include <vector>
 
 #include <fcntl.h>
 #include <fmt/format.h>
+#include <pthread.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <crew/buffer.hpp>
 #include <crew/pool.hpp>
-#include <crew/stream/codec.hpp>
+#include <crew/stream.hpp>
 
-#include "codec_chain.hpp"
 #include "commands.hpp"
 #include "progress.hpp"
-#include "transforms.hpp"
 
 namespace crew::tool {
 namespace {
 
+namespace cs = crew::stream;
+
+// Read size: big enough that a gzip block or cipher chunk is one or two reads.
 constexpr std::size_t kReadChunk = std::size_t{1} << 20;
 
 enum class Kind { gzip, gunzip, encrypt, decrypt, upper, sha256 };
@@ -58,94 +64,6 @@ Step make_step(Kind kind, std::string flag, int level = 6, std::string key_file 
       .kind = kind, .level = level, .key_file = std::move(key_file), .flag = std::move(flag)};
 }
 
-[[noreturn]] void throw_errno(const std::string& what) {
-  throw std::system_error(errno, std::generic_category(), what);
-}
-
-// The temporary output file, removed if a signal ends the process before the rename. A fixed
-// buffer because the signal handler may only call async-signal-safe functions (unlink).
-char g_temp_path[4096];
-std::atomic<bool> g_temp_live{false};
-
-extern "C" void on_fatal_signal(int sig) {
-  if (g_temp_live.load()) unlink(g_temp_path);
-  std::signal(sig, SIG_DFL);
-  std::raise(sig);
-}
-
-// Writes to a temporary file next to the destination and renames it over the destination only
-// on commit(), so a failed or interrupted run never leaves a truncated OUT.
-class AtomicOutput {
- public:
-  explicit AtomicOutput(const std::string& path) : path_(path) {
-    std::string tmpl = path + ".crew-tmp.XXXXXX";
-    if (tmpl.size() >= sizeof g_temp_path) throw std::invalid_argument("output path too long");
-    std::memcpy(g_temp_path, tmpl.c_str(), tmpl.size() + 1);
-    fd_ = mkstemp(g_temp_path);
-    if (fd_ < 0) throw_errno(fmt::format("cannot create a temporary file next to '{}'", path));
-    temp_ = g_temp_path;
-    g_temp_live.store(true);
-    // mkstemp makes the file 0600; give it the mode a plain open() would.
-    mode_t mask = umask(0);
-    umask(mask);
-    fchmod(fd_, 0666 & ~mask);
-    for (int sig : {SIGINT, SIGTERM, SIGHUP}) std::signal(sig, on_fatal_signal);
-  }
-  AtomicOutput(const AtomicOutput&) = delete;
-  AtomicOutput& operator=(const AtomicOutput&) = delete;
-  ~AtomicOutput() {
-    if (fd_ >= 0) close(fd_);
-    if (!committed_) {
-      g_temp_live.store(false);
-      unlink(temp_.c_str());
-    }
-  }
-  int fd() const { return fd_; }
-  void commit() {
-    int fd = fd_;
-    fd_ = -1;
-    if (close(fd) != 0) throw_errno(fmt::format("cannot write '{}'", temp_));
-    if (rename(temp_.c_str(), path_.c_str()) != 0) {
-      throw_errno(fmt::format("cannot rename '{}' to '{}'", temp_, path_));
-    }
-    committed_ = true;
-    g_temp_live.store(false);
-  }
-
- private:
-  std::string path_;
-  std::string temp_;
-  int fd_ = -1;
-  bool committed_ = false;
-};
-
-void write_all(int fd, const Buffer& b) {
-  const std::byte* p = b.data();
-  std::size_t left = b.size();
-  while (left > 0) {
-    ssize_t n = write(fd, p, left);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      throw_errno("write failed");
-    }
-    p += n;
-    left -= static_cast<std::size_t>(n);
-  }
-}
-
-// Reads up to kReadChunk bytes (one read: a pipe or a terminal delivers what it has).
-std::optional<Buffer> read_chunk(int fd) {
-  Buffer b = Buffer::uninitialized(kReadChunk);
-  ssize_t n;
-  do {
-    n = read(fd, b.data(), b.size());
-  } while (n < 0 && errno == EINTR);
-  if (n < 0) throw_errno("read failed");
-  if (n == 0) return std::nullopt;
-  if (static_cast<std::size_t>(n) == b.size()) return b;
-  return Buffer::copy_of(std::span<const std::byte>(b.data(), static_cast<std::size_t>(n)));
-}
-
 // --gzip's value: a bare --gzip arrives from CLI11 as "true", --gzip=N as "N". -1 if invalid.
 int parse_level(const std::string& v) {
   if (v == "true") return 6;
@@ -158,101 +76,150 @@ int usage_error(const std::string& what) {
   return kExitUsage;
 }
 
-int run_pipe(const PipeOptions& o) {
-  // Build the chain first: bad key files are usage errors, reported before any I/O.
-  std::vector<std::unique_ptr<stream::ChunkCodec>> codecs;
-  std::string in_label = o.in.empty() ? "-" : o.in;
-  try {
-    std::string prev;
-    for (const Step& s : o.steps) {
-      switch (s.kind) {
-        case Kind::gzip:
-          codecs.push_back(stream::make_gzip_codec({.level = s.level}));
-          break;
-        case Kind::gunzip:
-          codecs.push_back(stream::make_gunzip_codec());
-          break;
-        case Kind::encrypt:
-          codecs.push_back(stream::make_encrypt_codec(stream::Key::from_file(s.key_file)));
-          break;
-        case Kind::decrypt:
-          codecs.push_back(stream::make_decrypt_codec(stream::Key::from_file(s.key_file)));
-          break;
-        case Kind::upper:
-          codecs.push_back(make_upper_codec());
-          break;
-        case Kind::sha256: {
-          std::string label = prev.empty() ? in_label : fmt::format("(after {})", prev);
-          codecs.push_back(make_sha256_codec([label](const std::string& hex) {
-            std::fprintf(stderr, "%s  %s\n", hex.c_str(), label.c_str());
-          }));
-          break;
+// SIGINT, SIGTERM and SIGHUP cancel the pipeline (so write_file removes its temporary file)
+// instead of killing the process. They are blocked in every thread and taken by this watcher.
+class SignalWatcher {
+ public:
+  SignalWatcher() {
+    sigemptyset(&set_);
+    for (int sig : {SIGINT, SIGTERM, SIGHUP}) sigaddset(&set_, sig);
+    pthread_sigmask(SIG_BLOCK, &set_, nullptr);  // before any other thread starts
+    thread_ = std::jthread([this](std::stop_token done) {
+      const timespec tick{0, 50'000'000};
+      while (!done.stop_requested()) {
+        int sig = sigtimedwait(&set_, nullptr, &tick);
+        if (sig > 0) {
+          signal_.store(sig);
+          cancel_.request_stop();
+          return;
         }
       }
-      prev = s.flag;
+    });
+  }
+  SignalWatcher(const SignalWatcher&) = delete;
+  SignalWatcher& operator=(const SignalWatcher&) = delete;
+  std::stop_token token() const { return cancel_.get_token(); }
+  /// The signal that cancelled the run, or 0.
+  int signal() const { return signal_.load(); }
+
+ private:
+  sigset_t set_{};
+  std::stop_source cancel_;
+  std::atomic<int> signal_{0};
+  std::jthread thread_;  // last: stopped and joined first
+};
+
+// The exception inside a StageError (the codec's DataError, an I/O system_error), or `e` itself.
+std::exception_ptr root_cause(const std::exception& e) {
+  if (const auto* stage = dynamic_cast<const StageError*>(&e)) {
+    if (stage->cause()) return stage->cause();
+  }
+  return nullptr;
+}
+
+int run_pipe(const PipeOptions& o) {
+  const bool from_stdin = o.in.empty() || o.in == "-";
+  const bool to_stdout = o.out.empty() || o.out == "-";
+  const std::string in_label = from_stdin ? "-" : o.in;
+
+  // Check what can be checked before anything runs: key files, input, output directory.
+  std::vector<std::optional<cs::Key>> keys;
+  try {
+    for (const Step& s : o.steps) {
+      keys.push_back(s.key_file.empty() ? std::nullopt
+                                        : std::optional(cs::Key::from_file(s.key_file)));
     }
   } catch (const std::exception& e) {
     return usage_error(e.what());
   }
-
-  int in_fd = STDIN_FILENO;
-  struct FdCloser {
-    int fd;
-    ~FdCloser() {
-      if (fd > STDERR_FILENO) close(fd);
-    }
-  } in_closer{-1};
-  if (!o.in.empty() && o.in != "-") {
-    in_fd = open(o.in.c_str(), O_RDONLY | O_CLOEXEC);
-    if (in_fd < 0)
-      return usage_error(fmt::format("cannot open '{}': {}", o.in, std::strerror(errno)));
-    in_closer.fd = in_fd;
-  }
   std::optional<std::uint64_t> total;
-  struct stat st {};
-  if (fstat(in_fd, &st) == 0 && S_ISREG(st.st_mode)) {
-    total = static_cast<std::uint64_t>(st.st_size);
-    posix_fadvise(in_fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+  if (!from_stdin) {
+    int fd = open(o.in.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+      return usage_error(fmt::format("cannot open '{}': {}", o.in, std::strerror(errno)));
+    }
+    struct stat st {};
+    if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode)) total = static_cast<std::uint64_t>(st.st_size);
+    close(fd);
+  } else {
+    struct stat st {};
+    if (fstat(STDIN_FILENO, &st) == 0 && S_ISREG(st.st_mode)) {
+      total = static_cast<std::uint64_t>(st.st_size);
+    }
+  }
+  if (!to_stdout && std::filesystem::is_directory(o.out)) {
+    return usage_error(fmt::format("'{}' is a directory", o.out));
   }
 
-  std::unique_ptr<AtomicOutput> out_file;
-  int out_fd = STDOUT_FILENO;
-  if (!o.out.empty() && o.out != "-") {
-    if (std::filesystem::is_directory(o.out)) {
-      return usage_error(fmt::format("'{}' is a directory", o.out));
-    }
-    try {
-      out_file = std::make_unique<AtomicOutput>(o.out);
-    } catch (const std::exception& e) {
-      return usage_error(e.what());
-    }
-    out_fd = out_file->fd();
-  }
-
+  SignalWatcher signals;
+  const std::size_t threads = o.threads ? o.threads : default_thread_count();
+  ThreadPool pool({.max_threads = threads, .name = "crew-pipe"});
+  const cs::CodecStageOptions on_pool{.pool = &pool};
   Progress progress(total, !o.no_progress && (o.progress || isatty(STDERR_FILENO) == 1));
   std::uint64_t done = 0;
-  try {
-    std::size_t threads = o.threads ? o.threads : default_thread_count();
-    ThreadPool pool({.max_threads = threads, .name = "crew-pipe"});
-    CodecChain chain(std::move(codecs), pool, 2 * threads + 2,
-                     [out_fd](Buffer b) { write_all(out_fd, b); });
-    while (auto chunk = read_chunk(in_fd)) {
-      done += chunk->size();
-      chain.push(std::move(*chunk));
-      progress.update(done);
+
+  const cs::ReadOptions read{.chunk = kReadChunk};
+  cs::Flow<Buffer> flow = from_stdin ? cs::read_fd(STDIN_FILENO, read) : cs::read_file(o.in, read);
+  flow = std::move(flow) | cs::tap([&](const Buffer& b) {
+           done += b.size();
+           progress.update(done);
+         });
+  std::string prev;
+  for (std::size_t i = 0; i < o.steps.size(); ++i) {
+    const Step& s = o.steps[i];
+    switch (s.kind) {
+      case Kind::gzip:
+        flow = std::move(flow) | cs::gzip({.level = s.level}, on_pool);
+        break;
+      case Kind::gunzip:
+        flow = std::move(flow) | cs::gunzip(on_pool);
+        break;
+      case Kind::encrypt:
+        flow = std::move(flow) | cs::encrypt(*keys[i], {}, on_pool);
+        break;
+      case Kind::decrypt:
+        flow = std::move(flow) | cs::decrypt(*keys[i], on_pool);
+        break;
+      case Kind::upper:
+        flow = std::move(flow) | cs::uppercase();
+        break;
+      case Kind::sha256: {
+        std::string label = prev.empty() ? in_label : fmt::format("(after {})", prev);
+        flow = std::move(flow) | cs::sha256([label](const std::string& hex) {
+                 std::fprintf(stderr, "%s  %s\n", hex.c_str(), label.c_str());
+               });
+        break;
+      }
     }
-    chain.finish();
+    prev = s.flag;
+  }
+  // write_file writes a temporary file and renames it only on success.
+  auto pipeline = to_stdout ? std::move(flow) | cs::write_fd(STDOUT_FILENO)
+                            : std::move(flow) | cs::write_file(o.out);
+  try {
+    (void)pipeline.run(signals.token()).get();
     progress.finish(done);
-    if (out_file) out_file->commit();
-  } catch (const stream::DataError& e) {
+    return kExitOk;
+  } catch (const Cancelled&) {
     progress.finish(done);
-    std::fprintf(stderr, "crew pipe: data error: %s (input: %s)\n", e.what(), in_label.c_str());
-    return kExitData;
-  } catch (const std::system_error& e) {
-    std::fprintf(stderr, "crew pipe: I/O error: %s\n", e.what());
+    std::fprintf(stderr, "crew pipe: interrupted by signal %d; %s\n", signals.signal(),
+                 to_stdout ? "output incomplete" : "no output written");
+    return 128 + (signals.signal() ? signals.signal() : SIGINT);
+  } catch (const std::exception& e) {
+    progress.finish(done);
+    std::exception_ptr cause = root_cause(e);
+    try {
+      if (cause) std::rethrow_exception(cause);
+      throw;
+    } catch (const cs::DataError& d) {
+      std::fprintf(stderr, "crew pipe: data error: %s (input: %s)\n", d.what(), in_label.c_str());
+    } catch (const std::system_error& io) {
+      std::fprintf(stderr, "crew pipe: I/O error: %s\n", io.what());
+    } catch (...) {
+      std::fprintf(stderr, "crew pipe: error: %s\n", e.what());
+    }
     return kExitData;
   }
-  return kExitOk;
 }
 
 }  // namespace

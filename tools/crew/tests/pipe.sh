@@ -3,7 +3,7 @@
 # Each check prints "ok" or "FAIL"; the script exits non-zero if any check failed.
 set -uo pipefail
 
-crew=${1:?usage: pipe.sh PATH/TO/crew}
+crew=$(realpath "${1:?usage: pipe.sh PATH/TO/crew}")
 work=$(mktemp -d "${TMPDIR:-/tmp}/crew-pipe-test.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 cd "$work"
@@ -124,7 +124,7 @@ expect_exit 1 "not gzip" "$crew" pipe --gunzip input.bin n.out
 echo keep >existing.out
 expect_exit 1 "failure keeps an existing OUT" "$crew" pipe --gunzip corrupt.gz existing.out
 [[ $(cat existing.out) == keep ]] && pass "existing OUT untouched" || fail "existing OUT clobbered"
-ls ./*.crew-tmp.* >/dev/null 2>&1 && fail "temporary files left behind" || pass "no temp files left"
+ls -a | grep -q "crew-tmp\\|\\.crew-" && fail "temporary files left behind" || pass "no temp files left"
 
 # Usage errors: exit 2.
 expect_exit 2 "unknown flag" "$crew" pipe --bogus
