@@ -1,0 +1,93 @@
+// One ProcessPool task on its way: the typed Future state plus the encoded request.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <exception>
+#include <memory>
+#include <optional>
+#include <stop_token>
+#include <string>
+#include <type_traits>
+#include <utility>
+
+#include <msgpack.hpp>
+
+#include <crew/detail/state.hpp>
+#include <crew/errors.hpp>
+#include <crew/process/detail/type_name.hpp>
+#include <crew/process/detail/wire.hpp>
+
+namespace crew::inline v0::detail {
+
+class ProcessControl;
+/// Forwards a cancelled Future to its pool, if the pool still exists (defined in src/process).
+void process_cancel(const std::shared_ptr<ProcessControl>& control, std::uint64_t id) noexcept;
+/// crew::BadArguments: the result does not decode into the caller's type.
+std::exception_ptr bad_result(const std::string& task, const std::string& wanted,
+                              const msgpack::object& result) noexcept;
+
+/// The untyped half of a task call, as the pool's supervisor sees it.
+/// Thread safety: the request fields are written before submission and then read only by the
+/// supervisor; settle through the StateBase protocol (exactly one settler wins).
+class CallBase {
+ public:
+  virtual ~CallBase() = default;
+  virtual StateBase& state() noexcept = 0;
+  /// Decodes `result` (inside the reply's WireScope) and fulfils the Future.
+  virtual void deliver(const msgpack::object& result) noexcept = 0;
+  bool fail(std::exception_ptr e) noexcept { return state().set_exception(std::move(e)); }
+
+  std::string task;
+  msgpack::sbuffer args;  // a msgpack array
+  FdList fds;             // memfds of Buffers in `args`
+  int priority = 0;
+  std::chrono::nanoseconds timeout{0};
+  std::uint64_t id = 0;
+  std::string (*given_types)() = nullptr;
+  std::chrono::steady_clock::time_point submitted{};
+};
+
+template <class R>
+class Call final : public State<R>, public CallBase {
+ public:
+  Call() = default;
+  StateBase& state() noexcept override { return *this; }
+
+  void deliver(const msgpack::object& result) noexcept override {
+    if constexpr (std::is_void_v<R>) {
+      this->set_value();
+    } else {
+      std::optional<R> value;
+      try {
+        value.emplace(result.as<R>());
+      } catch (...) {
+        this->set_exception(bad_result(task, type_name<R>(), result));
+        return;
+      }
+      this->set_value(std::move(*value));
+    }
+  }
+
+  bool cancel() noexcept override {
+    const bool did = StateBase::cancel();
+    if (did && control_) process_cancel(control_, id);
+    return did;
+  }
+
+  /// Links the call to its pool for cancellation and arms `stop`.
+  void arm(std::shared_ptr<ProcessControl> control, std::stop_token stop) {
+    control_ = std::move(control);
+    if (stop.stop_possible()) stop_.emplace(std::move(stop), Canceller{this});
+  }
+
+ private:
+  struct Canceller {
+    Call* self;
+    void operator()() const noexcept { self->cancel(); }
+  };
+  std::shared_ptr<ProcessControl> control_;
+  std::optional<std::stop_callback<Canceller>> stop_;
+};
+
+}  // namespace crew::inline v0::detail

@@ -1,0 +1,140 @@
+// crew::Tasks — the registry of named functions a worker process can run — and the worker side
+// of a ProcessPool: crew::is_worker_process() and crew::serve().
+#pragma once
+
+#include <cstddef>
+#include <functional>
+#include <map>
+#include <string>
+#include <string_view>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include <msgpack.hpp>
+
+#include <crew/process/detail/type_name.hpp>
+#include <crew/process/detail/wire.hpp>
+
+namespace crew {
+inline namespace v0 {
+namespace detail {
+
+template <class F>
+struct CallableTraits : CallableTraits<decltype(&F::operator())> {};
+template <class R, class... A>
+struct CallableTraits<R (*)(A...)> {
+  using result = R;
+  using args = std::tuple<std::decay_t<A>...>;
+  static constexpr std::size_t arity = sizeof...(A);
+  static std::string params() { return type_list<std::decay_t<A>...>(); }
+};
+template <class R, class... A>
+struct CallableTraits<R (*)(A...) noexcept> : CallableTraits<R (*)(A...)> {};
+template <class R, class... A>
+struct CallableTraits<R(A...)> : CallableTraits<R (*)(A...)> {};
+template <class C, class R, class... A>
+struct CallableTraits<R (C::*)(A...)> : CallableTraits<R (*)(A...)> {};
+template <class C, class R, class... A>
+struct CallableTraits<R (C::*)(A...) const> : CallableTraits<R (*)(A...)> {};
+template <class C, class R, class... A>
+struct CallableTraits<R (C::*)(A...) noexcept> : CallableTraits<R (*)(A...)> {};
+template <class C, class R, class... A>
+struct CallableTraits<R (C::*)(A...) const noexcept> : CallableTraits<R (*)(A...)> {};
+
+/// Throws crew::BadArguments: `args` do not fit the task's parameters.
+[[noreturn]] void throw_task_arguments(std::string_view task, std::string_view signature,
+                                       std::size_t arity, const msgpack::object& args);
+
+using Packer = msgpack::packer<msgpack::sbuffer>;
+}  // namespace detail
+
+/// A registry of named functions that a worker process can run for a ProcessPool.
+///
+///     long fib(int n) { return n < 2 ? n : fib(n - 1) + fib(n - 2); }
+///
+///     int main() {
+///       crew::Tasks tasks;
+///       tasks.add("fib", fib);
+///       if (crew::is_worker_process()) return crew::serve(tasks);
+///       crew::ProcessPool pool({.tasks = &tasks});
+///       long v = pool.run<long>("fib", 30).get();
+///     }
+///
+/// Arguments and results are encoded with msgpack-cxx: built-in types, std::string, containers,
+/// std::optional, crew::Buffer (large ones cross as memory files, not copied),
+/// crew::SharedBuffer (created with `.across_processes = true`), and user structs that opt in
+/// with `MSGPACK_DEFINE(...)`. A function may take its parameters by value or const reference
+/// and may return void.
+///
+/// Thread safety: add() before the registry is shared; afterwards every const member may be
+/// called from any thread.
+class Tasks {
+ public:
+  /// Everything the worker needs to run one task (internal).
+  struct Entry {
+    std::string signature;    ///< "fib(int) -> long"
+    std::string result_type;  ///< "long"
+    std::size_t arity = 0;
+    std::function<void(const msgpack::object& args, detail::Packer& result)> invoke;
+  };
+
+  /// Registers `fn` under `name`. Throws std::invalid_argument for an empty name or one that is
+  /// already registered.
+  template <class F>
+  Tasks& add(std::string name, F fn) {
+    using Traits = detail::CallableTraits<std::decay_t<F>>;
+    using R = typename Traits::result;
+    Entry e;
+    e.result_type = detail::type_name<std::decay_t<R>>();
+    e.signature = name + "(" + Traits::params() + ") -> " + e.result_type;
+    e.arity = Traits::arity;
+    e.invoke = [fn = std::move(fn), name, sig = e.signature](const msgpack::object& args,
+                                                             detail::Packer& out) mutable {
+      if (args.type != msgpack::type::ARRAY || args.via.array.size != Traits::arity) {
+        detail::throw_task_arguments(name, sig, Traits::arity, args);
+      }
+      typename Traits::args values;
+      try {
+        args.convert(values);
+      } catch (const msgpack::type_error&) {
+        detail::throw_task_arguments(name, sig, Traits::arity, args);
+      }
+      if constexpr (std::is_void_v<R>) {
+        std::apply(fn, std::move(values));
+        out.pack_nil();
+      } else {
+        out.pack(std::apply(fn, std::move(values)));
+      }
+    };
+    insert(std::move(name), std::move(e));
+    return *this;
+  }
+
+  /// The registered names, sorted.
+  [[nodiscard]] std::vector<std::string> names() const;
+  [[nodiscard]] bool contains(std::string_view name) const noexcept;
+  /// The task's signature, e.g. "fib(int) -> long"; throws crew::BadArguments for an unknown name.
+  [[nodiscard]] const std::string& signature(std::string_view name) const;
+  /// The entry for `name`, or nullptr (internal).
+  [[nodiscard]] const Entry* find(std::string_view name) const noexcept;
+  [[nodiscard]] std::size_t size() const noexcept { return entries_.size(); }
+
+ private:
+  void insert(std::string name, Entry entry);
+  std::map<std::string, Entry, std::less<>> entries_;
+};
+
+/// True in a process started by a ProcessPool as one of its workers (its environment carries the
+/// pool's channel). Call it at the top of `main`, before doing anything a worker should not do.
+[[nodiscard]] bool is_worker_process() noexcept;
+
+/// Runs the worker side of a ProcessPool: answers task requests from the parent until the parent
+/// closes the channel or exits (the worker never outlives it). Returns the process exit code
+/// (0 on a normal shutdown); `main` returns it. Throws std::logic_error when this process was not
+/// started by a ProcessPool.
+int serve(const Tasks& tasks);
+
+}  // namespace v0
+}  // namespace crew

@@ -1,0 +1,1239 @@
+// The ProcessPool supervisor. One thread per pool owns every worker process: it forks them, waits
+// on their sockets, exit notifications (pidfd) and output pipes with epoll, and enforces task
+// deadlines, memory caps and recycling. Other threads only touch the queue (under mutex_) and
+// wake the supervisor through an eventfd.
+//
+// Futures are settled, and log lines delivered, after mutex_ is released: a continuation or a log
+// callback may call back into the pool.
+#include <algorithm>
+#include <cerrno>
+#include <climits>
+#include <condition_variable>
+#include <cstdio>
+#include <cstring>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <system_error>
+#include <thread>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include <fcntl.h>
+#include <fmt/format.h>
+#include <signal.h>
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <crew/process/pool.hpp>
+
+#include "frame.hpp"
+#include "worker_env.hpp"
+
+extern char** environ;
+
+namespace crew::inline v0 {
+namespace detail {
+
+int worker_socket_from_env() noexcept {
+  static const int fd = [] {
+    const char* v = std::getenv(kWorkerFdEnv);
+    if (v == nullptr || *v == '\0') return -1;
+    char* end = nullptr;
+    const long n = std::strtol(v, &end, 10);
+    if (*end != '\0' || n < 0 || n > INT_MAX || ::fcntl(static_cast<int>(n), F_GETFD) < 0) {
+      return -1;
+    }
+    return static_cast<int>(n);
+  }();
+  return fd;
+}
+
+class ProcessControl {
+ public:
+  std::mutex mutex;
+  ProcessPoolCore* core = nullptr;  // null once the pool is gone
+};
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using std::chrono::milliseconds;
+using std::chrono::nanoseconds;
+constexpr Clock::time_point kNever = Clock::time_point::max();
+constexpr milliseconds kBackoffCap{15'000};
+constexpr milliseconds kStableUptime{30'000};
+constexpr milliseconds kRssPoll{5};
+constexpr std::size_t kTailLines = 20;
+constexpr std::size_t kMaxLine = 4096;
+
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+// Sanitizers reserve terabytes of address space: RLIMIT_AS would stop the worker from starting.
+// The resident-memory watchdog still enforces the cap.
+constexpr bool kUseAddressLimit = false;
+#else
+constexpr bool kUseAddressLimit = true;
+#endif
+
+// Releases the supervisor's reference on a call's Future state.
+struct CallDeleter {
+  void operator()(CallBase* c) const noexcept { c->state().release(); }
+};
+using CallPtr = std::unique_ptr<CallBase, CallDeleter>;
+
+enum class WState { starting, idle, busy, stopping };
+enum class Reason { none, timeout, memory, cancel, recycle, shutdown, protocol, terminate };
+
+const char* state_name(WState s) {
+  switch (s) {
+    case WState::starting:
+      return "starting";
+    case WState::idle:
+      return "idle";
+    case WState::busy:
+      return "busy";
+    case WState::stopping:
+      return "stopping";
+  }
+  return "?";
+}
+
+struct Proc {
+  std::uint64_t serial = 0;
+  std::size_t slot = 0;
+  std::string name;
+  pid_t pid = -1;
+  int pidfd = -1;
+  int sock = -1;
+  int out = -1;
+  int err = -1;
+  WState state = WState::starting;
+  Reason reason = Reason::none;
+  bool killed = false;
+  Clock::time_point started{};
+  Clock::time_point ready_at = kNever;
+  Clock::time_point busy_since{};
+  Clock::time_point idle_since{};
+  Clock::time_point deadline = kNever;
+  Clock::time_point kill_at = kNever;
+  Clock::time_point next_rss = kNever;
+  CallPtr current;
+  std::string current_task;  // kept after the call settles, for messages
+  std::uint64_t tasks_done = 0;
+  std::uint64_t errors = 0;
+  std::size_t rss = 0;
+  std::deque<std::string> tail;
+  std::string partial[2];
+};
+
+struct Slot {
+  std::uint64_t processes = 0;  // processes that held this slot so far
+  bool taken = false;
+};
+
+// A settlement or log line to deliver once the lock is released.
+struct Settle {
+  CallPtr call;
+  std::exception_ptr error;
+  std::optional<Frame> result;
+};
+struct LogOut {
+  std::string worker;
+  int pid;
+  bool is_stderr;
+  std::string line;
+};
+
+std::size_t read_rss(pid_t pid) {
+  char path[64];
+  std::snprintf(path, sizeof path, "/proc/%d/statm", static_cast<int>(pid));
+  FILE* f = std::fopen(path, "re");
+  if (f == nullptr) return 0;
+  unsigned long size = 0, resident = 0;
+  const int n = std::fscanf(f, "%lu %lu", &size, &resident);
+  std::fclose(f);
+  return n == 2 ? resident * static_cast<std::size_t>(::sysconf(_SC_PAGESIZE)) : 0;
+}
+
+int move_high(int fd) {
+  // Above the descriptors the child rearranges (0..3), so dup2 never clobbers a source.
+  const int high = ::fcntl(fd, F_DUPFD_CLOEXEC, 10);
+  if (high < 0) throw std::system_error(errno, std::generic_category(), "crew: fcntl");
+  ::close(fd);
+  return high;
+}
+
+void set_nonblocking(int fd) {
+  ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) | O_NONBLOCK);
+}
+
+std::string describe_exit(int code, int signal) {
+  if (signal != 0) {
+    const char* name = ::sigabbrev_np(signal);
+    return fmt::format("killed by signal {} (SIG{})", signal, name != nullptr ? name : "?");
+  }
+  if (code >= 0) return fmt::format("exited with code {}", code);
+  return "exited (status not available)";
+}
+
+std::string tail_text(const std::deque<std::string>& tail) {
+  if (tail.empty()) return " (no stderr output)";
+  std::string out = "; last stderr lines:";
+  for (const auto& l : tail) out += "\n  | " + l;
+  return out;
+}
+
+}  // namespace
+
+class ProcessPoolCore {
+ public:
+  explicit ProcessPoolCore(ProcessPoolOptions options);
+  ~ProcessPoolCore();
+
+  void submit(CallBase& call, std::stop_token stop, const ProcessArm& arm);
+  void post_cancel(std::uint64_t id);
+  void close();
+  void terminate();
+  void wait_closed();
+  ProcessPoolStats stats() const;
+  const ProcessPoolOptions& options() const noexcept { return options_; }
+
+ private:
+  void run();
+  void wake() noexcept;
+  Clock::time_point next_deadline() const;
+  void handle_event(std::uint64_t data, std::uint32_t events, Clock::time_point now);
+  void on_socket(Proc& p, Clock::time_point now);
+  void on_frame(Proc& p, Frame frame, Clock::time_point now);
+  void on_output(Proc& p, int which);
+  void on_exit(Proc& p, Clock::time_point now);
+  void on_protocol_error(Proc& p, const std::string& what);
+  void timers(Clock::time_point now);
+  void dispatch(Clock::time_point now);
+  void spawn_as_needed(Clock::time_point now);
+  void spawn(Clock::time_point now);
+  void stop_proc(Proc& p, Reason reason, bool force, Clock::time_point now);
+  void finish_task(Proc& p, Clock::time_point now, bool failed);
+  void fail_queued(const std::function<std::exception_ptr()>& error);
+  void log_line(Proc& p, bool is_stderr, std::string line);
+  std::exception_ptr breaker_error() const;
+  std::size_t live_procs() const;
+  std::size_t queued_live() const;
+  void flush();
+
+  ProcessPoolOptions options_;
+  std::string executable_;
+  std::vector<std::string> base_env_;
+  std::shared_ptr<ProcessControl> control_;
+  const Clock::time_point created_ = Clock::now();
+
+  mutable std::mutex mutex_;
+  // Guarded by mutex_: the queue, the cancel inbox, flags, procs (for stats), counters.
+  std::map<int, std::deque<CallPtr>, std::greater<>> queue_;
+  std::size_t queued_ = 0;
+  std::vector<std::uint64_t> cancels_;
+  bool closing_ = false;
+  bool terminating_ = false;
+  bool done_ = false;
+  std::uint64_t next_id_ = 1;
+  std::map<std::uint64_t, std::unique_ptr<Proc>> procs_;
+  std::vector<Slot> slots_;
+  std::uint64_t completed_ = 0, failed_ = 0, cancelled_ = 0, timed_out_ = 0, crashed_ = 0;
+  std::uint64_t restarts_ = 0, startup_failures_ = 0, spawned_ = 0;
+  nanoseconds busy_total_{0};
+  LatencyHistogram wait_hist_, run_hist_;
+  // Restart policy (supervisor only, read by stats under mutex_).
+  milliseconds backoff_{0};
+  Clock::time_point next_spawn_ = Clock::time_point::min();
+  std::size_t startup_failures_in_row_ = 0;
+  bool breaker_open_ = false;
+  std::string last_startup_error_;
+
+  std::condition_variable closed_cv_;
+  int epoll_ = -1;
+  int event_ = -1;
+  std::uint64_t next_serial_ = 1;
+  std::vector<Settle> settles_;  // supervisor only
+  std::vector<LogOut> logs_;     // supervisor only
+  std::shared_ptr<spdlog::logger> logger_;
+  std::thread thread_;
+};
+
+// ---- construction ------------------------------------------------------------------------------
+
+ProcessPoolCore::ProcessPoolCore(ProcessPoolOptions options) : options_(std::move(options)) {
+  auto invalid = [](const std::string& what) {
+    throw std::invalid_argument("crew::ProcessPool: " + what);
+  };
+  if (options_.max_workers == 0) options_.max_workers = default_thread_count();
+  if (options_.min_workers > options_.max_workers) {
+    invalid(fmt::format("min_workers ({}) must be <= max_workers ({})", options_.min_workers,
+                        options_.max_workers));
+  }
+  if (options_.tasks == nullptr && options_.executable.empty()) {
+    invalid(
+        "give .tasks (this program's registry, for workers that re-run this program) or "
+        ".executable (another program that calls crew::serve)");
+  }
+  if (options_.name.empty()) invalid("name must not be empty");
+  if (options_.restart_backoff.count() <= 0) {
+    invalid(fmt::format("restart_backoff ({} ms) must be > 0", options_.restart_backoff.count()));
+  }
+  if (options_.max_startup_failures == 0) invalid("max_startup_failures must be >= 1");
+  if (options_.idle_timeout.count() < 0 || options_.task_timeout.count() < 0 ||
+      options_.terminate_grace.count() < 0) {
+    invalid("idle_timeout, task_timeout and terminate_grace must not be negative");
+  }
+  executable_ = options_.executable.empty() ? std::string("/proc/self/exe") : options_.executable;
+  if (!options_.executable.empty() && ::access(executable_.c_str(), X_OK) != 0) {
+    invalid(
+        fmt::format("executable '{}' cannot be run ({}); give the path of a program that "
+                    "calls crew::serve",
+                    executable_, std::strerror(errno)));
+  }
+  if (executable_ == "/proc/self/exe") {
+    // Resolve now: a worker started later must run the same file even if the path changes.
+    char buf[PATH_MAX];
+    const ssize_t n = ::readlink("/proc/self/exe", buf, sizeof buf - 1);
+    if (n > 0) executable_.assign(buf, static_cast<std::size_t>(n));
+  }
+  for (const auto& [key, value] : options_.env) {
+    if (key.empty() || key.find('=') != std::string::npos) {
+      invalid(fmt::format("env key '{}' must be non-empty and contain no '='", key));
+    }
+  }
+  for (char** e = environ; e != nullptr && *e != nullptr; ++e) {
+    const std::string_view kv(*e);
+    const std::string_view key = kv.substr(0, kv.find('='));
+    if (key == kWorkerFdEnv || key == kWorkerNameEnv || options_.env.contains(std::string(key))) {
+      continue;
+    }
+    base_env_.emplace_back(kv);
+  }
+  for (const auto& [key, value] : options_.env) base_env_.push_back(key + "=" + value);
+
+  if (!options_.log) {
+    logger_ = spdlog::get("crew.process");
+    if (!logger_) {
+      try {
+        logger_ = spdlog::stderr_color_mt("crew.process");
+      } catch (const spdlog::spdlog_ex&) {
+        logger_ = spdlog::get("crew.process");  // another pool registered it meanwhile
+      }
+    }
+  }
+
+  epoll_ = ::epoll_create1(EPOLL_CLOEXEC);
+  event_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (epoll_ < 0 || event_ < 0) {
+    const int err = errno;
+    if (epoll_ >= 0) ::close(epoll_);
+    if (event_ >= 0) ::close(event_);
+    throw std::system_error(err, std::generic_category(), "crew::ProcessPool: epoll/eventfd");
+  }
+  epoll_event ev{};
+  ev.events = EPOLLIN;
+  ev.data.u64 = 0;
+  ::epoll_ctl(epoll_, EPOLL_CTL_ADD, event_, &ev);
+
+  control_ = std::make_shared<ProcessControl>();
+  control_->core = this;
+  // PR_SET_PDEATHSIG fires when the *thread* that forked exits, so every fork happens on this
+  // thread, which lives exactly as long as the pool.
+  thread_ = std::thread([this] { run(); });
+  wake();  // starts min_workers
+}
+
+ProcessPoolCore::~ProcessPoolCore() {
+  close();
+  wait_closed();
+  if (thread_.joinable()) thread_.join();
+  {
+    std::lock_guard lock(control_->mutex);
+    control_->core = nullptr;
+  }
+  ::close(epoll_);
+  ::close(event_);
+}
+
+void ProcessPoolCore::wake() noexcept {
+  const std::uint64_t one = 1;
+  [[maybe_unused]] const auto n = ::write(event_, &one, sizeof one);
+}
+
+// ---- calls from any thread ---------------------------------------------------------------------
+
+std::exception_ptr ProcessPoolCore::breaker_error() const {
+  return std::make_exception_ptr(WorkerCrashed(
+      fmt::format("crew::ProcessPool '{}': workers keep failing to start ({} times in a row), so "
+                  "tasks are not run; the pool retries every {} s. Last failure: {}",
+                  options_.name, startup_failures_in_row_, kBackoffCap.count() / 1000,
+                  last_startup_error_),
+      "", 0, 0, -1, {}));
+}
+
+void ProcessPoolCore::submit(CallBase& call, std::stop_token stop, const ProcessArm& arm) {
+  if (options_.tasks != nullptr && options_.executable.empty() &&
+      !options_.tasks->contains(call.task)) {
+    std::string known;
+    for (const auto& n : options_.tasks->names()) known += (known.empty() ? "" : ", ") + n;
+    throw BadArguments(fmt::format("crew::ProcessPool::run: unknown task '{}'; known tasks: {}",
+                                   call.task, known.empty() ? "(none)" : known));
+  }
+  {
+    std::lock_guard lock(mutex_);
+    if (closing_ || terminating_) {
+      throw PoolClosed(
+          fmt::format("crew::ProcessPool '{}': closed; no new tasks are accepted (task '{}')",
+                      options_.name, call.task));
+    }
+    if (breaker_open_) std::rethrow_exception(breaker_error());
+    if (options_.max_queue != 0 && queued_ >= options_.max_queue) {
+      throw QueueFull(fmt::format(
+          "crew::ProcessPool '{}': the queue is full ({} tasks waiting, max_queue = {}); retry "
+          "later or raise max_queue",
+          options_.name, queued_, options_.max_queue));
+    }
+    call.id = next_id_++;
+    call.submitted = Clock::now();
+    if (call.timeout.count() == 0) call.timeout = options_.task_timeout;
+    call.state().add_ref();
+    queue_[call.priority].emplace_back(&call);
+    ++queued_;
+  }
+  // Armed outside the lock: a stop token that already fired cancels right here, which posts
+  // to this pool.
+  arm(control_, std::move(stop));
+  wake();
+}
+
+void ProcessPoolCore::post_cancel(std::uint64_t id) {
+  {
+    std::lock_guard lock(mutex_);
+    cancels_.push_back(id);
+  }
+  wake();
+}
+
+void ProcessPoolCore::close() {
+  {
+    std::lock_guard lock(mutex_);
+    closing_ = true;
+  }
+  wake();
+}
+
+void ProcessPoolCore::terminate() {
+  {
+    std::lock_guard lock(mutex_);
+    closing_ = true;
+    terminating_ = true;
+  }
+  wake();
+  wait_closed();
+}
+
+void ProcessPoolCore::wait_closed() {
+  std::unique_lock lock(mutex_);
+  closed_cv_.wait(lock, [&] { return done_; });
+}
+
+ProcessPoolStats ProcessPoolCore::stats() const {
+  std::lock_guard lock(mutex_);
+  ProcessPoolStats s;
+  const auto now = Clock::now();
+  for (const auto& [serial, p] : procs_) {
+    if (p->state != WState::stopping) ++s.workers;
+    if (p->state == WState::busy) ++s.busy;
+    if (p->state == WState::idle) ++s.idle;
+    ProcessWorkerStats w;
+    w.pid = p->pid;
+    w.name = p->name;
+    w.state = state_name(p->state);
+    w.uptime = std::chrono::duration_cast<milliseconds>(now - p->started);
+    w.tasks_done = p->tasks_done;
+    w.errors = p->errors;
+    w.restarts = slots_[p->slot].processes - 1;
+    w.rss_bytes = p->rss;
+    s.per_worker.push_back(std::move(w));
+  }
+  s.queued = queued_;
+  s.completed = completed_;
+  s.failed = failed_;
+  s.cancelled = cancelled_;
+  s.timed_out = timed_out_;
+  s.crashed = crashed_;
+  s.restarts = restarts_;
+  s.startup_failures = startup_failures_;
+  const double elapsed = std::chrono::duration<double>(now - created_).count();
+  s.utilization = elapsed > 0 ? std::chrono::duration<double>(busy_total_).count() /
+                                    (elapsed * static_cast<double>(options_.max_workers))
+                              : 0.0;
+  s.wait_time = wait_hist_.summary();
+  s.run_time = run_hist_.summary();
+  return s;
+}
+
+// ---- the supervisor ----------------------------------------------------------------------------
+
+std::size_t ProcessPoolCore::live_procs() const {
+  std::size_t n = 0;
+  for (const auto& [serial, p] : procs_) n += p->state != WState::stopping ? 1 : 0;
+  return n;
+}
+
+std::size_t ProcessPoolCore::queued_live() const {
+  return queued_;
+}
+
+Clock::time_point ProcessPoolCore::next_deadline() const {
+  Clock::time_point t = kNever;
+  for (const auto& [serial, p] : procs_) {
+    t = std::min({t, p->deadline, p->kill_at, p->next_rss});
+    if (p->state == WState::idle && options_.idle_timeout.count() > 0) {
+      t = std::min(t, p->idle_since + options_.idle_timeout);
+    }
+    if (p->ready_at != kNever && backoff_.count() > 0) t = std::min(t, p->ready_at + kStableUptime);
+  }
+  // A spawn waiting out its backoff; once the time has come, spawn_as_needed() acts at once.
+  if (next_spawn_ > Clock::now() && (queued_ > 0 || live_procs() < options_.min_workers)) {
+    t = std::min(t, next_spawn_);
+  }
+  return t;
+}
+
+void ProcessPoolCore::run() {
+  ::prctl(PR_SET_NAME, (options_.name.substr(0, 11) + "-sup").c_str(), 0, 0, 0);
+  std::vector<epoll_event> events(64);
+  for (;;) {
+    int timeout_ms;
+    {
+      std::lock_guard lock(mutex_);
+      const auto deadline = next_deadline();
+      if (deadline == kNever) {
+        timeout_ms = -1;
+      } else {
+        const auto left = deadline - Clock::now();
+        timeout_ms = left <= nanoseconds(0)
+                         ? 0
+                         : static_cast<int>(std::chrono::ceil<milliseconds>(left).count());
+      }
+    }
+    const int n = ::epoll_wait(epoll_, events.data(), static_cast<int>(events.size()), timeout_ms);
+    bool finished = false;
+    {
+      std::unique_lock lock(mutex_);
+      const auto now = Clock::now();
+      for (int i = 0; i < n; ++i) handle_event(events[i].data.u64, events[i].events, now);
+      timers(now);
+      // Cancellations: a queued call was already settled (skipped at dispatch); a running one
+      // loses its worker.
+      for (const std::uint64_t id : std::exchange(cancels_, {})) {
+        for (auto& [serial, p] : procs_) {
+          if (p->current && p->current->id == id && p->reason == Reason::none) {
+            ++cancelled_;
+            ++p->errors;
+            p->current.reset();
+            stop_proc(*p, Reason::cancel, true, now);
+          }
+        }
+      }
+      if (terminating_) {
+        fail_queued([&] {
+          return std::make_exception_ptr(PoolClosed(fmt::format(
+              "crew::ProcessPool '{}': terminated before the task ran", options_.name)));
+        });
+        for (auto& [serial, p] : procs_) {
+          if (p->current) {
+            settles_.push_back({std::move(p->current),
+                                std::make_exception_ptr(PoolClosed(
+                                    fmt::format("crew::ProcessPool '{}': terminated while the "
+                                                "task '{}' was running; its worker was killed",
+                                                options_.name, p->current_task))),
+                                std::nullopt});
+            ++cancelled_;
+          }
+          if (p->reason != Reason::terminate) stop_proc(*p, Reason::terminate, true, now);
+        }
+      } else {
+        dispatch(now);
+        spawn_as_needed(now);
+        if (closing_ && queued_ == 0) {
+          for (auto& [serial, p] : procs_) {
+            if (p->state == WState::idle || p->state == WState::starting) {
+              stop_proc(*p, Reason::shutdown, false, now);
+            }
+          }
+        }
+      }
+      if (closing_ && queued_ == 0 && procs_.empty()) finished = true;
+    }
+    flush();
+    if (finished) break;
+  }
+  std::lock_guard lock(mutex_);
+  done_ = true;
+  closed_cv_.notify_all();
+}
+
+void ProcessPoolCore::flush() {
+  for (auto& s : settles_) {
+    if (s.result) {
+      WireScope scope(&s.result->fds, nullptr);
+      try {
+        auto handle = unpack_payload(s.result->payload);
+        s.call->deliver(handle.get());
+      } catch (const std::exception& e) {
+        s.call->fail(std::make_exception_ptr(WorkerCrashed(
+            fmt::format("crew::ProcessPool: the result of task '{}' could not be read: {}",
+                        s.call->task, e.what()),
+            s.call->task, 0, 0, -1, {})));
+      }
+    } else {
+      s.call->fail(s.error);
+    }
+  }
+  settles_.clear();
+  for (auto& l : logs_) {
+    if (options_.log) {
+      options_.log(ProcessLogLine{l.worker, l.pid, l.is_stderr, l.line});
+    } else if (logger_) {
+      logger_->log(l.is_stderr ? spdlog::level::warn : spdlog::level::info, "[{} pid {}] {}",
+                   l.worker, l.pid, l.line);
+    }
+  }
+  logs_.clear();
+}
+
+void ProcessPoolCore::fail_queued(const std::function<std::exception_ptr()>& error) {
+  for (auto& [prio, q] : queue_) {
+    for (auto& c : q) {
+      if (c->state().claimed()) {
+        ++cancelled_;
+      } else {
+        ++cancelled_;
+        settles_.push_back({std::move(c), error(), std::nullopt});
+      }
+    }
+    q.clear();
+  }
+  queue_.clear();
+  queued_ = 0;
+}
+
+void ProcessPoolCore::handle_event(std::uint64_t data, std::uint32_t events,
+                                   Clock::time_point now) {
+  if (data == 0) {
+    std::uint64_t v;
+    while (::read(event_, &v, sizeof v) > 0) {
+    }
+    return;
+  }
+  const auto it = procs_.find(data >> 2);
+  if (it == procs_.end()) return;
+  Proc& p = *it->second;
+  switch (data & 3) {
+    case 0:
+      if ((events & (EPOLLIN | EPOLLHUP | EPOLLERR)) != 0) on_socket(p, now);
+      break;
+    case 1:
+      on_output(p, 0);
+      break;
+    case 2:
+      on_output(p, 1);
+      break;
+    case 3:
+      on_exit(p, now);
+      break;
+  }
+}
+
+void ProcessPoolCore::on_socket(Proc& p, Clock::time_point now) {
+  while (p.sock >= 0) {
+    Frame frame;
+    RecvStatus st;
+    try {
+      st = recv_frame(p.sock, frame, false);
+    } catch (const std::exception& e) {
+      on_protocol_error(p, e.what());
+      return;
+    }
+    if (st == RecvStatus::would_block) return;
+    if (st == RecvStatus::closed) {
+      // The worker is exiting or closed its channel: it can serve no more. The exit event
+      // (pidfd) settles whatever it was running.
+      ::epoll_ctl(epoll_, EPOLL_CTL_DEL, p.sock, nullptr);
+      ::close(p.sock);
+      p.sock = -1;
+      if (p.state != WState::stopping) {
+        p.state = WState::stopping;
+        p.kill_at = std::min(p.kill_at, now + options_.terminate_grace);
+      }
+      return;
+    }
+    on_frame(p, std::move(frame), now);
+  }
+}
+
+void ProcessPoolCore::on_protocol_error(Proc& p, const std::string& what) {
+  const auto now = Clock::now();
+  if (p.current) {
+    ++failed_;
+    ++p.errors;
+    settles_.push_back(
+        {std::move(p.current),
+         std::make_exception_ptr(WorkerCrashed(
+             fmt::format("crew::ProcessPool: worker {} (pid {}) sent a malformed message while "
+                         "running task '{}' ({}); the worker was replaced",
+                         p.name, p.pid, p.current_task, what),
+             p.current_task, p.pid, 0, -1, {p.tail.begin(), p.tail.end()})),
+         std::nullopt});
+  }
+  log_line(p, true, "crew: malformed message from this worker: " + what + "; killing it");
+  stop_proc(p, Reason::protocol, true, now);
+}
+
+void ProcessPoolCore::on_frame(Proc& p, Frame frame, Clock::time_point now) {
+  switch (frame.type) {
+    case FrameType::ready:
+      if (p.state != WState::starting) return on_protocol_error(p, "a second ready message");
+      p.state = WState::idle;
+      p.ready_at = now;
+      p.idle_since = now;
+      p.rss = read_rss(p.pid);
+      startup_failures_in_row_ = 0;
+      breaker_open_ = false;
+      return;
+    case FrameType::result:
+    case FrameType::error: {
+      if (p.state != WState::busy && p.reason == Reason::none) {
+        return on_protocol_error(p, "a reply while no task was running");
+      }
+      if (!p.current || frame.id != p.current->id) {
+        // Its task already settled (timed out or cancelled) and the worker is on its way out.
+        if (p.reason != Reason::none) return;
+        return on_protocol_error(p, fmt::format("a reply for unknown task id {}", frame.id));
+      }
+      if (frame.type == FrameType::result) {
+        ++completed_;
+        settles_.push_back({std::move(p.current), nullptr, std::move(frame)});
+        finish_task(p, now, false);
+      } else {
+        ErrorReply r;
+        try {
+          r = parse_error(frame.payload);
+        } catch (const std::exception& e) {
+          return on_protocol_error(p, e.what());
+        }
+        std::exception_ptr error;
+        const std::string& task = p.current->task;
+        switch (r.kind) {
+          case ErrorKind::bad_arguments:
+            error = std::make_exception_ptr(BadArguments(
+                p.current->given_types != nullptr
+                    ? fmt::format("{}; the caller passed ({})", r.message, p.current->given_types())
+                    : r.message));
+            break;
+          case ErrorKind::out_of_memory:
+            error = options_.memory_limit_bytes != 0
+                        ? std::make_exception_ptr(MemoryLimitExceeded(
+                              fmt::format("crew::ProcessPool: task '{}' ran out of memory in "
+                                          "worker {} (pid {}): memory_limit_bytes is {}",
+                                          task, p.name, p.pid, options_.memory_limit_bytes),
+                              options_.memory_limit_bytes))
+                        : std::make_exception_ptr(
+                              RemoteError(fmt::format("crew::ProcessPool: task '{}' threw {}: {}",
+                                                      task, r.type, r.message),
+                                          r.type, r.message));
+            break;
+          case ErrorKind::remote:
+            error = std::make_exception_ptr(RemoteError(
+                fmt::format("crew::ProcessPool: task '{}' threw {}: {}", task, r.type, r.message),
+                r.type, r.message));
+            break;
+        }
+        ++failed_;
+        settles_.push_back({std::move(p.current), error, std::nullopt});
+        finish_task(p, now, true);
+        // After running out of memory the heap may be in no shape for more work.
+        if (r.kind == ErrorKind::out_of_memory) stop_proc(p, Reason::recycle, false, now);
+      }
+      return;
+    }
+    default:
+      return on_protocol_error(p, "a frame type workers never send");
+  }
+}
+
+void ProcessPoolCore::finish_task(Proc& p, Clock::time_point now, bool failed) {
+  const auto ran = now - p.busy_since;
+  run_hist_.record(ran);
+  busy_total_ += ran;
+  ++p.tasks_done;
+  if (failed) ++p.errors;
+  p.deadline = kNever;
+  p.next_rss = kNever;
+  p.state = WState::idle;
+  p.idle_since = now;
+  p.rss = read_rss(p.pid);
+  if (options_.max_tasks_per_worker != 0 && p.tasks_done >= options_.max_tasks_per_worker) {
+    stop_proc(p, Reason::recycle, false, now);
+  } else if (options_.max_rss_restart_bytes != 0 && p.rss > options_.max_rss_restart_bytes) {
+    log_line(p, true,
+             fmt::format("crew: resident memory {} bytes is above max_rss_restart_bytes {}; "
+                         "replacing this worker",
+                         p.rss, options_.max_rss_restart_bytes));
+    stop_proc(p, Reason::recycle, false, now);
+  }
+}
+
+void ProcessPoolCore::on_output(Proc& p, int which) {
+  int& fd = which == 0 ? p.out : p.err;
+  char buf[8192];
+  for (;;) {
+    const ssize_t n = fd >= 0 ? ::read(fd, buf, sizeof buf) : 0;
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK)) {
+        if (fd >= 0) {
+          ::epoll_ctl(epoll_, EPOLL_CTL_DEL, fd, nullptr);
+          ::close(fd);
+          fd = -1;
+        }
+        if (!p.partial[which].empty()) log_line(p, which == 1, std::move(p.partial[which]));
+        p.partial[which].clear();
+      }
+      return;
+    }
+    std::string& part = p.partial[which];
+    part.append(buf, static_cast<std::size_t>(n));
+    std::size_t start = 0;
+    for (;;) {
+      const std::size_t nl = part.find('\n', start);
+      if (nl == std::string::npos) break;
+      log_line(p, which == 1, part.substr(start, nl - start));
+      start = nl + 1;
+    }
+    part.erase(0, start);
+    while (part.size() >= kMaxLine) {
+      log_line(p, which == 1, part.substr(0, kMaxLine));
+      part.erase(0, kMaxLine);
+    }
+  }
+}
+
+void ProcessPoolCore::log_line(Proc& p, bool is_stderr, std::string line) {
+  if (is_stderr) {
+    p.tail.push_back(line);
+    if (p.tail.size() > kTailLines) p.tail.pop_front();
+  }
+  logs_.push_back({p.name, p.pid, is_stderr, std::move(line)});
+}
+
+void ProcessPoolCore::on_exit(Proc& p, Clock::time_point now) {
+  // Whatever the worker sent or printed before it died comes first.
+  on_socket(p, now);
+  on_output(p, 0);
+  on_output(p, 1);
+  int code = -1, sig = 0;
+  int status = 0;
+  pid_t r;
+  do {
+    r = ::waitpid(p.pid, &status, 0);
+  } while (r < 0 && errno == EINTR);
+  if (r == p.pid) {
+    if (WIFEXITED(status)) code = WEXITSTATUS(status);
+    if (WIFSIGNALED(status)) sig = WTERMSIG(status);
+  }
+  const std::string how = describe_exit(code, sig);
+  const bool before_ready = p.ready_at == kNever;
+
+  if (p.current) {
+    if (p.reason == Reason::memory) {
+      ++failed_;
+      settles_.push_back(
+          {std::move(p.current),
+           std::make_exception_ptr(MemoryLimitExceeded(
+               fmt::format("crew::ProcessPool: task '{}' went over memory_limit_bytes ({} "
+                           "bytes) in worker {} (pid {}), which was {}",
+                           p.current_task, options_.memory_limit_bytes, p.name, p.pid, how),
+               options_.memory_limit_bytes)),
+           std::nullopt});
+    } else {
+      ++failed_;
+      ++crashed_;
+      const bool maybe_memory = options_.memory_limit_bytes != 0 && kUseAddressLimit;
+      settles_.push_back(
+          {std::move(p.current),
+           std::make_exception_ptr(WorkerCrashed(
+               fmt::format("crew::ProcessPool: worker {} (pid {}) running task '{}' {}{}{}", p.name,
+                           p.pid, p.current_task, how,
+                           maybe_memory ? fmt::format(" (its memory cap of {} bytes may have "
+                                                      "been hit)",
+                                                      options_.memory_limit_bytes)
+                                        : "",
+                           tail_text(p.tail)),
+               p.current_task, p.pid, sig, sig != 0 ? -1 : code, {p.tail.begin(), p.tail.end()})),
+           std::nullopt});
+    }
+    ++p.errors;
+  }
+
+  if (before_ready && p.reason == Reason::none) {
+    ++startup_failures_;
+    ++startup_failures_in_row_;
+    last_startup_error_ = fmt::format("worker {} (pid {}) {} before it was ready{}", p.name, p.pid,
+                                      how, tail_text(p.tail));
+    backoff_ = backoff_.count() == 0
+                   ? options_.restart_backoff
+                   : std::min(kBackoffCap, milliseconds(backoff_.count() * 3 / 2));
+    next_spawn_ = now + backoff_;
+    if (startup_failures_in_row_ >= options_.max_startup_failures) {
+      breaker_open_ = true;
+      next_spawn_ = now + kBackoffCap;
+      fail_queued([&] { return breaker_error(); });
+    }
+  } else if (p.reason == Reason::none && p.current_task.empty() &&
+             now - p.ready_at < kStableUptime) {
+    // Died idle soon after starting: unstable, so restarts back off.
+    backoff_ = backoff_.count() == 0
+                   ? options_.restart_backoff
+                   : std::min(kBackoffCap, milliseconds(backoff_.count() * 3 / 2));
+    next_spawn_ = now + backoff_;
+  }
+
+  for (int* fd : {&p.sock, &p.out, &p.err, &p.pidfd}) {
+    if (*fd >= 0) {
+      ::epoll_ctl(epoll_, EPOLL_CTL_DEL, *fd, nullptr);
+      ::close(*fd);
+      *fd = -1;
+    }
+  }
+  slots_[p.slot].taken = false;
+  procs_.erase(p.serial);
+}
+
+void ProcessPoolCore::stop_proc(Proc& p, Reason reason, bool force, Clock::time_point now) {
+  if (p.reason == Reason::none || reason == Reason::terminate) p.reason = reason;
+  p.state = WState::stopping;
+  p.deadline = kNever;
+  p.next_rss = kNever;
+  if (force) {
+    ::kill(p.pid, SIGKILL);
+    p.killed = true;
+    p.kill_at = kNever;
+    return;
+  }
+  if (p.sock >= 0) {
+    try {
+      send_frame(p.sock, FrameType::shutdown, 0, {}, FdList{});
+    } catch (const std::exception&) {  // the grace timer below still stops it
+    }
+  }
+  p.kill_at = std::min(p.kill_at, now + options_.terminate_grace);
+}
+
+void ProcessPoolCore::timers(Clock::time_point now) {
+  if (backoff_.count() > 0) {
+    for (auto& [serial, p] : procs_) {
+      if (p->ready_at != kNever && now - p->ready_at >= kStableUptime) {
+        backoff_ = milliseconds(0);
+        break;
+      }
+    }
+  }
+  std::size_t idle_above_min =
+      live_procs() > options_.min_workers ? live_procs() - options_.min_workers : 0;
+  for (auto& [serial, pp] : procs_) {
+    Proc& p = *pp;
+    if (p.state == WState::busy && p.deadline <= now) {
+      ++timed_out_;
+      ++p.errors;
+      settles_.push_back(
+          {std::move(p.current),
+           std::make_exception_ptr(TimedOut(fmt::format(
+               "crew::ProcessPool: task '{}' timed out after {} ms; its worker {} (pid {}) was "
+               "stopped (SIGTERM, SIGKILL after {} ms) and is replaced",
+               p.current_task,
+               std::chrono::duration_cast<milliseconds>(p.deadline - p.busy_since).count(), p.name,
+               p.pid, options_.terminate_grace.count()))),
+           std::nullopt});
+      ::kill(p.pid, SIGTERM);
+      p.reason = Reason::timeout;
+      p.state = WState::stopping;
+      p.deadline = kNever;
+      p.next_rss = kNever;
+      p.kill_at = now + options_.terminate_grace;
+    }
+    if (p.state == WState::busy && p.next_rss <= now) {
+      p.rss = read_rss(p.pid);
+      if (p.rss > options_.memory_limit_bytes) {
+        log_line(p, true,
+                 fmt::format("crew: resident memory {} bytes is above memory_limit_bytes {}; "
+                             "killing this worker",
+                             p.rss, options_.memory_limit_bytes));
+        stop_proc(p, Reason::memory, true, now);
+      } else {
+        p.next_rss = now + kRssPoll;
+      }
+    }
+    if (p.state == WState::stopping && p.kill_at <= now && !p.killed) {
+      ::kill(p.pid, SIGKILL);
+      p.killed = true;
+      p.kill_at = kNever;
+    }
+    if (p.state == WState::idle && options_.idle_timeout.count() > 0 && idle_above_min > 0 &&
+        now - p.idle_since >= options_.idle_timeout && queued_ == 0) {
+      --idle_above_min;
+      stop_proc(p, Reason::shutdown, false, now);
+    }
+  }
+}
+
+void ProcessPoolCore::dispatch(Clock::time_point now) {
+  for (auto& [serial, pp] : procs_) {
+    Proc& p = *pp;
+    if (p.state != WState::idle || p.sock < 0) continue;
+    CallPtr call;
+    while (!call && queued_ > 0) {
+      auto it = queue_.begin();
+      call = std::move(it->second.front());
+      it->second.pop_front();
+      if (it->second.empty()) queue_.erase(it);
+      --queued_;
+      if (call->state().claimed()) {  // cancelled while queued
+        ++cancelled_;
+        call.reset();
+      }
+    }
+    if (!call) return;
+    msgpack::sbuffer payload;
+    msgpack::packer<msgpack::sbuffer> pk(payload);
+    pk.pack_array(2);
+    pk.pack(call->task);
+    payload.write(call->args.data(), call->args.size());
+    bool sent;
+    try {
+      sent = send_frame(p.sock, FrameType::request, call->id,
+                        std::as_bytes(std::span(payload.data(), payload.size())), call->fds);
+    } catch (const std::exception& e) {
+      ++failed_;
+      settles_.push_back(
+          {std::move(call),
+           std::make_exception_ptr(BadArguments(fmt::format(
+               "crew::ProcessPool: the task's arguments could not be sent: {}", e.what()))),
+           std::nullopt});
+      continue;
+    }
+    if (!sent) {
+      // The worker is gone; put the task back in front and let the exit event clean up.
+      queue_[call->priority].push_front(std::move(call));
+      ++queued_;
+      p.state = WState::stopping;
+      p.kill_at = std::min(p.kill_at, now + options_.terminate_grace);
+      continue;
+    }
+    call->fds.close_all();  // the worker has its own copies now
+    call->args.clear();
+    wait_hist_.record(now - call->submitted);
+    p.state = WState::busy;
+    p.busy_since = now;
+    p.current_task = call->task;
+    p.deadline = call->timeout.count() > 0 ? now + call->timeout : kNever;
+    p.next_rss = options_.memory_limit_bytes != 0 ? now + kRssPoll : kNever;
+    p.current = std::move(call);
+  }
+}
+
+void ProcessPoolCore::spawn_as_needed(Clock::time_point now) {
+  if (now < next_spawn_) return;
+  for (;;) {
+    std::size_t live = 0, available = 0;
+    for (const auto& [serial, p] : procs_) {
+      // A worker we stopped is replaced at once; one that closed its channel by itself counts
+      // until its exit is seen, so that a start-up failure backs off before the next attempt.
+      if (p->state == WState::stopping && p->reason != Reason::none) continue;
+      if (p->state == WState::stopping) return;  // its exit decides whether to back off
+      ++live;
+      if (p->state == WState::idle || p->state == WState::starting) ++available;
+    }
+    if (breaker_open_) {
+      // Half-open: one probe worker at a time, only when there is something to run.
+      if (live > 0 || queued_ == 0) return;
+    }
+    const bool below_min = live < options_.min_workers && !closing_;
+    const bool demand = queued_ > available && live < options_.max_workers;
+    if (!below_min && !demand) return;
+    try {
+      spawn(now);
+    } catch (const std::exception& e) {
+      last_startup_error_ = e.what();
+      ++startup_failures_;
+      ++startup_failures_in_row_;
+      backoff_ = std::min(kBackoffCap, std::max(options_.restart_backoff, backoff_ * 3 / 2));
+      next_spawn_ = now + backoff_;
+      return;
+    }
+    if (backoff_.count() > 0 || breaker_open_) return;  // one at a time while unstable
+  }
+}
+
+void ProcessPoolCore::spawn(Clock::time_point now) {
+  std::size_t slot = 0;
+  while (slot < slots_.size() && slots_[slot].taken) ++slot;
+  if (slot == slots_.size()) slots_.emplace_back();
+  auto p = std::make_unique<Proc>();
+  p->serial = next_serial_++;
+  p->slot = slot;
+  p->name = fmt::format("{}-{}", options_.name, slot);
+  p->started = now;
+
+  int sv[2], outp[2], errp[2];
+  if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0) {
+    throw std::system_error(errno, std::generic_category(), "crew::ProcessPool: socketpair");
+  }
+  if (::pipe2(outp, O_CLOEXEC) != 0) {
+    const int err = errno;
+    ::close(sv[0]);
+    ::close(sv[1]);
+    throw std::system_error(err, std::generic_category(), "crew::ProcessPool: pipe2");
+  }
+  if (::pipe2(errp, O_CLOEXEC) != 0) {
+    const int err = errno;
+    for (int fd : {sv[0], sv[1], outp[0], outp[1]}) ::close(fd);
+    throw std::system_error(err, std::generic_category(), "crew::ProcessPool: pipe2");
+  }
+  const int devnull = move_high(::open("/dev/null", O_RDONLY | O_CLOEXEC));
+  const int child_sock = move_high(sv[1]);
+  const int child_out = move_high(outp[1]);
+  const int child_err = move_high(errp[1]);
+
+  // Everything the child needs is prepared before fork: after it, only async-signal-safe calls.
+  std::vector<std::string> env = base_env_;
+  env.push_back(std::string(kWorkerFdEnv) + "=3");
+  env.push_back(std::string(kWorkerNameEnv) + "=" + p->name);
+  std::vector<char*> envp;
+  for (auto& e : env) envp.push_back(e.data());
+  envp.push_back(nullptr);
+  std::vector<std::string> args{executable_};
+  args.insert(args.end(), options_.args.begin(), options_.args.end());
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  const std::string exec_fail =
+      fmt::format("crew: could not start the worker program '{}' (execve failed)\n", executable_);
+  const pid_t parent = ::getpid();
+  const rlim_t limit = options_.memory_limit_bytes;
+  sigset_t none;
+  sigemptyset(&none);
+
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (::getppid() != parent) ::_exit(127);  // the pool's process died during fork
+    ::dup2(devnull, 0);
+    ::dup2(child_out, 1);
+    ::dup2(child_err, 2);
+    ::dup2(child_sock, 3);
+    ::syscall(SYS_close_range, 4U, ~0U, 0U);
+    ::sigprocmask(SIG_SETMASK, &none, nullptr);
+    for (int s : {SIGPIPE, SIGINT, SIGTERM, SIGCHLD, SIGHUP}) ::signal(s, SIG_DFL);
+    if (limit != 0 && kUseAddressLimit) {
+      const rlimit rl{limit, limit};
+      ::setrlimit(RLIMIT_AS, &rl);
+    }
+    ::execve(argv[0], argv.data(), envp.data());
+    [[maybe_unused]] auto w = ::write(2, exec_fail.data(), exec_fail.size());
+    ::_exit(127);
+  }
+  const int fork_errno = errno;
+  for (int fd : {devnull, child_sock, child_out, child_err}) ::close(fd);
+  if (pid < 0) {
+    for (int fd : {sv[0], outp[0], errp[0]}) ::close(fd);
+    throw std::system_error(fork_errno, std::generic_category(), "crew::ProcessPool: fork");
+  }
+  p->pid = pid;
+  p->sock = sv[0];
+  p->out = outp[0];
+  p->err = errp[0];
+  p->pidfd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
+  if (p->pidfd < 0) {
+    const int err = errno;
+    ::kill(pid, SIGKILL);
+    ::waitpid(pid, nullptr, 0);
+    for (int fd : {sv[0], outp[0], errp[0]}) ::close(fd);
+    throw std::system_error(err, std::generic_category(),
+                            "crew::ProcessPool: pidfd_open (Linux 5.3 or later is needed)");
+  }
+  for (int fd : {p->sock, p->out, p->err}) set_nonblocking(fd);
+  auto add = [&](int fd, std::uint64_t kind) {
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ev.data.u64 = (p->serial << 2) | kind;
+    ::epoll_ctl(epoll_, EPOLL_CTL_ADD, fd, &ev);
+  };
+  add(p->sock, 0);
+  add(p->out, 1);
+  add(p->err, 2);
+  add(p->pidfd, 3);
+  slots_[slot].taken = true;
+  if (slots_[slot].processes++ > 0 || spawned_ >= options_.min_workers) ++restarts_;
+  ++spawned_;
+  procs_.emplace(p->serial, std::move(p));
+}
+
+}  // namespace detail
+
+// ---- ProcessPool
+// ---------------------------------------------------------------------------------
+
+void detail::process_cancel(const std::shared_ptr<ProcessControl>& control,
+                            std::uint64_t id) noexcept {
+  std::lock_guard lock(control->mutex);
+  if (control->core != nullptr) {
+    try {
+      control->core->post_cancel(id);
+    } catch (...) {  // out of memory: the task runs to its end; its result is dropped
+    }
+  }
+}
+
+ProcessPool::ProcessPool(ProcessPoolOptions options)
+    : core_(std::make_unique<detail::ProcessPoolCore>(std::move(options))) {}
+ProcessPool::~ProcessPool() = default;
+
+void ProcessPool::submit(detail::CallBase& call, std::stop_token stop,
+                         const detail::ProcessArm& arm) {
+  core_->submit(call, std::move(stop), arm);
+}
+void ProcessPool::close() {
+  core_->close();
+}
+void ProcessPool::terminate() {
+  core_->terminate();
+}
+void ProcessPool::wait_closed() {
+  core_->wait_closed();
+}
+ProcessPoolStats ProcessPool::stats() const {
+  return core_->stats();
+}
+const ProcessPoolOptions& ProcessPool::options() const noexcept {
+  return core_->options();
+}
+
+}  // namespace crew::inline v0

@@ -1,0 +1,600 @@
+// Tests for crew/process.hpp. This executable is also its own worker program: main() serves the
+// tasks below when a ProcessPool started it, and plays other roles when CREW_TEST_ROLE is set.
+#include <atomic>
+#include <chrono>
+#include <csignal>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <fcntl.h>
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <spawn.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <crew/process.hpp>
+
+extern char** environ;
+
+namespace {
+
+using namespace std::chrono_literals;
+using ::testing::HasSubstr;
+using Clock = std::chrono::steady_clock;
+
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+constexpr bool kSanitized = true;
+#else
+constexpr bool kSanitized = false;
+#endif
+// Reaction-time bounds from the issue hold for release builds; instrumented builds start and
+// kill processes several times slower, so they get a wider bound.
+constexpr auto kReact = kSanitized ? 1000ms : 100ms;
+
+struct Point {
+  int x = 0;
+  int y = 0;
+  MSGPACK_DEFINE(x, y)
+};
+
+long fib(int n) {
+  return n < 2 ? n : fib(n - 1) + fib(n - 2);
+}
+
+const crew::Tasks& test_tasks() {
+  static const crew::Tasks tasks = [] {
+    crew::Tasks t;
+    t.add("fib", fib);
+    t.add("add", [](int a, int b) { return a + b; });
+    t.add("greet", [](const std::string& who) { return "hello " + who; });
+    t.add("pid", [] { return static_cast<int>(::getpid()); });
+    t.add("norm2", [](Point p) { return p.x * p.x + p.y * p.y; });
+    t.add("spin", [] {
+      volatile unsigned long n = 0;
+      for (;;) n = n + 1;
+    });
+    t.add("segv", [] { std::raise(SIGSEGV); });
+    t.add("abort", [] { std::abort(); });
+    t.add("exit3", [] { std::exit(3); });
+    t.add("throw", []() -> int { throw std::range_error("boom"); });
+    t.add("sleep_ms", [](int ms) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(ms));
+      return ms;
+    });
+    t.add("now_ns", [] {
+      return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch())
+          .count();
+    });
+    t.add("grow", [](int mib) {
+      // Touches memory a MiB at a time, as a leaking task would.
+      std::vector<std::vector<char>> blocks;
+      for (int i = 0; i < mib; ++i) blocks.emplace_back(std::size_t{1} << 20, static_cast<char>(i));
+      return static_cast<int>(blocks.size());
+    });
+    t.add("say", [](const std::string& text) {
+      std::fprintf(stderr, "%s\n", text.c_str());
+      std::printf("out:%s\n", text.c_str());
+      std::fflush(stdout);
+      return 0;
+    });
+    t.add("garbage", [] {
+      // Writes a datagram that is not a crew frame onto the worker's channel (fd 3).
+      const char junk[] = "definitely not a frame";
+      [[maybe_unused]] auto n = ::send(3, junk, sizeof junk, 0);
+      return 0;
+    });
+    t.add("buffer_sum", [](const crew::Buffer& b) {
+      std::uint64_t sum = 0;
+      for (std::byte x : b.span()) sum += static_cast<std::uint8_t>(x);
+      return sum;
+    });
+    t.add("buffer_invert", [](crew::Buffer b) {
+      for (std::byte& x : b.span()) x = ~x;
+      return b;
+    });
+    t.add("shared_fill", [](crew::SharedBuffer b, int value) {
+      std::memset(b.data(), value, b.size());
+      return 0;
+    });
+    return t;
+  }();
+  return tasks;
+}
+
+// Workers should die of the signal a task raises, not of a sanitizer report about it.
+std::map<std::string, std::string> worker_env() {
+  auto get = [](const char* k) {
+    const char* v = std::getenv(k);
+    return std::string(v != nullptr ? v : "");
+  };
+  return {{"ASAN_OPTIONS", get("ASAN_OPTIONS") + ":handle_segv=0:handle_abort=0:detect_leaks=0"},
+          {"TSAN_OPTIONS", get("TSAN_OPTIONS") + ":handle_segv=0:handle_abort=0"},
+          {"UBSAN_OPTIONS", get("UBSAN_OPTIONS")}};
+}
+
+crew::ProcessPoolOptions opts() {
+  crew::ProcessPoolOptions o;
+  o.tasks = &test_tasks();
+  o.max_workers = 2;
+  o.env = worker_env();
+  o.log = [](const crew::ProcessLogLine&) {};
+  return o;
+}
+
+std::string self_exe() {
+  return std::filesystem::read_symlink("/proc/self/exe").string();
+}
+
+// Polls `pred` until it holds or `limit` passes (observing a process from outside has no event
+// to wait on; the assertion is on the condition, not on the sleep).
+template <class P>
+bool eventually(P pred, std::chrono::milliseconds limit = 10s) {
+  const auto end = Clock::now() + limit;
+  while (!pred()) {
+    if (Clock::now() > end) return false;
+    std::this_thread::sleep_for(1ms);
+  }
+  return true;
+}
+
+std::vector<int> children_of(int parent) {
+  std::vector<int> out;
+  for (const auto& e : std::filesystem::directory_iterator("/proc")) {
+    const std::string name = e.path().filename();
+    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+    std::ifstream stat(e.path() / "stat");
+    std::string line;
+    if (!std::getline(stat, line)) continue;
+    const auto close = line.rfind(')');
+    if (close == std::string::npos) continue;
+    char state;
+    int ppid;
+    if (std::sscanf(line.c_str() + close + 1, " %c %d", &state, &ppid) == 2 && ppid == parent) {
+      out.push_back(std::stoi(name));
+    }
+  }
+  return out;
+}
+
+template <class E, class F>
+E expect_throw(F&& f) {
+  try {
+    f();
+  } catch (const E& e) {
+    return e;
+  } catch (const std::exception& e) {
+    ADD_FAILURE() << "threw " << crew::detail::demangle(typeid(e)) << ": " << e.what();
+    throw;
+  }
+  ADD_FAILURE() << "did not throw";
+  throw std::logic_error("no exception");
+}
+
+TEST(Tasks, RegistersNamesAndSignatures) {
+  const auto& t = test_tasks();
+  EXPECT_TRUE(t.contains("fib"));
+  EXPECT_EQ(t.signature("fib"), "fib(int) -> long");
+  EXPECT_EQ(t.signature("greet"), "greet(std::string) -> std::string");
+  auto names = t.names();
+  EXPECT_TRUE(std::is_sorted(names.begin(), names.end()));
+  EXPECT_EQ(names.size(), t.size());
+  crew::Tasks mine;
+  mine.add("x", [] { return 1; });
+  EXPECT_THROW(mine.add("x", [] { return 2; }), std::invalid_argument);
+  EXPECT_THROW(mine.add("", [] { return 2; }), std::invalid_argument);
+  EXPECT_THROW((void)mine.signature("nope"), crew::BadArguments);
+}
+
+TEST(ProcessPool, RunsTasksWithTypedArgumentsAndResults) {
+  crew::ProcessPool pool(opts());
+  EXPECT_EQ(pool.run<long>("fib", 20).get(), 6765);
+  EXPECT_EQ(pool.run<int>("add", 2, 40).get(), 42);
+  EXPECT_EQ(pool.run<std::string>("greet", "crew").get(), "hello crew");
+  EXPECT_EQ(pool.run<int>("norm2", Point{3, 4}).get(), 25);
+  const int pid = pool.run<int>("pid").get();
+  EXPECT_NE(pid, ::getpid());
+}
+
+TEST(ProcessPool, RejectsBadOptions) {
+  auto o = opts();
+  o.min_workers = 3;
+  o.max_workers = 2;
+  EXPECT_THAT([&] { crew::ProcessPool p(o); },
+              ::testing::ThrowsMessage<std::invalid_argument>(HasSubstr("min_workers (3)")));
+  crew::ProcessPoolOptions none;
+  EXPECT_THROW(crew::ProcessPool{none}, std::invalid_argument);
+  auto bad_exe = opts();
+  bad_exe.executable = "/nonexistent/worker";
+  EXPECT_THAT([&] { crew::ProcessPool p(bad_exe); },
+              ::testing::ThrowsMessage<std::invalid_argument>(HasSubstr("/nonexistent/worker")));
+  auto bad_env = opts();
+  bad_env.env["A=B"] = "x";
+  EXPECT_THROW(crew::ProcessPool{bad_env}, std::invalid_argument);
+}
+
+TEST(ProcessPool, BuffersCrossWithoutLosingBytes) {
+  crew::ProcessPool pool(opts());
+  // Small (inline), mid-size (copied into a memfd once) and large (memfd-backed: no copy).
+  for (std::size_t size : {std::size_t{100}, std::size_t{1} << 20, std::size_t{64} << 20}) {
+    crew::Buffer b = crew::Buffer::uninitialized(size);
+    std::uint64_t sum = 0;
+    for (std::size_t i = 0; i < size; ++i) {
+      b.data()[i] = static_cast<std::byte>(i * 7);
+      sum += static_cast<std::uint8_t>(i * 7);
+    }
+    EXPECT_EQ(pool.run<std::uint64_t>("buffer_sum", b).get(), sum) << size;
+    crew::Buffer back = pool.run<crew::Buffer>("buffer_invert", std::move(b)).get();
+    ASSERT_EQ(back.size(), size);
+    EXPECT_EQ(back.data()[size - 1], ~static_cast<std::byte>((size - 1) * 7));
+  }
+  auto shared = crew::SharedBuffer::create(4096, {.across_processes = true});
+  EXPECT_EQ(pool.run<int>("shared_fill", shared, 0x5a).get(), 0);
+  EXPECT_EQ(static_cast<int>(shared.data()[4095]), 0x5a);  // written by the worker, seen here
+}
+
+TEST(ProcessPool, TimeoutKillsTheWorkerAndTheNextTaskRunsOnANewOne) {
+  auto o = opts();
+  o.min_workers = 1;
+  o.max_workers = 1;
+  o.terminate_grace = 200ms;
+  crew::ProcessPool pool(o);
+  const int first = pool.run<int>("pid").get();
+  const auto start = Clock::now();
+  auto f = pool.run<int>(crew::RunOptions{.timeout = 50ms}, "spin");
+  const auto e = expect_throw<crew::TimedOut>([&] { f.get(); });
+  const auto took = Clock::now() - start;
+  EXPECT_THAT(e.what(), HasSubstr("'spin' timed out after 50 ms"));
+  EXPECT_GE(took, 50ms);
+  EXPECT_LT(took, 50ms + o.terminate_grace + kReact);
+  const int second = pool.run<int>("pid").get();
+  EXPECT_NE(second, first);
+  EXPECT_TRUE(eventually([&] {
+    auto s = pool.stats();
+    return s.workers == 1 && s.idle == 1 && s.per_worker.size() == 1;
+  }));
+  EXPECT_EQ(pool.stats().timed_out, 1U);
+  EXPECT_EQ(::kill(first, 0), -1);  // reaped, not a zombie
+}
+
+struct CrashCase {
+  const char* task;
+  int signal;
+  int code;
+};
+
+TEST(ProcessPool, EachKindOfCrashFailsOnlyItsTask) {
+  crew::ProcessPool pool(opts());
+  for (const CrashCase c : {CrashCase{"segv", SIGSEGV, -1}, CrashCase{"abort", SIGABRT, -1},
+                            CrashCase{"exit3", 0, 3}}) {
+    auto f = pool.run<void>(c.task);
+    auto ok = pool.run<int>("add", 1, 2);
+    const auto e = expect_throw<crew::WorkerCrashed>([&] { f.get(); });
+    EXPECT_EQ(e.task(), c.task);
+    EXPECT_EQ(e.signal(), c.signal) << c.task;
+    EXPECT_EQ(e.exit_code(), c.code) << c.task;
+    EXPECT_GT(e.pid(), 0);
+    EXPECT_THAT(e.what(), HasSubstr(c.task));
+    EXPECT_EQ(ok.get(), 3);
+  }
+  EXPECT_EQ(pool.stats().crashed, 3U);
+}
+
+TEST(ProcessPool, ExternalKillOfABusyWorkerIsReportedQuickly) {
+  auto o = opts();
+  o.max_workers = 1;
+  crew::ProcessPool pool(o);
+  const int pid = pool.run<int>("pid").get();
+  auto f = pool.run<int>("sleep_ms", 20'000);
+  auto queued = pool.run<int>("add", 20, 22);
+  ASSERT_TRUE(eventually([&] { return pool.stats().busy == 1; }));
+  const auto killed = Clock::now();
+  ASSERT_EQ(::kill(pid, SIGKILL), 0);
+  const auto e = expect_throw<crew::WorkerCrashed>([&] { f.get(); });
+  EXPECT_LT(Clock::now() - killed, kReact);
+  EXPECT_EQ(e.signal(), SIGKILL);
+  EXPECT_THAT(e.what(), HasSubstr("SIGKILL"));
+  EXPECT_EQ(queued.get(), 42);  // not lost: it ran on the replacement
+}
+
+TEST(ProcessPool, ThousandTasksWithFivePercentCrashing) {
+  crew::ProcessPool pool(opts());
+  std::vector<crew::Future<int>> futures;
+  for (int i = 0; i < 1000; ++i) {
+    futures.push_back(i % 20 == 0 ? pool.run<int>("segv") : pool.run<int>("add", i, 1));
+  }
+  int ok = 0, crashed = 0, wrong = 0;
+  for (int i = 0; i < 1000; ++i) {
+    try {
+      wrong += futures[i].get() != i + 1;
+      ++ok;
+    } catch (const crew::WorkerCrashed&) {
+      ++crashed;
+    }
+  }
+  EXPECT_EQ(ok, 950);
+  EXPECT_EQ(crashed, 50);
+  EXPECT_EQ(wrong, 0);
+  const auto s = pool.stats();
+  EXPECT_EQ(s.completed, 950U);
+  EXPECT_EQ(s.crashed, 50U);
+}
+
+TEST(ProcessPool, MemoryCapFailsTheTaskAndThePoolKeepsServing) {
+  auto o = opts();
+  o.max_workers = 1;
+  o.memory_limit_bytes = std::size_t{64} << 20;
+  crew::ProcessPool pool(o);
+  auto f = pool.run<int>("grow", 1024);
+  try {
+    f.get();
+    ADD_FAILURE() << "a 1 GiB task ran under a 64 MiB cap";
+  } catch (const crew::MemoryLimitExceeded& e) {
+    EXPECT_EQ(e.limit_bytes(), o.memory_limit_bytes);
+    EXPECT_THAT(e.what(), HasSubstr("'grow'"));
+  } catch (const crew::WorkerCrashed& e) {
+    EXPECT_THAT(e.what(), HasSubstr("memory cap"));
+  }
+  EXPECT_EQ(pool.run<long>("fib", 10).get(), 55);
+}
+
+TEST(ProcessPool, RecyclesAWorkerAfterMaxTasks) {
+  auto o = opts();
+  o.max_workers = 1;
+  o.max_tasks_per_worker = 2;
+  crew::ProcessPool pool(o);
+  std::vector<crew::Future<int>> f;
+  for (int i = 0; i < 4; ++i) f.push_back(pool.run<int>("pid"));
+  std::vector<int> pids;
+  for (auto& x : f) pids.push_back(x.get());
+  EXPECT_EQ(pids[0], pids[1]);
+  EXPECT_EQ(pids[2], pids[3]);
+  EXPECT_NE(pids[0], pids[2]);
+}
+
+TEST(ProcessPool, RecyclesAWorkerAboveTheRssLimit) {
+  auto o = opts();
+  o.max_workers = 1;
+  o.max_rss_restart_bytes = std::size_t{1} << 20;  // any real process is above 1 MiB
+  crew::ProcessPool pool(o);
+  const int a = pool.run<int>("pid").get();
+  const int b = pool.run<int>("pid").get();
+  EXPECT_NE(a, b);
+  EXPECT_GT(pool.stats().restarts, 0U);
+}
+
+TEST(ProcessPool, WorkersDieWithTheirParent) {
+  // A helper process (this binary, role "orphan_parent") starts a pool of two workers, prints
+  // their pids, and waits to be killed. As a subreaper this test inherits the orphans and can
+  // tell exactly when each one is gone.
+  ASSERT_EQ(::prctl(PR_SET_CHILD_SUBREAPER, 1), 0);
+  int fds[2];
+  ASSERT_EQ(::pipe(fds), 0);
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_adddup2(&actions, fds[1], 1);
+  std::vector<std::string> env_s{"CREW_TEST_ROLE=orphan_parent"};
+  for (const auto& [k, v] : worker_env()) env_s.push_back(k + "=" + v);
+  std::vector<char*> envp;
+  for (auto& s : env_s) envp.push_back(s.data());
+  envp.push_back(nullptr);
+  std::string exe = self_exe();
+  char* argv[] = {exe.data(), nullptr};
+  pid_t helper;
+  ASSERT_EQ(posix_spawn(&helper, exe.c_str(), &actions, nullptr, argv, envp.data()), 0);
+  posix_spawn_file_actions_destroy(&actions);
+  ::close(fds[1]);
+  FILE* in = ::fdopen(fds[0], "r");
+  int w1 = 0, w2 = 0;
+  ASSERT_EQ(std::fscanf(in, "%d %d", &w1, &w2), 2);
+  std::fclose(in);
+  ASSERT_EQ(::kill(helper, SIGKILL), 0);
+  ASSERT_EQ(::waitpid(helper, nullptr, 0), helper);
+  const auto killed = Clock::now();
+  std::set<int> left{w1, w2};
+  while (!left.empty() && Clock::now() - killed < 5s) {
+    for (auto it = left.begin(); it != left.end();) {
+      it = ::waitpid(*it, nullptr, WNOHANG) == *it ? left.erase(it) : std::next(it);
+    }
+  }
+  const auto gone = Clock::now() - killed;
+  EXPECT_TRUE(left.empty());
+  EXPECT_LT(gone, kReact);
+  ::prctl(PR_SET_CHILD_SUBREAPER, 0);
+}
+
+TEST(ProcessPool, BadArgumentsNameTheTaskAndTheTypes) {
+  crew::ProcessPool pool(opts());
+  const auto unknown = expect_throw<crew::BadArguments>([&] { (void)pool.run<int>("nope"); });
+  EXPECT_THAT(unknown.what(), HasSubstr("unknown task 'nope'"));
+  EXPECT_THAT(unknown.what(), HasSubstr("fib"));
+
+  const auto types =
+      expect_throw<crew::BadArguments>([&] { pool.run<long>("fib", std::string("ten")).get(); });
+  EXPECT_THAT(types.what(), HasSubstr("fib(int) -> long"));
+  EXPECT_THAT(types.what(), HasSubstr("string"));
+  EXPECT_THAT(types.what(), HasSubstr("std::string"));  // what the caller passed
+
+  const auto count = expect_throw<crew::BadArguments>([&] { pool.run<int>("add", 1).get(); });
+  EXPECT_THAT(count.what(), HasSubstr("takes 2 argument(s)"));
+
+  const auto result =
+      expect_throw<crew::BadArguments>([&] { pool.run<std::string>("fib", 10).get(); });
+  EXPECT_THAT(result.what(), HasSubstr("'fib'"));
+  EXPECT_THAT(result.what(), HasSubstr("std::string"));
+  EXPECT_EQ(pool.run<long>("fib", 10).get(), 55);  // the worker survived all of that
+}
+
+TEST(ProcessPool, UnknownTaskInAnotherExecutableListsWhatItKnows) {
+  auto o = opts();
+  o.tasks = nullptr;
+  o.executable = self_exe();
+  crew::ProcessPool pool(o);
+  const auto e = expect_throw<crew::BadArguments>([&] { pool.run<int>("nope").get(); });
+  EXPECT_THAT(e.what(), HasSubstr("unknown task 'nope'"));
+  EXPECT_THAT(e.what(), HasSubstr("greet"));
+}
+
+TEST(ProcessPool, TaskExceptionsArriveAsRemoteError) {
+  crew::ProcessPool pool(opts());
+  const auto e = expect_throw<crew::RemoteError>([&] { pool.run<int>("throw").get(); });
+  EXPECT_EQ(e.type_name(), "std::range_error");
+  EXPECT_EQ(e.remote_what(), "boom");
+  EXPECT_THAT(e.what(), HasSubstr("'throw'"));
+  EXPECT_EQ(pool.run<int>("add", 1, 1).get(), 2);
+}
+
+TEST(ProcessPool, StartupFailureReachesCallersAndBacksOff) {
+  auto o = opts();
+  o.tasks = nullptr;
+  o.executable = self_exe();
+  o.env["CREW_TEST_ROLE"] = "fail_startup";
+  o.restart_backoff = 20ms;
+  o.max_startup_failures = 4;
+  crew::ProcessPool pool(o);
+  rusage before{};
+  ::getrusage(RUSAGE_CHILDREN, &before);
+  const auto start = Clock::now();
+  auto f = pool.run<int>("pid");
+  const auto e = expect_throw<crew::WorkerCrashed>([&] { f.get(); });
+  EXPECT_THAT(e.what(), HasSubstr("failing to start"));
+  EXPECT_THAT(e.what(), HasSubstr("config file missing"));  // the worker's own message
+  // While the breaker is open, new calls fail at once instead of spawning.
+  EXPECT_THROW((void)pool.run<int>("pid"), crew::WorkerCrashed);
+  const auto s = pool.stats();
+  EXPECT_EQ(s.startup_failures, 4U);
+  // 4 attempts with 20, 30, 45 ms between them: at least 95 ms, not a busy loop.
+  EXPECT_GE(Clock::now() - start, 95ms);
+  rusage after{};
+  ::getrusage(RUSAGE_CHILDREN, &after);
+  const double child_cpu_s =
+      static_cast<double>(after.ru_utime.tv_sec - before.ru_utime.tv_sec) +
+      static_cast<double>(after.ru_utime.tv_usec - before.ru_utime.tv_usec) / 1e6;
+  EXPECT_LT(child_cpu_s, kSanitized ? 10.0 : 1.0);
+}
+
+TEST(ProcessPool, CloseDrainsAndTerminateRejects) {
+  {
+    crew::ProcessPool pool(opts());
+    std::vector<crew::Future<int>> f;
+    for (int i = 0; i < 10; ++i) f.push_back(pool.run<int>("sleep_ms", 5));
+    pool.close();
+    EXPECT_THROW((void)pool.run<int>("pid"), crew::PoolClosed);
+    pool.wait_closed();
+    for (auto& x : f) EXPECT_EQ(x.get(), 5);
+  }
+  EXPECT_TRUE(children_of(::getpid()).empty());
+  {
+    crew::ProcessPool pool(opts());
+    std::vector<crew::Future<int>> f;
+    for (int i = 0; i < 6; ++i) f.push_back(pool.run<int>("sleep_ms", 20'000));
+    ASSERT_TRUE(eventually([&] { return pool.stats().busy == 2; }));
+    pool.terminate();
+    for (auto& x : f) EXPECT_THROW(x.get(), crew::PoolClosed);
+    EXPECT_TRUE(children_of(::getpid()).empty());  // no zombies, nothing left running
+  }
+}
+
+TEST(ProcessPool, MalformedFrameRecyclesTheWorker) {
+  auto o = opts();
+  o.max_workers = 1;
+  crew::ProcessPool pool(o);
+  const auto e = expect_throw<crew::WorkerCrashed>([&] { pool.run<int>("garbage").get(); });
+  EXPECT_THAT(e.what(), HasSubstr("malformed"));
+  EXPECT_EQ(pool.run<int>("add", 2, 2).get(), 4);
+}
+
+TEST(ProcessPool, CancellingARunningTaskKillsItsWorker) {
+  auto o = opts();
+  o.max_workers = 1;
+  crew::ProcessPool pool(o);
+  const int pid = pool.run<int>("pid").get();
+  std::stop_source stop;
+  auto f = pool.run<int>(crew::RunOptions{.stop = stop.get_token()}, "sleep_ms", 20'000);
+  ASSERT_TRUE(eventually([&] { return pool.stats().busy == 1; }));
+  stop.request_stop();
+  EXPECT_THROW(f.get(), crew::Cancelled);
+  EXPECT_NE(pool.run<int>("pid").get(), pid);
+  EXPECT_EQ(pool.stats().cancelled, 1U);
+}
+
+TEST(ProcessPool, QueueBoundAndPriorities) {
+  auto o = opts();
+  o.max_workers = 1;
+  o.max_queue = 3;
+  crew::ProcessPool pool(o);
+  auto busy = pool.run<int>("sleep_ms", 300);
+  ASSERT_TRUE(eventually([&] { return pool.stats().busy == 1; }));
+  auto low = pool.run<long>(crew::RunOptions{.priority = 0}, "now_ns");
+  auto high = pool.run<long>(crew::RunOptions{.priority = 5}, "now_ns");
+  auto third = pool.run<int>("pid");
+  EXPECT_THROW((void)pool.run<int>("pid"), crew::QueueFull);
+  EXPECT_EQ(busy.get(), 300);
+  EXPECT_LT(high.get(), low.get());  // started first
+  EXPECT_GT(third.get(), 0);
+}
+
+TEST(ProcessPool, WorkerOutputReachesTheLogCallbackAndStatsDescribeWorkers) {
+  std::mutex m;
+  std::vector<std::string> lines;
+  auto o = opts();
+  o.max_workers = 1;
+  o.name = "logtest";
+  o.log = [&](const crew::ProcessLogLine& l) {
+    std::lock_guard lock(m);
+    lines.push_back(std::string(l.worker) + (l.is_stderr ? " err " : " out ") +
+                    std::string(l.line));
+  };
+  crew::ProcessPool pool(o);
+  EXPECT_EQ(pool.run<int>("say", std::string("hi there")).get(), 0);
+  ASSERT_TRUE(eventually([&] {
+    std::lock_guard lock(m);
+    return lines.size() >= 2;
+  }));
+  {
+    std::lock_guard lock(m);
+    EXPECT_THAT(lines, ::testing::Contains("logtest-0 err hi there"));
+    EXPECT_THAT(lines, ::testing::Contains("logtest-0 out out:hi there"));
+  }
+  const auto s = pool.stats();
+  ASSERT_EQ(s.per_worker.size(), 1U);
+  EXPECT_EQ(s.per_worker[0].name, "logtest-0");
+  EXPECT_EQ(s.per_worker[0].tasks_done, 1U);
+  EXPECT_GT(s.per_worker[0].rss_bytes, 0U);
+  EXPECT_GT(s.per_worker[0].pid, 0);
+  EXPECT_EQ(s.completed, 1U);
+  EXPECT_EQ(s.run_time.count, 1U);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (const char* role = std::getenv("CREW_TEST_ROLE")) {
+    if (std::strcmp(role, "fail_startup") == 0 && crew::is_worker_process()) {
+      throw std::runtime_error("config file missing: /etc/example.conf");
+    }
+    if (std::strcmp(role, "orphan_parent") == 0) {
+      ::unsetenv("CREW_TEST_ROLE");
+      auto o = opts();
+      o.min_workers = 2;
+      crew::ProcessPool pool(o);
+      if (!eventually([&] { return pool.stats().idle == 2; })) return 1;
+      const auto s = pool.stats();
+      std::printf("%d %d\n", s.per_worker[0].pid, s.per_worker[1].pid);
+      std::fflush(stdout);
+      for (;;) ::pause();
+    }
+  }
+  if (crew::is_worker_process()) return crew::serve(test_tasks());
+  ::testing::InitGoogleTest(&argc, argv);
+  return RUN_ALL_TESTS();
+}
