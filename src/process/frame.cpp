@@ -221,7 +221,7 @@ ErrorReply parse_error(std::span<const std::byte> payload) {
   ErrorReply r;
   try {
     const auto kind = o.via.array.ptr[0].as<int>();
-    if (kind < 1 || kind > 3) throw ProtocolError(fmt::format("unknown error kind {}", kind));
+    if (kind < 1 || kind > 4) throw ProtocolError(fmt::format("unknown error kind {}", kind));
     r.kind = static_cast<ErrorKind>(kind);
     r.type = o.via.array.ptr[1].as<std::string>();
     r.message = o.via.array.ptr[2].as<std::string>();

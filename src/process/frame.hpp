@@ -22,7 +22,12 @@ enum class FrameType : std::uint8_t {
   shutdown = 5,  // parent -> worker
 };
 
-enum class ErrorKind : std::uint8_t { remote = 1, bad_arguments = 2, out_of_memory = 3 };
+enum class ErrorKind : std::uint8_t {
+  remote = 1,
+  bad_arguments = 2,
+  out_of_memory = 3,
+  unknown_task = 4,
+};
 
 inline constexpr std::uint32_t kFrameMagic = 0x31575243;  // "CRW1"
 inline constexpr std::size_t kFrameHeader = 24;

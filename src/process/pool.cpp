@@ -742,6 +742,9 @@ void ProcessPoolCore::on_frame(Proc& p, Frame frame, Clock::time_point now) {
         std::exception_ptr error;
         const std::string& task = p.current->task;
         switch (r.kind) {
+          case ErrorKind::unknown_task:
+            error = std::make_exception_ptr(BadArguments(r.message));
+            break;
           case ErrorKind::bad_arguments:
             error = std::make_exception_ptr(BadArguments(
                 p.current->given_types != nullptr
@@ -876,7 +879,9 @@ void ProcessPoolCore::on_exit(Proc& p, Clock::time_point now) {
     } else {
       ++failed_;
       ++crashed_;
-      const bool maybe_memory = options_.memory_limit_bytes != 0 && kUseAddressLimit;
+      // Out of address space inside an allocation often ends in one of these signals.
+      const bool maybe_memory = options_.memory_limit_bytes != 0 && kUseAddressLimit &&
+                                (sig == SIGSEGV || sig == SIGABRT || sig == SIGBUS);
       settles_.push_back(
           {std::move(p.current),
            std::make_exception_ptr(WorkerCrashed(

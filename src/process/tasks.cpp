@@ -125,7 +125,7 @@ bool handle(int sock, const Tasks& tasks, Frame& frame) {
     const Tasks::Entry* entry = tasks.find(name);
     if (entry == nullptr) {
       reply_error(
-          sock, frame.id, ErrorKind::bad_arguments, "crew::BadArguments",
+          sock, frame.id, ErrorKind::unknown_task, "crew::BadArguments",
           fmt::format("crew: unknown task '{}'; the worker knows: {}", name, known_names(tasks)));
       return true;
     }

@@ -65,17 +65,17 @@ struct ProcessPoolOptions {
   /// start-up error until a retry (after the longest backoff) succeeds.
   std::size_t max_startup_failures = 5;
   /// Extra environment variables for the workers (added to this process's environment).
-  std::map<std::string, std::string> env;
+  std::map<std::string, std::string> env{};
   /// Names processes and log lines: "<name>-<n>".
   std::string name = "crew-proc";
   /// The program to run as a worker; empty means this program (/proc/self/exe). It must call
   /// crew::serve() when crew::is_worker_process().
-  std::string executable;
+  std::string executable{};
   /// Arguments after argv[0] for the worker program.
-  std::vector<std::string> args;
+  std::vector<std::string> args{};
   /// Receives worker stdout/stderr lines on the pool's supervisor thread (keep it quick). Empty:
   /// lines go to spdlog's "crew.process" logger (stderr at warn, stdout at info).
-  std::function<void(const ProcessLogLine&)> log;
+  std::function<void(const ProcessLogLine&)> log{};
 };
 
 /// One worker process, in ProcessPoolStats.
