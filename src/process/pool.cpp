@@ -233,7 +233,7 @@ class ProcessPoolCore {
   std::exception_ptr breaker_error() const;
   std::size_t live_procs() const;
   std::size_t queued_live() const;
-  void flush();
+  void flush(std::vector<Settle> settles, std::vector<LogOut> logs);
 
   ProcessPoolOptions options_;
   std::string executable_;
@@ -267,8 +267,9 @@ class ProcessPoolCore {
   int epoll_ = -1;
   int event_ = -1;
   std::uint64_t next_serial_ = 1;
-  std::vector<Settle> settles_;  // supervisor only
-  std::vector<LogOut> logs_;     // supervisor only
+  // Guarded by mutex_; handed out of the lock (take_output) and delivered by flush().
+  std::vector<Settle> settles_;
+  std::vector<LogOut> logs_;
   std::shared_ptr<spdlog::logger> logger_;
   std::thread thread_;
 };
@@ -394,6 +395,7 @@ void ProcessPoolCore::submit(CallBase& call, std::stop_token stop, const Process
     throw BadArguments(fmt::format("crew::ProcessPool::run: unknown task '{}'; known tasks: {}",
                                    call.task, known.empty() ? "(none)" : known));
   }
+  bool need_wake = true;
   {
     std::lock_guard lock(mutex_);
     if (closing_ || terminating_) {
@@ -414,11 +416,20 @@ void ProcessPoolCore::submit(CallBase& call, std::stop_token stop, const Process
     call.state().add_ref();
     queue_[call.priority].emplace_back(&call);
     ++queued_;
+    // With a worker idle, send from this thread: one thread hop less on the way to the worker.
+    // The supervisor still has to hear of a new deadline or of anything to deliver.
+    bool idle = false;
+    for (const auto& [serial, p] : procs_) idle = idle || p->state == WState::idle;
+    if (idle) {
+      dispatch(Clock::now());
+      need_wake = queued_ > 0 || !settles_.empty() || call.timeout.count() > 0 ||
+                  options_.memory_limit_bytes != 0;
+    }
   }
   // Armed outside the lock: a stop token that already fired cancels right here, which posts
   // to this pool.
   arm(control_, std::move(stop));
-  wake();
+  if (need_wake) wake();
 }
 
 void ProcessPoolCore::post_cancel(std::uint64_t id) {
@@ -468,7 +479,7 @@ ProcessPoolStats ProcessPoolCore::stats() const {
     w.tasks_done = p->tasks_done;
     w.errors = p->errors;
     w.restarts = slots_[p->slot].processes - 1;
-    w.rss_bytes = p->rss;
+    w.rss_bytes = read_rss(p->pid);
     s.per_worker.push_back(std::move(w));
   }
   s.queued = queued_;
@@ -535,6 +546,8 @@ void ProcessPoolCore::run() {
     }
     const int n = ::epoll_wait(epoll_, events.data(), static_cast<int>(events.size()), timeout_ms);
     bool finished = false;
+    std::vector<Settle> settles;
+    std::vector<LogOut> logs;
     {
       std::unique_lock lock(mutex_);
       const auto now = Clock::now();
@@ -581,8 +594,10 @@ void ProcessPoolCore::run() {
         }
       }
       if (closing_ && queued_ == 0 && procs_.empty()) finished = true;
+      settles = std::exchange(settles_, {});
+      logs = std::exchange(logs_, {});
     }
-    flush();
+    flush(std::move(settles), std::move(logs));
     if (finished) break;
   }
   std::lock_guard lock(mutex_);
@@ -590,8 +605,8 @@ void ProcessPoolCore::run() {
   closed_cv_.notify_all();
 }
 
-void ProcessPoolCore::flush() {
-  for (auto& s : settles_) {
+void ProcessPoolCore::flush(std::vector<Settle> settles, std::vector<LogOut> logs) {
+  for (auto& s : settles) {
     if (s.result) {
       WireScope scope(&s.result->fds, nullptr);
       try {
@@ -604,11 +619,11 @@ void ProcessPoolCore::flush() {
             s.call->task, 0, 0, -1, {})));
       }
     } else {
-      s.call->fail(s.error);
+      s.call->fail(std::move(s.error));  // the consumer must own the last reference
     }
   }
-  settles_.clear();
-  for (auto& l : logs_) {
+  settles.clear();
+  for (auto& l : logs) {
     if (options_.log) {
       options_.log(ProcessLogLine{l.worker, l.pid, l.is_stderr, l.line});
     } else if (logger_) {
@@ -616,7 +631,6 @@ void ProcessPoolCore::flush() {
                    l.worker, l.pid, l.line);
     }
   }
-  logs_.clear();
 }
 
 void ProcessPoolCore::fail_queued(const std::function<std::exception_ptr()>& error) {
@@ -792,7 +806,7 @@ void ProcessPoolCore::finish_task(Proc& p, Clock::time_point now, bool failed) {
   p.next_rss = kNever;
   p.state = WState::idle;
   p.idle_since = now;
-  p.rss = read_rss(p.pid);
+  if (options_.max_rss_restart_bytes != 0) p.rss = read_rss(p.pid);
   if (options_.max_tasks_per_worker != 0 && p.tasks_done >= options_.max_tasks_per_worker) {
     stop_proc(p, Reason::recycle, false, now);
   } else if (options_.max_rss_restart_bytes != 0 && p.rss > options_.max_rss_restart_bytes) {
