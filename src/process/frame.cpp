@@ -2,6 +2,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <memory>
 #include <system_error>
 #include <utility>
 
@@ -163,9 +164,11 @@ bool send_frame(int socket, FrameType type, std::uint64_t id, std::span<const st
 RecvStatus recv_frame(int socket, Frame& out, bool blocking) {
   // A datagram is at most header + inline payload; anything longer arrives truncated (MSG_TRUNC)
   // and is rejected.
-  std::vector<std::byte> buffer(kFrameHeader + kInlinePayloadMax + 1);
+  // One receive buffer per thread, never cleared: only the bytes received are read.
+  constexpr std::size_t kDatagramMax = kFrameHeader + kInlinePayloadMax + 1;
+  thread_local const std::unique_ptr<std::byte[]> buffer(new std::byte[kDatagramMax]);
   alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * kMaxFds)];
-  iovec iov{buffer.data(), buffer.size()};
+  iovec iov{buffer.get(), kDatagramMax};
   msghdr msg{};
   msg.msg_iov = &iov;
   msg.msg_iovlen = 1;
@@ -177,7 +180,9 @@ RecvStatus recv_frame(int socket, Frame& out, bool blocking) {
     if (n >= 0) break;
     if (errno == EINTR) continue;
     if (errno == EAGAIN || errno == EWOULDBLOCK) return RecvStatus::would_block;
-    if (errno == ECONNRESET) return RecvStatus::closed;
+    // The peer closed with requests of ours unread. The error is reported once, ahead of
+    // whatever the peer sent before it died: read on, up to the end of the stream.
+    if (errno == ECONNRESET) continue;
     throw std::system_error(errno, std::generic_category(), "crew: receiving a frame");
   }
   FdList fds;
@@ -195,26 +200,33 @@ RecvStatus recv_frame(int socket, Frame& out, bool blocking) {
   if ((msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) != 0) {
     throw ProtocolError("frame larger than a datagram may be (or too many descriptors)");
   }
-  out = decode_frame(std::span(buffer.data(), static_cast<std::size_t>(n)), std::move(fds));
+  out = decode_frame(std::span(buffer.get(), static_cast<std::size_t>(n)), std::move(fds));
   return RecvStatus::frame;
 }
 
-msgpack::object_handle unpack_payload(std::span<const std::byte> payload) {
+msgpack::object unpack_payload(std::span<const std::byte> payload, msgpack::zone& zone) {
   // Containers and strings can be no longer than the payload itself; depth is bounded so that a
   // nested-array bomb cannot overflow the stack.
   const std::size_t n = payload.size();
   const msgpack::unpack_limit limit(n, n, n, n, n, 64);
+  std::size_t offset = 0;
+  bool referenced = false;
+  msgpack::object o;
   try {
-    return msgpack::unpack(reinterpret_cast<const char*>(payload.data()), n, nullptr, nullptr,
-                           limit);
+    o = msgpack::unpack(zone, reinterpret_cast<const char*>(payload.data()), n, offset, referenced,
+                        nullptr, nullptr, limit);
   } catch (const std::exception& e) {
     throw ProtocolError(fmt::format("payload is not valid msgpack: {}", e.what()));
   }
+  if (offset != n) {
+    throw ProtocolError(fmt::format("payload has {} bytes after its value", n - offset));
+  }
+  return o;
 }
 
 ErrorReply parse_error(std::span<const std::byte> payload) {
-  auto handle = unpack_payload(payload);
-  const msgpack::object& o = handle.get();
+  msgpack::zone zone;
+  const msgpack::object o = unpack_payload(payload, zone);
   if (o.type != msgpack::type::ARRAY || o.via.array.size != 3) {
     throw ProtocolError("error payload is not [kind, type, message]");
   }

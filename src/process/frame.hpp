@@ -72,7 +72,8 @@ struct ErrorReply {
 };
 ErrorReply parse_error(std::span<const std::byte> payload);
 
-/// Unpacks a msgpack payload with limits that keep a hostile peer from exhausting memory.
-msgpack::object_handle unpack_payload(std::span<const std::byte> payload);
+/// Unpacks a msgpack payload into `zone` (which owns what the object points to) with limits
+/// that keep a hostile peer from exhausting memory; the payload must hold exactly one value.
+msgpack::object unpack_payload(std::span<const std::byte> payload, msgpack::zone& zone);
 
 }  // namespace crew::inline v0::detail

@@ -80,6 +80,8 @@ constexpr milliseconds kStableUptime{30'000};
 constexpr milliseconds kRssPoll{5};
 constexpr std::size_t kTailLines = 20;
 constexpr std::size_t kMaxLine = 4096;
+constexpr std::size_t kPipelineDepth = 4;
+constexpr nanoseconds kPipelineBelow{200'000};  // tasks shorter than this are pipelined
 
 #if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
 // Sanitizers reserve terabytes of address space: RLIMIT_AS would stop the worker from starting.
@@ -133,6 +135,9 @@ struct Proc {
   Clock::time_point next_rss = kNever;
   CallPtr current;
   std::string current_task;  // kept after the call settles, for messages
+  // Sent behind `current` (tiny tasks are pipelined) and not started yet: if the worker dies
+  // they go back to the queue, untouched.
+  std::deque<CallPtr> pending;
   std::uint64_t tasks_done = 0;
   std::uint64_t errors = 0;
   std::size_t rss = 0;
@@ -223,7 +228,12 @@ class ProcessPoolCore {
   void on_exit(Proc& p, Clock::time_point now);
   void on_protocol_error(Proc& p, const std::string& what);
   void timers(Clock::time_point now);
+  using CallPtrAlias = CallPtr;
   void dispatch(Clock::time_point now);
+  CallPtrAlias pop_queued();
+  bool send_call(Proc& p, CallPtr& call, Clock::time_point now);
+  void start_call(Proc& p, CallPtr call, Clock::time_point now);
+  void requeue_pending(Proc& p);
   void spawn_as_needed(Clock::time_point now);
   void spawn(Clock::time_point now);
   void stop_proc(Proc& p, Reason reason, bool force, Clock::time_point now);
@@ -255,6 +265,7 @@ class ProcessPoolCore {
   std::uint64_t completed_ = 0, failed_ = 0, cancelled_ = 0, timed_out_ = 0, crashed_ = 0;
   std::uint64_t restarts_ = 0, startup_failures_ = 0, spawned_ = 0;
   nanoseconds busy_total_{0};
+  std::int64_t ewma_run_ns_ = 1'000'000;  // recent task run time, for the pipelining decision
   LatencyHistogram wait_hist_, run_hist_;
   // Restart policy (supervisor only, read by stats under mutex_).
   milliseconds backoff_{0};
@@ -610,8 +621,10 @@ void ProcessPoolCore::flush(std::vector<Settle> settles, std::vector<LogOut> log
     if (s.result) {
       WireScope scope(&s.result->fds, nullptr);
       try {
-        auto handle = unpack_payload(s.result->payload);
-        s.call->deliver(handle.get());
+        // One zone for every reply this thread reads: its memory is reused, not reallocated.
+        thread_local msgpack::zone zone;
+        zone.clear();
+        s.call->deliver(unpack_payload(s.result->payload, zone));
       } catch (const std::exception& e) {
         s.call->fail(std::make_exception_ptr(WorkerCrashed(
             fmt::format("crew::ProcessPool: the result of task '{}' could not be read: {}",
@@ -800,10 +813,17 @@ void ProcessPoolCore::finish_task(Proc& p, Clock::time_point now, bool failed) {
   const auto ran = now - p.busy_since;
   run_hist_.record(ran);
   busy_total_ += ran;
+  ewma_run_ns_ += (std::chrono::duration_cast<nanoseconds>(ran).count() - ewma_run_ns_) / 8;
   ++p.tasks_done;
   if (failed) ++p.errors;
   p.deadline = kNever;
   p.next_rss = kNever;
+  if (!p.pending.empty()) {
+    CallPtr next = std::move(p.pending.front());
+    p.pending.pop_front();
+    start_call(p, std::move(next), now);
+    return;
+  }
   p.state = WState::idle;
   p.idle_since = now;
   if (options_.max_rss_restart_bytes != 0) p.rss = read_rss(p.pid);
@@ -866,6 +886,7 @@ void ProcessPoolCore::on_exit(Proc& p, Clock::time_point now) {
   on_socket(p, now);
   on_output(p, 0);
   on_output(p, 1);
+  requeue_pending(p);  // sent but never started: they run on another worker
   int code = -1, sig = 0;
   int status = 0;
   pid_t r;
@@ -947,6 +968,7 @@ void ProcessPoolCore::on_exit(Proc& p, Clock::time_point now) {
 }
 
 void ProcessPoolCore::stop_proc(Proc& p, Reason reason, bool force, Clock::time_point now) {
+  requeue_pending(p);
   if (p.reason == Reason::none || reason == Reason::terminate) p.reason = reason;
   p.state = WState::stopping;
   p.deadline = kNever;
@@ -993,6 +1015,7 @@ void ProcessPoolCore::timers(Clock::time_point now) {
            std::nullopt});
       ::kill(p.pid, SIGTERM);
       p.reason = Reason::timeout;
+      requeue_pending(p);
       p.state = WState::stopping;
       p.deadline = kNever;
       p.next_rss = kNever;
@@ -1024,57 +1047,97 @@ void ProcessPoolCore::timers(Clock::time_point now) {
 }
 
 void ProcessPoolCore::dispatch(Clock::time_point now) {
-  for (auto& [serial, pp] : procs_) {
-    Proc& p = *pp;
-    if (p.state != WState::idle || p.sock < 0) continue;
-    CallPtr call;
-    while (!call && queued_ > 0) {
-      auto it = queue_.begin();
-      call = std::move(it->second.front());
-      it->second.pop_front();
-      if (it->second.empty()) queue_.erase(it);
-      --queued_;
-      if (call->state().claimed()) {  // cancelled while queued
-        ++cancelled_;
-        call.reset();
+  // Tiny tasks are pipelined: a worker gets its next requests before it answers the current one,
+  // so it never waits for this thread between tasks. Longer tasks go one at a time, so a slow
+  // task never holds back work another worker could start.
+  const std::size_t depth = ewma_run_ns_ < kPipelineBelow.count() ? kPipelineDepth : 1;
+  bool progress = true;
+  while (progress && queued_ > 0) {
+    progress = false;
+    for (auto& [serial, pp] : procs_) {
+      Proc& p = *pp;
+      if ((p.state != WState::idle && p.state != WState::busy) || p.sock < 0) continue;
+      const std::size_t inflight = (p.current ? 1 : 0) + p.pending.size();
+      if (inflight >= depth) continue;
+      if (options_.max_tasks_per_worker != 0 &&
+          p.tasks_done + inflight >= options_.max_tasks_per_worker) {
+        continue;
+      }
+      CallPtr call = pop_queued();
+      if (!call) return;
+      if (!send_call(p, call, now)) continue;
+      progress = true;
+      if (p.current) {
+        p.pending.push_back(std::move(call));
+      } else {
+        start_call(p, std::move(call), now);
       }
     }
-    if (!call) return;
-    msgpack::sbuffer payload;
-    msgpack::packer<msgpack::sbuffer> pk(payload);
-    pk.pack_array(2);
-    pk.pack(call->task);
-    payload.write(call->args.data(), call->args.size());
-    bool sent;
-    try {
-      sent = send_frame(p.sock, FrameType::request, call->id,
-                        std::as_bytes(std::span(payload.data(), payload.size())), call->fds);
-    } catch (const std::exception& e) {
-      ++failed_;
-      settles_.push_back(
-          {std::move(call),
-           std::make_exception_ptr(BadArguments(fmt::format(
-               "crew::ProcessPool: the task's arguments could not be sent: {}", e.what()))),
-           std::nullopt});
-      continue;
-    }
-    if (!sent) {
-      // The worker is gone; put the task back in front and let the exit event clean up.
-      queue_[call->priority].push_front(std::move(call));
-      ++queued_;
-      p.state = WState::stopping;
-      p.kill_at = std::min(p.kill_at, now + options_.terminate_grace);
-      continue;
-    }
-    call->fds.close_all();  // the worker has its own copies now
-    call->args.clear();
-    wait_hist_.record(now - call->submitted);
-    p.state = WState::busy;
-    p.busy_since = now;
-    p.current_task = call->task;
-    p.deadline = call->timeout.count() > 0 ? now + call->timeout : kNever;
-    p.next_rss = options_.memory_limit_bytes != 0 ? now + kRssPoll : kNever;
-    p.current = std::move(call);
+  }
+}
+
+ProcessPoolCore::CallPtrAlias ProcessPoolCore::pop_queued() {
+  while (queued_ > 0) {
+    auto it = queue_.begin();
+    CallPtr call = std::move(it->second.front());
+    it->second.pop_front();
+    if (it->second.empty()) queue_.erase(it);
+    --queued_;
+    if (!call->state().claimed()) return call;
+    ++cancelled_;  // cancelled while queued
+  }
+  return nullptr;
+}
+
+bool ProcessPoolCore::send_call(Proc& p, CallPtr& call, Clock::time_point now) {
+  msgpack::sbuffer payload(call->args.size() + call->task.size() + 16);
+  msgpack::packer<msgpack::sbuffer> pk(payload);
+  pk.pack_array(2);
+  pk.pack(call->task);
+  payload.write(call->args.data(), call->args.size());
+  bool sent;
+  try {
+    sent = send_frame(p.sock, FrameType::request, call->id,
+                      std::as_bytes(std::span(payload.data(), payload.size())), call->fds);
+  } catch (const std::exception& e) {
+    ++failed_;
+    settles_.push_back(
+        {std::move(call),
+         std::make_exception_ptr(BadArguments(fmt::format(
+             "crew::ProcessPool: the task's arguments could not be sent: {}", e.what()))),
+         std::nullopt});
+    return false;
+  }
+  if (!sent) {
+    // The worker is gone; put the task back in front and let the exit event clean up.
+    queue_[call->priority].push_front(std::move(call));
+    ++queued_;
+    if (p.state == WState::idle) p.state = WState::stopping;
+    p.kill_at = std::min(p.kill_at, now + options_.terminate_grace);
+    return false;
+  }
+  return true;
+}
+
+void ProcessPoolCore::start_call(Proc& p, CallPtr call, Clock::time_point now) {
+  // Kept until now in case the worker died before starting it and it had to be sent again.
+  call->fds.close_all();
+  call->args = msgpack::sbuffer(0);
+  wait_hist_.record(now - call->submitted);
+  p.state = WState::busy;
+  p.busy_since = now;
+  p.current_task = call->task;
+  p.deadline = call->timeout.count() > 0 ? now + call->timeout : kNever;
+  p.next_rss = options_.memory_limit_bytes != 0 ? now + kRssPoll : kNever;
+  p.current = std::move(call);
+}
+
+void ProcessPoolCore::requeue_pending(Proc& p) {
+  while (!p.pending.empty()) {
+    CallPtr c = std::move(p.pending.back());
+    p.pending.pop_back();
+    queue_[c->priority].push_front(std::move(c));
+    ++queued_;
   }
 }
 

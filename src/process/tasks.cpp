@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include <crew/errors.hpp>
+#include <crew/process/detail/call.hpp>
 #include <crew/process/tasks.hpp>
 
 #include "frame.hpp"
@@ -92,7 +93,7 @@ namespace {
 
 void reply_error(int sock, std::uint64_t id, ErrorKind kind, const std::string& type,
                  const std::string& message) {
-  msgpack::sbuffer out;
+  msgpack::sbuffer out(kSmallMessage);
   msgpack::packer<msgpack::sbuffer> pk(out);
   pk.pack_array(3);
   pk.pack(static_cast<int>(kind));
@@ -111,12 +112,13 @@ std::string known_names(const Tasks& tasks) {
 // Runs one request and sends its reply. Returns false when the parent is gone.
 bool handle(int sock, const Tasks& tasks, Frame& frame) {
   std::string name;
-  msgpack::sbuffer out;
+  msgpack::sbuffer out(kSmallMessage);
   FdList out_fds;
   try {
     WireScope scope(&frame.fds, &out_fds);
-    auto handle = unpack_payload(frame.payload);
-    const msgpack::object& o = handle.get();
+    thread_local msgpack::zone zone;
+    zone.clear();
+    const msgpack::object o = unpack_payload(frame.payload, zone);
     if (o.type != msgpack::type::ARRAY || o.via.array.size != 2 ||
         o.via.array.ptr[0].type != msgpack::type::STR) {
       throw ProtocolError("request payload is not [name, args]");

@@ -22,19 +22,20 @@ void read_reply(crew::detail::Frame& f) {
       break;
     case FrameType::result:
     case FrameType::request: {
-      auto handle = crew::detail::unpack_payload(f.payload);
+      msgpack::zone zone;
+      const msgpack::object o = crew::detail::unpack_payload(f.payload, zone);
       crew::detail::WireScope scope(&f.fds, nullptr);
       // The shapes a parent converts results into.
       try {
-        (void)handle.get().as<std::vector<std::string>>();
+        (void)o.as<std::vector<std::string>>();
       } catch (const msgpack::type_error&) {
       }
       try {
-        (void)handle.get().as<crew::Buffer>();
+        (void)o.as<crew::Buffer>();
       } catch (const msgpack::type_error&) {
       }
       try {
-        (void)handle.get().as<long>();
+        (void)o.as<long>();
       } catch (const msgpack::type_error&) {
       }
       break;

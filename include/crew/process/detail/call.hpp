@@ -27,6 +27,10 @@ void process_cancel(const std::shared_ptr<ProcessControl>& control, std::uint64_
 std::exception_ptr bad_result(const std::string& task, const std::string& wanted,
                               const msgpack::object& result) noexcept;
 
+/// Initial size of a message buffer: most task arguments and results are a few bytes, and
+/// msgpack's default (8 KiB) would be a large allocation per task.
+inline constexpr std::size_t kSmallMessage = 128;
+
 /// The untyped half of a task call, as the pool's supervisor sees it.
 /// Thread safety: the request fields are written before submission and then read only by the
 /// supervisor; settle through the StateBase protocol (exactly one settler wins).
@@ -39,8 +43,8 @@ class CallBase {
   bool fail(std::exception_ptr e) noexcept { return state().set_exception(std::move(e)); }
 
   std::string task;
-  msgpack::sbuffer args;  // a msgpack array
-  FdList fds;             // memfds of Buffers in `args`
+  msgpack::sbuffer args{kSmallMessage};  // a msgpack array
+  FdList fds;                            // memfds of Buffers in `args`
   int priority = 0;
   std::chrono::nanoseconds timeout{0};
   std::uint64_t id = 0;
