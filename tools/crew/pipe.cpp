@@ -109,7 +109,7 @@ class SignalWatcher {
   std::jthread thread_;  // last: stopped and joined first
 };
 
-// The exception inside a StageError (the codec's DataError, an I/O system_error), or `e` itself.
+// The exception inside a StageError (a codec's DataError, an I/O system_error), or null.
 std::exception_ptr root_cause(const std::exception& e) {
   if (const auto* stage = dynamic_cast<const StageError*>(&e)) {
     if (stage->cause()) return stage->cause();

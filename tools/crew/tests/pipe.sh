@@ -136,6 +136,19 @@ expect_exit 2 "missing input" "$crew" pipe --gzip no-such-file
 expect_exit 2 "no subcommand" "$crew"
 expect_exit 2 "too many positionals" "$crew" pipe a b c
 
+# A signal cancels the run: exit 128+N, no OUT and no temporary file (stdin stays open, so the
+# pipeline is still waiting for input when the signal arrives).
+"$crew" pipe --gzip - sig.gz < <(echo partial; exec sleep 5 2>/dev/null) 2>sig.txt &
+pid=$!
+sleep 0.5
+kill -TERM "$pid"
+wait "$pid"
+rc=$?
+[[ $rc == 143 ]] && pass "SIGTERM cancels with exit 143" || fail "SIGTERM exit $rc, expected 143"
+grep -q "interrupted by signal" sig.txt && pass "signal message" || fail "signal message"
+[[ ! -e sig.gz ]] && ! ls -a | grep -q "sig.gz.crew" && pass "no output after a signal" ||
+  fail "output left after a signal"
+
 # Progress: forced with --progress (stderr is a file here); silent otherwise.
 "$crew" pipe --gzip --progress input.bin p.gz 2>progress.txt
 grep -q "100%" progress.txt && pass "--progress draws" || fail "--progress draws"
