@@ -29,9 +29,11 @@ constexpr unsigned kFlagComment = 0x10;
 // member size (4).
 constexpr std::size_t kCrewHeader = 20;
 constexpr std::size_t kTrailer = 8;
-// Larger members than this are not ours (the biggest block is 64 MiB, and deflate never expands
-// by more than a little).
-constexpr std::uint64_t kMaxCrewMember = std::uint64_t{1} << 28;
+// Bounds of a member make_gzip_codec() can write: blocks are at most 64 MiB, and deflate expands
+// incompressible data by a few bytes per 64 KiB. A larger size field is not ours (the member is
+// then streamed); a larger ISIZE is corrupt. Both keep what one job may allocate bounded.
+constexpr std::uint64_t kMaxCrewIsize = std::uint64_t{64} << 20;
+constexpr std::uint64_t kMaxCrewMember = kMaxCrewIsize + (std::uint64_t{1} << 20);
 // A foreign header longer than this (FNAME or FCOMMENT without its terminator) is refused rather
 // than buffered without bound.
 constexpr std::size_t kMaxHeader = std::size_t{1} << 20;
@@ -324,7 +326,7 @@ class GunzipCodec final : public ChunkCodec {
           if (rest.size() < size) break;
           flush_output(out);
           std::uint32_t isize = load_le32(&rest[size - 4]);
-          if (isize > kMaxCrewMember) corrupt("implausible ISIZE in member", at);
+          if (isize > kMaxCrewIsize) corrupt("implausible ISIZE in member", at);
           out.emplace_back([member = Buffer::copy_of(rest.first(size)), header = h.length, at]() {
             return inflate_member(member, header, at);
           });
