@@ -17,6 +17,12 @@ else()
   set(CREW_CORE_STATIC OFF)
 endif()
 
+if(TARGET crew_process)
+  set(CREW_HAS_PROCESS ON)
+else()
+  set(CREW_HAS_PROCESS OFF)
+endif()
+
 install(EXPORT crewTargets
   NAMESPACE crew::
   FILE crewTargets.cmake
