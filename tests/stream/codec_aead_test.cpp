@@ -9,6 +9,8 @@
 #include <gtest/gtest.h>
 
 #include <crew/buffer.hpp>
+#include <crew/future.hpp>
+#include <crew/pool.hpp>
 #include <crew/stream/codec.hpp>
 
 namespace {
@@ -86,6 +88,34 @@ TEST(CodecAead, RoundTripsRandomSizesAroundChunkBoundaries) {
       EXPECT_EQ(run_codec(*dec, sealed, piece), plain) << "size " << size << " piece " << piece;
     }
   }
+}
+
+TEST(CodecAead, JobsRunConcurrentlyOnAPoolAndKeepTheirOrder) {
+  crew::ThreadPool pool({.max_threads = 4, .name = "aead-test"});
+  auto run_on_pool = [&pool](ChunkCodec& codec, const Bytes& input) {
+    std::vector<ChunkCodec::Job> jobs;
+    for (std::size_t at = 0; at < input.size(); at += 10000) {
+      std::size_t n = std::min<std::size_t>(10000, input.size() - at);
+      codec.feed(Buffer::copy_of(std::span<const std::byte>(input.data() + at, n)), jobs);
+    }
+    codec.finish(jobs);
+    std::vector<crew::Future<Buffer>> results;
+    for (auto& job : jobs) {
+      results.push_back(pool.run([j = std::move(job)]() mutable { return j(); }));
+    }
+    Bytes out;
+    for (auto& f : results) {
+      Buffer b = f.get();
+      out.insert(out.end(), b.data(), b.data() + b.size());
+    }
+    return out;
+  };
+  Key key = Key::random();
+  Bytes plain = random_bytes(40 * kChunk + 77, 12);
+  auto enc = crew::stream::make_encrypt_codec(key, {.chunk = kChunk});
+  Bytes sealed = run_on_pool(*enc, plain);
+  auto dec = crew::stream::make_decrypt_codec(key);
+  EXPECT_EQ(run_on_pool(*dec, sealed), plain);
 }
 
 TEST(CodecAead, EachEncryptionUsesAFreshNonce) {

@@ -8,6 +8,8 @@
 #include <zlib.h>
 
 #include <crew/buffer.hpp>
+#include <crew/future.hpp>
+#include <crew/pool.hpp>
 #include <crew/stream/codec.hpp>
 
 namespace {
@@ -29,6 +31,31 @@ Bytes run_codec(ChunkCodec& codec, const Bytes& input, std::size_t piece) {
   Bytes out;
   for (auto& job : jobs) {
     Buffer b = job();
+    out.insert(out.end(), b.data(), b.data() + b.size());
+  }
+  return out;
+}
+
+// As run_codec, but every job runs on `pool`, concurrently with the others and with feed().
+Bytes run_on_pool(ChunkCodec& codec, const Bytes& input, std::size_t piece,
+                  crew::ThreadPool& pool) {
+  std::vector<ChunkCodec::Job> jobs;
+  std::vector<crew::Future<Buffer>> results;
+  auto submit = [&] {
+    for (auto& job : jobs)
+      results.push_back(pool.run([j = std::move(job)]() mutable { return j(); }));
+    jobs.clear();
+  };
+  for (std::size_t at = 0; at < input.size(); at += piece) {
+    std::size_t n = std::min(piece, input.size() - at);
+    codec.feed(Buffer::copy_of(std::span<const std::byte>(input.data() + at, n)), jobs);
+    submit();
+  }
+  codec.finish(jobs);
+  submit();
+  Bytes out;
+  for (auto& f : results) {
+    Buffer b = f.get();
     out.insert(out.end(), b.data(), b.data() + b.size());
   }
   return out;
@@ -139,6 +166,21 @@ TEST(CodecGzip, EveryMemberCarriesItsSizeInTheExtraField) {
   }
   EXPECT_EQ(at, packed.size());
   EXPECT_EQ(members, 4);
+}
+
+TEST(CodecGzip, JobsRunConcurrentlyOnAPoolAndKeepTheirOrder) {
+  crew::ThreadPool pool({.max_threads = 4, .name = "codec-test"});
+  Bytes input = make_text(12 * kBlock + 123, 11);
+  for (int level : {1, 6}) {
+    auto gz = crew::stream::make_gzip_codec({.level = level, .block = kBlock});
+    Bytes packed = run_on_pool(*gz, input, 50000, pool);
+    EXPECT_EQ(zlib_gunzip(packed), input);
+    auto gunzip = crew::stream::make_gunzip_codec();
+    EXPECT_EQ(run_on_pool(*gunzip, packed, 70000, pool), input);
+  }
+  Bytes foreign = zlib_gzip(input);
+  auto gunzip = crew::stream::make_gunzip_codec();
+  EXPECT_EQ(run_on_pool(*gunzip, foreign, 30000, pool), input);
 }
 
 TEST(CodecGzip, LevelsAndBlockAreValidated) {
