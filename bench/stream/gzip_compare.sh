@@ -8,8 +8,8 @@
 # the three paths filled in (crew_gzip_compare_quick for --quick).
 #
 # Environment: CREW_BENCH_BYTES (input size; default 1 GiB, 64 MiB with --quick),
-# CREW_BENCH_THREADS (threads for crew and pigz; default 2), TMPDIR (where the input and outputs
-# go; needs about 2.5x the input size).
+# CREW_BENCH_THREADS (threads for crew and pigz; default 2), CREW_BENCH_REPEAT (runs per tool,
+# best time kept; default 1), TMPDIR (where the input and outputs go; about 2.5x the input size).
 #
 # Measures, one run each, same input: compression at level 6 by crew (CREW_BENCH_THREADS threads),
 # gzip -6, pigz -p N -6 and Node stream.pipeline(createReadStream, zlib.createGzip({level: 6}),
@@ -26,7 +26,7 @@ while (($#)); do
     --crew) crew=$2; shift ;;
     --make-logs) make_logs=$2; shift ;;
     --measure) measure=$2; shift ;;
-    -h | --help) sed -n '2,19p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "${BASH_SOURCE[0]}"; exit 0 ;;
     *) echo "gzip_compare.sh: unknown argument '$1' (see --help)" >&2; exit 64 ;;
   esac
   shift
@@ -39,6 +39,7 @@ for v in crew make_logs measure; do
 done
 bytes=${CREW_BENCH_BYTES:-$((quick ? 64 << 20 : 1 << 30))}
 threads=${CREW_BENCH_THREADS:-2}
+repeat=${CREW_BENCH_REPEAT:-1}
 have() { command -v "$1" >/dev/null 2>&1; }
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/crew-gzip-compare.XXXXXX")
@@ -46,17 +47,25 @@ trap 'rm -rf "$work"' EXIT
 input=$work/input.log
 
 echo "crew gzip_compare: $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), load $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "input: $bytes bytes of generated log-like text in $work; $threads threads for crew and pigz"
+echo "input: $bytes bytes of generated log-like text in $work; $threads threads for crew and pigz; best of $repeat"
 "$make_logs" "$bytes" >"$input"
 cat "$input" >/dev/null # into the page cache, for every tool alike
 
-# run NAME OUTFILE CMD...: measures CMD (stdout to OUTFILE); records seconds and peak RSS.
+# run NAME OUTFILE CMD...: measures CMD (stdout to OUTFILE) $repeat times; records the best
+# wall time and the largest peak RSS.
 declare -A secs rss
 run() {
-  local name=$1 out=$2
+  local name=$1 out=$2 i s r
   shift 2
-  "$measure" "$work/m.txt" "$@" >"$out"
-  read -r secs[$name] rss[$name] _ <"$work/m.txt"
+  secs[$name]="" rss[$name]=0
+  for ((i = 0; i < repeat; i++)); do
+    "$measure" "$work/m.txt" "$@" >"$out"
+    read -r s r _ <"$work/m.txt"
+    if [[ -z ${secs[$name]} ]] || awk -v a="$s" -v b="${secs[$name]}" 'BEGIN { exit !(a < b) }'; then
+      secs[$name]=$s
+    fi
+    if ((r > rss[$name])); then rss[$name]=$r; fi
+  done
 }
 mbps() { awk -v b="$bytes" -v s="${secs[$1]}" 'BEGIN { printf "%.1f", b / 1e6 / s }'; }
 pct() { awk -v a="$(stat -c %s "$1")" -v b="$bytes" 'BEGIN { printf "%.2f", 100 * a / b }'; }

@@ -77,36 +77,39 @@ int usage_error(const std::string& what) {
 }
 
 // SIGINT, SIGTERM and SIGHUP cancel the pipeline (so write_file removes its temporary file)
-// instead of killing the process. They are blocked in every thread and taken by this watcher.
+// instead of killing the process. They are blocked in every thread (the mask is set before any
+// other thread starts, and threads inherit it) and taken by this watcher with sigwait().
+// SIGUSR2, sent to the watcher alone, tells it to quit when the run is over.
 class SignalWatcher {
  public:
   SignalWatcher() {
     sigemptyset(&set_);
-    for (int sig : {SIGINT, SIGTERM, SIGHUP}) sigaddset(&set_, sig);
-    pthread_sigmask(SIG_BLOCK, &set_, nullptr);  // before any other thread starts
-    thread_ = std::jthread([this](std::stop_token done) {
-      const timespec tick{0, 50'000'000};
-      while (!done.stop_requested()) {
-        int sig = sigtimedwait(&set_, nullptr, &tick);
-        if (sig > 0) {
-          signal_.store(sig);
-          cancel_.request_stop();
-          return;
-        }
+    for (int sig : {SIGINT, SIGTERM, SIGHUP, kQuit}) sigaddset(&set_, sig);
+    pthread_sigmask(SIG_BLOCK, &set_, nullptr);
+    thread_ = std::thread([this] {
+      int sig = 0;
+      if (sigwait(&set_, &sig) == 0 && sig != kQuit) {
+        signal_.store(sig);
+        cancel_.request_stop();
       }
     });
   }
   SignalWatcher(const SignalWatcher&) = delete;
   SignalWatcher& operator=(const SignalWatcher&) = delete;
+  ~SignalWatcher() {
+    pthread_kill(thread_.native_handle(), kQuit);  // harmless if it already returned
+    thread_.join();
+  }
   std::stop_token token() const { return cancel_.get_token(); }
   /// The signal that cancelled the run, or 0.
   int signal() const { return signal_.load(); }
 
  private:
+  static constexpr int kQuit = SIGUSR2;
   sigset_t set_{};
   std::stop_source cancel_;
   std::atomic<int> signal_{0};
-  std::jthread thread_;  // last: stopped and joined first
+  std::thread thread_;
 };
 
 // The exception inside a StageError (a codec's DataError, an I/O system_error), or null.
