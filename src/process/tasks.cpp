@@ -190,6 +190,25 @@ const std::string& Tasks::signature(std::string_view name) const {
   return e->signature;
 }
 
+PackedValue Tasks::invoke_packed(std::string_view name, std::string_view args) const {
+  const Entry* e = find(name);
+  if (e == nullptr) {
+    throw BadArguments(fmt::format("crew: unknown task '{}'; known tasks: {}", name,
+                                   detail::known_names(*this)));
+  }
+  msgpack::zone zone;
+  msgpack::object o;
+  try {
+    o = detail::unpack_payload(std::as_bytes(std::span(args.data(), args.size())), zone);
+  } catch (const detail::ProtocolError& error) {
+    throw BadArguments(fmt::format("crew: arguments for task '{}': {}", name, error.what()));
+  }
+  msgpack::sbuffer out(detail::kSmallMessage);
+  msgpack::packer<msgpack::sbuffer> pk(out);
+  e->invoke(o, pk);
+  return PackedValue{std::string(out.data(), out.size())};
+}
+
 bool is_worker_process() noexcept {
   return detail::worker_socket_from_env() >= 0;
 }

@@ -166,6 +166,24 @@ class ProcessPool {
     return future;
   }
 
+  /// Runs task `name` on arguments already packed as a msgpack array; the result comes back
+  /// packed (for bridges that do not know the task's C++ types, such as JSON front ends).
+  Future<PackedValue> run_packed(RunOptions options, std::string_view name, std::string args) {
+    auto* call = new detail::Call<PackedValue>();
+    detail::Ref<detail::State<PackedValue>> owner(call);
+    call->task = name;
+    call->priority = options.priority;
+    call->timeout = options.timeout;
+    call->args.write(args.data(), args.size());
+    call->add_ref();
+    Future<PackedValue> future(call);
+    submit(*call, std::move(options.stop),
+           [call](std::shared_ptr<detail::ProcessControl> c, std::stop_token s) {
+             call->arm(std::move(c), std::move(s));
+           });
+    return future;
+  }
+
   /// Stops accepting tasks; queued and running ones finish, then the workers exit. Returns at
   /// once; the destructor (or wait_closed()) waits.
   void close();

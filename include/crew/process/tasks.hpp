@@ -50,6 +50,12 @@ struct CallableTraits<R (C::*)(A...) const noexcept> : CallableTraits<R (*)(A...
 using Packer = msgpack::packer<msgpack::sbuffer>;
 }  // namespace detail
 
+/// A msgpack value kept in its encoded form: what bridges such as `crew serve`'s JSON API pass
+/// to and from tasks without knowing their C++ types.
+struct PackedValue {
+  std::string bytes;
+};
+
 /// A registry of named functions that a worker process can run for a ProcessPool.
 ///
 ///     long fib(int n) { return n < 2 ? n : fib(n - 1) + fib(n - 2); }
@@ -120,6 +126,10 @@ class Tasks {
   /// The entry for `name`, or nullptr (internal).
   [[nodiscard]] const Entry* find(std::string_view name) const noexcept;
   [[nodiscard]] std::size_t size() const noexcept { return entries_.size(); }
+  /// Runs task `name` in this process on `args`, a packed msgpack array, and returns its packed
+  /// result. Throws crew::BadArguments (unknown name, arguments that do not fit) and whatever
+  /// the task throws.
+  [[nodiscard]] PackedValue invoke_packed(std::string_view name, std::string_view args) const;
 
  private:
   void insert(std::string name, Entry entry);
@@ -138,3 +148,19 @@ int serve(const Tasks& tasks);
 
 }  // namespace v0
 }  // namespace crew
+
+namespace msgpack {
+MSGPACK_API_VERSION_NAMESPACE(MSGPACK_DEFAULT_API_NS) {
+  namespace adaptor {
+  template <>
+  struct convert<crew::PackedValue> {
+    const msgpack::object& operator()(const msgpack::object& o, crew::PackedValue& v) const {
+      msgpack::sbuffer out(128);
+      msgpack::pack(out, o);
+      v.bytes.assign(out.data(), out.size());
+      return o;
+    }
+  };
+  }  // namespace adaptor
+}  // MSGPACK_API_VERSION_NAMESPACE(MSGPACK_DEFAULT_API_NS)
+}  // namespace msgpack

@@ -1,0 +1,779 @@
+#include "server.hpp"
+
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <utility>
+
+#include <boost/asio.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+#include <dirent.h>
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <crew/version.hpp>
+
+#include "tasks.hpp"
+
+namespace crew::serve_app {
+
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace http = beast::http;
+using tcp = asio::ip::tcp;
+using json = nlohmann::json;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+// Request-duration buckets (seconds) for the Prometheus histogram.
+constexpr double kBuckets[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+                               0.1,    0.25,  0.5,    1,     2.5,  5,     10};
+constexpr std::size_t kBucketCount = std::size(kBuckets);
+}  // namespace
+
+struct Metrics {
+  std::mutex mutex;
+  std::map<std::pair<std::string, int>, std::uint64_t> requests;  // (route, status) -> count
+  std::map<std::string, std::uint64_t> outcomes;                  // task outcome -> count
+  std::uint64_t buckets[kBucketCount + 1] = {};                   // last one: +Inf
+  double duration_sum = 0;
+  std::uint64_t duration_count = 0;
+  std::atomic<std::int64_t> lag_ns{0};
+  std::atomic<std::int64_t> lag_max_ns{0};
+
+  void record(const std::string& route, int status, double seconds) {
+    std::lock_guard lock(mutex);
+    ++requests[{route, status}];
+    std::size_t b = 0;
+    while (b < kBucketCount && seconds > kBuckets[b]) ++b;
+    ++buckets[b];
+    duration_sum += seconds;
+    ++duration_count;
+  }
+  void outcome(const std::string& name) {
+    std::lock_guard lock(mutex);
+    ++outcomes[name];
+  }
+};
+
+namespace {
+
+struct ProcessFigures {
+  std::size_t rss = 0;
+  double cpu_seconds = 0;
+  std::size_t fds = 0;
+};
+
+ProcessFigures process_figures() {
+  ProcessFigures f;
+  std::ifstream statm("/proc/self/statm");
+  std::size_t pages = 0, resident = 0;
+  if (statm >> pages >> resident)
+    f.rss = resident * static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
+  rusage ru{};
+  ::getrusage(RUSAGE_SELF, &ru);
+  f.cpu_seconds = static_cast<double>(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
+                  static_cast<double>(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
+  if (DIR* d = ::opendir("/proc/self/fd")) {
+    while (::readdir(d) != nullptr) ++f.fds;
+    ::closedir(d);
+    f.fds = f.fds >= 3 ? f.fds - 3 : 0;  // ".", ".." and the directory's own descriptor
+  }
+  return f;
+}
+
+std::string query_param(std::string_view query, std::string_view key) {
+  while (!query.empty()) {
+    const auto amp = query.find('&');
+    const std::string_view pair = query.substr(0, amp);
+    const auto eq = pair.find('=');
+    if (pair.substr(0, eq) == key)
+      return std::string(eq == std::string_view::npos ? "" : pair.substr(eq + 1));
+    if (amp == std::string_view::npos) break;
+    query.remove_prefix(amp + 1);
+  }
+  return {};
+}
+
+json error_body(std::string_view type, std::string_view message) {
+  return json{{"error", {{"type", type}, {"message", message}}}};
+}
+
+}  // namespace
+
+struct Server::Impl {
+  ServeConfig config;
+  std::unique_ptr<Runner> runner;
+  asio::io_context ioc;
+  tcp::acceptor acceptor{ioc};
+  asio::steady_timer lag_timer{ioc};
+  Clock::time_point lag_expected{};
+  std::vector<std::thread> threads;
+  std::atomic<bool> started{false};
+  std::atomic<bool> draining{false};
+  std::atomic<int> inflight{0};
+  std::mutex drain_mutex;
+  std::condition_variable drained;
+  Metrics metrics;
+  std::shared_ptr<spdlog::logger> access;
+  const Clock::time_point born = Clock::now();
+  const std::chrono::system_clock::time_point born_wall = std::chrono::system_clock::now();
+
+  void accept();
+  void tick_lag();
+  void request_done() {
+    if (inflight.fetch_sub(1) == 1) {
+      std::lock_guard lock(drain_mutex);
+      drained.notify_all();
+    }
+  }
+  std::string render_metrics();
+  json render_stats();
+};
+
+namespace {
+
+class Session : public std::enable_shared_from_this<Session> {
+ public:
+  Session(tcp::socket socket, Server::Impl& server)
+      : stream_(std::move(socket)), deadline_(stream_.get_executor()), server_(server) {}
+  void start() { read_header(); }
+
+ private:
+  // Read deadlines use a timer of our own rather than tcp_stream's: when tcp_stream times out it
+  // closes the socket, and a client that is merely slow should still get its 408.
+  void arm_deadline(std::chrono::milliseconds after) {
+    timed_out_ = false;
+    deadline_.expires_after(after);
+    deadline_.async_wait([self = shared_from_this()](beast::error_code ec) {
+      if (ec) return;  // cancelled: the read finished in time
+      self->timed_out_ = true;
+      beast::error_code ignored;
+      self->stream_.socket().cancel(ignored);
+    });
+  }
+
+  void read_header() {
+    parser_.emplace();
+    parser_->header_limit(static_cast<std::uint32_t>(server_.config.max_header));
+    parser_->body_limit(server_.config.max_body);
+    arm_deadline(server_.config.header_timeout);
+    http::async_read_header(stream_, buffer_, *parser_,
+                            [self = shared_from_this()](beast::error_code ec, std::size_t) {
+                              self->deadline_.cancel();
+                              if (self->timed_out_) ec = beast::error::timeout;
+                              self->on_header(ec);
+                            });
+  }
+
+  void on_header(beast::error_code ec) {
+    if (ec == http::error::end_of_stream || ec == asio::error::eof ||
+        ec == asio::error::connection_reset || ec == asio::error::operation_aborted) {
+      return close();
+    }
+    if (ec == beast::error::timeout) {
+      // An idle keep-alive connection just goes; a half-sent request gets its 408.
+      if (buffer_.size() == 0) return close();
+      return fail(http::status::request_timeout, "Timeout",
+                  fmt::format("the request headers did not arrive within {} ms",
+                              server_.config.header_timeout.count()));
+    }
+    if (ec == http::error::header_limit) {
+      return fail(http::status::request_header_fields_too_large, "HeadersTooLarge",
+                  fmt::format("request headers are over {} bytes", server_.config.max_header));
+    }
+    if (ec == http::error::body_limit) return too_large();
+    if (ec) return fail(http::status::bad_request, "BadRequest", "malformed HTTP: " + ec.message());
+    start_ = Clock::now();
+    arm_deadline(server_.config.body_timeout);
+    http::async_read(stream_, buffer_, *parser_,
+                     [self = shared_from_this()](beast::error_code e, std::size_t) {
+                       self->deadline_.cancel();
+                       if (self->timed_out_) e = beast::error::timeout;
+                       self->on_body(e);
+                     });
+  }
+
+  void too_large() {
+    fail(http::status::payload_too_large, "BodyTooLarge",
+         fmt::format("the request body is over --max-body ({} bytes)", server_.config.max_body));
+  }
+
+  void on_body(beast::error_code ec) {
+    if (ec == beast::error::timeout) {
+      return fail(http::status::request_timeout, "Timeout",
+                  fmt::format("the request body did not arrive within {} ms",
+                              server_.config.body_timeout.count()));
+    }
+    if (ec == http::error::body_limit) return too_large();
+    if (ec) return close();
+    request_ = parser_->release();
+    server_.inflight.fetch_add(1);
+    counted_ = true;
+    route();
+  }
+
+  void route() {
+    const std::string_view target(request_.target().data(), request_.target().size());
+    const auto q = target.find('?');
+    const std::string_view path = target.substr(0, q);
+    query_ = q == std::string_view::npos ? "" : std::string(target.substr(q + 1));
+    const auto method = request_.method();
+    auto only = [&](http::verb verb, const char* allow) {
+      if (method == verb) return true;
+      method_not_allowed(allow);
+      return false;
+    };
+    if (path == "/healthz") {
+      route_ = "/healthz";
+      if (only(http::verb::get, "GET")) respond(http::status::ok, json{{"status", "ok"}});
+    } else if (path == "/readyz") {
+      route_ = "/readyz";
+      if (!only(http::verb::get, "GET")) return;
+      const bool ready = server_.started && !server_.draining;
+      respond(ready ? http::status::ok : http::status::service_unavailable, json{{"ready", ready}});
+    } else if (path == "/metrics") {
+      route_ = "/metrics";
+      if (only(http::verb::get, "GET")) {
+        respond_text(http::status::ok, server_.render_metrics(),
+                     "text/plain; version=0.0.4; charset=utf-8");
+      }
+    } else if (path == "/api/stats") {
+      route_ = "/api/stats";
+      if (only(http::verb::get, "GET")) respond(http::status::ok, server_.render_stats());
+    } else if (path == "/v1/tasks") {
+      route_ = "/v1/tasks";
+      if (!only(http::verb::get, "GET")) return;
+      json list = json::array();
+      const Tasks& tasks = server_.runner->tasks();
+      for (const auto& name : tasks.names()) {
+        list.push_back({{"name", name}, {"signature", tasks.signature(name)}});
+      }
+      respond(http::status::ok, json{{"tasks", list}, {"isolation", server_.runner->isolation()}});
+    } else if (path.starts_with("/v1/tasks/")) {
+      route_ = "/v1/tasks/:name";
+      if (only(http::verb::post, "POST")) run_task(std::string(path.substr(10)));
+    } else {
+      route_ = "other";
+      respond(http::status::not_found,
+              error_body("NotFound", fmt::format("no route for {}; see GET /v1/tasks, "
+                                                 "/healthz, /readyz, /metrics, /api/stats",
+                                                 path)));
+    }
+  }
+
+  void method_not_allowed(const char* allow) {
+    extra_ = {http::field::allow, allow};
+    respond(http::status::method_not_allowed,
+            error_body("MethodNotAllowed", fmt::format("use {} here", allow)));
+  }
+
+  void run_task(std::string name) {
+    if (server_.draining) {
+      return respond(http::status::service_unavailable,
+                     error_body("Draining", "the server is shutting down; retry on another"));
+    }
+    const Tasks& tasks = server_.runner->tasks();
+    if (!tasks.contains(name)) {
+      std::string known;
+      for (const auto& n : tasks.names()) known += (known.empty() ? "" : ", ") + n;
+      return respond(
+          http::status::not_found,
+          error_body("NotFound", fmt::format("unknown task '{}'; known tasks: {}", name, known)));
+    }
+    std::string args;
+    const auto type = request_[http::field::content_type];
+    const bool is_json = type.empty() || type.starts_with("application/json");
+    if (is_json) {
+      json body;
+      try {
+        body = request_.body().empty() ? json::object() : json::parse(request_.body());
+      } catch (const json::parse_error& e) {
+        return respond(http::status::bad_request,
+                       error_body("BadJson", fmt::format("the body is not JSON: {}", e.what())));
+      }
+      if (!body.is_object() || (body.contains("args") && !body["args"].is_array())) {
+        return respond(http::status::bad_request,
+                       error_body("BadArguments",
+                                  fmt::format("task '{}' takes a JSON object {{\"args\": [...]}}; "
+                                              "its signature is {}",
+                                              name, tasks.signature(name))));
+      }
+      const json list = body.value("args", json::array());
+      const auto packed = json::to_msgpack(list);
+      args.assign(packed.begin(), packed.end());
+    } else {
+      // Any other content type: the raw body is the one argument (sha256 of an upload).
+      msgpack::sbuffer sb(request_.body().size() + 16);
+      msgpack::packer<msgpack::sbuffer> pk(sb);
+      pk.pack_array(1);
+      pk.pack(request_.body());
+      args.assign(sb.data(), sb.size());
+    }
+    RunOptions options;
+    options.timeout = server_.config.task_timeout;
+    for (const auto& [key, header, set_timeout] : {std::tuple{"timeout_ms", "X-Timeout-Ms", true},
+                                                   std::tuple{"priority", "X-Priority", false}}) {
+      std::string value = query_param(query_, key);
+      if (value.empty()) value = std::string(request_[header]);
+      if (value.empty()) continue;
+      char* end = nullptr;
+      const long n = std::strtol(value.c_str(), &end, 10);
+      if (*end != '\0' || (set_timeout && n < 0)) {
+        return respond(
+            http::status::bad_request,
+            error_body("BadArguments", fmt::format("{} must be an integer{}, not '{}'", key,
+                                                   set_timeout ? " >= 0" : "", value)));
+      }
+      if (set_timeout) {
+        options.timeout = std::chrono::milliseconds(n);
+      } else {
+        options.priority = static_cast<int>(n);
+      }
+    }
+    const auto started = Clock::now();
+    try {
+      auto future = server_.runner->run(name, std::move(args), std::move(options));
+      // The pool thread that settles the task only hands the result over; the response is built
+      // and written on this connection's I/O thread.
+      (void)std::move(future).then(
+          [self = shared_from_this(), started](Future<PackedValue> result) mutable {
+            auto executor = self->stream_.get_executor();
+            asio::post(executor,
+                       [self = std::move(self), started, result = std::move(result)]() mutable {
+                         self->finish_task(std::move(result), started);
+                       });
+          });
+    } catch (...) {
+      finish_error(std::current_exception(), name);
+    }
+    task_ = std::move(name);
+  }
+
+  void finish_task(Future<PackedValue> result, Clock::time_point started) {
+    try {
+      PackedValue value = result.get();
+      json out;
+      out["result"] = json::from_msgpack(value.bytes);
+      out["duration_ms"] =
+          std::chrono::duration<double, std::milli>(Clock::now() - started).count();
+      server_.metrics.outcome("ok");
+      respond(http::status::ok, out);
+    } catch (...) {
+      finish_error(std::current_exception(), task_);
+    }
+  }
+
+  void finish_error(std::exception_ptr error, const std::string& task) {
+    auto reply = [&](http::status status, const char* outcome, std::string_view type,
+                     std::string_view message) {
+      server_.metrics.outcome(outcome);
+      respond(status, error_body(type, message));
+    };
+    try {
+      std::rethrow_exception(error);
+    } catch (const BadArguments& e) {
+      reply(http::status::bad_request, "bad_arguments", "BadArguments", e.what());
+    } catch (const QueueFull& e) {
+      extra_ = {http::field::retry_after, "1"};
+      reply(http::status::too_many_requests, "rejected", "QueueFull", e.what());
+    } catch (const TimedOut& e) {
+      reply(http::status::gateway_timeout, "timed_out", "TimedOut", e.what());
+    } catch (const PoolClosed& e) {
+      reply(http::status::service_unavailable, "rejected", "PoolClosed", e.what());
+    } catch (const Cancelled& e) {
+      reply(http::status::service_unavailable, "cancelled", "Cancelled", e.what());
+    } catch (const WorkerCrashed& e) {
+      reply(http::status::internal_server_error, "crashed", "WorkerCrashed", e.what());
+    } catch (const MemoryLimitExceeded& e) {
+      reply(http::status::internal_server_error, "crashed", "MemoryLimitExceeded", e.what());
+    } catch (const RemoteError& e) {
+      reply(http::status::internal_server_error, "failed", e.type_name(), e.remote_what());
+    } catch (const std::exception& e) {
+      reply(http::status::internal_server_error, "failed", detail::demangle(typeid(e)),
+            fmt::format("task '{}' threw: {}", task, e.what()));
+    }
+  }
+
+  void respond(http::status status, const json& body) {
+    respond_text(status, body.dump(), "application/json");
+  }
+
+  void respond_text(http::status status, std::string body, const char* content_type) {
+    auto res = std::make_shared<http::response<http::string_body>>(status, request_.version());
+    res->set(http::field::server, "crew/" CREW_VERSION_STRING);
+    res->set(http::field::content_type, content_type);
+    if (extra_) res->set(extra_->first, extra_->second);
+    extra_.reset();
+    const bool keep = request_.keep_alive() && !server_.draining;
+    res->keep_alive(keep);
+    res->body() = std::move(body);
+    res->prepare_payload();
+    log(static_cast<int>(status), res->body().size());
+    stream_.expires_after(server_.config.body_timeout);
+    http::async_write(stream_, *res,
+                      [self = shared_from_this(), res, keep](beast::error_code ec, std::size_t) {
+                        self->stream_.expires_never();
+                        self->done_request();
+                        if (ec || !keep) return self->close();
+                        self->read_header();
+                      });
+  }
+
+  // A response that ends the connection (the request could not be read properly).
+  void fail(http::status status, std::string_view type, const std::string& message) {
+    request_ = {};
+    request_.version(11);
+    request_.keep_alive(false);
+    route_ = "error";
+    respond(status, error_body(type, message));
+  }
+
+  void done_request() {
+    if (counted_) {
+      counted_ = false;
+      server_.request_done();
+    }
+  }
+
+  void log(int status, std::size_t bytes) {
+    const double seconds = std::chrono::duration<double>(Clock::now() - start_).count();
+    server_.metrics.record(route_, status, seconds);
+    if (!server_.access) return;
+    const std::string target(request_.target().data(), request_.target().size());
+    const std::string method(http::to_string(request_.method()));
+    if (server_.config.log_format == "json") {
+      server_.access->info(json{
+          {"method", method},
+          {"target", target},
+          {"status", status},
+          {"bytes", bytes},
+          {"ms",
+           seconds * 1000}}.dump());
+    } else {
+      server_.access->info("{} {} {} {}B {:.3f}ms", method, target, status, bytes, seconds * 1000);
+    }
+  }
+
+  void close() {
+    done_request();
+    beast::error_code ec;
+    stream_.socket().shutdown(tcp::socket::shutdown_both, ec);
+    stream_.close();
+  }
+
+  beast::tcp_stream stream_;
+  asio::steady_timer deadline_;
+  bool timed_out_ = false;
+  Server::Impl& server_;
+  beast::flat_buffer buffer_;
+  std::optional<http::request_parser<http::string_body>> parser_;
+  http::request<http::string_body> request_;
+  std::string query_;
+  std::string route_ = "other";
+  std::string task_;
+  std::optional<std::pair<http::field, std::string>> extra_;
+  Clock::time_point start_ = Clock::now();
+  bool counted_ = false;
+};
+
+}  // namespace
+
+void Server::Impl::accept() {
+  acceptor.async_accept(asio::make_strand(ioc), [this](beast::error_code ec, tcp::socket socket) {
+    if (ec == asio::error::operation_aborted || !acceptor.is_open()) return;
+    if (!ec) std::make_shared<Session>(std::move(socket), *this)->start();
+    accept();
+  });
+}
+
+void Server::Impl::tick_lag() {
+  // A 100 ms timer: how late it fires is how long the I/O threads were kept from their work.
+  constexpr auto kPeriod = std::chrono::milliseconds(100);
+  const auto now = Clock::now();
+  if (lag_expected != Clock::time_point{}) {
+    const auto lag = std::max<std::int64_t>(
+        0, std::chrono::duration_cast<std::chrono::nanoseconds>(now - lag_expected).count());
+    metrics.lag_ns = lag;
+    if (lag > metrics.lag_max_ns) metrics.lag_max_ns = lag;
+  }
+  lag_expected = now + kPeriod;
+  lag_timer.expires_at(lag_expected);
+  lag_timer.async_wait([this](beast::error_code ec) {
+    if (!ec) tick_lag();
+  });
+}
+
+std::string Server::Impl::render_metrics() {
+  std::string out;
+  auto add = [&](std::string_view s) { out += s; };
+  const RunnerStats s = runner->stats();
+  const ProcessFigures p = process_figures();
+  {
+    std::lock_guard lock(metrics.mutex);
+    add("# HELP crew_http_requests_total HTTP requests by route and status code.\n"
+        "# TYPE crew_http_requests_total counter\n");
+    for (const auto& [key, n] : metrics.requests) {
+      out += fmt::format("crew_http_requests_total{{route=\"{}\",code=\"{}\"}} {}\n", key.first,
+                         key.second, n);
+    }
+    add("# HELP crew_http_request_duration_seconds Time from request headers to response.\n"
+        "# TYPE crew_http_request_duration_seconds histogram\n");
+    std::uint64_t cumulative = 0;
+    for (std::size_t b = 0; b < kBucketCount; ++b) {
+      cumulative += metrics.buckets[b];
+      out += fmt::format("crew_http_request_duration_seconds_bucket{{le=\"{}\"}} {}\n", kBuckets[b],
+                         cumulative);
+    }
+    cumulative += metrics.buckets[kBucketCount];
+    out += fmt::format("crew_http_request_duration_seconds_bucket{{le=\"+Inf\"}} {}\n", cumulative);
+    out += fmt::format("crew_http_request_duration_seconds_sum {}\n", metrics.duration_sum);
+    out += fmt::format("crew_http_request_duration_seconds_count {}\n", metrics.duration_count);
+    add("# HELP crew_tasks_total Tasks run through HTTP, by outcome.\n"
+        "# TYPE crew_tasks_total counter\n");
+    for (const auto& [name, n] : metrics.outcomes) {
+      out += fmt::format("crew_tasks_total{{outcome=\"{}\"}} {}\n", name, n);
+    }
+  }
+  auto gauge = [&](const char* name, const char* help, double v) {
+    out += fmt::format("# HELP {} {}\n# TYPE {} gauge\n{} {}\n", name, help, name, name, v);
+  };
+  gauge("crew_pool_workers", "Pool threads or worker processes alive.",
+        static_cast<double>(s.workers));
+  gauge("crew_pool_busy", "Workers running a task.", static_cast<double>(s.busy));
+  gauge("crew_pool_idle", "Workers waiting for a task.", static_cast<double>(s.idle));
+  gauge("crew_pool_queued", "Tasks waiting for a worker.", static_cast<double>(s.queued));
+  gauge("crew_pool_utilization", "Share of pool capacity spent running tasks.", s.utilization);
+  add("# HELP crew_pool_tasks_total Tasks finished by the pool, by outcome.\n"
+      "# TYPE crew_pool_tasks_total counter\n");
+  out += fmt::format(
+      "crew_pool_tasks_total{{outcome=\"completed\"}} "
+      "{}\ncrew_pool_tasks_total{{outcome=\"failed\"}} "
+      "{}\ncrew_pool_tasks_total{{outcome=\"cancelled\"}} "
+      "{}\ncrew_pool_tasks_total{{outcome=\"timed_"
+      "out\"}} {}\ncrew_pool_tasks_total{{outcome=\"crashed\"}} {}\n",
+      s.completed, s.failed, s.cancelled, s.timed_out, s.crashed);
+  for (const auto& [name, summary] : {std::pair{"crew_pool_wait_seconds", s.wait_time},
+                                      std::pair{"crew_pool_run_seconds", s.run_time}}) {
+    out += fmt::format(
+        "# HELP {} Task {} time.\n# TYPE {} summary\n", name,
+        std::string_view(name).find("wait") != std::string_view::npos ? "wait" : "run", name);
+    for (const auto& [q, v] : {std::pair{"0.5", summary.p50}, std::pair{"0.9", summary.p90},
+                               std::pair{"0.99", summary.p99}}) {
+      out += fmt::format("{}{{quantile=\"{}\"}} {}\n", name, q,
+                         std::chrono::duration<double>(v).count());
+    }
+    out += fmt::format("{}_count {}\n", name, summary.count);
+  }
+  gauge("process_resident_memory_bytes", "Resident memory of this process.",
+        static_cast<double>(p.rss));
+  out += fmt::format(
+      "# HELP process_cpu_seconds_total User and system CPU time of this process.\n"
+      "# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total {}\n",
+      p.cpu_seconds);
+  gauge("process_open_fds", "Open file descriptors.", static_cast<double>(p.fds));
+  gauge("process_start_time_seconds", "Start time since the Unix epoch.",
+        std::chrono::duration<double>(born_wall.time_since_epoch()).count());
+  gauge("crew_event_loop_lag_seconds", "How late the I/O loop's 100 ms timer last fired.",
+        static_cast<double>(metrics.lag_ns.load()) / 1e9);
+  gauge("crew_event_loop_lag_max_seconds", "Largest such lateness since start.",
+        static_cast<double>(metrics.lag_max_ns.load()) / 1e9);
+  gauge("crew_ready", "1 while the server accepts tasks.", started && !draining ? 1.0 : 0.0);
+  return out;
+}
+
+json Server::Impl::render_stats() {
+  const RunnerStats s = runner->stats();
+  const ProcessFigures p = process_figures();
+  auto summary = [](const LatencySummary& l) {
+    return json{{"p50_ms", std::chrono::duration<double, std::milli>(l.p50).count()},
+                {"p90_ms", std::chrono::duration<double, std::milli>(l.p90).count()},
+                {"p99_ms", std::chrono::duration<double, std::milli>(l.p99).count()},
+                {"max_ms", std::chrono::duration<double, std::milli>(l.max).count()},
+                {"count", l.count}};
+  };
+  json out;
+  out["version"] = CREW_VERSION_STRING;
+  out["pid"] = ::getpid();
+  out["uptime_s"] = std::chrono::duration<double>(Clock::now() - born).count();
+  out["ready"] = started && !draining;
+  out["pool"] = {{"isolation", runner->isolation()},
+                 {"workers", s.workers},
+                 {"busy", s.busy},
+                 {"idle", s.idle},
+                 {"queued", s.queued},
+                 {"completed", s.completed},
+                 {"failed", s.failed},
+                 {"cancelled", s.cancelled},
+                 {"timed_out", s.timed_out},
+                 {"crashed", s.crashed},
+                 {"utilization", s.utilization},
+                 {"wait", summary(s.wait_time)},
+                 {"run", summary(s.run_time)}};
+  {
+    std::lock_guard lock(metrics.mutex);
+    json requests = json::array();
+    for (const auto& [key, n] : metrics.requests) {
+      requests.push_back({{"route", key.first}, {"code", key.second}, {"count", n}});
+    }
+    out["http"] = {{"requests", requests}, {"count", metrics.duration_count}};
+    out["tasks"] = metrics.outcomes;
+  }
+  out["process"] = {{"rss_bytes", p.rss}, {"cpu_seconds", p.cpu_seconds}, {"open_fds", p.fds}};
+  out["event_loop_lag_ms"] = {{"last", static_cast<double>(metrics.lag_ns.load()) / 1e6},
+                              {"max", static_cast<double>(metrics.lag_max_ns.load()) / 1e6}};
+  return out;
+}
+
+Server::Server(ServeConfig config, std::unique_ptr<Runner> runner)
+    : impl_(std::make_unique<Impl>()) {
+  impl_->config = std::move(config);
+  impl_->runner = std::move(runner);
+  if (impl_->config.log_format != "off") {
+    impl_->access = spdlog::get("crew.access");
+    if (!impl_->access) {
+      try {
+        impl_->access = spdlog::stdout_color_mt("crew.access");
+      } catch (const spdlog::spdlog_ex&) {
+        impl_->access = spdlog::get("crew.access");
+      }
+    }
+  }
+}
+
+Server::~Server() {
+  stop();
+}
+
+void Server::start() {
+  auto& i = *impl_;
+  beast::error_code ec;
+  const auto address = asio::ip::make_address(i.config.host, ec);
+  if (ec) {
+    throw std::invalid_argument(fmt::format("crew serve: --host '{}' is not an IP address: {}",
+                                            i.config.host, ec.message()));
+  }
+  const tcp::endpoint endpoint(address, i.config.port);
+  i.acceptor.open(endpoint.protocol());
+  i.acceptor.set_option(asio::socket_base::reuse_address(true));
+  i.acceptor.bind(endpoint, ec);
+  if (ec) {
+    throw std::system_error(
+        ec, fmt::format("crew serve: cannot listen on {}:{}", i.config.host, i.config.port));
+  }
+  i.acceptor.listen(asio::socket_base::max_listen_connections);
+  i.accept();
+  i.tick_lag();
+  i.started = true;
+  for (std::size_t t = 0; t < std::max<std::size_t>(1, i.config.io_threads); ++t) {
+    i.threads.emplace_back([&i] { i.ioc.run(); });
+  }
+}
+
+std::uint16_t Server::port() const noexcept {
+  beast::error_code ec;
+  const auto ep = impl_->acceptor.local_endpoint(ec);
+  return ec ? 0 : ep.port();
+}
+
+bool Server::ready() const noexcept {
+  return impl_->started && !impl_->draining;
+}
+
+bool Server::drain(std::chrono::milliseconds timeout) {
+  auto& i = *impl_;
+  i.draining = true;
+  asio::post(i.ioc, [&i] {
+    beast::error_code ec;
+    i.acceptor.close(ec);
+  });
+  std::unique_lock lock(i.drain_mutex);
+  return i.drained.wait_for(lock, timeout, [&] { return i.inflight.load() == 0; });
+}
+
+void Server::stop() {
+  auto& i = *impl_;
+  i.ioc.stop();
+  for (auto& t : i.threads) {
+    if (t.joinable()) t.join();
+  }
+  i.threads.clear();
+}
+
+int run_task_worker() {
+  Tasks tasks;
+  add_builtin_tasks(tasks);
+  std::vector<std::string> plugins;
+  if (const char* list = std::getenv("CREW_SERVE_PLUGINS")) {
+    std::stringstream in(list);
+    for (std::string p; std::getline(in, p, ':');) {
+      if (!p.empty()) plugins.push_back(p);
+    }
+  }
+  load_plugins(plugins, tasks);  // a failure ends this worker; the pool reports it
+  return crew::serve(tasks);
+}
+
+int run_service(const ServeConfig& config) {
+  Tasks tasks;
+  add_builtin_tasks(tasks);
+  try {
+    load_plugins(config.plugins, tasks);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "crew serve: %s\n", e.what());
+    return 78;  // EX_CONFIG
+  }
+  // Signals are taken by sigwait below; block them before any thread exists so none of the
+  // pool or I/O threads receives them.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  std::unique_ptr<Runner> runner;
+  if (config.isolation == "process") {
+    ProcessPoolOptions o;
+    o.max_workers = config.workers;
+    o.min_workers = config.workers == 0 ? default_thread_count() : config.workers;
+    o.max_queue = config.max_queue;
+    o.name = "crew-task";
+    std::string list;
+    for (const auto& p : config.plugins) list += (list.empty() ? "" : ":") + p;
+    o.env["CREW_SERVE_PLUGINS"] = list;
+    runner = make_process_runner(tasks, std::move(o));
+  } else {
+    runner = make_thread_runner(tasks, config.workers, config.max_queue);
+  }
+  Server server(config, std::move(runner));
+  try {
+    server.start();
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "%s\n", e.what());
+    return 69;  // EX_UNAVAILABLE
+  }
+  spdlog::info("crew serve: listening on http://{}:{} ({} isolation, {} tasks)", config.host,
+               server.port(), config.isolation, tasks.size());
+  int sig = 0;
+  sigwait(&signals, &sig);
+  spdlog::info("crew serve: {} received, draining (up to {} ms)", ::strsignal(sig),
+               config.shutdown_timeout.count());
+  const bool drained = server.drain(config.shutdown_timeout);
+  server.stop();
+  spdlog::info("crew serve: {}",
+               drained ? "drained, bye" : "shutdown timeout: in-flight requests were cut");
+  return drained ? 0 : 1;
+}
+
+}  // namespace crew::serve_app

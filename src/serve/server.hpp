@@ -1,0 +1,76 @@
+// `crew serve`: the HTTP/1.1 compute service on Boost.Beast. I/O threads parse requests and write
+// responses; tasks run on a Runner (ThreadPool or ProcessPool), never on an I/O thread.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "runner.hpp"
+
+namespace crew::serve_app {
+
+/// Everything `crew serve` can be told (flags > CREW_* environment > --config file > defaults).
+struct ServeConfig {
+  std::string host = "127.0.0.1";
+  std::uint16_t port = 8080;
+  std::string isolation = "thread";  ///< "thread" or "process"
+  std::size_t workers = 0;           ///< pool threads or processes; 0: one per core
+  std::size_t io_threads = 1;
+  std::size_t max_queue = 1024;                      ///< tasks waiting; beyond it: 429
+  std::size_t max_body = std::size_t{1} << 20;       ///< bytes; beyond it: 413
+  std::size_t max_header = 16 * 1024;                ///< bytes; beyond it: 431
+  std::chrono::milliseconds header_timeout{10'000};  ///< 408 when the headers take longer
+  std::chrono::milliseconds body_timeout{30'000};    ///< 408 when the body takes longer
+  std::chrono::milliseconds task_timeout{30'000};    ///< default per task; 504 beyond it
+  std::chrono::milliseconds shutdown_timeout{10'000};
+  std::vector<std::string> plugins;
+  std::string log_format = "text";  ///< access log: "text", "json" or "off"
+};
+
+/// Request and task counters for /metrics and /api/stats.
+/// Thread safety: all members are atomics or guarded by their own mutex.
+struct Metrics;
+
+/// The service. start() binds and serves on its own I/O threads; drain() stops accepting and
+/// waits for in-flight requests; the destructor stops everything.
+///
+/// Thread safety: start/drain/stop from one controlling thread; port()/ready() from any.
+class Server {
+ public:
+  Server(ServeConfig config, std::unique_ptr<Runner> runner);
+  ~Server();
+  Server(const Server&) = delete;
+  Server& operator=(const Server&) = delete;
+
+  /// Binds host:port (port 0 picks a free one) and starts serving. Throws std::system_error
+  /// naming the address when it cannot bind.
+  void start();
+  [[nodiscard]] std::uint16_t port() const noexcept;
+  /// Readiness for /readyz: true once started, false from drain() on.
+  [[nodiscard]] bool ready() const noexcept;
+  /// Stops accepting, answers new requests on open connections with 503, and waits up to
+  /// `timeout` for in-flight requests. Returns true when everything drained in time.
+  bool drain(std::chrono::milliseconds timeout);
+  /// Closes every connection and stops the I/O threads (after drain() for a graceful exit).
+  void stop();
+
+  struct Impl;
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+/// Registers built-ins and plugins, builds the runner, serves until SIGINT/SIGTERM, drains and
+/// exits: the body of `crew serve`. Returns the process exit code.
+int run_service(const ServeConfig& config);
+
+/// The worker-process side of `crew serve --isolation process`: registers the same tasks
+/// (plugins named in the environment) and serves the pool. Returns the exit code.
+int run_task_worker();
+
+}  // namespace crew::serve_app

@@ -1,0 +1,105 @@
+#include "tasks.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <dlfcn.h>
+#include <fmt/format.h>
+#include <openssl/evp.h>
+
+namespace crew::serve_app {
+namespace {
+
+long fib(int n) {
+  if (n < 0 || n > 92) throw std::out_of_range(fmt::format("fib: n = {} is outside 0..92", n));
+  long a = 0, b = 1;
+  for (int i = 0; i < n; ++i) b = std::exchange(a, b) + b;
+  return a;
+}
+
+// The seed's heavy loop: the sum of every i below n, one addition at a time on purpose.
+long sum_range(long n) {
+  if (n < 0) throw std::out_of_range(fmt::format("sum_range: n = {} must be >= 0", n));
+  volatile long sum = 0;
+  for (long i = 0; i < n; ++i) sum = sum + i;
+  return sum;
+}
+
+long count_primes(long n) {
+  if (n < 0 || n > 100'000'000) {
+    throw std::out_of_range(fmt::format("count_primes: n = {} is outside 0..100000000", n));
+  }
+  std::vector<bool> composite(static_cast<std::size_t>(n), false);
+  long count = 0;
+  for (long i = 2; i < n; ++i) {
+    if (composite[static_cast<std::size_t>(i)]) continue;
+    ++count;
+    for (long j = i * i; j < n; j += i) composite[static_cast<std::size_t>(j)] = true;
+  }
+  return count;
+}
+
+std::vector<double> sort_numbers(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v;
+}
+
+std::string sha256(const std::string& bytes) {
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  if (EVP_Digest(bytes.data(), bytes.size(), digest, &len, EVP_sha256(), nullptr) != 1) {
+    throw std::runtime_error("sha256: OpenSSL EVP_Digest failed");
+  }
+  std::string hex;
+  for (unsigned int i = 0; i < len; ++i) hex += fmt::format("{:02x}", digest[i]);
+  return hex;
+}
+
+int sleep_ms(int ms) {
+  if (ms < 0 || ms > 600'000) {
+    throw std::out_of_range(fmt::format("sleep_ms: ms = {} is outside 0..600000", ms));
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(ms));
+  return ms;
+}
+
+}  // namespace
+
+void add_builtin_tasks(Tasks& tasks) {
+  tasks.add("fib", fib);
+  tasks.add("sum_range", sum_range);
+  tasks.add("count_primes", count_primes);
+  tasks.add("sort_numbers", sort_numbers);
+  tasks.add("sha256", sha256);
+  tasks.add("sleep_ms", sleep_ms);
+}
+
+void load_plugins(const std::vector<std::string>& paths, Tasks& tasks) {
+  for (const auto& path : paths) {
+    // Never unloaded: the registered functions live in the library.
+    void* handle = ::dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
+    if (handle == nullptr) {
+      const char* why = ::dlerror();
+      throw std::runtime_error(fmt::format("plugin '{}' could not be loaded: {}", path,
+                                           why != nullptr ? why : "unknown error"));
+    }
+    using Register = void (*)(Tasks&);
+    auto fn = reinterpret_cast<Register>(::dlsym(handle, kPluginSymbol));
+    if (fn == nullptr) {
+      throw std::runtime_error(fmt::format(
+          "plugin '{}' does not export `extern \"C\" void {}(crew::Tasks&)`", path, kPluginSymbol));
+    }
+    try {
+      fn(tasks);
+    } catch (const std::exception& e) {
+      throw std::runtime_error(fmt::format("plugin '{}' failed to register: {}", path, e.what()));
+    }
+  }
+}
+
+}  // namespace crew::serve_app

@@ -1,0 +1,299 @@
+// Tests for `crew serve` (src/serve): a real server on 127.0.0.1 port 0, real HTTP/1.1 clients.
+// This executable is also the worker program for --isolation process.
+#include <chrono>
+#include <future>
+#include <string>
+#include <thread>
+
+#include <boost/asio.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "server.hpp"
+#include "tasks.hpp"
+
+namespace {
+
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace http = beast::http;
+using tcp = asio::ip::tcp;
+using json = nlohmann::json;
+using namespace std::chrono_literals;
+using crew::serve_app::ServeConfig;
+using ::testing::HasSubstr;
+
+struct Reply {
+  int status = 0;
+  std::string body;
+  http::response<http::string_body> raw;
+  json js() const { return json::parse(body); }
+};
+
+class Client {
+ public:
+  explicit Client(std::uint16_t port) : socket_(ioc_) {
+    socket_.connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), port));
+  }
+  Reply request(http::verb verb, const std::string& target, const std::string& body = "",
+                const std::string& type = "application/json",
+                std::vector<std::pair<std::string, std::string>> headers = {}) {
+    http::request<http::string_body> req(verb, target, 11);
+    req.set(http::field::host, "127.0.0.1");
+    if (!body.empty()) req.set(http::field::content_type, type);
+    for (auto& [k, v] : headers) req.set(k, v);
+    req.body() = body;
+    req.prepare_payload();
+    http::write(socket_, req);
+    return read();
+  }
+  Reply read() {
+    Reply r;
+    beast::flat_buffer buffer;
+    http::read(socket_, buffer, r.raw);
+    r.status = static_cast<int>(r.raw.result_int());
+    r.body = r.raw.body();
+    return r;
+  }
+  void send_raw(const std::string& bytes) { asio::write(socket_, asio::buffer(bytes)); }
+  // True when the server closed the connection (read returns EOF or reset).
+  bool closed_by_server() {
+    char c;
+    beast::error_code ec;
+    socket_.read_some(asio::buffer(&c, 1), ec);
+    return ec == asio::error::eof || ec == asio::error::connection_reset;
+  }
+  tcp::socket& socket() { return socket_; }
+
+ private:
+  asio::io_context ioc_;
+  tcp::socket socket_;
+};
+
+const crew::Tasks& tasks() {
+  static const crew::Tasks t = [] {
+    crew::Tasks x;
+    crew::serve_app::add_builtin_tasks(x);
+    return x;
+  }();
+  return t;
+}
+
+struct Running {
+  explicit Running(ServeConfig c, bool process = false) {
+    c.host = "127.0.0.1";
+    c.port = 0;
+    c.log_format = "off";
+    std::unique_ptr<crew::serve_app::Runner> runner;
+    if (process) {
+      crew::ProcessPoolOptions o;
+      o.max_workers = c.workers == 0 ? 2 : c.workers;
+      o.max_queue = c.max_queue;
+      o.log = [](const crew::ProcessLogLine&) {};
+      runner = crew::serve_app::make_process_runner(tasks(), std::move(o));
+    } else {
+      runner =
+          crew::serve_app::make_thread_runner(tasks(), c.workers == 0 ? 2 : c.workers, c.max_queue);
+    }
+    server = std::make_unique<crew::serve_app::Server>(c, std::move(runner));
+    server->start();
+  }
+  std::uint16_t port() const { return server->port(); }
+  std::unique_ptr<crew::serve_app::Server> server;
+};
+
+TEST(Serve, HealthReadinessAndTaskList) {
+  Running s({});
+  Client c(s.port());
+  EXPECT_EQ(c.request(http::verb::get, "/healthz").status, 200);
+  const auto ready = c.request(http::verb::get, "/readyz");
+  EXPECT_EQ(ready.status, 200);
+  EXPECT_EQ(ready.js()["ready"], true);
+  const auto list = c.request(http::verb::get, "/v1/tasks").js();
+  bool found = false;
+  for (const auto& t : list["tasks"]) found = found || t["signature"] == "fib(int) -> long";
+  EXPECT_TRUE(found) << list.dump();
+}
+
+TEST(Serve, RunsBuiltInTasksOverOneKeepAliveConnection) {
+  Running s({});
+  Client c(s.port());
+  auto r = c.request(http::verb::post, "/v1/tasks/fib", R"({"args": [30]})");
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(r.js()["result"], 832040);
+  EXPECT_TRUE(r.js()["duration_ms"].is_number());
+  r = c.request(http::verb::post, "/v1/tasks/sum_range", R"({"args": [100000]})");
+  EXPECT_EQ(r.js()["result"], 4999950000LL);
+  r = c.request(http::verb::post, "/v1/tasks/count_primes", R"({"args": [100]})");
+  EXPECT_EQ(r.js()["result"], 25);
+  r = c.request(http::verb::post, "/v1/tasks/sort_numbers", R"({"args": [[3, 1.5, -2]]})");
+  EXPECT_EQ(r.js()["result"], json::parse("[-2, 1.5, 3]"));
+  r = c.request(http::verb::post, "/v1/tasks/sha256", "abc", "application/octet-stream");
+  EXPECT_EQ(r.js()["result"], "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+}
+
+TEST(Serve, ErrorsHaveTheRightStatusAndSayWhat) {
+  ServeConfig cfg;
+  cfg.max_body = 1024;
+  cfg.max_header = 4096;
+  Running s(cfg);
+  Client c(s.port());
+  auto r = c.request(http::verb::post, "/v1/tasks/fib", "{not json");
+  EXPECT_EQ(r.status, 400);
+  EXPECT_EQ(r.js()["error"]["type"], "BadJson");
+  r = c.request(http::verb::post, "/v1/tasks/fib", R"({"args": ["ten"]})");
+  EXPECT_EQ(r.status, 400);
+  EXPECT_THAT(r.js()["error"]["message"].get<std::string>(), HasSubstr("fib(int) -> long"));
+  EXPECT_THAT(r.js()["error"]["message"].get<std::string>(), HasSubstr("string"));
+  r = c.request(http::verb::post, "/v1/tasks/nope", R"({"args": []})");
+  EXPECT_EQ(r.status, 404);
+  EXPECT_THAT(r.js()["error"]["message"].get<std::string>(), HasSubstr("sum_range"));
+  r = c.request(http::verb::get, "/nowhere");
+  EXPECT_EQ(r.status, 404);
+  r = c.request(http::verb::get, "/v1/tasks/fib");
+  EXPECT_EQ(r.status, 405);
+  EXPECT_EQ(r.raw[http::field::allow], "POST");
+  r = c.request(http::verb::post, "/v1/tasks/fib", R"({"args": [-1]})");
+  EXPECT_EQ(r.status, 500);
+  EXPECT_EQ(r.js()["error"]["type"], "std::out_of_range");
+  r = c.request(http::verb::post, "/v1/tasks/sleep_ms?timeout_ms=50", R"({"args": [2000]})");
+  EXPECT_EQ(r.status, 504);
+  r = c.request(http::verb::post, "/v1/tasks/fib?timeout_ms=soon", R"({"args": [1]})");
+  EXPECT_EQ(r.status, 400);
+  {
+    Client big(s.port());
+    r = big.request(http::verb::post, "/v1/tasks/sha256", std::string(10'000, 'x'),
+                    "application/octet-stream");
+    EXPECT_EQ(r.status, 413);
+  }
+  {
+    Client headers(s.port());
+    // 64 KiB of headers against a 4 KiB limit.
+    std::vector<std::pair<std::string, std::string>> many;
+    for (int i = 0; i < 4; ++i)
+      many.emplace_back("X-Filler-" + std::to_string(i), std::string(16 * 1024, 'h'));
+    r = headers.request(http::verb::get, "/healthz", "", "", many);
+    EXPECT_EQ(r.status, 431);
+  }
+  EXPECT_EQ(Client(s.port()).request(http::verb::get, "/healthz").status, 200);
+}
+
+TEST(Serve, FullQueueAnswers429WithRetryAfter) {
+  ServeConfig cfg;
+  cfg.workers = 1;
+  cfg.max_queue = 1;
+  Running s(cfg);
+  Client a(s.port()), b(s.port()), c(s.port());
+  a.send_raw(
+      "POST /v1/tasks/sleep_ms HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+      "Content-Length: 14\r\n\r\n{\"args\":[400]}");
+  auto busy = [&] { return c.request(http::verb::get, "/api/stats").js()["pool"]["busy"] == 1; };
+  for (int i = 0; i < 10000 && !busy(); ++i) {
+  }
+  ASSERT_TRUE(busy());
+  b.send_raw(
+      "POST /v1/tasks/sleep_ms HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+      "Content-Length: 14\r\n\r\n{\"args\":[400]}");
+  // One running, one queued: the next is refused (which of a, b is which does not matter).
+  Reply r;
+  for (int i = 0; i < 200; ++i) {
+    r = c.request(http::verb::post, "/v1/tasks/sleep_ms", R"({"args": [1]})");
+    if (r.status == 429) break;
+  }
+  EXPECT_EQ(r.status, 429);
+  EXPECT_EQ(r.raw[http::field::retry_after], "1");
+  EXPECT_EQ(a.read().status, 200);
+  EXPECT_EQ(b.read().status, 200);
+}
+
+TEST(Serve, SlowClientsAndGarbageDoNotStopTheServer) {
+  ServeConfig cfg;
+  cfg.header_timeout = 200ms;
+  Running s(cfg);
+  {
+    Client slow(s.port());
+    slow.send_raw("GET /healthz HTTP/1.1\r\nHo");  // and nothing more: slowloris
+    const auto r = slow.read();
+    EXPECT_EQ(r.status, 408);
+  }
+  {
+    Client junk(s.port());
+    junk.send_raw(
+        std::string("\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 random bytes\r\n\r\n", 33));
+    const auto r = junk.read();
+    EXPECT_EQ(r.status, 400);
+  }
+  EXPECT_EQ(Client(s.port()).request(http::verb::get, "/healthz").status, 200);
+}
+
+TEST(Serve, MetricsAndStatsDescribeTheService) {
+  Running s({});
+  Client c(s.port());
+  ASSERT_EQ(c.request(http::verb::post, "/v1/tasks/fib", R"({"args": [10]})").status, 200);
+  const auto m = c.request(http::verb::get, "/metrics");
+  EXPECT_EQ(m.status, 200);
+  EXPECT_THAT(std::string(m.raw[http::field::content_type]), HasSubstr("version=0.0.4"));
+  EXPECT_THAT(m.body,
+              HasSubstr("crew_http_requests_total{route=\"/v1/tasks/:name\",code=\"200\"} 1"));
+  EXPECT_THAT(m.body, HasSubstr("crew_tasks_total{outcome=\"ok\"} 1"));
+  EXPECT_THAT(m.body, HasSubstr("crew_pool_workers 2"));
+  EXPECT_THAT(m.body, HasSubstr("process_resident_memory_bytes"));
+  EXPECT_THAT(m.body, HasSubstr("crew_event_loop_lag_seconds"));
+  json st;
+  for (int i = 0; i < 10000; ++i) {  // the pool counts the task just after it answered
+    st = c.request(http::verb::get, "/api/stats").js();
+    if (st["pool"]["completed"] == 1) break;
+  }
+  EXPECT_EQ(st["pool"]["completed"], 1);
+  EXPECT_EQ(st["pool"]["isolation"], "thread");
+  EXPECT_GT(st["process"]["rss_bytes"].get<double>(), 0);
+}
+
+TEST(Serve, DrainLetsInFlightRequestsFinish) {
+  Running s({});
+  Client c(s.port());
+  c.send_raw(
+      "POST /v1/tasks/sleep_ms HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+      "Content-Length: 14\r\n\r\n{\"args\":[300]}");
+  // The request is in flight once the pool reports it running.
+  auto drained = std::async(std::launch::async, [&] {
+    for (int i = 0;
+         i < 5000 &&
+         Client(s.port()).request(http::verb::get, "/api/stats").js()["pool"]["busy"] == 0;
+         ++i) {
+    }
+    return s.server->drain(5s);
+  });
+  const auto r = c.read();
+  EXPECT_EQ(r.status, 200);
+  EXPECT_TRUE(drained.get());
+  EXPECT_FALSE(s.server->ready());
+}
+
+TEST(Serve, ProcessIsolationRunsTasksInWorkers) {
+  ServeConfig cfg;
+  cfg.workers = 2;
+  Running s(cfg, true);
+  Client c(s.port());
+  auto r = c.request(http::verb::post, "/v1/tasks/fib", R"({"args": [40]})");
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(r.js()["result"], 102334155);
+  r = c.request(http::verb::post, "/v1/tasks/fib", R"({"args": ["x"]})");
+  EXPECT_EQ(r.status, 400);
+  r = c.request(http::verb::post, "/v1/tasks/sleep_ms?timeout_ms=50", R"({"args": [5000]})");
+  EXPECT_EQ(r.status, 504);
+  r = c.request(http::verb::post, "/v1/tasks/fib", R"({"args": [20]})");
+  EXPECT_EQ(r.js()["result"], 6765);
+  EXPECT_EQ(c.request(http::verb::get, "/api/stats").js()["pool"]["isolation"], "process");
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (crew::is_worker_process()) return crew::serve_app::run_task_worker();
+  ::testing::InitGoogleTest(&argc, argv);
+  return RUN_ALL_TESTS();
+}
