@@ -4,6 +4,7 @@
 #include <future>
 #include <string>
 #include <thread>
+#include <utility>  // before Boost.Asio 1.74, whose awaitable.hpp forgets it
 
 #include <boost/asio.hpp>
 #include <boost/beast/core.hpp>
