@@ -8,8 +8,9 @@
 # the three paths filled in (crew_gzip_compare_quick for --quick).
 #
 # Environment: CREW_BENCH_BYTES (input size; default 1 GiB, 64 MiB with --quick),
-# CREW_BENCH_THREADS (threads for crew and pigz; default 2), CREW_BENCH_REPEAT (runs per tool,
-# best time kept; default 1), TMPDIR (where the input and outputs go; about 2.5x the input size).
+# CREW_BENCH_THREADS (threads for crew and pigz; default 2), CREW_BENCH_REPEAT (rounds; each
+# tool runs once per round and its best time is kept; default 1), TMPDIR (where the input and
+# outputs go; about 2.5x the input size).
 #
 # Measures, one run each, same input: compression at level 6 by crew (CREW_BENCH_THREADS threads),
 # gzip -6, pigz -p N -6 and Node stream.pipeline(createReadStream, zlib.createGzip({level: 6}),
@@ -51,21 +52,19 @@ echo "input: $bytes bytes of generated log-like text in $work; $threads threads 
 "$make_logs" "$bytes" >"$input"
 cat "$input" >/dev/null # into the page cache, for every tool alike
 
-# run NAME OUTFILE CMD...: measures CMD (stdout to OUTFILE) $repeat times; records the best
-# wall time and the largest peak RSS.
+# run NAME OUTFILE CMD...: measures CMD once (stdout to OUTFILE); keeps the best wall time and
+# the largest peak RSS seen for NAME. Every tool runs once per round, rounds repeat
+# CREW_BENCH_REPEAT times, so on a shared machine each tool sees the same background load.
 declare -A secs rss
 run() {
-  local name=$1 out=$2 i s r
+  local name=$1 out=$2 s r
   shift 2
-  secs[$name]="" rss[$name]=0
-  for ((i = 0; i < repeat; i++)); do
-    "$measure" "$work/m.txt" "$@" >"$out"
-    read -r s r _ <"$work/m.txt"
-    if [[ -z ${secs[$name]} ]] || awk -v a="$s" -v b="${secs[$name]}" 'BEGIN { exit !(a < b) }'; then
-      secs[$name]=$s
-    fi
-    if ((r > rss[$name])); then rss[$name]=$r; fi
-  done
+  "$measure" "$work/m.txt" "$@" >"$out"
+  read -r s r _ <"$work/m.txt"
+  if [[ -z ${secs[$name]:-} ]] || awk -v a="$s" -v b="${secs[$name]}" 'BEGIN { exit !(a < b) }'; then
+    secs[$name]=$s
+  fi
+  if ((r > ${rss[$name]:-0})); then rss[$name]=$r; fi
 }
 mbps() { awk -v b="$bytes" -v s="${secs[$1]}" 'BEGIN { printf "%.1f", b / 1e6 / s }'; }
 pct() { awk -v a="$(stat -c %s "$1")" -v b="$bytes" 'BEGIN { printf "%.2f", 100 * a / b }'; }
@@ -74,12 +73,12 @@ ratio() { awk -v a="${secs[$2]}" -v b="${secs[$1]}" 'BEGIN { printf "%.2f", a / 
 
 echo
 echo "== compression, level 6 (MB/s of input; output as % of input; peak RSS)"
-run crew "$work/crew.gz" "$crew" pipe --gzip=6 --threads "$threads" --no-progress "$input"
-run gzip "$work/gzip.gz" gzip -6 -c "$input"
-have pigz && run pigz "$work/pigz.gz" pigz -p "$threads" -6 -c "$input"
-if have node; then
-  run node /dev/null node "$here/gzip_node.js" "$input" "$work/node.gz"
-fi
+for ((round = 0; round < repeat; round++)); do
+  run crew "$work/crew.gz" "$crew" pipe --gzip=6 --threads "$threads" --no-progress "$input"
+  run gzip "$work/gzip.gz" gzip -6 -c "$input"
+  if have pigz; then run pigz "$work/pigz.gz" pigz -p "$threads" -6 -c "$input"; fi
+  if have node; then run node /dev/null node "$here/gzip_node.js" "$input" "$work/node.gz"; fi
+done
 printf '%-34s %10s %10s %12s\n' tool MB/s output "peak RSS"
 row() { printf '%-34s %10s %9s%% %8s MiB\n' "$1" "$(mbps "$2")" "$(pct "$3")" "$(mib "$2")"; }
 row "crew pipe --gzip (-j $threads)" crew "$work/crew.gz"
@@ -96,13 +95,15 @@ fi
 
 echo
 echo "== decompression (MB/s of output; output discarded)"
-run crew_d /dev/null "$crew" pipe --gunzip --threads "$threads" --no-progress "$work/crew.gz"
-have pigz && run pigz_d_crew /dev/null pigz -d -c "$work/crew.gz"
-run gzip_d_crew /dev/null gzip -d -c "$work/crew.gz"
-if have pigz; then
-  run crew_d_pigz /dev/null "$crew" pipe --gunzip --threads "$threads" --no-progress "$work/pigz.gz"
-  run pigz_d /dev/null pigz -d -c "$work/pigz.gz"
-fi
+for ((round = 0; round < repeat; round++)); do
+  run crew_d /dev/null "$crew" pipe --gunzip --threads "$threads" --no-progress "$work/crew.gz"
+  if have pigz; then run pigz_d_crew /dev/null pigz -d -c "$work/crew.gz"; fi
+  run gzip_d_crew /dev/null gzip -d -c "$work/crew.gz"
+  if have pigz; then
+    run crew_d_pigz /dev/null "$crew" pipe --gunzip --threads "$threads" --no-progress "$work/pigz.gz"
+    run pigz_d /dev/null pigz -d -c "$work/pigz.gz"
+  fi
+done
 printf '%-34s %10s %12s\n' "tool (input)" MB/s "peak RSS"
 drow() { printf '%-34s %10s %8s MiB\n' "$1" "$(mbps "$2")" "$(mib "$2")"; }
 drow "crew pipe --gunzip (crew's)" crew_d
