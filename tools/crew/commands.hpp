@@ -21,5 +21,7 @@ struct Command {
 
 /// `crew pipe`: stream a file through gzip/gunzip/encrypt/decrypt/upper/sha256 (pipe.cpp).
 Command add_pipe_command(CLI::App& app);
+/// `crew serve`: the HTTP compute service (serve.cpp, src/serve).
+Command add_serve_command(CLI::App& app);
 
 }  // namespace crew::tool

@@ -1,0 +1,91 @@
+// `crew serve`: the HTTP compute service (src/serve). Options come from flags, then CREW_*
+// environment variables, then a --config file, then the defaults below.
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "commands.hpp"
+#include "server.hpp"
+
+namespace crew::tool {
+
+Command add_serve_command(CLI::App& app) {
+  CLI::App* serve = app.add_subcommand(
+      "serve",
+      "Run the HTTP compute service: POST /v1/tasks/{name} with {\"args\": [...]}; GET /v1/tasks, "
+      "/healthz, /readyz, /metrics (Prometheus), /api/stats. SIGINT/SIGTERM drain and exit 0.");
+  auto config = std::make_shared<serve_app::ServeConfig>();
+  struct Millis {
+    std::int64_t header = 10'000, body = 30'000, task = 30'000, shutdown = 10'000;
+  };
+  auto ms = std::make_shared<Millis>();
+  serve->set_config("--config", "", "Read options from this TOML/INI file (key = value)");
+  serve->add_option("--host", config->host, "Address to listen on")
+      ->envname("CREW_HOST")
+      ->capture_default_str();
+  serve->add_option("--port", config->port, "TCP port (0: any free port)")
+      ->envname("CREW_PORT")
+      ->capture_default_str();
+  serve
+      ->add_option("--isolation", config->isolation,
+                   "Where tasks run: thread (a ThreadPool) or process (a ProcessPool)")
+      ->envname("CREW_ISOLATION")
+      ->check(CLI::IsMember({"thread", "process"}))
+      ->capture_default_str();
+  serve->add_option("--workers", config->workers, "Pool threads or processes (0: one per core)")
+      ->envname("CREW_WORKERS")
+      ->capture_default_str();
+  serve->add_option("--io-threads", config->io_threads, "Threads doing HTTP I/O")
+      ->envname("CREW_IO_THREADS")
+      ->check(CLI::Range(1, 64))
+      ->capture_default_str();
+  serve->add_option("--max-queue", config->max_queue, "Tasks waiting before 429")
+      ->envname("CREW_MAX_QUEUE")
+      ->capture_default_str();
+  serve->add_option("--max-body", config->max_body, "Largest request body in bytes (413 above)")
+      ->envname("CREW_MAX_BODY")
+      ->capture_default_str();
+  serve->add_option("--max-header", config->max_header, "Largest request header in bytes (431)")
+      ->envname("CREW_MAX_HEADER")
+      ->capture_default_str();
+  serve->add_option("--header-timeout-ms", ms->header, "408 when headers take longer")
+      ->envname("CREW_HEADER_TIMEOUT_MS")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  serve->add_option("--body-timeout-ms", ms->body, "408 when the body takes longer")
+      ->envname("CREW_BODY_TIMEOUT_MS")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  serve
+      ->add_option("--task-timeout-ms", ms->task,
+                   "Default task timeout, 504 above (per request: ?timeout_ms= or X-Timeout-Ms)")
+      ->envname("CREW_TASK_TIMEOUT_MS")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  serve
+      ->add_option("--shutdown-timeout-ms", ms->shutdown,
+                   "How long SIGTERM waits for in-flight requests")
+      ->envname("CREW_SHUTDOWN_TIMEOUT_MS")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  serve
+      ->add_option("--plugin", config->plugins,
+                   "Shared library exporting `extern \"C\" void crew_register_tasks(crew::Tasks&)`"
+                   " (repeatable)")
+      ->envname("CREW_PLUGINS")
+      ->delimiter(':');
+  serve->add_option("--log-format", config->log_format, "Access log: text, json or off")
+      ->envname("CREW_LOG_FORMAT")
+      ->check(CLI::IsMember({"text", "json", "off"}))
+      ->capture_default_str();
+  return {serve, [config, ms] {
+            config->header_timeout = std::chrono::milliseconds(ms->header);
+            config->body_timeout = std::chrono::milliseconds(ms->body);
+            config->task_timeout = std::chrono::milliseconds(ms->task);
+            config->shutdown_timeout = std::chrono::milliseconds(ms->shutdown);
+            return serve_app::run_service(*config);
+          }};
+}
+
+}  // namespace crew::tool

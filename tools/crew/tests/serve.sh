@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# crew serve end to end: start on a free port, answer health and a task over HTTP (bash's
+# /dev/tcp, no client needed), drain on SIGTERM with exit 0; a bad plugin exits 78 at start.
+#
+#   serve.sh <path-to-crew>
+set -euo pipefail
+crew=$1
+work=$(mktemp -d)
+trap 'kill -9 "${pid:-}" 2>/dev/null || true; rm -rf "$work"' EXIT
+fail() { echo "serve.sh: FAIL: $*" >&2; exit 1; }
+
+http() {  # http <port> <method> <path> [json-body] -> prints the whole response
+  local port=$1 method=$2 path=$3 body=${4:-}
+  exec 3<>"/dev/tcp/127.0.0.1/$port"
+  printf '%s %s HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s' \
+    "$method" "$path" "${#body}" "$body" >&3
+  cat <&3
+  exec 3<&-
+}
+
+"$crew" serve --port 0 --log-format off >"$work/out" 2>&1 &
+pid=$!
+for _ in $(seq 1 500); do
+  port=$(grep -o 'http://127.0.0.1:[0-9]*' "$work/out" | head -n1 | cut -d: -f3 || true)
+  [[ -n $port ]] && break
+  kill -0 "$pid" 2>/dev/null || fail "crew serve exited early: $(cat "$work/out")"
+  sleep 0.01
+done
+[[ -n ${port:-} ]] || fail "no 'listening on' line: $(cat "$work/out")"
+
+http "$port" GET /healthz | grep -q '^HTTP/1.1 200' || fail "/healthz is not 200"
+reply=$(http "$port" POST /v1/tasks/sum_range '{"args": [100000]}')
+grep -q '"result":4999950000' <<<"$reply" || fail "sum_range: $reply"
+reply=$(http "$port" POST /v1/tasks/fib '{"args": ["x"]}')
+grep -q '^HTTP/1.1 400' <<<"$reply" || fail "bad arguments: $reply"
+
+kill -TERM "$pid"
+rc=0
+wait "$pid" || rc=$?
+[[ $rc == 0 ]] || fail "exit code $rc after SIGTERM, expected 0: $(cat "$work/out")"
+grep -q 'drained' "$work/out" || fail "no drain message"
+
+rc=0
+"$crew" serve --port 0 --plugin "$work/missing.so" >"$work/bad" 2>&1 || rc=$?
+[[ $rc == 78 ]] || fail "bad plugin: exit $rc, expected 78"
+grep -q "missing.so" "$work/bad" || fail "bad plugin: the message does not name the file"
+echo "serve.sh: ok"
