@@ -160,7 +160,7 @@ TEST(Serve, ErrorsHaveTheRightStatusAndSayWhat) {
   r = c.request(http::verb::post, "/v1/tasks/fib", R"({"args": [-1]})");
   EXPECT_EQ(r.status, 500);
   EXPECT_EQ(r.js()["error"]["type"], "std::out_of_range");
-  r = c.request(http::verb::post, "/v1/tasks/sleep_ms?timeout_ms=50", R"({"args": [2000]})");
+  r = c.request(http::verb::post, "/v1/tasks/sleep_ms?timeout_ms=50", R"({"args": [300]})");
   EXPECT_EQ(r.status, 504);
   r = c.request(http::verb::post, "/v1/tasks/fib?timeout_ms=soon", R"({"args": [1]})");
   EXPECT_EQ(r.status, 400);
@@ -290,6 +290,42 @@ TEST(Serve, ProcessIsolationRunsTasksInWorkers) {
   EXPECT_EQ(r.js()["result"], 6765);
   EXPECT_EQ(c.request(http::verb::get, "/api/stats").js()["pool"]["isolation"], "process");
 }
+
+#ifdef CREW_EXAMPLE_PLUGIN
+TEST(Serve, APluginTaskThatSegfaultsCostsOneRequest) {
+  crew::Tasks all;
+  crew::serve_app::add_builtin_tasks(all);
+  crew::serve_app::load_plugins({CREW_EXAMPLE_PLUGIN}, all);
+  crew::ProcessPoolOptions o;
+  o.max_workers = 2;
+  o.env["CREW_SERVE_PLUGINS"] = CREW_EXAMPLE_PLUGIN;
+  o.env["ASAN_OPTIONS"] = "handle_segv=0:detect_leaks=0";
+  o.env["TSAN_OPTIONS"] = "handle_segv=0";
+  o.log = [](const crew::ProcessLogLine&) {};
+  ServeConfig cfg;
+  cfg.port = 0;
+  cfg.log_format = "off";
+  crew::serve_app::Server server(cfg, crew::serve_app::make_process_runner(all, std::move(o)));
+  server.start();
+  Client c(server.port());
+  auto r = c.request(http::verb::post, "/v1/tasks/legacy_checksum", R"({"args": [""]})");
+  EXPECT_EQ(r.status, 500);
+  EXPECT_EQ(r.js()["error"]["type"], "WorkerCrashed");
+  EXPECT_THAT(r.js()["error"]["message"].get<std::string>(), HasSubstr("SIGSEGV"));
+  int ok = 0;
+  for (int i = 0; i < 100; ++i) {
+    r = c.request(http::verb::post, "/v1/tasks/word_count", R"({"args": ["a b c"]})");
+    ok += r.status == 200 && r.js()["result"] == 3;
+  }
+  EXPECT_EQ(ok, 100);
+}
+
+TEST(Serve, LoadingAMissingPluginNamesIt) {
+  crew::Tasks t;
+  EXPECT_THAT([&] { crew::serve_app::load_plugins({"/nonexistent/libx.so"}, t); },
+              ::testing::ThrowsMessage<std::runtime_error>(HasSubstr("/nonexistent/libx.so")));
+}
+#endif
 
 }  // namespace
 

@@ -1,0 +1,37 @@
+// An example `crew serve` plugin: a shared library with one registration function.
+//
+//   crew serve --plugin ./libcrew_example_plugin.so --isolation process
+//   curl -d '{"args": ["to be or not to be"]}' localhost:8080/v1/tasks/word_count
+//
+// `legacy_checksum` stands for code you do not trust (a C library, say): on empty input it
+// crashes. Under --isolation process that costs one request a 500 WorkerCrashed; the service
+// and every other request carry on.
+#include <csignal>
+#include <cstdint>
+#include <sstream>
+#include <string>
+
+#include <crew/process/tasks.hpp>
+
+namespace {
+
+long word_count(const std::string& text) {
+  std::istringstream in(text);
+  long n = 0;
+  for (std::string word; in >> word;) ++n;
+  return n;
+}
+
+std::uint32_t legacy_checksum(const std::string& data) {
+  if (data.empty()) std::raise(SIGSEGV);  // the bug the process boundary contains
+  std::uint32_t sum = 2166136261U;        // FNV-1a
+  for (unsigned char c : data) sum = (sum ^ c) * 16777619U;
+  return sum;
+}
+
+}  // namespace
+
+extern "C" void crew_register_tasks(crew::Tasks& tasks) {
+  tasks.add("word_count", word_count);
+  tasks.add("legacy_checksum", legacy_checksum);
+}
