@@ -100,7 +100,9 @@ class Context {
 [[noreturn]] void throw_cancelled(const Slot& source, std::uint64_t position);
 
 /// The receiving side of a stage boundary. A stage's push() consumes a batch (the caller
-/// clears it afterwards); finish() is the end of input. Called by one thread at a time.
+/// clears it afterwards); finish() is the end of input.
+///
+/// Thread safety: called by the pipeline thread only.
 template <class T>
 class Inlet {
  public:
@@ -114,6 +116,8 @@ class Inlet {
 
 /// Base of a stage from In to Out: counts its input, keeps its time, and collects its output up
 /// to the boundary's mark before handing it on (emit()).
+///
+/// Thread safety: used by the pipeline thread only.
 template <class In, class Out>
 class Node : public Inlet<In> {
  public:
@@ -199,6 +203,8 @@ class Node : public Inlet<In> {
 };
 
 /// Base of a sink: counts its input and keeps its time.
+///
+/// Thread safety: used by the pipeline thread only.
 template <class In>
 class SinkNode : public Inlet<In> {
  public:
@@ -220,7 +226,9 @@ class SinkNode : public Inlet<In> {
   std::uint64_t start_ = 0;
 };
 
-/// Where a pipeline's items come from. pull() runs on the pipeline thread only.
+/// Where a pipeline's items come from.
+///
+/// Thread safety: pull() runs on the pipeline thread only.
 template <class T>
 class Source {
  public:
@@ -363,6 +371,7 @@ class StageBuilder final : public Builder<typename S::template output<T>> {
 };
 
 /// Where a sink leaves its result (the collected vector, the count) for Pipeline::take().
+/// Thread safety: written by the pipeline thread before the run's Future settles.
 template <class R>
 struct ResultBox {
   std::optional<R> value;
@@ -406,6 +415,8 @@ Future<Summary> start_run(std::unique_ptr<PipelineBuilder> builder, std::vector<
 
 /// Gives stage descriptors a `.named("parse")` that renames the stage in the Summary and in
 /// StageError messages.
+///
+/// Thread safety: a value.
 template <class D>
 struct Named {
   std::string name;
@@ -581,6 +592,8 @@ auto operator|(Flow<T>&& flow, K sink) {
 }
 
 /// A stage fixed to one input and one output type, built by a factory (byte stages, codecs).
+///
+/// Thread safety: a value describing a stage; the stage it builds runs on the pipeline thread.
 template <class In, class Out>
 struct FixedStage : detail::Named<FixedStage<In, Out>> {
   using Factory = std::function<std::unique_ptr<detail::Inlet<In>>(
@@ -597,6 +610,8 @@ struct FixedStage : detail::Named<FixedStage<In, Out>> {
 };
 
 /// A sink fixed to one input type with no result (write_file, write_fd, a socket).
+///
+/// Thread safety: a value describing a sink; the sink it builds runs on the pipeline thread.
 template <class In>
 struct FixedSink : detail::Named<FixedSink<In>> {
   using Factory =

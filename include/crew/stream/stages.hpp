@@ -133,7 +133,9 @@ Flow<Message> from(MessagePort port, FlowOptions marks = {});
 // Stage descriptors. Each is a small value returned by a function below; the stage itself is
 // built when the pipeline runs.
 
-/// Returned by map(fn).
+/// Returned by map(fn): the descriptor of that stage, built when the pipeline runs.
+///
+/// Thread safety: a value describing a stage; the stage it builds runs on the pipeline thread.
 template <class Fn>
 struct MapStage : detail::Named<MapStage<Fn>> {
   Fn fn;
@@ -182,7 +184,9 @@ MapStage<std::decay_t<Fn>> map(Fn&& fn) {
   return s;
 }
 
-/// Returned by filter(pred).
+/// Returned by filter(pred): the descriptor of that stage, built when the pipeline runs.
+///
+/// Thread safety: a value describing a stage; the stage it builds runs on the pipeline thread.
 template <class Pred>
 struct FilterStage : detail::Named<FilterStage<Pred>> {
   Pred pred;
@@ -230,7 +234,9 @@ FilterStage<std::decay_t<Pred>> filter(Pred&& pred) {
   return s;
 }
 
-/// Returned by flat_map(fn).
+/// Returned by flat_map(fn): the descriptor of that stage, built when the pipeline runs.
+///
+/// Thread safety: a value describing a stage; the stage it builds runs on the pipeline thread.
 template <class Fn>
 struct FlatMapStage : detail::Named<FlatMapStage<Fn>> {
   Fn fn;
@@ -282,7 +288,9 @@ FlatMapStage<std::decay_t<Fn>> flat_map(Fn&& fn) {
   return s;
 }
 
-/// Returned by tap(fn).
+/// Returned by tap(fn): the descriptor of that stage, built when the pipeline runs.
+///
+/// Thread safety: a value describing a stage; the stage it builds runs on the pipeline thread.
 template <class Fn>
 struct TapStage : detail::Named<TapStage<Fn>> {
   Fn fn;
@@ -331,7 +339,9 @@ TapStage<std::decay_t<Fn>> tap(Fn&& fn) {
   return s;
 }
 
-/// Returned by batch(n).
+/// Returned by batch(n): the descriptor of that stage, built when the pipeline runs.
+///
+/// Thread safety: a value describing a stage; the stage it builds runs on the pipeline thread.
 struct BatchStage : detail::Named<BatchStage> {
   std::size_t size = 0;
   template <class T>
@@ -401,11 +411,11 @@ std::size_t default_in_flight(const ThreadPool& pool) noexcept;
 template <class U>
 class Completions {
  public:
+  // Notifies under the lock: once the consumer can see the last result it may destroy this
+  // object, so the producer must be done with it by the time the lock is released.
   void add(std::uint64_t index, Future<U> done) {
-    {
-      std::lock_guard lock(mutex_);
-      ready_.emplace_back(index, std::move(done));
-    }
+    std::lock_guard lock(mutex_);
+    ready_.emplace_back(index, std::move(done));
     cv_.notify_one();
   }
   std::pair<std::uint64_t, Future<U>> take() {
@@ -424,6 +434,9 @@ class Completions {
 }  // namespace detail
 
 /// Returned by parallel_map(pool, fn, options).
+///
+/// Thread safety: a value describing a stage; at run time `fn` is called concurrently on pool
+/// threads, and the results are collected on the pipeline thread.
 template <class Fn>
 struct ParallelMapStage : detail::Named<ParallelMapStage<Fn>> {
   ThreadPool* pool = nullptr;
@@ -537,7 +550,9 @@ ParallelMapStage<std::decay_t<Fn>> parallel_map(ThreadPool& pool, Fn&& fn,
 // ------------------------------------------------------------------------------------------------
 // Sinks.
 
-/// Returned by to(fn).
+/// Returned by to(fn): the descriptor of that stage, built when the pipeline runs.
+///
+/// Thread safety: a value describing a stage; the stage it builds runs on the pipeline thread.
 template <class Fn>
 struct ToSink : detail::Named<ToSink<Fn>> {
   Fn fn;
@@ -592,7 +607,9 @@ ToSink<std::decay_t<Fn>> to(Fn&& fn) {
   return s;
 }
 
-/// Returned by collect().
+/// Returned by collect(): the descriptor of that stage, built when the pipeline runs.
+///
+/// Thread safety: a value describing a stage; the stage it builds runs on the pipeline thread.
 struct CollectSink : detail::Named<CollectSink> {
   static constexpr bool kIsSink = true;
   template <class T>
@@ -630,7 +647,9 @@ inline CollectSink collect() {
   return s;
 }
 
-/// Returned by count().
+/// Returned by count(): the descriptor of that stage, built when the pipeline runs.
+///
+/// Thread safety: a value describing a stage; the stage it builds runs on the pipeline thread.
 struct CountSink : detail::Named<CountSink> {
   static constexpr bool kIsSink = true;
   template <class T>
