@@ -2,8 +2,20 @@
 
 #include <utility>
 
+#include <sys/resource.h>
+#include <unistd.h>
+
 namespace crew::serve_app {
 namespace {
+
+// Task threads run at a lower scheduling priority (nice +10) than the I/O threads: when the
+// cores are saturated with tasks, /healthz and request parsing still get the CPU first.
+void lower_priority_once() {
+  thread_local bool done = false;
+  if (done) return;
+  done = true;
+  ::setpriority(PRIO_PROCESS, static_cast<id_t>(::gettid()), 10);
+}
 
 class ThreadRunner final : public Runner {
  public:
@@ -15,6 +27,7 @@ class ThreadRunner final : public Runner {
 
   Future<PackedValue> run(std::string_view task, std::string args, RunOptions options) override {
     return pool_.run(std::move(options), [this, name = std::string(task), args = std::move(args)] {
+      lower_priority_once();
       return tasks_.invoke_packed(name, args);
     });
   }

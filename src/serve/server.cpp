@@ -712,6 +712,8 @@ void Server::stop() {
 }
 
 int run_task_worker() {
+  // Below the service's I/O threads, as pool threads are in thread isolation (runner.cpp).
+  ::setpriority(PRIO_PROCESS, 0, 10);
   Tasks tasks;
   add_builtin_tasks(tasks);
   std::vector<std::string> plugins;
