@@ -132,8 +132,14 @@ void validate_marks(const FlowOptions& marks, const char* who) {
 }
 
 void validate_parallel(const ParallelOptions& options, const char* who) {
+  if (options.grain == 0)
+    throw std::invalid_argument(fmt::format("{}: grain (0) must be >= 1", who));
   if (options.max_in_flight && *options.max_in_flight == 0) {
     throw std::invalid_argument(fmt::format("{}: max_in_flight (0) must be >= 1", who));
+  }
+  if (options.max_in_flight && *options.max_in_flight < options.grain) {
+    throw std::invalid_argument(fmt::format("{}: max_in_flight ({}) must be >= grain ({})", who,
+                                            *options.max_in_flight, options.grain));
   }
 }
 

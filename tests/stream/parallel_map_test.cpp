@@ -139,3 +139,68 @@ TEST(ParallelMap, ChainedParallelStages) {
 }
 
 }  // namespace
+
+namespace {
+
+TEST(ParallelMap, GrainGroupsItemsAndKeepsOrder) {
+  crew::ThreadPool pool({.max_threads = 3});
+  for (bool ordered : {true, false}) {
+    auto p = cs::from(std::views::iota(0, 1001)) |
+             cs::parallel_map(pool,
+                              [](int x) {
+                                if (x % 10 == 0) spin_for_item(x);
+                                return x * 2;
+                              },
+                              {.ordered = ordered, .max_in_flight = 40, .grain = 16}) |
+             cs::collect();
+    cs::Summary s = p.run().get();
+    auto v = p.take();
+    ASSERT_EQ(v.size(), 1001U);
+    if (!ordered) std::sort(v.begin(), v.end());
+    for (int i = 0; i < 1001; ++i) ASSERT_EQ(v[static_cast<std::size_t>(i)], 2 * i) << i;
+    EXPECT_LE(s.stage("parallel_map").peak_in_flight, 40U);
+  }
+}
+
+TEST(ParallelMap, GrainFailureNamesTheItemAndDeliversNothingAfterIt) {
+  crew::ThreadPool pool({.max_threads = 2});
+  std::vector<int> seen;
+  auto p = cs::from(std::views::iota(0, 200)) |
+           cs::parallel_map(pool,
+                            [](int x) {
+                              if (x == 37) throw std::runtime_error("item 37 is bad");
+                              return x;
+                            },
+                            {.grain = 8}) |
+           cs::to([&](int x) { seen.push_back(x); });
+  try {
+    (void)p.run().get();
+    FAIL() << "expected StageError";
+  } catch (const crew::StageError& e) {
+    EXPECT_EQ(e.position(), 37U);
+    EXPECT_THAT(e.what(), HasSubstr("item 37 is bad"));
+  }
+  // Items before the failing one may have been handed on (those still buffered at the boundary
+  // are dropped); none after it.
+  ASSERT_LE(seen.size(), 37U);
+  for (std::size_t i = 0; i < seen.size(); ++i) EXPECT_EQ(seen[i], static_cast<int>(i));
+}
+
+TEST(ParallelMap, BadGrainAndInFlight) {
+  crew::ThreadPool pool({.max_threads = 1});
+  auto id = [](int x) { return x; };
+  try {
+    (void)cs::parallel_map(pool, id, {.grain = 0});
+    FAIL();
+  } catch (const std::invalid_argument& e) {
+    EXPECT_THAT(e.what(), HasSubstr("grain (0)"));
+  }
+  try {
+    (void)cs::parallel_map(pool, id, {.max_in_flight = 4, .grain = 8});
+    FAIL();
+  } catch (const std::invalid_argument& e) {
+    EXPECT_THAT(e.what(), HasSubstr("max_in_flight (4) must be >= grain (8)"));
+  }
+}
+
+}  // namespace

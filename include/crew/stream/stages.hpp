@@ -9,6 +9,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <deque>
+#include <exception>
 #include <functional>
 #include <iterator>
 #include <memory>
@@ -398,9 +399,14 @@ struct ParallelOptions {
   /// Deliver results in input order (a slow item holds back the ones after it); false delivers
   /// each as soon as it is done.
   bool ordered = true;
-  /// Most items on the pool at once (running, queued, or done and waiting to be handed on).
-  /// Default: twice the pool's thread count, at least 2. 0 is an error.
+  /// Most items on the pool at once (running, queued, done and waiting to be handed on, or
+  /// gathered into a group not yet submitted). Default: twice the pool's thread count times
+  /// `grain`, at least 2. 0 is an error, and so is a value below `grain`.
   std::optional<std::size_t> max_in_flight{};
+  /// Items per pool task. Each task costs about a microsecond; for a cheap `fn` give each task
+  /// many items (64, say) so that cost is shared. A group is submitted once full, or at the end
+  /// of the input. Must be >= 1.
+  std::size_t grain = 1;
 };
 
 namespace detail {
@@ -448,6 +454,12 @@ struct ParallelMapStage : detail::Named<ParallelMapStage<Fn>> {
   template <class T>
   class Node final : public detail::Node<T, output<T>> {
     using U = output<T>;
+    // What one task returns: the results of its group up to the first failure, and the failure.
+    struct Group {
+      std::vector<U> values;
+      std::exception_ptr error;
+      std::size_t size = 0;  // items submitted in the group
+    };
 
    public:
     Node(ThreadPool& pool, Fn fn, ParallelOptions options, std::unique_ptr<detail::Inlet<U>> next,
@@ -456,7 +468,11 @@ struct ParallelMapStage : detail::Named<ParallelMapStage<Fn>> {
           pool_(pool),
           fn_(std::move(fn)),
           ordered_(options.ordered),
-          max_(options.max_in_flight ? *options.max_in_flight : detail::default_in_flight(pool)) {}
+          grain_(options.grain),
+          max_(options.max_in_flight ? *options.max_in_flight
+                                     : detail::default_in_flight(pool) * options.grain) {
+      pending_.reserve(grain_);
+    }
     // Tasks reference fn_ and the completion list: wait for every one of them.
     ~Node() override {
       for (auto& entry : in_order_) entry.second.wait();
@@ -465,39 +481,62 @@ struct ParallelMapStage : detail::Named<ParallelMapStage<Fn>> {
     void push(std::vector<T>& batch) override {
       this->begin(batch);
       for (T& x : batch) {
-        while (in_flight() >= max_) deliver_one();
-        submit(std::move(x));
+        while (items_in_flight_ + pending_.size() >= max_) deliver_one();
+        pending_.push_back(std::move(x));
+        if (pending_.size() == grain_) submit();
       }
       this->end();
     }
     void finish() override {
       this->start_ = detail::ticks();
-      while (in_flight() > 0) deliver_one();
+      if (!pending_.empty()) submit();
+      while (groups_in_flight() > 0) deliver_one();
       this->slot_.busy_ticks += detail::ticks() - this->start_;
       this->end_of_input();
     }
 
    private:
-    [[nodiscard]] std::size_t in_flight() const noexcept {
+    [[nodiscard]] std::size_t groups_in_flight() const noexcept {
       return ordered_ ? in_order_.size() : outstanding_;
     }
-    void submit(T&& x) {
-      const std::uint64_t index = this->position_++;
+    void submit() {
+      const std::uint64_t first = this->position_;
+      const std::size_t n = pending_.size();
+      this->position_ += n;
+      items_in_flight_ += n;
       const Fn* fn = &fn_;
-      Future<U> f = pool_.run(
-          [fn, item = std::move(x)]() mutable -> U { return std::invoke(*fn, std::move(item)); });
+      Future<Group> f = pool_.run([fn, items = std::move(pending_)]() mutable {
+        Group g;
+        g.size = items.size();
+        g.values.reserve(items.size());
+        // The catch block ends inside capture(), before the result is published.
+        g.error = crew::detail::capture([&] {
+          for (T& item : items) g.values.push_back(std::invoke(*fn, std::move(item)));
+        });
+        return g;
+      });
+      pending_ = {};
+      pending_.reserve(grain_);
       if (ordered_) {
-        in_order_.emplace_back(index, std::move(f));
+        in_order_.emplace_back(first, std::move(f));
       } else {
         ++outstanding_;
-        detail::Completions<U>* done = &done_;
-        (void)f.then([done, index](Future<U> settled) { done->add(index, std::move(settled)); });
+        detail::Completions<Group>* done = &done_;
+        (void)f.then(
+            [done, first](Future<Group> settled) { done->add(first, std::move(settled)); });
       }
-      if (in_flight() > this->slot_.peak_in_flight) this->slot_.peak_in_flight = in_flight();
+      if (items_in_flight_ > this->slot_.peak_in_flight) {
+        this->slot_.peak_in_flight = items_in_flight_;
+      }
     }
-    // Waits for the next result (the oldest one when ordered) and emits it.
+    // Waits for the next group (the oldest one when ordered) and emits its results; with nothing
+    // on the pool, submits the group being gathered first.
     void deliver_one() {
-      std::pair<std::uint64_t, Future<U>> next;
+      if (groups_in_flight() == 0) {
+        submit();
+        return;
+      }
+      std::pair<std::uint64_t, Future<Group>> next;
       if (ordered_) {
         next = std::move(in_order_.front());
         in_order_.pop_front();
@@ -505,21 +544,33 @@ struct ParallelMapStage : detail::Named<ParallelMapStage<Fn>> {
         next = done_.take();
         --outstanding_;
       }
-      std::optional<U> value;
+      Group g;
       try {
-        value.emplace(next.second.get());
+        g = next.second.get();
       } catch (...) {
-        this->fail(next.first);
+        this->fail(next.first);  // the pool refused or dropped the task
       }
-      this->emit(std::move(*value));
+      items_in_flight_ -= g.size;
+      for (U& v : g.values) this->emit(std::move(v));
+      if (g.error) {
+        const std::uint64_t at = next.first + g.values.size();
+        try {
+          std::rethrow_exception(g.error);
+        } catch (...) {
+          this->fail(at);
+        }
+      }
     }
 
     ThreadPool& pool_;
     Fn fn_;
     bool ordered_;
+    std::size_t grain_;
     std::size_t max_;
-    std::deque<std::pair<std::uint64_t, Future<U>>> in_order_;
-    detail::Completions<U> done_;
+    std::vector<T> pending_;
+    std::size_t items_in_flight_ = 0;
+    std::deque<std::pair<std::uint64_t, Future<Group>>> in_order_;
+    detail::Completions<Group> done_;
     std::size_t outstanding_ = 0;
   };
 
@@ -534,8 +585,10 @@ struct ParallelMapStage : detail::Named<ParallelMapStage<Fn>> {
 
 /// Each item `x` becomes `fn(std::move(x))`, computed on `pool` with up to
 /// `options.max_in_flight` items at once; in input order unless `.ordered = false`. `fn` is
-/// called concurrently from several pool threads. The pool must outlive the run. Throws
-/// std::invalid_argument when max_in_flight is 0.
+/// called concurrently from several pool threads, `options.grain` items per task. The pool must
+/// outlive the run. When `fn` throws, the stage fails at the failing item's index and nothing
+/// after that item is handed on. Throws
+/// std::invalid_argument when max_in_flight or grain is 0, or max_in_flight < grain.
 ///
 ///     crew::ThreadPool pool;
 ///     auto p = from(files) | parallel_map(pool, checksum, {.max_in_flight = 8}) | collect();
