@@ -4,11 +4,13 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <optional>
 #include <sstream>
 #include <string>
+#include <unordered_map>
 #include <utility>
 
 #include <boost/asio.hpp>
@@ -16,14 +18,17 @@
 #include <boost/beast/http.hpp>
 #include <dirent.h>
 #include <fmt/format.h>
+#include <netinet/in.h>
 #include <nlohmann/json.hpp>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <crew/version.hpp>
 
+#include "cluster.hpp"
 #include "tasks.hpp"
 
 namespace crew::serve_app {
@@ -123,6 +128,10 @@ struct Server::Impl {
   std::atomic<bool> started{false};
   std::atomic<bool> draining{false};
   std::atomic<int> inflight{0};
+  std::atomic<int> sessions{0};
+  // How to reach each open connection when draining (keyed by the session's address).
+  std::mutex sessions_mutex;
+  std::unordered_map<const void*, std::function<void()>> drainers;
   std::mutex drain_mutex;
   std::condition_variable drained;
   Metrics metrics;
@@ -133,10 +142,18 @@ struct Server::Impl {
   void accept();
   void tick_lag();
   void request_done() {
-    if (inflight.fetch_sub(1) == 1) {
-      std::lock_guard lock(drain_mutex);
-      drained.notify_all();
+    if (inflight.fetch_sub(1) == 1) notify_drain();
+  }
+  void session_closed(const void* key) {
+    {
+      std::lock_guard lock(sessions_mutex);
+      drainers.erase(key);
     }
+    if (sessions.fetch_sub(1) == 1) notify_drain();
+  }
+  void notify_drain() {
+    std::lock_guard lock(drain_mutex);
+    drained.notify_all();
   }
   std::string render_metrics();
   json render_stats();
@@ -144,11 +161,36 @@ struct Server::Impl {
 
 namespace {
 
+constexpr std::chrono::milliseconds kDrainGrace{500};
+
 class Session : public std::enable_shared_from_this<Session> {
  public:
   Session(tcp::socket socket, Server::Impl& server)
-      : stream_(std::move(socket)), deadline_(stream_.get_executor()), server_(server) {}
-  void start() { read_header(); }
+      : stream_(std::move(socket)), deadline_(stream_.get_executor()), server_(server) {
+    server_.sessions.fetch_add(1);
+  }
+  ~Session() { server_.session_closed(this); }
+  Session(const Session&) = delete;
+  Session& operator=(const Session&) = delete;
+
+  void start() {
+    {
+      std::lock_guard lock(server_.sessions_mutex);
+      server_.drainers[this] = [weak = weak_from_this()] {
+        if (auto self = weak.lock()) {
+          asio::post(self->stream_.get_executor(), [self] { self->drain_soon(); });
+        }
+      };
+    }
+    read_header();
+  }
+
+  // Draining: a connection waiting for its next request gets a short grace to send it (it is
+  // then answered with Connection: close), and is closed after that. Closing it at once could
+  // cut off a request already on its way.
+  void drain_soon() {
+    if (reading_header_ && buffer_.size() == 0) arm_deadline(kDrainGrace);
+  }
 
  private:
   // Read deadlines use a timer of our own rather than tcp_stream's: when tcp_stream times out it
@@ -168,9 +210,13 @@ class Session : public std::enable_shared_from_this<Session> {
     parser_.emplace();
     parser_->header_limit(static_cast<std::uint32_t>(server_.config.max_header));
     parser_->body_limit(server_.config.max_body);
-    arm_deadline(server_.config.header_timeout);
+    arm_deadline(server_.draining ? std::min(server_.config.header_timeout,
+                                             std::chrono::milliseconds(kDrainGrace))
+                                  : server_.config.header_timeout);
+    reading_header_ = true;
     http::async_read_header(stream_, buffer_, *parser_,
                             [self = shared_from_this()](beast::error_code ec, std::size_t) {
+                              self->reading_header_ = false;
                               self->deadline_.cancel();
                               if (self->timed_out_) ec = beast::error::timeout;
                               self->on_header(ec);
@@ -279,11 +325,10 @@ class Session : public std::enable_shared_from_this<Session> {
             error_body("MethodNotAllowed", fmt::format("use {} here", allow)));
   }
 
+  // While draining, a request that still reaches this server (on a connection it had already
+  // accepted) is served, and its response closes the connection: refusing it would turn a
+  // graceful reload into failed requests. Only a closed pool answers 503 (PoolClosed).
   void run_task(std::string name) {
-    if (server_.draining) {
-      return respond(http::status::service_unavailable,
-                     error_body("Draining", "the server is shutting down; retry on another"));
-    }
     const Tasks& tasks = server_.runner->tasks();
     if (!tasks.contains(name)) {
       std::string known;
@@ -476,6 +521,7 @@ class Session : public std::enable_shared_from_this<Session> {
   beast::tcp_stream stream_;
   asio::steady_timer deadline_;
   bool timed_out_ = false;
+  bool reading_header_ = false;
   Server::Impl& server_;
   beast::flat_buffer buffer_;
   std::optional<http::request_parser<http::string_body>> parser_;
@@ -656,9 +702,24 @@ Server::~Server() {
   stop();
 }
 
-void Server::start() {
+void Server::start(int listen_fd) {
   auto& i = *impl_;
   beast::error_code ec;
+  if (listen_fd >= 0) {
+    // A cluster worker: the primary bound the socket; every worker accepts on the same one.
+    sockaddr_storage addr{};
+    socklen_t len = sizeof addr;
+    ::getsockname(listen_fd, reinterpret_cast<sockaddr*>(&addr), &len);
+    i.acceptor.assign(addr.ss_family == AF_INET6 ? tcp::v6() : tcp::v4(), listen_fd, ec);
+    if (ec) throw std::system_error(ec, "crew serve: the inherited listening socket is unusable");
+    i.accept();
+    i.tick_lag();
+    i.started = true;
+    for (std::size_t t = 0; t < std::max<std::size_t>(1, i.config.io_threads); ++t) {
+      i.threads.emplace_back([&i] { i.ioc.run(); });
+    }
+    return;
+  }
   const auto address = asio::ip::make_address(i.config.host, ec);
   if (ec) {
     throw std::invalid_argument(fmt::format("crew serve: --host '{}' is not an IP address: {}",
@@ -698,8 +759,13 @@ bool Server::drain(std::chrono::milliseconds timeout) {
     beast::error_code ec;
     i.acceptor.close(ec);
   });
+  {
+    std::lock_guard lock(i.sessions_mutex);
+    for (auto& [key, drain_one] : i.drainers) drain_one();
+  }
   std::unique_lock lock(i.drain_mutex);
-  return i.drained.wait_for(lock, timeout, [&] { return i.inflight.load() == 0; });
+  return i.drained.wait_for(lock, timeout,
+                            [&] { return i.inflight.load() == 0 && i.sessions.load() == 0; });
 }
 
 void Server::stop() {
@@ -727,6 +793,41 @@ int run_task_worker() {
   return crew::serve(tasks);
 }
 
+namespace {
+
+// This program's own command line, to start cluster workers with the same options.
+std::vector<std::string> own_argv() {
+  std::ifstream in("/proc/self/cmdline", std::ios::binary);
+  std::vector<std::string> argv;
+  for (std::string arg; std::getline(in, arg, '\0');) argv.push_back(arg);
+  return argv;
+}
+
+int run_cluster_primary(const ServeConfig& config) {
+  int fd;
+  try {
+    fd = open_listener(config.host, config.port);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "%s\n", e.what());
+    return 69;
+  }
+  sockaddr_storage addr{};
+  socklen_t len = sizeof addr;
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  const unsigned port = ntohs(reinterpret_cast<sockaddr_in*>(&addr)->sin_port);
+  spdlog::info("crew serve: listening on http://{}:{} (cluster of {} workers, {} isolation)",
+               config.host, port, config.cluster, config.isolation);
+  Cluster cluster(ClusterOptions{.workers = config.cluster,
+                                 .min_uptime = config.min_uptime,
+                                 .max_restarts = config.max_restarts,
+                                 .shutdown_timeout = config.shutdown_timeout,
+                                 .max_memory_restart = config.max_memory_restart},
+                  own_argv());
+  return cluster.run(fd);
+}
+
+}  // namespace
+
 int run_service(const ServeConfig& config) {
   Tasks tasks;
   add_builtin_tasks(tasks);
@@ -736,6 +837,7 @@ int run_service(const ServeConfig& config) {
     std::fprintf(stderr, "crew serve: %s\n", e.what());
     return 78;  // EX_CONFIG
   }
+  if (config.cluster > 0 && !cluster_worker_env()) return run_cluster_primary(config);
   // Signals are taken by sigwait below; block them before any thread exists so none of the
   // pool or I/O threads receives them.
   sigset_t signals;
@@ -758,19 +860,27 @@ int run_service(const ServeConfig& config) {
   } else {
     runner = make_thread_runner(tasks, config.workers, config.max_queue);
   }
+  const auto worker = cluster_worker_env();
   Server server(config, std::move(runner));
   try {
-    server.start();
+    server.start(worker ? worker->listen_fd : -1);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "%s\n", e.what());
     return 69;  // EX_UNAVAILABLE
   }
-  spdlog::info("crew serve: listening on http://{}:{} ({} isolation, {} tasks)", config.host,
-               server.port(), config.isolation, tasks.size());
-  int sig = 0;
-  sigwait(&signals, &sig);
-  spdlog::info("crew serve: {} received, draining (up to {} ms)", ::strsignal(sig),
-               config.shutdown_timeout.count());
+  if (worker) {
+    cluster_worker_ready(*worker);
+    cluster_worker_wait(*worker);
+    spdlog::info("crew serve: cluster worker {} draining (up to {} ms)", worker->id,
+                 config.shutdown_timeout.count());
+  } else {
+    spdlog::info("crew serve: listening on http://{}:{} ({} isolation, {} tasks)", config.host,
+                 server.port(), config.isolation, tasks.size());
+    int sig = 0;
+    sigwait(&signals, &sig);
+    spdlog::info("crew serve: {} received, draining (up to {} ms)", ::strsignal(sig),
+                 config.shutdown_timeout.count());
+  }
   const bool drained = server.drain(config.shutdown_timeout);
   server.stop();
   spdlog::info("crew serve: {}",

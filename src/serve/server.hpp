@@ -30,6 +30,10 @@ struct ServeConfig {
   std::chrono::milliseconds shutdown_timeout{10'000};
   std::vector<std::string> plugins;
   std::string log_format = "text";  ///< access log: "text", "json" or "off"
+  std::size_t cluster = 0;          ///< worker processes sharing the port (0: no cluster)
+  std::chrono::milliseconds min_uptime{1'000};  ///< cluster: sooner exits are unstable
+  std::size_t max_restarts = 10;                ///< cluster: unstable exits in a row tolerated
+  std::size_t max_memory_restart = 0;           ///< cluster: reload a worker above this RSS
 };
 
 /// Request and task counters for /metrics and /api/stats.
@@ -47,9 +51,10 @@ class Server {
   Server(const Server&) = delete;
   Server& operator=(const Server&) = delete;
 
-  /// Binds host:port (port 0 picks a free one) and starts serving. Throws std::system_error
-  /// naming the address when it cannot bind.
-  void start();
+  /// Binds host:port (port 0 picks a free one) and starts serving; with `listen_fd`, serves on
+  /// that already-listening socket instead (a cluster worker). Throws std::system_error naming
+  /// the address when it cannot bind.
+  void start(int listen_fd = -1);
   [[nodiscard]] std::uint16_t port() const noexcept;
   /// Readiness for /readyz: true once started, false from drain() on.
   [[nodiscard]] bool ready() const noexcept;

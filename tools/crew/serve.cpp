@@ -5,6 +5,8 @@
 #include <memory>
 #include <string>
 
+#include <crew/pool.hpp>
+
 #include "commands.hpp"
 #include "server.hpp"
 
@@ -79,7 +81,36 @@ Command add_serve_command(CLI::App& app) {
       ->envname("CREW_LOG_FORMAT")
       ->check(CLI::IsMember({"text", "json", "off"}))
       ->capture_default_str();
-  return {serve, [config, ms] {
+  auto cluster = std::make_shared<std::string>("0");
+  serve
+      ->add_option("--cluster", *cluster,
+                   "Worker processes sharing the port, or 'max' (one per core); 0: no cluster. "
+                   "SIGHUP reloads them one at a time")
+      ->envname("CREW_CLUSTER")
+      ->check([](const std::string& v) -> std::string {
+        if (v == "max" || v.find_first_not_of("0123456789") == std::string::npos) return {};
+        return "must be a number or 'max'";
+      })
+      ->capture_default_str();
+  auto min_uptime = std::make_shared<std::int64_t>(1000);
+  serve->add_option("--min-uptime-ms", *min_uptime, "Cluster: a worker exiting sooner is unstable")
+      ->envname("CREW_MIN_UPTIME_MS")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  serve
+      ->add_option("--max-restarts", config->max_restarts,
+                   "Cluster: unstable exits in a row before the primary gives up (exit 1)")
+      ->envname("CREW_MAX_RESTARTS")
+      ->capture_default_str();
+  serve
+      ->add_option("--max-memory-restart", config->max_memory_restart,
+                   "Cluster: reload a worker whose RSS goes above this many bytes (0: never)")
+      ->envname("CREW_MAX_MEMORY_RESTART")
+      ->capture_default_str();
+  return {serve, [config, ms, cluster, min_uptime] {
+            config->cluster = *cluster == "max" ? default_thread_count()
+                                                : static_cast<std::size_t>(std::stoul(*cluster));
+            config->min_uptime = std::chrono::milliseconds(*min_uptime);
             config->header_timeout = std::chrono::milliseconds(ms->header);
             config->body_timeout = std::chrono::milliseconds(ms->body);
             config->task_timeout = std::chrono::milliseconds(ms->task);
