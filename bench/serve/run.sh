@@ -3,6 +3,7 @@
 #   1. compute endpoint (sum of i < 100,000): requests/s and p99
 #   2. /healthz p99 while the compute endpoint saturates both cores (crew, Express + Piscina,
 #      and Express running the loop on its event loop as the contrast)
+#   3. GET /healthz requests/s: crew serve --cluster 2 vs Node's cluster hello world, 2 workers
 #
 #   bench/serve/run.sh <path-to-crew> [--quick]
 # Node anchors come from bench/node/package.json (installed by bench/node/install.sh into
@@ -64,6 +65,18 @@ read -r crew_h _ crew_hp99 < <(responsive 18080 /v1/tasks/sum_range | awk '{prin
 read -r ex_h _ ex_hp99 < <(responsive 18081 /compute | awk '{print $1, "x", $2}')
 read -r in_h _ in_hp99 < <(responsive 18082 /compute | awk '{print $1, "x", $2}')
 
+for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+wait 2>/dev/null || true
+pids=()
+"$crew" serve --cluster 2 --workers 1 --port 18083 --log-format off >"$work/cluster.log" 2>&1 &
+pids+=($!)
+PORT=18084 node "$here/node_cluster.js" >"$work/node_cluster.log" 2>&1 &
+pids+=($!)
+wait_port 18083
+wait_port 18084
+read -r cl_rps cl_p99 < <(wrk_stats -t2 -c64 -d"$duration" "http://127.0.0.1:18083/healthz")
+read -r nc_rps nc_p99 < <(wrk_stats -t2 -c64 -d"$duration" "http://127.0.0.1:18084/")
+
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.1f", a / b; else print "-" }'; }
 verdict() { awk -v v="$1" -v t="$2" 'BEGIN { print (v >= t) ? "met" : "NOT met" }'; }
 printf '\ncrew serve vs Express + Piscina (2 workers each, wrk -c32, %s per run)\n' "$duration"
@@ -75,3 +88,5 @@ printf '%-46s %12.2f %14.2f %7sx  <= 1/5: %s\n' "compute p99 (ms)" "$crew_p99" "
 met=$(awk -v v="$crew_hp99" 'BEGIN { print (v <= 2) ? "met" : "NOT met" }')
 printf '%-46s %12.2f %14.2f %8s  crew <= 2 ms: %s\n' "/healthz p99 under compute load (ms)" "$crew_hp99" "$ex_hp99" "" "$met"
 printf '%-46s %12s %14.2f %8s  (loop on the event loop)\n' "/healthz p99, Express computing inline (ms)" "-" "$in_hp99" ""
+r=$(ratio "$cl_rps" "$nc_rps")
+printf '%-46s %12.0f %14.0f %7sx  >= 2x: %s\n' "cluster of 2: /healthz requests/s (Node cluster)" "$cl_rps" "$nc_rps" "$r" "$(verdict "$r" 2)"

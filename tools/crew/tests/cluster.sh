@@ -28,7 +28,7 @@ ready() {  # waits until n children answer
 
 "$crew" serve --cluster 2 --port 0 --workers 1 --log-format off --shutdown-timeout-ms 5000 >"$work/out" 2>&1 &
 pid=$!
-for _ in $(seq 1 500); do
+for _ in $(seq 1 3000); do  # up to 30 s: sanitizer builds start slowly
   port=$(grep -o 'http://127.0.0.1:[0-9]*' "$work/out" | head -n1 | cut -d: -f3 || true)
   [[ -n $port ]] && break
   sleep 0.01

@@ -20,7 +20,7 @@ http() {  # http <port> <method> <path> [json-body] -> prints the whole response
 
 "$crew" serve --port 0 --log-format off >"$work/out" 2>&1 &
 pid=$!
-for _ in $(seq 1 500); do
+for _ in $(seq 1 3000); do  # up to 30 s: sanitizer builds start slowly
   port=$(grep -o 'http://127.0.0.1:[0-9]*' "$work/out" | head -n1 | cut -d: -f3 || true)
   [[ -n $port ]] && break
   kill -0 "$pid" 2>/dev/null || fail "crew serve exited early: $(cat "$work/out")"
