@@ -1,8 +1,9 @@
-// crew::stream — typed pipelines with backpressure, byte streams of crew::Buffer chunks, and
-// their stages. This umbrella header brings in every public header of the crew::stream target
-// except <crew/net.hpp>.
+// crew::stream — typed pipelines with backpressure, byte streams of crew::Buffer chunks, codec
+// stages, and TCP connections as Duplex streams (crew::net). This umbrella header brings in every
+// public header of the crew::stream target.
 #pragma once
 
+#include <crew/net.hpp>
 #include <crew/stream/bytes.hpp>
 #include <crew/stream/codec.hpp>
 #include <crew/stream/coding.hpp>
