@@ -228,9 +228,8 @@ class ProcessPoolCore {
   void on_exit(Proc& p, Clock::time_point now);
   void on_protocol_error(Proc& p, const std::string& what);
   void timers(Clock::time_point now);
-  using CallPtrAlias = CallPtr;
   void dispatch(Clock::time_point now);
-  CallPtrAlias pop_queued();
+  CallPtr pop_queued();
   bool send_call(Proc& p, CallPtr& call, Clock::time_point now);
   void start_call(Proc& p, CallPtr call, Clock::time_point now);
   void requeue_pending(Proc& p);
@@ -242,7 +241,6 @@ class ProcessPoolCore {
   void log_line(Proc& p, bool is_stderr, std::string line);
   std::exception_ptr breaker_error() const;
   std::size_t live_procs() const;
-  std::size_t queued_live() const;
   void flush(std::vector<Settle> settles, std::vector<LogOut> logs);
 
   ProcessPoolOptions options_;
@@ -518,10 +516,6 @@ std::size_t ProcessPoolCore::live_procs() const {
   return n;
 }
 
-std::size_t ProcessPoolCore::queued_live() const {
-  return queued_;
-}
-
 Clock::time_point ProcessPoolCore::next_deadline() const {
   Clock::time_point t = kNever;
   for (const auto& [serial, p] : procs_) {
@@ -741,7 +735,6 @@ void ProcessPoolCore::on_frame(Proc& p, Frame frame, Clock::time_point now) {
       p.state = WState::idle;
       p.ready_at = now;
       p.idle_since = now;
-      p.rss = read_rss(p.pid);
       startup_failures_in_row_ = 0;
       breaker_open_ = false;
       return;
@@ -1076,7 +1069,7 @@ void ProcessPoolCore::dispatch(Clock::time_point now) {
   }
 }
 
-ProcessPoolCore::CallPtrAlias ProcessPoolCore::pop_queued() {
+CallPtr ProcessPoolCore::pop_queued() {
   while (queued_ > 0) {
     auto it = queue_.begin();
     CallPtr call = std::move(it->second.front());
