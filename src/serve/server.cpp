@@ -118,12 +118,12 @@ json error_body(std::string_view type, std::string_view message) {
 }  // namespace
 
 struct Server::Impl {
+  // Declaration order is destruction order, reversed, and it matters: destroying `ioc` destroys
+  // the handlers it still holds, and with them the last references to sessions, whose
+  // destructors use the members declared before it. So `ioc` comes after everything a Session
+  // touches, and only the objects bound to it (acceptor, timer) after `ioc`.
   ServeConfig config;
   std::unique_ptr<Runner> runner;
-  asio::io_context ioc;
-  tcp::acceptor acceptor{ioc};
-  asio::steady_timer lag_timer{ioc};
-  Clock::time_point lag_expected{};
   std::vector<std::thread> threads;
   std::atomic<bool> started{false};
   std::atomic<bool> draining{false};
@@ -138,6 +138,10 @@ struct Server::Impl {
   std::shared_ptr<spdlog::logger> access;
   const Clock::time_point born = Clock::now();
   const std::chrono::system_clock::time_point born_wall = std::chrono::system_clock::now();
+  Clock::time_point lag_expected{};
+  asio::io_context ioc;
+  tcp::acceptor acceptor{ioc};
+  asio::steady_timer lag_timer{ioc};
 
   void accept();
   void tick_lag();
@@ -700,6 +704,9 @@ Server::Server(ServeConfig config, std::unique_ptr<Runner> runner)
 
 Server::~Server() {
   stop();
+  // Tasks still running hold sessions through their continuations; let them finish (their
+  // results are posted to the stopped io_context and dropped with it) before it goes away.
+  impl_->runner->close();
 }
 
 void Server::start(int listen_fd) {

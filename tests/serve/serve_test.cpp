@@ -222,8 +222,8 @@ TEST(Serve, SlowClientsAndGarbageDoNotStopTheServer) {
   }
   {
     Client junk(s.port());
-    junk.send_raw(
-        std::string("\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 random bytes\r\n\r\n", 33));
+    const char bytes[] = "\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 random bytes\r\n\r\n";
+    junk.send_raw(std::string(bytes, sizeof bytes - 1));  // a TLS hello, not HTTP
     const auto r = junk.read();
     EXPECT_EQ(r.status, 400);
   }
