@@ -193,8 +193,8 @@ const std::string& Tasks::signature(std::string_view name) const {
 PackedValue Tasks::invoke_packed(std::string_view name, std::string_view args) const {
   const Entry* e = find(name);
   if (e == nullptr) {
-    throw BadArguments(fmt::format("crew: unknown task '{}'; known tasks: {}", name,
-                                   detail::known_names(*this)));
+    throw BadArguments(
+        fmt::format("crew: unknown task '{}'; known tasks: {}", name, detail::known_names(*this)));
   }
   msgpack::zone zone;
   msgpack::object o;
