@@ -80,7 +80,7 @@ constexpr milliseconds kStableUptime{30'000};
 constexpr milliseconds kRssPoll{5};
 constexpr std::size_t kTailLines = 20;
 constexpr std::size_t kMaxLine = 4096;
-constexpr std::size_t kPipelineDepth = 4;
+constexpr std::size_t kPipelineDepth = 32;
 constexpr nanoseconds kPipelineBelow{200'000};  // tasks shorter than this are pipelined
 
 #if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
