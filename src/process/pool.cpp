@@ -39,6 +39,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <crew/process/cluster.hpp>
 #include <crew/process/pool.hpp>
 
 #include "frame.hpp"
@@ -162,17 +163,6 @@ struct LogOut {
   bool is_stderr;
   std::string line;
 };
-
-std::size_t read_rss(pid_t pid) {
-  char path[64];
-  std::snprintf(path, sizeof path, "/proc/%d/statm", static_cast<int>(pid));
-  FILE* f = std::fopen(path, "re");
-  if (f == nullptr) return 0;
-  unsigned long size = 0, resident = 0;
-  const int n = std::fscanf(f, "%lu %lu", &size, &resident);
-  std::fclose(f);
-  return n == 2 ? resident * static_cast<std::size_t>(::sysconf(_SC_PAGESIZE)) : 0;
-}
 
 int move_high(int fd) {
   // Above the descriptors the child rearranges (0..3), so dup2 never clobbers a source.
@@ -488,7 +478,7 @@ ProcessPoolStats ProcessPoolCore::stats() const {
     w.tasks_done = p->tasks_done;
     w.errors = p->errors;
     w.restarts = slots_[p->slot].processes - 1;
-    w.rss_bytes = read_rss(p->pid);
+    w.rss_bytes = resident_memory_bytes(p->pid);
     s.per_worker.push_back(std::move(w));
   }
   s.queued = queued_;
@@ -819,7 +809,7 @@ void ProcessPoolCore::finish_task(Proc& p, Clock::time_point now, bool failed) {
   }
   p.state = WState::idle;
   p.idle_since = now;
-  if (options_.max_rss_restart_bytes != 0) p.rss = read_rss(p.pid);
+  if (options_.max_rss_restart_bytes != 0) p.rss = resident_memory_bytes(p.pid);
   if (options_.max_tasks_per_worker != 0 && p.tasks_done >= options_.max_tasks_per_worker) {
     stop_proc(p, Reason::recycle, false, now);
   } else if (options_.max_rss_restart_bytes != 0 && p.rss > options_.max_rss_restart_bytes) {
@@ -1015,7 +1005,7 @@ void ProcessPoolCore::timers(Clock::time_point now) {
       p.kill_at = now + options_.terminate_grace;
     }
     if (p.state == WState::busy && p.next_rss <= now) {
-      p.rss = read_rss(p.pid);
+      p.rss = resident_memory_bytes(p.pid);
       if (p.rss > options_.memory_limit_bytes) {
         log_line(p, true,
                  fmt::format("crew: resident memory {} bytes is above memory_limit_bytes {}; "

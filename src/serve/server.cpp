@@ -1,9 +1,9 @@
 #include "server.hpp"
 
+#include <algorithm>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
-#include <fstream>
 #include <functional>
 #include <map>
 #include <mutex>
@@ -16,7 +16,6 @@
 #include <boost/asio.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
-#include <dirent.h>
 #include <fmt/format.h>
 #include <netinet/in.h>
 #include <nlohmann/json.hpp>
@@ -28,7 +27,7 @@
 
 #include <crew/version.hpp>
 
-#include "cluster.hpp"
+#include "metrics.hpp"
 #include "tasks.hpp"
 
 namespace crew::serve_app {
@@ -41,62 +40,6 @@ using json = nlohmann::json;
 using Clock = std::chrono::steady_clock;
 
 namespace {
-// Request-duration buckets (seconds) for the Prometheus histogram.
-constexpr double kBuckets[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
-                               0.1,    0.25,  0.5,    1,     2.5,  5,     10};
-constexpr std::size_t kBucketCount = std::size(kBuckets);
-}  // namespace
-
-struct Metrics {
-  std::mutex mutex;
-  std::map<std::pair<std::string, int>, std::uint64_t> requests;  // (route, status) -> count
-  std::map<std::string, std::uint64_t> outcomes;                  // task outcome -> count
-  std::uint64_t buckets[kBucketCount + 1] = {};                   // last one: +Inf
-  double duration_sum = 0;
-  std::uint64_t duration_count = 0;
-  std::atomic<std::int64_t> lag_ns{0};
-  std::atomic<std::int64_t> lag_max_ns{0};
-
-  void record(const std::string& route, int status, double seconds) {
-    std::lock_guard lock(mutex);
-    ++requests[{route, status}];
-    std::size_t b = 0;
-    while (b < kBucketCount && seconds > kBuckets[b]) ++b;
-    ++buckets[b];
-    duration_sum += seconds;
-    ++duration_count;
-  }
-  void outcome(const std::string& name) {
-    std::lock_guard lock(mutex);
-    ++outcomes[name];
-  }
-};
-
-namespace {
-
-struct ProcessFigures {
-  std::size_t rss = 0;
-  double cpu_seconds = 0;
-  std::size_t fds = 0;
-};
-
-ProcessFigures process_figures() {
-  ProcessFigures f;
-  std::ifstream statm("/proc/self/statm");
-  std::size_t pages = 0, resident = 0;
-  if (statm >> pages >> resident)
-    f.rss = resident * static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
-  rusage ru{};
-  ::getrusage(RUSAGE_SELF, &ru);
-  f.cpu_seconds = static_cast<double>(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
-                  static_cast<double>(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
-  if (DIR* d = ::opendir("/proc/self/fd")) {
-    while (::readdir(d) != nullptr) ++f.fds;
-    ::closedir(d);
-    f.fds = f.fds >= 3 ? f.fds - 3 : 0;  // ".", ".." and the directory's own descriptor
-  }
-  return f;
-}
 
 std::string query_param(std::string_view query, std::string_view key) {
   while (!query.empty()) {
@@ -135,6 +78,7 @@ struct Server::Impl {
   std::mutex drain_mutex;
   std::condition_variable drained;
   Metrics metrics;
+  ClusterWorker* cluster = nullptr;  // set in a cluster worker: peers' snapshots for /metrics
   std::shared_ptr<spdlog::logger> access;
   const Clock::time_point born = Clock::now();
   const std::chrono::system_clock::time_point born_wall = std::chrono::system_clock::now();
@@ -159,6 +103,7 @@ struct Server::Impl {
     std::lock_guard lock(drain_mutex);
     drained.notify_all();
   }
+  json snapshot();
   std::string render_metrics();
   json render_stats();
 };
@@ -565,124 +510,77 @@ void Server::Impl::tick_lag() {
   });
 }
 
-std::string Server::Impl::render_metrics() {
-  std::string out;
-  auto add = [&](std::string_view s) { out += s; };
+json Server::Impl::snapshot() {
   const RunnerStats s = runner->stats();
-  const ProcessFigures p = process_figures();
-  {
-    std::lock_guard lock(metrics.mutex);
-    add("# HELP crew_http_requests_total HTTP requests by route and status code.\n"
-        "# TYPE crew_http_requests_total counter\n");
-    for (const auto& [key, n] : metrics.requests) {
-      out += fmt::format("crew_http_requests_total{{route=\"{}\",code=\"{}\"}} {}\n", key.first,
-                         key.second, n);
-    }
-    add("# HELP crew_http_request_duration_seconds Time from request headers to response.\n"
-        "# TYPE crew_http_request_duration_seconds histogram\n");
-    std::uint64_t cumulative = 0;
-    for (std::size_t b = 0; b < kBucketCount; ++b) {
-      cumulative += metrics.buckets[b];
-      out += fmt::format("crew_http_request_duration_seconds_bucket{{le=\"{}\"}} {}\n", kBuckets[b],
-                         cumulative);
-    }
-    cumulative += metrics.buckets[kBucketCount];
-    out += fmt::format("crew_http_request_duration_seconds_bucket{{le=\"+Inf\"}} {}\n", cumulative);
-    out += fmt::format("crew_http_request_duration_seconds_sum {}\n", metrics.duration_sum);
-    out += fmt::format("crew_http_request_duration_seconds_count {}\n", metrics.duration_count);
-    add("# HELP crew_tasks_total Tasks run through HTTP, by outcome.\n"
-        "# TYPE crew_tasks_total counter\n");
-    for (const auto& [name, n] : metrics.outcomes) {
-      out += fmt::format("crew_tasks_total{{outcome=\"{}\"}} {}\n", name, n);
-    }
-  }
-  auto gauge = [&](const char* name, const char* help, double v) {
-    out += fmt::format("# HELP {} {}\n# TYPE {} gauge\n{} {}\n", name, help, name, name, v);
+  auto latency = [](const LatencySummary& l) {
+    using Seconds = std::chrono::duration<double>;
+    return json{{"p50_s", Seconds(l.p50).count()},
+                {"p90_s", Seconds(l.p90).count()},
+                {"p99_s", Seconds(l.p99).count()},
+                {"max_s", Seconds(l.max).count()},
+                {"count", l.count}};
   };
-  gauge("crew_pool_workers", "Pool threads or worker processes alive.",
-        static_cast<double>(s.workers));
-  gauge("crew_pool_busy", "Workers running a task.", static_cast<double>(s.busy));
-  gauge("crew_pool_idle", "Workers waiting for a task.", static_cast<double>(s.idle));
-  gauge("crew_pool_queued", "Tasks waiting for a worker.", static_cast<double>(s.queued));
-  gauge("crew_pool_utilization", "Share of pool capacity spent running tasks.", s.utilization);
-  add("# HELP crew_pool_tasks_total Tasks finished by the pool, by outcome.\n"
-      "# TYPE crew_pool_tasks_total counter\n");
-  out += fmt::format(
-      "crew_pool_tasks_total{{outcome=\"completed\"}} "
-      "{}\ncrew_pool_tasks_total{{outcome=\"failed\"}} "
-      "{}\ncrew_pool_tasks_total{{outcome=\"cancelled\"}} "
-      "{}\ncrew_pool_tasks_total{{outcome=\"timed_"
-      "out\"}} {}\ncrew_pool_tasks_total{{outcome=\"crashed\"}} {}\n",
-      s.completed, s.failed, s.cancelled, s.timed_out, s.crashed);
-  for (const auto& [name, summary] : {std::pair{"crew_pool_wait_seconds", s.wait_time},
-                                      std::pair{"crew_pool_run_seconds", s.run_time}}) {
-    out += fmt::format(
-        "# HELP {} Task {} time.\n# TYPE {} summary\n", name,
-        std::string_view(name).find("wait") != std::string_view::npos ? "wait" : "run", name);
-    for (const auto& [q, v] : {std::pair{"0.5", summary.p50}, std::pair{"0.9", summary.p90},
-                               std::pair{"0.99", summary.p99}}) {
-      out += fmt::format("{}{{quantile=\"{}\"}} {}\n", name, q,
-                         std::chrono::duration<double>(v).count());
-    }
-    out += fmt::format("{}_count {}\n", name, summary.count);
-  }
-  gauge("process_resident_memory_bytes", "Resident memory of this process.",
-        static_cast<double>(p.rss));
-  out += fmt::format(
-      "# HELP process_cpu_seconds_total User and system CPU time of this process.\n"
-      "# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total {}\n",
-      p.cpu_seconds);
-  gauge("process_open_fds", "Open file descriptors.", static_cast<double>(p.fds));
-  gauge("process_start_time_seconds", "Start time since the Unix epoch.",
-        std::chrono::duration<double>(born_wall.time_since_epoch()).count());
-  gauge("crew_event_loop_lag_seconds", "How late the I/O loop's 100 ms timer last fired.",
-        static_cast<double>(metrics.lag_ns.load()) / 1e9);
-  gauge("crew_event_loop_lag_max_seconds", "Largest such lateness since start.",
-        static_cast<double>(metrics.lag_max_ns.load()) / 1e9);
-  gauge("crew_ready", "1 while the server accepts tasks.", started && !draining ? 1.0 : 0.0);
+  json out = {{"worker", cluster != nullptr ? cluster->id() : 0},
+              {"pid", ::getpid()},
+              {"ready", started && !draining},
+              {"uptime_s", std::chrono::duration<double>(Clock::now() - born).count()},
+              {"start_time_s", std::chrono::duration<double>(born_wall.time_since_epoch()).count()},
+              {"isolation", runner->isolation()},
+              {"pool",
+               {{"workers", s.workers},
+                {"busy", s.busy},
+                {"idle", s.idle},
+                {"queued", s.queued},
+                {"completed", s.completed},
+                {"failed", s.failed},
+                {"cancelled", s.cancelled},
+                {"timed_out", s.timed_out},
+                {"crashed", s.crashed},
+                {"utilization", s.utilization},
+                {"wait", latency(s.wait_time)},
+                {"run", latency(s.run_time)}}},
+              {"process", process_figures()}};
+  metrics.fill(out);
   return out;
 }
 
-json Server::Impl::render_stats() {
-  const RunnerStats s = runner->stats();
-  const ProcessFigures p = process_figures();
-  auto summary = [](const LatencySummary& l) {
-    return json{{"p50_ms", std::chrono::duration<double, std::milli>(l.p50).count()},
-                {"p90_ms", std::chrono::duration<double, std::milli>(l.p90).count()},
-                {"p99_ms", std::chrono::duration<double, std::milli>(l.p99).count()},
-                {"max_ms", std::chrono::duration<double, std::milli>(l.max).count()},
-                {"count", l.count}};
-  };
-  json out;
-  out["version"] = CREW_VERSION_STRING;
-  out["pid"] = ::getpid();
-  out["uptime_s"] = std::chrono::duration<double>(Clock::now() - born).count();
-  out["ready"] = started && !draining;
-  out["pool"] = {{"isolation", runner->isolation()},
-                 {"workers", s.workers},
-                 {"busy", s.busy},
-                 {"idle", s.idle},
-                 {"queued", s.queued},
-                 {"completed", s.completed},
-                 {"failed", s.failed},
-                 {"cancelled", s.cancelled},
-                 {"timed_out", s.timed_out},
-                 {"crashed", s.crashed},
-                 {"utilization", s.utilization},
-                 {"wait", summary(s.wait_time)},
-                 {"run", summary(s.run_time)}};
-  {
-    std::lock_guard lock(metrics.mutex);
-    json requests = json::array();
-    for (const auto& [key, n] : metrics.requests) {
-      requests.push_back({{"route", key.first}, {"code", key.second}, {"count", n}});
-    }
-    out["http"] = {{"requests", requests}, {"count", metrics.duration_count}};
-    out["tasks"] = metrics.outcomes;
+namespace {
+
+// This worker's live snapshot followed by the peers' latest ones, by worker id. A peer's
+// snapshot that does not parse (it never should) is left out rather than failing the request.
+std::vector<json> cluster_snapshots(json own, const ClusterWorker& worker) {
+  std::vector<json> all;
+  all.push_back(std::move(own));
+  for (const auto& peer : worker.peers()) {
+    json s = json::parse(peer.state, nullptr, false);
+    if (!s.is_discarded() && s.is_object()) all.push_back(std::move(s));
   }
-  out["process"] = {{"rss_bytes", p.rss}, {"cpu_seconds", p.cpu_seconds}, {"open_fds", p.fds}};
-  out["event_loop_lag_ms"] = {{"last", static_cast<double>(metrics.lag_ns.load()) / 1e6},
-                              {"max", static_cast<double>(metrics.lag_max_ns.load()) / 1e6}};
+  std::sort(all.begin(), all.end(), [](const json& a, const json& b) {
+    return a.at("worker").get<int>() < b.at("worker").get<int>();
+  });
+  return all;
+}
+
+}  // namespace
+
+std::string Server::Impl::render_metrics() {
+  if (cluster == nullptr) return render_prometheus({snapshot()}, false);
+  return render_prometheus(cluster_snapshots(snapshot(), *cluster), true);
+}
+
+json Server::Impl::render_stats() {
+  json own = snapshot();
+  json out = stats_json(own);
+  if (cluster == nullptr) return out;
+  out["worker"] = cluster->id();
+  const std::vector<json> all = cluster_snapshots(std::move(own), *cluster);
+  json workers = json::array();
+  for (const auto& s : all) {
+    json w = stats_json(s);
+    w["worker"] = s.at("worker");
+    workers.push_back(std::move(w));
+  }
+  out["cluster"] = {{"workers", std::move(workers)}, {"totals", stats_json(merge_snapshots(all))}};
   return out;
 }
 
@@ -755,6 +653,14 @@ std::uint16_t Server::port() const noexcept {
   return ec ? 0 : ep.port();
 }
 
+void Server::join_cluster(ClusterWorker& worker) {
+  impl_->cluster = &worker;
+}
+
+std::string Server::snapshot() const {
+  return impl_->snapshot().dump();
+}
+
 bool Server::ready() const noexcept {
   return impl_->started && !impl_->draining;
 }
@@ -800,41 +706,6 @@ int run_task_worker() {
   return crew::serve(tasks);
 }
 
-namespace {
-
-// This program's own command line, to start cluster workers with the same options.
-std::vector<std::string> own_argv() {
-  std::ifstream in("/proc/self/cmdline", std::ios::binary);
-  std::vector<std::string> argv;
-  for (std::string arg; std::getline(in, arg, '\0');) argv.push_back(arg);
-  return argv;
-}
-
-int run_cluster_primary(const ServeConfig& config) {
-  int fd;
-  try {
-    fd = open_listener(config.host, config.port);
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "%s\n", e.what());
-    return 69;
-  }
-  sockaddr_storage addr{};
-  socklen_t len = sizeof addr;
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-  const unsigned port = ntohs(reinterpret_cast<sockaddr_in*>(&addr)->sin_port);
-  spdlog::info("crew serve: listening on http://{}:{} (cluster of {} workers, {} isolation)",
-               config.host, port, config.cluster, config.isolation);
-  Cluster cluster(ClusterOptions{.workers = config.cluster,
-                                 .min_uptime = config.min_uptime,
-                                 .max_restarts = config.max_restarts,
-                                 .shutdown_timeout = config.shutdown_timeout,
-                                 .max_memory_restart = config.max_memory_restart},
-                  own_argv());
-  return cluster.run(fd);
-}
-
-}  // namespace
-
 int run_service(const ServeConfig& config) {
   Tasks tasks;
   add_builtin_tasks(tasks);
@@ -844,9 +715,31 @@ int run_service(const ServeConfig& config) {
     std::fprintf(stderr, "crew serve: %s\n", e.what());
     return 78;  // EX_CONFIG
   }
-  if (config.cluster > 0 && !cluster_worker_env()) return run_cluster_primary(config);
-  // Signals are taken by sigwait below; block them before any thread exists so none of the
-  // pool or I/O threads receives them.
+  std::unique_ptr<Cluster> cluster;
+  if (config.cluster > 0) {
+    // The primary only supervises; each worker is this same command, serving on the socket.
+    ClusterOptions o;
+    o.workers = config.cluster;
+    o.host = config.host;
+    o.port = config.port;
+    o.min_uptime = config.min_uptime;
+    o.max_restarts = config.max_restarts;
+    o.shutdown_timeout = config.shutdown_timeout;
+    o.max_memory_restart = config.max_memory_restart;
+    try {
+      cluster = std::make_unique<Cluster>(std::move(o));
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "crew serve: %s\n", e.what());
+      return 69;  // EX_UNAVAILABLE
+    }
+    if (cluster->is_primary()) {
+      spdlog::info("crew serve: listening on http://{}:{} (cluster of {} workers, {} isolation)",
+                   config.host, cluster->port(), config.cluster, config.isolation);
+      return cluster->run();
+    }
+  }
+  // Signals are taken by sigwait below (or by the cluster worker's wait); block them before any
+  // thread exists so none of the pool or I/O threads receives them.
   sigset_t signals;
   sigemptyset(&signals);
   sigaddset(&signals, SIGINT);
@@ -867,18 +760,19 @@ int run_service(const ServeConfig& config) {
   } else {
     runner = make_thread_runner(tasks, config.workers, config.max_queue);
   }
-  const auto worker = cluster_worker_env();
+  ClusterWorker* worker = cluster ? &cluster->worker() : nullptr;
   Server server(config, std::move(runner));
+  if (worker != nullptr) server.join_cluster(*worker);
   try {
-    server.start(worker ? worker->listen_fd : -1);
+    server.start(worker != nullptr ? worker->listen_fd() : -1);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "%s\n", e.what());
     return 69;  // EX_UNAVAILABLE
   }
-  if (worker) {
-    cluster_worker_ready(*worker);
-    cluster_worker_wait(*worker);
-    spdlog::info("crew serve: cluster worker {} draining (up to {} ms)", worker->id,
+  if (worker != nullptr) {
+    worker->ready();
+    worker->wait([&server] { return server.snapshot(); }, kClusterPublishPeriod);
+    spdlog::info("crew serve: cluster worker {} draining (up to {} ms)", worker->id(),
                  config.shutdown_timeout.count());
   } else {
     spdlog::info("crew serve: listening on http://{}:{} ({} isolation, {} tasks)", config.host,

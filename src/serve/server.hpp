@@ -10,6 +10,8 @@
 #include <thread>
 #include <vector>
 
+#include <crew/process/cluster.hpp>
+
 #include "runner.hpp"
 
 namespace crew::serve_app {
@@ -36,9 +38,9 @@ struct ServeConfig {
   std::size_t max_memory_restart = 0;           ///< cluster: reload a worker above this RSS
 };
 
-/// Request and task counters for /metrics and /api/stats.
-/// Thread safety: all members are atomics or guarded by their own mutex.
-struct Metrics;
+/// How often a cluster worker publishes its figures to the others: /metrics and /api/stats on
+/// any worker show the others as of at most this long ago.
+inline constexpr std::chrono::milliseconds kClusterPublishPeriod{500};
 
 /// The service. start() binds and serves on its own I/O threads; drain() stops accepting and
 /// waits for in-flight requests; the destructor stops everything.
@@ -56,6 +58,11 @@ class Server {
   /// the address when it cannot bind.
   void start(int listen_fd = -1);
   [[nodiscard]] std::uint16_t port() const noexcept;
+  /// Before start(), in a cluster worker: /metrics and /api/stats answer for the whole cluster
+  /// (this server's figures plus the other workers' latest published ones).
+  void join_cluster(ClusterWorker& worker);
+  /// This server's figures as JSON: what a cluster worker publishes to the others.
+  [[nodiscard]] std::string snapshot() const;
   /// Readiness for /readyz: true once started, false from drain() on.
   [[nodiscard]] bool ready() const noexcept;
   /// Stops accepting, answers new requests on open connections with 503, and waits up to

@@ -13,6 +13,7 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include "metrics.hpp"
 #include "server.hpp"
 #include "tasks.hpp"
 
@@ -26,6 +27,7 @@ using json = nlohmann::json;
 using namespace std::chrono_literals;
 using crew::serve_app::ServeConfig;
 using ::testing::HasSubstr;
+using ::testing::Not;
 
 struct Reply {
   int status = 0;
@@ -326,6 +328,84 @@ TEST(Serve, LoadingAMissingPluginNamesIt) {
               ::testing::ThrowsMessage<std::runtime_error>(HasSubstr("/nonexistent/libx.so")));
 }
 #endif
+
+// A cluster worker's /metrics: each worker's series with its label, then the totals.
+TEST(ServeMetrics, ClusterSeriesCarryWorkerLabelsAndTotalsAddUp) {
+  auto snapshot = [](int worker, std::uint64_t ok, double rss, double lag) {
+    crew::serve_app::Metrics m;
+    for (std::uint64_t i = 0; i < ok; ++i) {
+      m.record("/v1/tasks/:name", 200, 0.002);
+      m.outcome("ok");
+    }
+    m.record("/healthz", 200, 0.0001);
+    m.lag_ns = static_cast<std::int64_t>(lag * 1e9);
+    m.lag_max_ns = static_cast<std::int64_t>(lag * 1e9);
+    json s = {
+        {"worker", worker},
+        {"pid", 100 + worker},
+        {"ready", true},
+        {"uptime_s", 5.0 * worker},
+        {"start_time_s", 1000.0 + worker},
+        {"isolation", "thread"},
+        {"pool",
+         {{"workers", 2},
+          {"busy", worker - 1},
+          {"idle", 3 - worker},
+          {"queued", 0},
+          {"completed", ok},
+          {"failed", 0},
+          {"cancelled", 0},
+          {"timed_out", 0},
+          {"crashed", worker},
+          {"utilization", 0.25 * worker},
+          {"wait",
+           {{"p50_s", 0.001}, {"p90_s", 0.002}, {"p99_s", 0.003}, {"max_s", 0.004}, {"count", ok}}},
+          {"run",
+           {{"p50_s", 0.001},
+            {"p90_s", 0.002},
+            {"p99_s", 0.003},
+            {"max_s", 0.004},
+            {"count", ok}}}}},
+        {"process", {{"rss_bytes", rss}, {"cpu_seconds", 0.5}, {"open_fds", 10}}}};
+    m.fill(s);
+    return s;
+  };
+  const std::vector<json> both = {snapshot(1, 3, 1000, 0.001), snapshot(2, 4, 3000, 0.004)};
+  const json all = crew::serve_app::merge_snapshots(both);
+  EXPECT_EQ(all["tasks"]["ok"], 7);
+  EXPECT_EQ(all["http"]["count"], 9);
+  EXPECT_EQ(all["pool"]["crashed"], 3);
+  EXPECT_EQ(all["pool"]["workers"], 4);
+  EXPECT_DOUBLE_EQ(all["pool"]["utilization"].get<double>(), 0.375);
+  EXPECT_EQ(all["process"]["rss_bytes"], 4000);
+  EXPECT_DOUBLE_EQ(all["lag"]["max_s"].get<double>(), 0.004);
+  EXPECT_DOUBLE_EQ(all["start_time_s"].get<double>(), 1001.0);
+  EXPECT_FALSE(all["pool"]["wait"].contains("p99_s"));  // quantiles do not add up
+
+  const std::string text = crew::serve_app::render_prometheus(both, true);
+  EXPECT_THAT(text, HasSubstr("crew_tasks_total{worker=\"1\",outcome=\"ok\"} 3\n"));
+  EXPECT_THAT(text, HasSubstr("crew_tasks_total{worker=\"2\",outcome=\"ok\"} 4\n"));
+  EXPECT_THAT(text, HasSubstr("crew_tasks_total{worker=\"all\",outcome=\"ok\"} 7\n"));
+  EXPECT_THAT(text, HasSubstr("crew_http_request_duration_seconds_bucket{worker=\"all\","
+                              "le=\"0.0025\"} 9\n"));
+  EXPECT_THAT(text, HasSubstr("crew_http_request_duration_seconds_bucket{worker=\"all\","
+                              "le=\"0.0005\"} 2\n"));
+  EXPECT_THAT(text, HasSubstr("crew_pool_wait_seconds{worker=\"2\",quantile=\"0.99\"} 0.003\n"));
+  EXPECT_THAT(text, Not(HasSubstr("crew_pool_wait_seconds{worker=\"all\",quantile")));
+  EXPECT_THAT(text, HasSubstr("crew_pool_wait_seconds_count{worker=\"all\"} 7\n"));
+  // Each family is declared once however many workers there are.
+  std::size_t declared = 0;
+  for (auto at = text.find("# TYPE crew_tasks_total "); at != std::string::npos;
+       at = text.find("# TYPE crew_tasks_total ", at + 1)) {
+    ++declared;
+  }
+  EXPECT_EQ(declared, 1U);
+
+  const json stats = crew::serve_app::stats_json(all);
+  EXPECT_EQ(stats["tasks"]["ok"], 7);
+  EXPECT_EQ(stats["workers_reporting"], 2);
+  EXPECT_FALSE(stats["pool"]["wait"].contains("p99_ms"));
+}
 
 }  // namespace
 

@@ -38,6 +38,24 @@ ready 2 || fail "two workers never came up"
 url="http://127.0.0.1:$port/v1/tasks/sum_range"
 lua=$(dirname "$0")/../../../bench/serve/post.lua
 
+# 0. /metrics on any worker answers for the whole cluster: one series per worker plus totals.
+get() { (exec 3<>"/dev/tcp/127.0.0.1/$port" && printf 'GET %s HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n' "$1" >&3 && cat <&3) 2>/dev/null || true; }
+post_fib() { (exec 3<>"/dev/tcp/127.0.0.1/$port" && printf 'POST /v1/tasks/fib HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: 12\r\n\r\n{"args":[9]}' >&3 && head -n1 <&3) 2>/dev/null; }
+for _ in $(seq 1 10); do post_fib | grep -q '^HTTP/1.1 200' || fail "POST /v1/tasks/fib failed"; done
+whole=0
+for _ in $(seq 1 500); do  # workers publish every 500 ms
+  m=$(get /metrics)
+  if grep -q '^crew_tasks_total{worker="all",outcome="ok"} 10' <<<"$m" &&
+    grep -q '^crew_pool_workers{worker="1"} 1' <<<"$m" && grep -q '^crew_pool_workers{worker="2"} 1' <<<"$m"; then
+    whole=1
+    break
+  fi
+  sleep 0.01
+done
+((whole)) || fail "/metrics never showed both workers and 10 tasks in total: $m"
+grep -q '"workers_reporting":2' <<<"$(get /api/stats)" || fail "/api/stats does not cover both workers"
+echo "cluster metrics: both workers and the totals on one worker's /metrics"
+
 # 1. kill -9 one worker under load.
 wrk -t2 -c8 -d3s -s "$lua" "$url" >"$work/wrk1" &
 load=$!

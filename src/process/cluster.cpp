@@ -1,0 +1,595 @@
+// The cluster primary is one epoll loop over a signalfd (SIGHUP, SIGTERM, SIGINT), an eventfd
+// (stop()/reload()), each worker's pidfd (exit) and channel (readiness, published state), and
+// timers (restart backoff, shutdown deadline, memory polling). Workers are forked by the thread
+// that calls run() and exec this same program with the listening socket and a channel inherited
+// at fixed descriptors.
+//
+// Channel messages are SOCK_SEQPACKET datagrams whose first byte says what they are:
+//   worker -> primary: 'R' ready, 'S' + state
+//   primary -> worker: 'D' drain, 'P' + id + pid (two int32) + state, 'G' + id (a peer is gone)
+// The primary sends without blocking: a worker too busy to read loses relayed states (the next
+// one replaces them) and, if even a drain request does not fit, gets SIGTERM instead.
+#include <algorithm>
+#include <cerrno>
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <deque>
+#include <fstream>
+#include <map>
+#include <stdexcept>
+#include <string_view>
+#include <system_error>
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <fmt/format.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <spdlog/spdlog.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/prctl.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <crew/pool.hpp>
+#include <crew/process/cluster.hpp>
+
+extern char** environ;
+
+namespace crew {
+inline namespace v0 {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using std::chrono::milliseconds;
+constexpr int kListenFd = 3;
+constexpr int kChannelFd = 4;
+constexpr const char* kEnvChannel = "CREW_CLUSTER_CHANNEL";
+constexpr const char* kEnvListen = "CREW_CLUSTER_LISTEN";
+constexpr const char* kEnvId = "CREW_CLUSTER_WORKER";
+constexpr milliseconds kBackoffCap{15'000};
+constexpr milliseconds kStable{30'000};
+constexpr std::size_t kHeader = 9;  // 'P' + id + pid
+constexpr std::size_t kMaxMessage = ClusterWorker::kMaxState + kHeader;
+
+[[noreturn]] void throw_errno(const std::string& what) {
+  throw std::system_error(errno, std::generic_category(), what);
+}
+
+bool send_message(int fd, std::string_view bytes) {
+  return ::send(fd, bytes.data(), bytes.size(), MSG_NOSIGNAL | MSG_DONTWAIT) ==
+         static_cast<ssize_t>(bytes.size());
+}
+
+void put_int(std::string& out, std::int32_t v) {
+  char b[4];
+  std::memcpy(b, &v, 4);
+  out.append(b, 4);
+}
+
+std::int32_t get_int(const char* p) {
+  std::int32_t v;
+  std::memcpy(&v, p, 4);
+  return v;
+}
+
+sigset_t cluster_signals() {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGHUP);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  return set;
+}
+
+int open_listener(const std::string& host, std::uint16_t port) {
+  sockaddr_storage addr{};
+  socklen_t len = 0;
+  int family = AF_INET;
+  auto* v4 = reinterpret_cast<sockaddr_in*>(&addr);
+  auto* v6 = reinterpret_cast<sockaddr_in6*>(&addr);
+  if (::inet_pton(AF_INET, host.c_str(), &v4->sin_addr) == 1) {
+    v4->sin_family = AF_INET;
+    v4->sin_port = htons(port);
+    len = sizeof *v4;
+  } else if (::inet_pton(AF_INET6, host.c_str(), &v6->sin6_addr) == 1) {
+    family = AF_INET6;
+    v6->sin6_family = AF_INET6;
+    v6->sin6_port = htons(port);
+    len = sizeof *v6;
+  } else {
+    throw std::invalid_argument(
+        fmt::format("crew::Cluster: host '{}' is not an IPv4 or IPv6 address", host));
+  }
+  const int fd = ::socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) throw_errno("crew::Cluster: socket");
+  const int one = 1;
+  ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), len) != 0 || ::listen(fd, SOMAXCONN) != 0) {
+    const int err = errno;
+    ::close(fd);
+    throw std::system_error(err, std::generic_category(),
+                            fmt::format("crew::Cluster: cannot listen on {}:{}", host, port));
+  }
+  return fd;
+}
+
+std::uint16_t port_of(int fd) {
+  sockaddr_storage addr{};
+  socklen_t len = sizeof addr;
+  if (::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) return 0;
+  if (addr.ss_family == AF_INET6) return ntohs(reinterpret_cast<sockaddr_in6*>(&addr)->sin6_port);
+  return ntohs(reinterpret_cast<sockaddr_in*>(&addr)->sin_port);
+}
+
+std::vector<std::string> own_argv() {
+  std::ifstream in("/proc/self/cmdline", std::ios::binary);
+  std::vector<std::string> argv;
+  for (std::string arg; std::getline(in, arg, '\0');) argv.push_back(arg);
+  return argv;
+}
+
+struct Worker {
+  int id = 0;
+  pid_t pid = -1;
+  int pidfd = -1;
+  int channel = -1;
+  Clock::time_point started{};
+  bool ready = false;
+  bool draining = false;
+  bool replaced = false;  // part of a reload: exits on purpose
+  std::string state;      // the latest 'S' message, relayed as 'P'
+};
+
+}  // namespace
+
+std::size_t resident_memory_bytes(int pid) noexcept {
+  char path[64];
+  if (pid == 0) {
+    std::snprintf(path, sizeof path, "/proc/self/statm");
+  } else {
+    std::snprintf(path, sizeof path, "/proc/%d/statm", pid);
+  }
+  FILE* f = std::fopen(path, "re");
+  if (f == nullptr) return 0;
+  unsigned long size = 0, resident = 0;
+  const int n = std::fscanf(f, "%lu %lu", &size, &resident);
+  std::fclose(f);
+  return n == 2 ? resident * static_cast<std::size_t>(::sysconf(_SC_PAGESIZE)) : 0;
+}
+
+bool is_cluster_worker() noexcept {
+  return std::getenv(kEnvChannel) != nullptr && std::getenv(kEnvListen) != nullptr;
+}
+
+// --- worker side ---------------------------------------------------------------------------
+
+void ClusterWorker::ready() {
+  if (!send_message(channel_, "R")) {
+    spdlog::warn("crew cluster worker {}: could not tell the primary it is ready: {}", id_,
+                 std::strerror(errno));
+  }
+}
+
+void ClusterWorker::publish(const std::string& state) {
+  if (state.size() > kMaxState) {
+    throw std::length_error(fmt::format(
+        "crew::ClusterWorker::publish: the state is {} bytes; at most {} fit in one message",
+        state.size(), kMaxState));
+  }
+  std::string msg;
+  msg.reserve(state.size() + 1);
+  msg += 'S';
+  msg += state;
+  // Best effort: a full channel means the primary is busy; the next state replaces this one.
+  send_message(channel_, msg);
+}
+
+std::vector<ClusterPeer> ClusterWorker::peers() const {
+  std::lock_guard lock(mutex_);
+  return peers_;
+}
+
+void ClusterWorker::receive(const char* data, std::size_t size) {
+  if (size >= kHeader && data[0] == 'P') {
+    ClusterPeer peer{get_int(data + 1), get_int(data + 5),
+                     std::string(data + kHeader, size - kHeader), Clock::now()};
+    std::lock_guard lock(mutex_);
+    auto it = std::find_if(peers_.begin(), peers_.end(), [&](auto& p) { return p.id == peer.id; });
+    if (it != peers_.end()) {
+      *it = std::move(peer);
+    } else {
+      peers_.insert(std::upper_bound(peers_.begin(), peers_.end(), peer.id,
+                                     [](int id, const ClusterPeer& p) { return id < p.id; }),
+                    std::move(peer));
+    }
+  } else if (size >= 5 && data[0] == 'G') {
+    const int id = get_int(data + 1);
+    std::lock_guard lock(mutex_);
+    std::erase_if(peers_, [id](const ClusterPeer& p) { return p.id == id; });
+  }
+}
+
+ClusterWorker::Stop ClusterWorker::wait(const std::function<std::string()>& state,
+                                        std::chrono::milliseconds every) {
+  const sigset_t set = cluster_signals();
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  const int sfd = ::signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
+  if (sfd < 0) throw_errno("crew::ClusterWorker::wait: signalfd");
+  std::vector<char> buffer(kMaxMessage);
+  auto next = Clock::now();
+  Stop why = Stop::primary_gone;
+  for (;;) {
+    int timeout = -1;
+    if (state) {
+      auto now = Clock::now();
+      if (now >= next) {
+        publish(state());
+        next = now + every;
+      }
+      timeout = static_cast<int>(std::chrono::ceil<milliseconds>(next - now).count());
+    }
+    pollfd fds[2] = {{channel_, POLLIN, 0}, {sfd, POLLIN, 0}};
+    if (::poll(fds, 2, timeout) < 0) {
+      if (errno == EINTR) continue;
+      break;
+    }
+    if (fds[1].revents != 0) {
+      signalfd_siginfo si{};
+      bool stop = false;
+      while (::read(sfd, &si, sizeof si) == sizeof si) {
+        stop = stop || si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT;  // SIGHUP: ignored
+      }
+      if (stop) {
+        why = Stop::signal;
+        break;
+      }
+    }
+    if (fds[0].revents != 0) {
+      const ssize_t n = ::recv(channel_, buffer.data(), buffer.size(), MSG_DONTWAIT);
+      if (n < 0 && (errno == EAGAIN || errno == EINTR)) continue;
+      if (n <= 0) break;  // the primary is gone
+      if (buffer[0] == 'D') {
+        why = Stop::drain;
+        break;
+      }
+      receive(buffer.data(), static_cast<std::size_t>(n));
+    }
+  }
+  ::close(sfd);
+  return why;
+}
+
+// --- primary -------------------------------------------------------------------------------
+
+Cluster::Cluster(ClusterOptions options) : options_(std::move(options)) {
+  // Before any thread exists, so every thread inherits the mask and signalfd gets the signals.
+  const sigset_t set = cluster_signals();
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  if (is_cluster_worker()) {
+    const char* id = std::getenv(kEnvId);
+    worker_.reset(new ClusterWorker(id != nullptr ? std::atoi(id) : 0,
+                                    std::atoi(std::getenv(kEnvListen)),
+                                    std::atoi(std::getenv(kEnvChannel))));
+    return;
+  }
+  if (options_.workers == 0) options_.workers = default_thread_count();
+  if (options_.argv.empty()) options_.argv = own_argv();
+  if (options_.argv.empty()) throw std::invalid_argument("crew::Cluster: argv must not be empty");
+  if (options_.listen_fd >= 0) {
+    listen_fd_ = options_.listen_fd;
+  } else {
+    listen_fd_ = open_listener(options_.host, options_.port);
+  }
+  port_ = port_of(listen_fd_);
+  wake_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (wake_fd_ < 0) {
+    ::close(listen_fd_);
+    throw_errno("crew::Cluster: eventfd");
+  }
+}
+
+Cluster::~Cluster() {
+  if (listen_fd_ >= 0) ::close(listen_fd_);
+  if (wake_fd_ >= 0) ::close(wake_fd_);
+}
+
+ClusterWorker& Cluster::worker() {
+  if (!worker_) {
+    throw std::logic_error(
+        "crew::Cluster::worker: this is the primary; call run() (is_primary() is true)");
+  }
+  return *worker_;
+}
+
+void Cluster::stop() {
+  stop_requested_ = true;
+  if (wake_fd_ >= 0) [[maybe_unused]]
+    auto n = ::eventfd_write(wake_fd_, 1);
+}
+
+void Cluster::reload() {
+  reload_requested_ = true;
+  if (wake_fd_ >= 0) [[maybe_unused]]
+    auto n = ::eventfd_write(wake_fd_, 1);
+}
+
+int Cluster::run() {
+  if (worker_) {
+    throw std::logic_error(
+        "crew::Cluster::run: this is a worker; use worker() (is_primary() is false)");
+  }
+  const sigset_t set = cluster_signals();
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  const int sfd = ::signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
+  const int ep = ::epoll_create1(EPOLL_CLOEXEC);
+  if (sfd < 0 || ep < 0) throw_errno("crew::Cluster::run: signalfd/epoll");
+  constexpr std::uint64_t kSignalTag = 0, kWakeTag = 1;  // worker tags are (id << 1) | 0/1, id >= 1
+  auto watch = [&](int fd, std::uint64_t tag) {
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ev.data.u64 = tag;
+    ::epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev);
+  };
+  watch(sfd, kSignalTag);
+  watch(wake_fd_, kWakeTag);
+
+  std::map<int, Worker> workers;  // by id
+  int next_id = 1;
+  std::size_t unstable = 0;
+  milliseconds backoff{0};
+  Clock::time_point next_spawn{};
+  bool stopping = false;
+  Clock::time_point stop_deadline{};
+  std::deque<int> to_reload;   // old workers still to replace, in order
+  int reload_waiting_for = 0;  // the new worker whose readiness releases the next old one
+  Clock::time_point next_memory_check = Clock::now();
+  int exit_code = 0;
+  std::vector<char> buffer(kMaxMessage);
+
+  auto spawn = [&]() {
+    int sv[2];
+    if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0) throw_errno("socketpair");
+    Worker w;
+    w.id = next_id++;
+    std::vector<std::string> env;
+    for (char** e = environ; *e != nullptr; ++e) env.emplace_back(*e);
+    env.push_back(fmt::format("{}={}", kEnvListen, kListenFd));
+    env.push_back(fmt::format("{}={}", kEnvChannel, kChannelFd));
+    env.push_back(fmt::format("{}={}", kEnvId, w.id));
+    std::vector<char*> envp, argv;
+    for (auto& e : env) envp.push_back(e.data());
+    envp.push_back(nullptr);
+    for (auto& a : options_.argv) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    const int child_listen = ::fcntl(listen_fd_, F_DUPFD_CLOEXEC, 10);
+    const int child_channel = ::fcntl(sv[1], F_DUPFD_CLOEXEC, 10);
+    const pid_t parent = ::getpid();
+    sigset_t none;
+    sigemptyset(&none);
+    const pid_t pid = ::fork();
+    if (pid == 0) {
+      // Only async-signal-safe calls between fork and exec.
+      ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+      if (::getppid() != parent) ::_exit(127);
+      ::dup2(child_listen, kListenFd);
+      ::dup2(child_channel, kChannelFd);
+      ::syscall(SYS_close_range, 5U, ~0U, 0U);
+      ::sigprocmask(SIG_SETMASK, &none, nullptr);
+      ::execve("/proc/self/exe", argv.data(), envp.data());
+      ::_exit(127);
+    }
+    ::close(child_listen);
+    ::close(child_channel);
+    ::close(sv[1]);
+    if (pid < 0) {
+      ::close(sv[0]);
+      throw_errno("fork");
+    }
+    w.pid = pid;
+    w.pidfd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
+    w.channel = sv[0];
+    w.started = Clock::now();
+    watch(w.pidfd, static_cast<std::uint64_t>(w.id) << 1);
+    watch(w.channel, (static_cast<std::uint64_t>(w.id) << 1) | 1);
+    spdlog::info("crew cluster: worker {} started (pid {})", w.id, pid);
+    workers.emplace(w.id, std::move(w));
+    return next_id - 1;
+  };
+  auto drain = [&](Worker& w) {
+    if (w.draining) return;
+    w.draining = true;
+    if (!send_message(w.channel, "D")) ::kill(w.pid, SIGTERM);
+  };
+  auto drain_all = [&](Clock::time_point now) {
+    stopping = true;
+    stop_deadline = now + options_.shutdown_timeout;
+    for (auto& [id, w] : workers) drain(w);
+  };
+  auto live = [&] {
+    std::size_t n = 0;
+    for (auto& [id, w] : workers) n += (!w.draining && !w.replaced) ? 1 : 0;
+    return n;
+  };
+  auto start_next_reload = [&] {
+    while (!to_reload.empty() && !workers.contains(to_reload.front())) to_reload.pop_front();
+    if (to_reload.empty() || stopping) {
+      reload_waiting_for = 0;
+      return;
+    }
+    workers.at(to_reload.front()).replaced = true;
+    reload_waiting_for = spawn();
+  };
+  auto reload_all = [&] {
+    spdlog::info("crew cluster: reloading {} workers one at a time", workers.size());
+    for (auto& [id, w] : workers) {
+      if (!w.draining && !w.replaced) to_reload.push_back(id);
+    }
+    if (reload_waiting_for == 0) start_next_reload();
+  };
+  auto peer_message = [](const Worker& w) {
+    std::string msg;
+    msg.reserve(kHeader + w.state.size());
+    msg += 'P';
+    put_int(msg, w.id);
+    put_int(msg, w.pid);
+    msg += w.state;
+    return msg;
+  };
+
+  for (std::size_t i = 0; i < options_.workers; ++i) spawn();
+
+  epoll_event events[32];
+  for (;;) {
+    const auto now = Clock::now();
+    int timeout = 1000;
+    if (stopping) {
+      timeout = static_cast<int>(std::max<long long>(
+          0, std::chrono::duration_cast<milliseconds>(stop_deadline - now).count()));
+    } else if (live() < options_.workers && next_spawn > now) {
+      timeout = static_cast<int>(std::chrono::ceil<milliseconds>(next_spawn - now).count());
+    } else if (live() < options_.workers) {
+      timeout = 0;
+    }
+    const int n = ::epoll_wait(ep, events, 32, timeout);
+    const auto t = Clock::now();
+    for (int e = 0; e < n; ++e) {
+      const std::uint64_t tag = events[e].data.u64;
+      if (tag == kSignalTag || tag == kWakeTag) {
+        bool want_stop = false, want_reload = false;
+        if (tag == kSignalTag) {
+          signalfd_siginfo si{};
+          while (::read(sfd, &si, sizeof si) == sizeof si) {
+            if (si.ssi_signo == SIGHUP) want_reload = true;
+            if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT) {
+              want_stop = true;
+              spdlog::info("crew cluster: {} received",
+                           ::strsignal(static_cast<int>(si.ssi_signo)));
+            }
+          }
+        } else {
+          eventfd_t v;
+          [[maybe_unused]] auto r = ::eventfd_read(wake_fd_, &v);
+          want_stop = stop_requested_.exchange(false);
+          want_reload = reload_requested_.exchange(false);
+        }
+        if (want_stop && !stopping) {
+          spdlog::info("crew cluster: draining every worker (up to {} ms)",
+                       options_.shutdown_timeout.count());
+          drain_all(t);
+        } else if (want_reload && !stopping) {
+          reload_all();
+        }
+        continue;
+      }
+      const int id = static_cast<int>(tag >> 1);
+      auto it = workers.find(id);
+      if (it == workers.end()) continue;
+      Worker& w = it->second;
+      if ((tag & 1) == 1) {
+        const ssize_t got = ::recv(w.channel, buffer.data(), buffer.size(), MSG_DONTWAIT);
+        if (got == 0) {
+          ::epoll_ctl(ep, EPOLL_CTL_DEL, w.channel, nullptr);
+        } else if (got > 0 && buffer[0] == 'R') {
+          w.ready = true;
+          // Bring the newcomer up to date with everyone's latest state.
+          for (auto& [oid, o] : workers) {
+            if (oid != id && !o.state.empty()) send_message(w.channel, peer_message(o));
+          }
+          if (id == reload_waiting_for && !to_reload.empty()) {
+            // The replacement serves: now the old one may go.
+            const int old = to_reload.front();
+            to_reload.pop_front();
+            if (auto o = workers.find(old); o != workers.end()) drain(o->second);
+            start_next_reload();
+          }
+        } else if (got > 0 && buffer[0] == 'S') {
+          w.state.assign(buffer.data() + 1, static_cast<std::size_t>(got) - 1);
+          const std::string msg = peer_message(w);
+          for (auto& [oid, o] : workers) {
+            if (oid != id) send_message(o.channel, msg);
+          }
+        }
+        continue;
+      }
+      // Exit.
+      int status = 0;
+      ::waitpid(w.pid, &status, 0);
+      const auto uptime = t - w.started;
+      const bool expected = w.draining || w.replaced || stopping;
+      if (WIFEXITED(status) && WEXITSTATUS(status) == 78) {
+        spdlog::error("crew cluster: worker {} cannot start (configuration, exit 78); stopping",
+                      id);
+        exit_code = 78;
+        if (!stopping) drain_all(t);
+      } else if (!expected) {
+        const std::string how = WIFSIGNALED(status)
+                                    ? fmt::format("killed by signal {}", WTERMSIG(status))
+                                    : fmt::format("exited with code {}", WEXITSTATUS(status));
+        if (uptime < options_.min_uptime) {
+          ++unstable;
+          backoff = backoff.count() == 0 ? options_.restart_backoff
+                                         : std::min(kBackoffCap, backoff * 3 / 2);
+        } else {
+          unstable = 0;
+          if (uptime >= kStable) backoff = milliseconds(0);
+        }
+        next_spawn = t + backoff;
+        spdlog::warn("crew cluster: worker {} (pid {}) {} after {} ms; restarting in {} ms", id,
+                     w.pid, how, std::chrono::duration_cast<milliseconds>(uptime).count(),
+                     backoff.count());
+        if (unstable > options_.max_restarts) {
+          spdlog::error(
+              "crew cluster: too many unstable restarts ({} workers in a row died within {} ms of "
+              "starting); giving up",
+              unstable, options_.min_uptime.count());
+          exit_code = 1;
+          drain_all(t);
+        }
+      }
+      ::close(w.pidfd);
+      ::close(w.channel);
+      workers.erase(it);
+      std::string gone = "G";
+      put_int(gone, id);
+      for (auto& [oid, o] : workers) send_message(o.channel, gone);
+      if (id == reload_waiting_for) start_next_reload();  // the replacement died: move on
+    }
+    const auto after = Clock::now();
+    if (stopping) {
+      if (workers.empty()) break;
+      if (after >= stop_deadline) {
+        for (auto& [id, w] : workers) ::kill(w.pid, SIGKILL);
+        if (exit_code == 0) exit_code = 1;
+        stop_deadline = after + milliseconds(1000);
+      }
+      continue;
+    }
+    if (options_.max_memory_restart != 0 && after >= next_memory_check) {
+      next_memory_check = after + milliseconds(1000);
+      for (auto& [id, w] : workers) {
+        if (w.ready && !w.draining && !w.replaced &&
+            resident_memory_bytes(w.pid) > options_.max_memory_restart &&
+            std::find(to_reload.begin(), to_reload.end(), id) == to_reload.end()) {
+          spdlog::warn("crew cluster: worker {} is above max_memory_restart; reloading it", id);
+          to_reload.push_back(id);
+          if (reload_waiting_for == 0) start_next_reload();
+        }
+      }
+    }
+    while (live() < options_.workers && after >= next_spawn) spawn();
+  }
+  ::close(ep);
+  ::close(sfd);
+  spdlog::info("crew cluster: all workers stopped, exit {}", exit_code);
+  return exit_code;
+}
+
+}  // namespace v0
+}  // namespace crew
