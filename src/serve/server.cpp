@@ -401,7 +401,9 @@ class Session : public std::enable_shared_from_this<Session> {
   }
 
   void respond(http::status status, const json& body) {
-    respond_text(status, body.dump(), "application/json");
+    // Replace, not throw: messages quote the request, which may be any bytes.
+    respond_text(status, body.dump(-1, ' ', false, json::error_handler_t::replace),
+                 "application/json");
   }
 
   void respond_text(http::status status, std::string body, const char* content_type) {
@@ -454,7 +456,7 @@ class Session : public std::enable_shared_from_this<Session> {
           {"status", status},
           {"bytes", bytes},
           {"ms",
-           seconds * 1000}}.dump());
+           seconds * 1000}}.dump(-1, ' ', false, json::error_handler_t::replace));
     } else {
       server_.access->info("{} {} {} {}B {:.3f}ms", method, target, status, bytes, seconds * 1000);
     }
@@ -658,7 +660,7 @@ void Server::join_cluster(ClusterWorker& worker) {
 }
 
 std::string Server::snapshot() const {
-  return impl_->snapshot().dump();
+  return impl_->snapshot().dump(-1, ' ', false, json::error_handler_t::replace);
 }
 
 bool Server::ready() const noexcept {

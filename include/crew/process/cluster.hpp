@@ -36,7 +36,7 @@ struct ClusterOptions {
   int listen_fd = -1;
   /// How a worker is started (argv[0] is shown by ps; the program run is always this one,
   /// /proc/self/exe). Empty: this program's own command line.
-  std::vector<std::string> argv;
+  std::vector<std::string> argv{};
   /// A worker that exits sooner than this after starting is unstable.
   std::chrono::milliseconds min_uptime{1'000};
   /// This many unstable exits in a row stop the restarts: run() returns 1 with the reason
