@@ -65,6 +65,8 @@ struct Server::Impl {
   // the handlers it still holds, and with them the last references to sessions, whose
   // destructors use the members declared before it. So `ioc` comes after everything a Session
   // touches, and only the objects bound to it (acceptor, timer) after `ioc`.
+  Impl(ServeConfig c, std::unique_ptr<Runner> r) : config(std::move(c)), runner(std::move(r)) {}
+
   ServeConfig config;
   std::unique_ptr<Runner> runner;
   std::vector<std::thread> threads;
@@ -83,7 +85,8 @@ struct Server::Impl {
   const Clock::time_point born = Clock::now();
   const std::chrono::system_clock::time_point born_wall = std::chrono::system_clock::now();
   Clock::time_point lag_expected{};
-  asio::io_context ioc;
+  // One I/O thread: tell Asio, which then skips waking other threads for each handler.
+  asio::io_context ioc{config.io_threads == 1 ? 1 : BOOST_ASIO_CONCURRENCY_HINT_DEFAULT};
   tcp::acceptor acceptor{ioc};
   asio::steady_timer lag_timer{ioc};
 
@@ -488,7 +491,11 @@ class Session : public std::enable_shared_from_this<Session> {
 }  // namespace
 
 void Server::Impl::accept() {
-  acceptor.async_accept(asio::make_strand(ioc), [this](beast::error_code ec, tcp::socket socket) {
+  // With one I/O thread a session's handlers cannot run concurrently: no strand needed.
+  const asio::any_io_executor executor = config.io_threads == 1
+                                             ? asio::any_io_executor(ioc.get_executor())
+                                             : asio::any_io_executor(asio::make_strand(ioc));
+  acceptor.async_accept(executor, [this](beast::error_code ec, tcp::socket socket) {
     if (ec == asio::error::operation_aborted || !acceptor.is_open()) return;
     if (!ec) std::make_shared<Session>(std::move(socket), *this)->start();
     accept();
@@ -587,9 +594,7 @@ json Server::Impl::render_stats() {
 }
 
 Server::Server(ServeConfig config, std::unique_ptr<Runner> runner)
-    : impl_(std::make_unique<Impl>()) {
-  impl_->config = std::move(config);
-  impl_->runner = std::move(runner);
+    : impl_(std::make_unique<Impl>(std::move(config), std::move(runner))) {
   if (impl_->config.log_format != "off") {
     impl_->access = spdlog::get("crew.access");
     if (!impl_->access) {
