@@ -23,6 +23,12 @@ else()
   set(CREW_HAS_PROCESS OFF)
 endif()
 
+if(TARGET crew_stream)
+  set(CREW_HAS_STREAM ON)
+else()
+  set(CREW_HAS_STREAM OFF)
+endif()
+
 install(EXPORT crewTargets
   NAMESPACE crew::
   FILE crewTargets.cmake

@@ -3,7 +3,6 @@
 #pragma once
 
 #include <array>
-#include <concepts>
 #include <cstddef>
 #include <cstdint>
 #include <filesystem>
@@ -11,57 +10,16 @@
 #include <span>
 #include <string>
 #include <string_view>
-#include <type_traits>
 #include <utility>
 #include <vector>
 
 #include <crew/buffer.hpp>
+#include <crew/detail/unique_function.hpp>
 #include <crew/errors.hpp>
 
 namespace crew {
 inline namespace v0 {
 namespace stream {
-
-namespace detail {
-
-/// A move-only `Buffer()` callable (std::function needs copyable callables, and a job owns its
-/// input Buffer). Empty when default-constructed or moved from.
-///
-/// Thread safety: none; one object is used by one thread at a time.
-class BufferJob {
- public:
-  BufferJob() noexcept = default;
-  template <class F>
-  requires(!std::same_as<std::remove_cvref_t<F>, BufferJob> &&
-           std::is_invocable_r_v<Buffer, std::decay_t<F>&>)
-      BufferJob(F&& fn)  // NOLINT(google-explicit-constructor): lambdas convert like std::function
-      : impl_(std::make_unique<Impl<std::decay_t<F>>>(std::forward<F>(fn))) {}
-  BufferJob(BufferJob&&) noexcept = default;
-  BufferJob& operator=(BufferJob&&) noexcept = default;
-
-  explicit operator bool() const noexcept { return static_cast<bool>(impl_); }
-  /// Runs the job; must not be empty. Call it once.
-  Buffer operator()() { return impl_->call(); }
-
- private:
-  struct Base {
-    Base() = default;
-    Base(const Base&) = delete;
-    Base& operator=(const Base&) = delete;
-    virtual ~Base() = default;
-    virtual Buffer call() = 0;
-  };
-  template <class Fn>
-  struct Impl final : Base {
-    template <class G>
-    explicit Impl(G&& g) : fn(std::forward<G>(g)) {}
-    Buffer call() override { return fn(); }
-    Fn fn;
-  };
-  std::unique_ptr<Base> impl_;
-};
-
-}  // namespace detail
 
 /// Corrupt or truncated input to a decoding codec: a damaged gzip stream, a ciphertext chunk that
 /// fails authentication (wrong key, tampering, reordering) or input that ends early. `offset()` is
@@ -102,7 +60,9 @@ class DataError : public Error {
 class ChunkCodec {
  public:
   /// One unit of parallel work; returns its piece of the output.
-  using Job = detail::BufferJob;
+  /// A move-only `Buffer()` callable (a job owns its input Buffer, so std::function cannot hold
+  /// it). Run once.
+  using Job = crew::detail::BasicUniqueFunction<Buffer>;
 
   virtual ~ChunkCodec() = default;
   /// Consumes the next input chunk (may be empty) and appends the jobs it makes ready to `out`.

@@ -493,10 +493,9 @@ class Flow {
 /// A complete pipeline — source, stages, sink — ready to run once. `R` is the sink's result type:
 /// `std::vector<T>` for collect(), `std::uint64_t` for count(), void for to(), write_file(), ...
 ///
-///     auto p = crew::stream::from(lines) | crew::stream::filter(non_empty) |
-///     crew::stream::count(); crew::stream::Summary s = p.run().get();   // rethrows
-///     crew::StageError, crew::Cancelled std::uint64_t n = p.take();                 // the sink's
-///     result
+///     auto p = from(lines) | filter(non_empty) | count();   // in crew::stream
+///     Summary s = p.run().get();    // rethrows crew::StageError, crew::Cancelled
+///     std::uint64_t n = p.take();   // the sink's result
 ///
 /// The stages run on one thread the pipeline starts (named `crew-stream`), one batch at a time;
 /// parallel stages hand items to their ThreadPool. The Future settles only after every stage has

@@ -2,8 +2,15 @@
 // the result. Exit code 0 means the package is usable.
 #include <cstdio>
 #include <exception>
+#include <vector>
 
 #include <crew/crew.hpp>
+#ifdef CREW_CONSUMER_PROCESS
+#include <crew/process.hpp>
+#endif
+#ifdef CREW_CONSUMER_STREAM
+#include <crew/stream.hpp>
+#endif
 
 int main() {
   try {
@@ -15,6 +22,26 @@ int main() {
       return 1;
     }
     std::puts("crew consumer: ok (6 * 7 = 42 on a crew::ThreadPool)");
+#ifdef CREW_CONSUMER_PROCESS
+    if (crew::resident_memory_bytes() == 0) {
+      std::fprintf(stderr, "crew consumer: crew::resident_memory_bytes() read nothing\n");
+      return 1;
+    }
+    std::puts("crew consumer: ok (crew::process linked)");
+#endif
+#ifdef CREW_CONSUMER_STREAM
+    namespace cs = crew::stream;
+    auto pipeline = cs::from(std::vector<int>{1, 2, 3, 4}) |
+                    cs::filter([](int v) { return v % 2 == 0; }) | cs::count();
+    (void)pipeline.run().get();
+    const auto evens = pipeline.take();
+    if (evens != 2) {
+      std::fprintf(stderr, "crew consumer: stream counted %zu evens, expected 2\n",
+                   static_cast<std::size_t>(evens));
+      return 1;
+    }
+    std::puts("crew consumer: ok (crew::stream pipeline)");
+#endif
     return 0;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "crew consumer: %s\n", e.what());
