@@ -1,10 +1,12 @@
 #include "server.hpp"
 
 #include <algorithm>
+#include <cerrno>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <functional>
+#include <limits>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -330,13 +332,18 @@ class Session : public std::enable_shared_from_this<Session> {
       std::string value = query_param(query_, key);
       if (value.empty()) value = std::string(request_[header]);
       if (value.empty()) continue;
+      // Bounded, so that no duration arithmetic downstream can overflow: a day at most.
+      constexpr long long kMaxTimeoutMs = 86'400'000;
+      const long long lo = set_timeout ? 0 : std::numeric_limits<int>::min();
+      const long long hi = set_timeout ? kMaxTimeoutMs : std::numeric_limits<int>::max();
       char* end = nullptr;
-      const long n = std::strtol(value.c_str(), &end, 10);
-      if (*end != '\0' || (set_timeout && n < 0)) {
+      errno = 0;
+      const long long n = std::strtoll(value.c_str(), &end, 10);
+      if (*end != '\0' || errno == ERANGE || n < lo || n > hi) {
         return respond(
             http::status::bad_request,
-            error_body("BadArguments", fmt::format("{} must be an integer{}, not '{}'", key,
-                                                   set_timeout ? " >= 0" : "", value)));
+            error_body("BadArguments", fmt::format("{} must be an integer in {}..{}, not '{}'", key,
+                                                   lo, hi, value)));
       }
       if (set_timeout) {
         options.timeout = std::chrono::milliseconds(n);

@@ -177,6 +177,15 @@ TEST(Serve, ErrorsHaveTheRightStatusAndSayWhat) {
   EXPECT_EQ(r.status, 504);
   r = c.request(http::verb::post, "/v1/tasks/fib?timeout_ms=soon", R"({"args": [1]})");
   EXPECT_EQ(r.status, 400);
+  // Found by ServeFuzz: a huge timeout overflowed the deadline arithmetic.
+  r = c.request(http::verb::post, "/v1/tasks/fib?timeout_ms=99999999999999999999",
+                R"({"args": [1]})");
+  EXPECT_EQ(r.status, 400);
+  EXPECT_EQ(r.js()["error"]["message"],
+            "timeout_ms must be an integer in 0..86400000, not '99999999999999999999'");
+  r = c.request(http::verb::post, "/v1/tasks/fib", R"({"args": [1]})", "application/json",
+                {{"X-Priority", "4294967296"}});
+  EXPECT_EQ(r.status, 400);
   {
     Client big(s.port());
     r = big.request(http::verb::post, "/v1/tasks/sha256", std::string(10'000, 'x'),
