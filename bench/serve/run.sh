@@ -3,7 +3,9 @@
 #   1. compute endpoint (sum of i < 100,000): requests/s and p99
 #   2. /healthz p99 while the compute endpoint saturates both cores (crew, Express + Piscina,
 #      and Express running the loop on its event loop as the contrast)
-#   3. GET /healthz requests/s: crew serve --cluster 2 vs Node's cluster hello world, 2 workers
+#   3. GET /healthz requests/s: crew serve --cluster 2 vs Node's cluster hello world, 2 workers,
+#      and the ceiling of this machine: a canned-response epoll server (ceiling.cpp) under the
+#      same wrk
 #
 #   bench/serve/run.sh <path-to-crew> [--quick]
 # Node anchors come from bench/node/package.json (installed by bench/node/install.sh into
@@ -72,10 +74,15 @@ pids=()
 pids+=($!)
 PORT=18084 node "$here/node_cluster.js" >"$work/node_cluster.log" 2>&1 &
 pids+=($!)
+"${CXX:-c++}" -O2 -std=c++20 -o "$work/ceiling" "$here/ceiling.cpp"
+"$work/ceiling" 18085 2 &
+pids+=($!)
 wait_port 18083
 wait_port 18084
+wait_port 18085
 read -r cl_rps cl_p99 < <(wrk_stats -t2 -c64 -d"$duration" "http://127.0.0.1:18083/healthz")
 read -r nc_rps nc_p99 < <(wrk_stats -t2 -c64 -d"$duration" "http://127.0.0.1:18084/")
+read -r ce_rps ce_p99 < <(wrk_stats -t2 -c64 -d"$duration" "http://127.0.0.1:18085/healthz")
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.1f", a / b; else print "-" }'; }
 verdict() { awk -v v="$1" -v t="$2" 'BEGIN { print (v >= t) ? "met" : "NOT met" }'; }
@@ -90,3 +97,4 @@ printf '%-46s %12.2f %14.2f %8s  crew <= 2 ms: %s\n' "/healthz p99 under compute
 printf '%-46s %12s %14.2f %8s  (loop on the event loop)\n' "/healthz p99, Express computing inline (ms)" "-" "$in_hp99" ""
 r=$(ratio "$cl_rps" "$nc_rps")
 printf '%-46s %12.0f %14.0f %7sx  >= 2x: %s\n' "cluster of 2: /healthz requests/s (Node cluster)" "$cl_rps" "$nc_rps" "$r" "$(verdict "$r" 2)"
+printf '%-46s %12.0f %14s %7sx  (ceiling/Node: %sx)\n' "  ceiling: canned responder, 2 processes" "$ce_rps" "" "$(ratio "$cl_rps" "$ce_rps")" "$(ratio "$ce_rps" "$nc_rps")"
