@@ -230,7 +230,12 @@ ClusterWorker::Stop ClusterWorker::wait(const std::function<std::string()>& stat
     if (state) {
       auto now = Clock::now();
       if (now >= next) {
-        publish(state());
+        // A state that cannot be made or sent is logged and skipped: it never ends the worker.
+        try {
+          publish(state());
+        } catch (const std::exception& e) {
+          spdlog::warn("crew cluster worker {}: state not published: {}", id_, e.what());
+        }
         next = now + every;
       }
       timeout = static_cast<int>(std::chrono::ceil<milliseconds>(next - now).count());
@@ -274,9 +279,15 @@ Cluster::Cluster(ClusterOptions options) : options_(std::move(options)) {
   pthread_sigmask(SIG_BLOCK, &set, nullptr);
   if (is_cluster_worker()) {
     const char* id = std::getenv(kEnvId);
-    worker_.reset(new ClusterWorker(id != nullptr ? std::atoi(id) : 0,
-                                    std::atoi(std::getenv(kEnvListen)),
-                                    std::atoi(std::getenv(kEnvChannel))));
+    const int listen_fd = std::atoi(std::getenv(kEnvListen));
+    const int channel = std::atoi(std::getenv(kEnvChannel));
+    worker_.reset(new ClusterWorker(id != nullptr ? std::atoi(id) : 0, listen_fd, channel));
+    // Programs this worker starts are neither workers nor holders of the socket or channel.
+    ::fcntl(listen_fd, F_SETFD, FD_CLOEXEC);
+    ::fcntl(channel, F_SETFD, FD_CLOEXEC);
+    ::unsetenv(kEnvListen);
+    ::unsetenv(kEnvChannel);
+    ::unsetenv(kEnvId);
     return;
   }
   if (options_.workers == 0) options_.workers = default_thread_count();

@@ -73,6 +73,10 @@ int worker_main() {
       if (cmd == "who") {
         reply = std::to_string(me.id()) + " " + std::to_string(::getpid());
         for (const auto& p : me.peers()) reply += " " + std::to_string(p.id) + "=" + p.state;
+      } else if (cmd == "inherit") {  // what a program this worker starts would inherit
+        const int flags = ::fcntl(me.listen_fd(), F_GETFD);
+        reply = std::string(crew::is_cluster_worker() ? "worker-env" : "no-worker-env") +
+                ((flags & FD_CLOEXEC) != 0 ? " socket-cloexec" : " socket-inherited");
       } else if (cmd == "big") {
         try {
           me.publish(std::string(crew::ClusterWorker::kMaxState + 1, 'x'));
@@ -312,6 +316,14 @@ TEST(Cluster, AStateTooLargeToPublishIsRefusedWithItsSize) {
   std::optional<std::string> reply;
   ASSERT_TRUE(eventually([&] { return (reply = ask(r.cluster.port(), "big")).has_value(); }));
   EXPECT_NE(reply->find("the state is 65537 bytes; at most 65536"), std::string::npos) << *reply;
+}
+
+TEST(Cluster, ProgramsAWorkerStartsAreNotWorkersAndDoNotHoldTheSocket) {
+  ::setenv(kRole, "serve", 1);
+  Running r(opts(1));
+  std::optional<std::string> reply;
+  ASSERT_TRUE(eventually([&] { return (reply = ask(r.cluster.port(), "inherit")).has_value(); }));
+  EXPECT_EQ(*reply, "no-worker-env socket-cloexec");
 }
 
 }  // namespace

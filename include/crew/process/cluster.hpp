@@ -59,7 +59,8 @@ struct ClusterPeer {
   std::chrono::steady_clock::time_point received{};
 };
 
-/// True in a process started by a Cluster primary.
+/// True in a process started by a Cluster primary (until its Cluster is constructed, which takes
+/// the inherited descriptors and clears the variables so that its own children are not workers).
 [[nodiscard]] bool is_cluster_worker() noexcept;
 
 /// The worker side: the inherited socket and the channel to the primary.
@@ -82,7 +83,8 @@ class ClusterWorker {
   /// The latest state of every other live worker that published one, by id.
   [[nodiscard]] std::vector<ClusterPeer> peers() const;
   /// Blocks until the worker must stop (see Stop), then returns so that the caller can drain.
-  /// Meanwhile publishes `state()` every `every` (if given) and receives the peers' states.
+  /// Meanwhile publishes `state()` every `every` (if given; one that throws is logged and skipped)
+  /// and receives the peers' states.
   Stop wait(const std::function<std::string()>& state = {},
             std::chrono::milliseconds every = std::chrono::milliseconds(500));
 
