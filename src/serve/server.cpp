@@ -298,7 +298,12 @@ class Session : public std::enable_shared_from_this<Session> {
     }
     std::string args;
     const auto type = request_[http::field::content_type];
-    const bool is_json = type.empty() || type.starts_with("application/json");
+    // JSON unless the client says otherwise. `curl -d '{"args": [..]}'` labels its body as a
+    // form; a form body that opens with '{' is taken for the JSON it is.
+    const auto first = request_.body().find_first_not_of(" \t\r\n");
+    const bool is_json = type.empty() || type.starts_with("application/json") ||
+                         (type.starts_with("application/x-www-form-urlencoded") &&
+                          first != std::string::npos && request_.body()[first] == '{');
     if (is_json) {
       json body;
       try {

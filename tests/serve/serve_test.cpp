@@ -175,6 +175,14 @@ TEST(Serve, ErrorsHaveTheRightStatusAndSayWhat) {
   EXPECT_EQ(r.js()["error"]["type"], "std::out_of_range");
   r = c.request(http::verb::post, "/v1/tasks/sleep_ms?timeout_ms=50", R"({"args": [300]})");
   EXPECT_EQ(r.status, 504);
+  // curl -d labels JSON as a form: still JSON. A real form is still a raw body.
+  r = c.request(http::verb::post, "/v1/tasks/fib", R"({"args": [10]})",
+                "application/x-www-form-urlencoded");
+  EXPECT_EQ(r.status, 200);
+  EXPECT_EQ(r.js()["result"], 55);
+  r = c.request(http::verb::post, "/v1/tasks/fib", "n=10", "application/x-www-form-urlencoded");
+  EXPECT_EQ(r.status, 400);
+  EXPECT_THAT(r.js()["error"]["message"].get<std::string>(), HasSubstr("given (string)"));
   r = c.request(http::verb::post, "/v1/tasks/fib?timeout_ms=soon", R"({"args": [1]})");
   EXPECT_EQ(r.status, 400);
   // Found by ServeFuzz: a huge timeout overflowed the deadline arithmetic.
