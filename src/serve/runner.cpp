@@ -8,26 +8,27 @@
 namespace crew::serve_app {
 namespace {
 
-// Task threads run at a lower scheduling priority (nice +10) than the I/O threads: when the
-// cores are saturated with tasks, /healthz and request parsing still get the CPU first.
-void lower_priority_once() {
+// Each task thread takes the task priority (`--task-nice`) the first time it runs a task: pool
+// threads start lazily, from whichever thread submitted first.
+void set_task_priority_once(int nice) {
   thread_local bool done = false;
   if (done) return;
   done = true;
-  ::setpriority(PRIO_PROCESS, static_cast<id_t>(::gettid()), 10);
+  ::setpriority(PRIO_PROCESS, static_cast<id_t>(::gettid()), nice);
 }
 
 class ThreadRunner final : public Runner {
  public:
-  ThreadRunner(const Tasks& tasks, std::size_t threads, std::size_t max_queue)
+  ThreadRunner(const Tasks& tasks, std::size_t threads, std::size_t max_queue, int task_nice)
       : tasks_(tasks),
+        task_nice_(task_nice),
         pool_(PoolOptions{.max_threads = threads == 0 ? default_thread_count() : threads,
                           .max_queue = max_queue,
                           .name = "crew-task"}) {}
 
   Future<PackedValue> run(std::string_view task, std::string args, RunOptions options) override {
     return pool_.run(std::move(options), [this, name = std::string(task), args = std::move(args)] {
-      lower_priority_once();
+      set_task_priority_once(task_nice_);
       return tasks_.invoke_packed(name, args);
     });
   }
@@ -53,6 +54,7 @@ class ThreadRunner final : public Runner {
 
  private:
   const Tasks& tasks_;
+  const int task_nice_;
   mutable ThreadPool pool_;
 };
 
@@ -94,8 +96,8 @@ class ProcessRunner final : public Runner {
 }  // namespace
 
 std::unique_ptr<Runner> make_thread_runner(const Tasks& tasks, std::size_t threads,
-                                           std::size_t max_queue) {
-  return std::make_unique<ThreadRunner>(tasks, threads, max_queue);
+                                           std::size_t max_queue, int task_nice) {
+  return std::make_unique<ThreadRunner>(tasks, threads, max_queue, task_nice);
 }
 
 std::unique_ptr<Runner> make_process_runner(const Tasks& tasks, ProcessPoolOptions options) {

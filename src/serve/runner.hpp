@@ -32,9 +32,10 @@ class Runner {
   virtual void close() = 0;
 };
 
-/// Tasks run on a ThreadPool of `threads` (0: default) with a queue of `max_queue`.
+/// Tasks run on a ThreadPool of `threads` (0: default) with a queue of `max_queue`, each thread at
+/// scheduling priority `task_nice` (a nice value, 0..19).
 std::unique_ptr<Runner> make_thread_runner(const Tasks& tasks, std::size_t threads,
-                                           std::size_t max_queue);
+                                           std::size_t max_queue, int task_nice = 0);
 /// Tasks run in worker processes re-executing this program with `worker_args`.
 std::unique_ptr<Runner> make_process_runner(const Tasks& tasks, ProcessPoolOptions options);
 

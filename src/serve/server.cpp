@@ -727,8 +727,9 @@ void Server::stop() {
 }
 
 int run_task_worker() {
-  // Below the service's I/O threads, as pool threads are in thread isolation (runner.cpp).
-  ::setpriority(PRIO_PROCESS, 0, 10);
+  // As task threads are in thread isolation (--task-nice).
+  const char* nice = std::getenv("CREW_SERVE_TASK_NICE");
+  ::setpriority(PRIO_PROCESS, 0, nice != nullptr ? std::atoi(nice) : 0);
   Tasks tasks;
   add_builtin_tasks(tasks);
   std::vector<std::string> plugins;
@@ -792,9 +793,10 @@ int run_service(const ServeConfig& config) {
     std::string list;
     for (const auto& p : config.plugins) list += (list.empty() ? "" : ":") + p;
     o.env["CREW_SERVE_PLUGINS"] = list;
+    o.env["CREW_SERVE_TASK_NICE"] = std::to_string(config.task_nice);
     runner = make_process_runner(tasks, std::move(o));
   } else {
-    runner = make_thread_runner(tasks, config.workers, config.max_queue);
+    runner = make_thread_runner(tasks, config.workers, config.max_queue, config.task_nice);
   }
   ClusterWorker* worker = cluster ? &cluster->worker() : nullptr;
   Server server(config, std::move(runner));

@@ -30,6 +30,9 @@ struct ServeConfig {
   std::chrono::milliseconds body_timeout{30'000};    ///< 408 when the body takes longer
   std::chrono::milliseconds task_timeout{30'000};    ///< default per task; 504 beyond it
   std::chrono::milliseconds shutdown_timeout{10'000};
+  /// Scheduling priority (nice, 0..19) of task threads and task worker processes; the I/O
+  /// threads stay at the process's own. See docs/operations.md "Priorities".
+  int task_nice = 0;
   std::vector<std::string> plugins;
   std::string log_format = "text";  ///< access log: "text", "json" or "off"
   std::size_t cluster = 0;          ///< worker processes sharing the port (0: no cluster)

@@ -72,6 +72,13 @@ Command add_serve_command(CLI::App& app) {
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
   serve
+      ->add_option("--task-nice", config->task_nice,
+                   "Scheduling priority of task threads and processes (nice 0..19); higher keeps "
+                   "/healthz and parsing ahead of tasks on a saturated machine at some throughput")
+      ->envname("CREW_TASK_NICE")
+      ->check(CLI::Range(0, 19))
+      ->capture_default_str();
+  serve
       ->add_option("--plugin", config->plugins,
                    "Shared library exporting `extern \"C\" void crew_register_tasks(crew::Tasks&)`"
                    " (repeatable)")

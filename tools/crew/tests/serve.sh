@@ -18,7 +18,7 @@ http() {  # http <port> <method> <path> [json-body] -> prints the whole response
   exec 3<&-
 }
 
-"$crew" serve --port 0 --log-format off >"$work/out" 2>&1 &
+"$crew" serve --port 0 --log-format off --task-nice 7 >"$work/out" 2>&1 &
 pid=$!
 for _ in $(seq 1 3000); do  # up to 30 s: sanitizer builds start slowly
   port=$(grep -o 'http://127.0.0.1:[0-9]*' "$work/out" | head -n1 | cut -d: -f3 || true)
@@ -34,11 +34,27 @@ grep -q '"result":4999950000' <<<"$reply" || fail "sum_range: $reply"
 reply=$(http "$port" POST /v1/tasks/fib '{"args": ["x"]}')
 grep -q '^HTTP/1.1 400' <<<"$reply" || fail "bad arguments: $reply"
 
+# --task-nice 7: the task thread that ran sum_range is at nice 7, the I/O thread at 0.
+nices() {  # nices <thread-name-glob>: the nice value of each such thread
+  local t
+  for t in /proc/"$pid"/task/*; do
+    # shellcheck disable=SC2053 # $1 is a glob on purpose
+    if [[ $(cat "$t/comm") == $1 ]]; then awk '{print $19}' "$t/stat"; fi
+  done
+}
+nices 'crew-task*' | grep -qx 7 || fail "no task thread at nice 7: $(nices 'crew-task*')"
+nices crew | grep -qx 0 || fail "no I/O thread at nice 0: $(nices crew)"
+
 kill -TERM "$pid"
 rc=0
 wait "$pid" || rc=$?
 [[ $rc == 0 ]] || fail "exit code $rc after SIGTERM, expected 0: $(cat "$work/out")"
 grep -q 'drained' "$work/out" || fail "no drain message"
+
+rc=0
+"$crew" serve --port 0 --task-nice 25 >"$work/usage" 2>&1 || rc=$?
+[[ $rc == 2 ]] || fail "--task-nice 25: exit $rc, expected 2 (usage)"
+grep -q -- "--task-nice" "$work/usage" || fail "--task-nice 25: the message does not name the option"
 
 rc=0
 "$crew" serve --port 0 --plugin "$work/missing.so" >"$work/bad" 2>&1 || rc=$?
