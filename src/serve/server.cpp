@@ -300,10 +300,12 @@ class Session : public std::enable_shared_from_this<Session> {
     const auto type = request_[http::field::content_type];
     // JSON unless the client says otherwise. `curl -d '{"args": [..]}'` labels its body as a
     // form; a form body that opens with '{' is taken for the JSON it is.
-    const auto first = request_.body().find_first_not_of(" \t\r\n");
+    auto opens_object = [&] {
+      const auto first = request_.body().find_first_not_of(" \t\r\n");
+      return first != std::string::npos && request_.body()[first] == '{';
+    };
     const bool is_json = type.empty() || type.starts_with("application/json") ||
-                         (type.starts_with("application/x-www-form-urlencoded") &&
-                          first != std::string::npos && request_.body()[first] == '{');
+                         (type.starts_with("application/x-www-form-urlencoded") && opens_object());
     if (is_json) {
       json body;
       try {
@@ -755,16 +757,15 @@ int run_service(const ServeConfig& config) {
   std::unique_ptr<Cluster> cluster;
   if (config.cluster > 0) {
     // The primary only supervises; each worker is this same command, serving on the socket.
-    ClusterOptions o;
-    o.workers = config.cluster;
-    o.host = config.host;
-    o.port = config.port;
-    o.min_uptime = config.min_uptime;
-    o.max_restarts = config.max_restarts;
-    o.shutdown_timeout = config.shutdown_timeout;
-    o.max_memory_restart = config.max_memory_restart;
     try {
-      cluster = std::make_unique<Cluster>(std::move(o));
+      cluster = std::make_unique<Cluster>(
+          ClusterOptions{.workers = config.cluster,
+                         .host = config.host,
+                         .port = config.port,
+                         .min_uptime = config.min_uptime,
+                         .max_restarts = config.max_restarts,
+                         .shutdown_timeout = config.shutdown_timeout,
+                         .max_memory_restart = config.max_memory_restart});
     } catch (const std::exception& e) {
       std::fprintf(stderr, "crew serve: %s\n", e.what());
       return 69;  // EX_UNAVAILABLE

@@ -8,8 +8,6 @@
 #include <csignal>
 #include <cstdlib>
 #include <cstring>
-#include <filesystem>
-#include <fstream>
 #include <map>
 #include <optional>
 #include <set>
@@ -27,6 +25,8 @@
 #include <unistd.h>
 
 #include <crew/process.hpp>
+
+#include "process/observe.hpp"
 
 namespace {
 
@@ -98,34 +98,8 @@ int worker_main() {
 
 // --- the tests -----------------------------------------------------------------------------
 
-template <class P>
-bool eventually(P pred, std::chrono::milliseconds limit = 20s) {
-  const auto end = Clock::now() + limit;
-  while (!pred()) {
-    if (Clock::now() > end) return false;
-    std::this_thread::sleep_for(2ms);
-  }
-  return true;
-}
-
-std::vector<int> children_of(int parent) {
-  std::vector<int> out;
-  for (const auto& e : std::filesystem::directory_iterator("/proc")) {
-    const std::string name = e.path().filename();
-    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
-    std::ifstream stat(e.path() / "stat");
-    std::string line;
-    if (!std::getline(stat, line)) continue;
-    const auto close = line.rfind(')');
-    if (close == std::string::npos) continue;
-    char state;
-    int ppid;
-    if (std::sscanf(line.c_str() + close + 1, " %c %d", &state, &ppid) == 2 && ppid == parent) {
-      out.push_back(std::stoi(name));
-    }
-  }
-  return out;
-}
+using crew_test::children_of;
+using crew_test::eventually;
 
 struct Answer {
   int id = 0;

@@ -6,7 +6,6 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <set>
 #include <string>
 #include <thread>
@@ -23,6 +22,8 @@
 #include <unistd.h>
 
 #include <crew/process.hpp>
+
+#include "process/observe.hpp"
 
 extern char** environ;
 
@@ -135,36 +136,8 @@ std::string self_exe() {
   return std::filesystem::read_symlink("/proc/self/exe").string();
 }
 
-// Polls `pred` until it holds or `limit` passes (observing a process from outside has no event
-// to wait on; the assertion is on the condition, not on the sleep).
-template <class P>
-bool eventually(P pred, std::chrono::milliseconds limit = 10s) {
-  const auto end = Clock::now() + limit;
-  while (!pred()) {
-    if (Clock::now() > end) return false;
-    std::this_thread::sleep_for(1ms);
-  }
-  return true;
-}
-
-std::vector<int> children_of(int parent) {
-  std::vector<int> out;
-  for (const auto& e : std::filesystem::directory_iterator("/proc")) {
-    const std::string name = e.path().filename();
-    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
-    std::ifstream stat(e.path() / "stat");
-    std::string line;
-    if (!std::getline(stat, line)) continue;
-    const auto close = line.rfind(')');
-    if (close == std::string::npos) continue;
-    char state;
-    int ppid;
-    if (std::sscanf(line.c_str() + close + 1, " %c %d", &state, &ppid) == 2 && ppid == parent) {
-      out.push_back(std::stoi(name));
-    }
-  }
-  return out;
-}
+using crew_test::children_of;
+using crew_test::eventually;
 
 template <class E, class F>
 E expect_throw(F&& f) {
