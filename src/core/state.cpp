@@ -72,7 +72,8 @@ void StateBase::wait() const noexcept {
     }
     return;
   }
-  const auto spin_until = std::chrono::steady_clock::now() + kSpinFor;
+  const auto spin_until = drive() ? std::chrono::steady_clock::time_point::min()
+                                  : std::chrono::steady_clock::now() + kSpinFor;
   for (int i = 0; !ready(); ++i) {
     cpu_relax();
     if ((i & 63) == 63 && std::chrono::steady_clock::now() > spin_until) break;

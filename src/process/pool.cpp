@@ -1,11 +1,17 @@
 // The ProcessPool supervisor. One thread per pool owns every worker process: it forks them, waits
-// on their sockets, exit notifications (pidfd) and output pipes with epoll, and enforces task
-// deadlines, memory caps and recycling. Other threads only touch the queue (under mutex_) and
-// wake the supervisor through an eventfd.
+// on their exit notifications (pidfd), output pipes and the pool's doorbell with epoll, and
+// enforces task deadlines, memory caps and recycling. Other threads touch the queue (under
+// mutex_) and wake the supervisor through the doorbell, an eventfd.
+//
+// Replies do not wake the supervisor when they need not: a thread waiting for a result of this
+// pool reads the workers' sockets itself for a while ("driving", PoolPage::drivers), and a worker
+// rings the doorbell after a reply only when no thread is driving. A round trip then costs no
+// wake-up at all when the worker is still looking for its next request (it spins briefly).
 //
 // Futures are settled, and log lines delivered, after mutex_ is released: a continuation or a log
 // callback may call back into the pool.
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <climits>
 #include <condition_variable>
@@ -16,6 +22,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <new>
 #include <optional>
 #include <string>
 #include <system_error>
@@ -31,6 +38,7 @@
 #include <spdlog/spdlog.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -39,6 +47,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <crew/detail/futex.hpp>
 #include <crew/process/cluster.hpp>
 #include <crew/process/pool.hpp>
 
@@ -83,6 +92,12 @@ constexpr std::size_t kTailLines = 20;
 constexpr std::size_t kMaxLine = 4096;
 constexpr std::size_t kPipelineDepth = 32;
 constexpr nanoseconds kPipelineBelow{200'000};  // tasks shorter than this are pipelined
+// How long a waiting thread reads replies itself before it sleeps. About two wake-ups on a busy
+// machine: shorter tasks are answered without any, longer ones cost this much CPU once.
+constexpr nanoseconds kDriveFor{50'000};
+// While a thread drives, the supervisor still looks at the sockets this often, in case that
+// thread was preempted with a reply waiting.
+constexpr milliseconds kDriverBackstop{1};
 
 #if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
 // Sanitizers reserve terabytes of address space: RLIMIT_AS would stop the worker from starting.
@@ -200,6 +215,9 @@ class ProcessPoolCore {
   ~ProcessPoolCore();
 
   void submit(CallBase& call, std::stop_token stop, const ProcessArm& arm);
+  /// Reads replies on a waiting thread until `state` is ready or kDriveFor has passed.
+  void drive(const StateBase& state) noexcept;
+  std::atomic<int> drivers_in{0};  // threads inside drive(), counted under ProcessControl::mutex
   void post_cancel(std::uint64_t id);
   void close();
   void terminate();
@@ -211,8 +229,11 @@ class ProcessPoolCore {
   void run();
   void wake() noexcept;
   Clock::time_point next_deadline() const;
-  void handle_event(std::uint64_t data, std::uint32_t events, Clock::time_point now);
-  void on_socket(Proc& p, Clock::time_point now);
+  void handle_event(std::uint64_t data, Clock::time_point now);
+  std::size_t on_socket(Proc& p, Clock::time_point now);
+  std::size_t poll_replies(Clock::time_point now);
+  bool needs_supervisor() const;
+  void reap_as_driver(bool block);
   void on_frame(Proc& p, Frame frame, Clock::time_point now);
   void on_output(Proc& p, int which);
   void on_exit(Proc& p, Clock::time_point now);
@@ -265,6 +286,12 @@ class ProcessPoolCore {
   std::condition_variable closed_cv_;
   int epoll_ = -1;
   int event_ = -1;
+  int page_fd_ = -1;
+  PoolPage* page_ = nullptr;
+  // Guarded by mutex_: when the sleeping supervisor will wake by itself (min() while it is awake),
+  // and whether a driver changed something only the supervisor acts on.
+  Clock::time_point sleep_until_ = Clock::time_point::min();
+  bool kick_ = false;
   std::uint64_t next_serial_ = 1;
   // Guarded by mutex_; handed out of the lock (take_output) and delivered by flush().
   std::vector<Settle> settles_;
@@ -339,12 +366,26 @@ ProcessPoolCore::ProcessPoolCore(ProcessPoolOptions options) : options_(std::mov
 
   epoll_ = ::epoll_create1(EPOLL_CLOEXEC);
   event_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-  if (epoll_ < 0 || event_ < 0) {
-    const int err = errno;
-    if (epoll_ >= 0) ::close(epoll_);
-    if (event_ >= 0) ::close(event_);
-    throw std::system_error(err, std::generic_category(), "crew::ProcessPool: epoll/eventfd");
+  page_fd_ = ::memfd_create("crew-pool", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+  void* page = MAP_FAILED;
+  if (page_fd_ >= 0 && ::ftruncate(page_fd_, kPoolPageSize) == 0) {
+    page = ::mmap(nullptr, kPoolPageSize, PROT_READ | PROT_WRITE, MAP_SHARED, page_fd_, 0);
   }
+  // Workers may map the page only read-only: a broken worker cannot silence the others.
+  if (epoll_ < 0 || event_ < 0 || page == MAP_FAILED ||
+      ::fcntl(page_fd_, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_FUTURE_WRITE) != 0) {
+    const int err = errno;
+    if (page != MAP_FAILED) ::munmap(page, kPoolPageSize);
+    for (int fd : {epoll_, event_, page_fd_}) {
+      if (fd >= 0) ::close(fd);
+    }
+    throw std::system_error(err, std::generic_category(),
+                            "crew::ProcessPool: epoll/eventfd/memfd for the pool");
+  }
+  // Above the descriptors a child rearranges, like every descriptor it inherits.
+  event_ = move_high(event_);
+  page_fd_ = move_high(page_fd_);
+  page_ = new (page) PoolPage;
   epoll_event ev{};
   ev.events = EPOLLIN;
   ev.data.u64 = 0;
@@ -366,8 +407,10 @@ ProcessPoolCore::~ProcessPoolCore() {
     std::lock_guard lock(control_->mutex);
     control_->core = nullptr;
   }
-  ::close(epoll_);
-  ::close(event_);
+  // A thread may still be reading replies for a future it got before the pool closed.
+  while (drivers_in.load(std::memory_order_acquire) != 0) std::this_thread::yield();
+  ::munmap(page_, kPoolPageSize);
+  for (int fd : {epoll_, event_, page_fd_}) ::close(fd);
 }
 
 void ProcessPoolCore::wake() noexcept {
@@ -394,7 +437,7 @@ void ProcessPoolCore::submit(CallBase& call, std::stop_token stop, const Process
     throw BadArguments(fmt::format("crew::ProcessPool::run: unknown task '{}'; known tasks: {}",
                                    call.task, known.empty() ? "(none)" : known));
   }
-  bool need_wake = true;
+  bool need_wake = false;
   {
     std::lock_guard lock(mutex_);
     if (closing_ || terminating_) {
@@ -415,15 +458,11 @@ void ProcessPoolCore::submit(CallBase& call, std::stop_token stop, const Process
     call.state().add_ref();
     queue_[call.priority].emplace_back(&call);
     ++queued_;
-    // With a worker idle, send from this thread: one thread hop less on the way to the worker.
-    // The supervisor still has to hear of a new deadline or of anything to deliver.
-    bool idle = false;
-    for (const auto& [serial, p] : procs_) idle = idle || p->state == WState::idle;
-    if (idle) {
-      dispatch(Clock::now());
-      need_wake = queued_ > 0 || !settles_.empty() || call.timeout.count() > 0 ||
-                  options_.memory_limit_bytes != 0;
-    }
+    // Send from this thread when a worker can take the task: one thread hop less on the way.
+    // A task left queued goes out when a worker answers (whoever reads the answer dispatches);
+    // the supervisor only has to hear of what it alone acts on, or of anything to deliver.
+    dispatch(Clock::now());
+    need_wake = !settles_.empty() || needs_supervisor();
   }
   // Armed outside the lock: a stop token that already fired cancels right here, which posts
   // to this pool.
@@ -529,8 +568,15 @@ void ProcessPoolCore::run() {
     int timeout_ms;
     {
       std::lock_guard lock(mutex_);
-      const auto deadline = next_deadline();
-      if (deadline == kNever) {
+      // Workers ring again from here on; what they sent before is read now.
+      page_->supervisor_awake.store(0, std::memory_order_seq_cst);
+      const bool more = poll_replies(Clock::now()) > 0;
+      const auto deadline = more ? Clock::time_point::min() : next_deadline();
+      sleep_until_ = deadline;
+      kick_ = false;
+      if (more) {
+        timeout_ms = 0;
+      } else if (deadline == kNever) {
         timeout_ms = -1;
       } else {
         const auto left = deadline - Clock::now();
@@ -538,15 +584,22 @@ void ProcessPoolCore::run() {
                          ? 0
                          : static_cast<int>(std::chrono::ceil<milliseconds>(left).count());
       }
+      if (page_->drivers.load(std::memory_order_relaxed) != 0) {
+        const int backstop = static_cast<int>(kDriverBackstop.count());
+        timeout_ms = timeout_ms < 0 ? backstop : std::min(timeout_ms, backstop);
+      }
     }
     const int n = ::epoll_wait(epoll_, events.data(), static_cast<int>(events.size()), timeout_ms);
+    page_->supervisor_awake.store(1, std::memory_order_relaxed);
     bool finished = false;
     std::vector<Settle> settles;
     std::vector<LogOut> logs;
     {
       std::unique_lock lock(mutex_);
+      sleep_until_ = Clock::time_point::min();
       const auto now = Clock::now();
-      for (int i = 0; i < n; ++i) handle_event(events[i].data.u64, events[i].events, now);
+      for (int i = 0; i < n; ++i) handle_event(events[i].data.u64, now);
+      if (n == 0) poll_replies(now);  // the backstop, or a deadline
       timers(now);
       // Cancellations: a queued call was already settled (skipped at dispatch); a running one
       // loses its worker.
@@ -646,21 +699,18 @@ void ProcessPoolCore::fail_queued(const std::function<std::exception_ptr()>& err
   queued_ = 0;
 }
 
-void ProcessPoolCore::handle_event(std::uint64_t data, std::uint32_t events,
-                                   Clock::time_point now) {
+void ProcessPoolCore::handle_event(std::uint64_t data, Clock::time_point now) {
   if (data == 0) {
     std::uint64_t v;
     while (::read(event_, &v, sizeof v) > 0) {
     }
+    poll_replies(now);
     return;
   }
   const auto it = procs_.find(data >> 2);
   if (it == procs_.end()) return;
   Proc& p = *it->second;
   switch (data & 3) {
-    case 0:
-      if ((events & (EPOLLIN | EPOLLHUP | EPOLLERR)) != 0) on_socket(p, now);
-      break;
     case 1:
       on_output(p, 0);
       break;
@@ -673,7 +723,8 @@ void ProcessPoolCore::handle_event(std::uint64_t data, std::uint32_t events,
   }
 }
 
-void ProcessPoolCore::on_socket(Proc& p, Clock::time_point now) {
+std::size_t ProcessPoolCore::on_socket(Proc& p, Clock::time_point now) {
+  std::size_t frames = 0;
   while (p.sock >= 0) {
     Frame frame;
     RecvStatus st;
@@ -681,22 +732,83 @@ void ProcessPoolCore::on_socket(Proc& p, Clock::time_point now) {
       st = recv_frame(p.sock, frame, false);
     } catch (const std::exception& e) {
       on_protocol_error(p, e.what());
-      return;
+      return frames + 1;
     }
-    if (st == RecvStatus::would_block) return;
+    if (st == RecvStatus::would_block) return frames;
     if (st == RecvStatus::closed) {
       // The worker is exiting or closed its channel: it can serve no more. The exit event
       // (pidfd) settles whatever it was running.
-      ::epoll_ctl(epoll_, EPOLL_CTL_DEL, p.sock, nullptr);
       ::close(p.sock);
       p.sock = -1;
       if (p.state != WState::stopping) {
         p.state = WState::stopping;
         p.kill_at = std::min(p.kill_at, now + options_.terminate_grace);
+        kick_ = true;
       }
+      return frames + 1;
+    }
+    ++frames;
+    on_frame(p, std::move(frame), now);
+  }
+  return frames;
+}
+
+std::size_t ProcessPoolCore::poll_replies(Clock::time_point now) {
+  // Only a worker starting up or with tasks in flight has anything to say; what an idle worker
+  // sends is read with its next reply (and is then a protocol error) or when it exits.
+  std::size_t frames = 0;
+  for (auto& [serial, pp] : procs_) {
+    Proc& p = *pp;
+    if (p.sock >= 0 && (p.state == WState::starting || p.current || !p.pending.empty())) {
+      frames += on_socket(p, now);
+    }
+  }
+  return frames;
+}
+
+bool ProcessPoolCore::needs_supervisor() const {
+  // Only the supervisor forks, times tasks out, delivers log lines and winds the pool down.
+  return kick_ || closing_ || !logs_.empty() ||
+         (queued_ > 0 && live_procs() < options_.max_workers) || next_deadline() < sleep_until_;
+}
+
+void ProcessPoolCore::reap_as_driver(bool block) {
+  std::vector<Settle> settles;
+  bool wake_supervisor = false;
+  {
+    std::unique_lock lock(mutex_, std::defer_lock);
+    if (block) {
+      lock.lock();
+    } else if (!lock.try_lock()) {
       return;
     }
-    on_frame(p, std::move(frame), now);
+    const auto now = Clock::now();
+    if (poll_replies(now) > 0) {
+      if (!closing_ && !terminating_) dispatch(now);
+      wake_supervisor = needs_supervisor();
+    }
+    settles = std::exchange(settles_, {});
+  }
+  if (wake_supervisor) wake();
+  flush(std::move(settles), {});
+}
+
+void ProcessPoolCore::drive(const StateBase& state) noexcept {
+  try {
+    page_->drivers.fetch_add(1, std::memory_order_seq_cst);
+    const auto until = Clock::now() + kDriveFor;
+    for (int i = 1; !state.ready(); ++i) {
+      reap_as_driver(false);
+      if (state.ready()) break;
+      cpu_relax();
+      if ((i & 7) == 0 && Clock::now() >= until) break;
+    }
+    page_->drivers.fetch_sub(1, std::memory_order_seq_cst);
+    // A worker that answered while we were counted did not ring: read what it sent.
+    reap_as_driver(true);
+  } catch (...) {
+    // Out of memory while delivering: the supervisor still reads every reply.
+    wake();
   }
 }
 
@@ -951,6 +1063,7 @@ void ProcessPoolCore::on_exit(Proc& p, Clock::time_point now) {
 }
 
 void ProcessPoolCore::stop_proc(Proc& p, Reason reason, bool force, Clock::time_point now) {
+  kick_ = true;
   requeue_pending(p);
   if (p.reason == Reason::none || reason == Reason::terminate) p.reason = reason;
   p.state = WState::stopping;
@@ -1183,6 +1296,7 @@ void ProcessPoolCore::spawn(Clock::time_point now) {
     throw std::system_error(err, std::generic_category(), "crew::ProcessPool: pipe2");
   }
   const int devnull = move_high(::open("/dev/null", O_RDONLY | O_CLOEXEC));
+  const int doorbell = event_, page = page_fd_;
   const int child_sock = move_high(sv[1]);
   const int child_out = move_high(outp[1]);
   const int child_err = move_high(errp[1]);
@@ -1214,7 +1328,9 @@ void ProcessPoolCore::spawn(Clock::time_point now) {
     ::dup2(child_out, 1);
     ::dup2(child_err, 2);
     ::dup2(child_sock, 3);
-    ::syscall(SYS_close_range, 4U, ~0U, 0U);
+    ::dup2(doorbell, kWorkerDoorbellFd);
+    ::dup2(page, kWorkerPageFd);
+    ::syscall(SYS_close_range, static_cast<unsigned>(kWorkerPageFd) + 1, ~0U, 0U);
     ::sigprocmask(SIG_SETMASK, &none, nullptr);
     for (int s : {SIGPIPE, SIGINT, SIGTERM, SIGCHLD, SIGHUP}) ::signal(s, SIG_DFL);
     if (limit != 0 && kUseAddressLimit) {
@@ -1251,7 +1367,6 @@ void ProcessPoolCore::spawn(Clock::time_point now) {
     ev.data.u64 = (p->serial << 2) | kind;
     ::epoll_ctl(epoll_, EPOLL_CTL_ADD, fd, &ev);
   };
-  add(p->sock, 0);
   add(p->out, 1);
   add(p->err, 2);
   add(p->pidfd, 3);
@@ -1265,6 +1380,20 @@ void ProcessPoolCore::spawn(Clock::time_point now) {
 
 // ---- ProcessPool
 // ---------------------------------------------------------------------------------
+
+bool detail::process_drive(const std::shared_ptr<ProcessControl>& control,
+                           const StateBase& state) noexcept {
+  ProcessPoolCore* core = nullptr;
+  {
+    std::lock_guard lock(control->mutex);
+    core = control->core;
+    if (core == nullptr) return false;
+    core->drivers_in.fetch_add(1, std::memory_order_relaxed);
+  }
+  core->drive(state);
+  core->drivers_in.fetch_sub(1, std::memory_order_release);
+  return true;
+}
 
 void detail::process_cancel(const std::shared_ptr<ProcessControl>& control,
                             std::uint64_t id) noexcept {

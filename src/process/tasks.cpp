@@ -1,3 +1,5 @@
+#include <atomic>
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
@@ -6,10 +8,13 @@
 #include <string>
 
 #include <cxxabi.h>
+#include <fcntl.h>
 #include <fmt/format.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <unistd.h>
 
+#include <crew/detail/futex.hpp>
 #include <crew/errors.hpp>
 #include <crew/process/detail/call.hpp>
 #include <crew/process/tasks.hpp>
@@ -91,6 +96,8 @@ std::exception_ptr bad_result(const std::string& task, const std::string& wanted
 
 namespace {
 
+constexpr auto kWorkerSpin = std::chrono::microseconds(50);
+
 void reply_error(int sock, std::uint64_t id, ErrorKind kind, const std::string& type,
                  const std::string& message) {
   msgpack::sbuffer out(kSmallMessage);
@@ -151,6 +158,59 @@ bool handle(int sock, const Tasks& tasks, Frame& frame) {
   }
   return send_frame(sock, FrameType::result, frame.id,
                     std::as_bytes(std::span(out.data(), out.size())), out_fds);
+}
+
+// How a worker tells its pool that a frame is waiting: one write to the pool's eventfd, skipped
+// while a thread of the pool is reading replies by itself (PoolPage::drivers).
+class Doorbell {
+ public:
+  Doorbell() {
+    if (::fcntl(kWorkerDoorbellFd, F_GETFD) >= 0) fd_ = kWorkerDoorbellFd;
+    if (::fcntl(kWorkerPageFd, F_GETFD) >= 0) {
+      void* p = ::mmap(nullptr, kPoolPageSize, PROT_READ, MAP_SHARED, kWorkerPageFd, 0);
+      if (p != MAP_FAILED) page_ = static_cast<const PoolPage*>(p);
+    }
+  }
+  Doorbell(const Doorbell&) = delete;
+  Doorbell& operator=(const Doorbell&) = delete;
+  ~Doorbell() {
+    if (page_ != nullptr) ::munmap(const_cast<PoolPage*>(page_), kPoolPageSize);
+  }
+
+  /// Rings unless somebody reads replies anyway. Returns true when a thread was waiting for
+  /// results (the worker should then look for its next request before it sleeps).
+  bool ring(bool always) const noexcept {
+    if (fd_ < 0) return false;
+    // Pairs with the reader's "leave, then read once more": either it sees our frame or we see
+    // that it left (both sides are seq_cst).
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    const bool driven = page_ != nullptr && page_->drivers.load(std::memory_order_relaxed) != 0;
+    if (!always && (driven || (page_ != nullptr &&
+                               page_->supervisor_awake.load(std::memory_order_relaxed) != 0))) {
+      return driven;
+    }
+    const std::uint64_t one = 1;
+    [[maybe_unused]] const auto n = ::write(fd_, &one, sizeof one);
+    return driven;
+  }
+
+ private:
+  int fd_ = -1;
+  const PoolPage* page_ = nullptr;
+};
+
+// The next frame from the pool. A worker that just answered a waiting thread looks for the next
+// request for a while before it sleeps: back-to-back tasks then cost no wake-up of this process.
+RecvStatus next_request(int sock, Frame& frame, bool spin) {
+  RecvStatus st = recv_frame(sock, frame, false);
+  if (st != RecvStatus::would_block) return st;
+  if (!spin) return recv_frame(sock, frame, true);
+  const auto until = std::chrono::steady_clock::now() + kWorkerSpin;
+  do {
+    cpu_relax();
+    st = recv_frame(sock, frame, false);
+  } while (st == RecvStatus::would_block && std::chrono::steady_clock::now() < until);
+  return st == RecvStatus::would_block ? recv_frame(sock, frame, true) : st;
 }
 
 }  // namespace
@@ -226,20 +286,26 @@ int serve(const Tasks& tasks) {
   ::unsetenv(detail::kWorkerFdEnv);
   ::unsetenv(detail::kWorkerNameEnv);
 
+  const detail::Doorbell doorbell;
   if (!detail::send_frame(sock, detail::FrameType::ready, static_cast<std::uint64_t>(::getpid()),
                           {}, detail::FdList{})) {
     return 0;
   }
+  doorbell.ring(true);
+  bool spin = false;
   for (;;) {
     detail::Frame frame;
     try {
-      if (detail::recv_frame(sock, frame, true) == detail::RecvStatus::closed) return 0;
+      if (detail::next_request(sock, frame, spin) == detail::RecvStatus::closed) return 0;
       switch (frame.type) {
         case detail::FrameType::shutdown:
           return 0;
-        case detail::FrameType::request:
-          if (!detail::handle(sock, tasks, frame)) return 0;
+        case detail::FrameType::request: {
+          const bool open = detail::handle(sock, tasks, frame);
+          spin = doorbell.ring(false);
+          if (!open) return 0;
           break;
+        }
         default:
           throw detail::ProtocolError("unexpected frame type from the pool");
       }

@@ -477,6 +477,64 @@ TEST(ProcessPool, CloseDrainsAndTerminateRejects) {
   }
 }
 
+// Waiting threads read replies themselves (and the workers then skip the doorbell); every
+// result must still reach its own caller, whether it comes back while the caller is reading or
+// after it went to sleep, and whoever reads it.
+TEST(ProcessPool, ManyWaitingThreadsEachGetTheirOwnResults) {
+  crew::ProcessPool pool(opts());
+  constexpr int kThreads = 4;
+  constexpr int kEach = 300;
+  std::atomic<int> right{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < kEach; ++i) {
+        if (i % 50 == 49) {
+          right += pool.run<int>("sleep_ms", 1).get() == 1 ? 1 : 0;  // longer than the reading
+        } else {
+          right += pool.run<int>("add", t, i).get() == t + i ? 1 : 0;
+        }
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(right.load(), kThreads * kEach);
+  EXPECT_EQ(pool.stats().completed, static_cast<std::uint64_t>(kThreads * kEach));
+}
+
+// Threads still waiting (and reading replies) while the pool is torn down.
+TEST(ProcessPool, WaitersRacingTerminateSettleOnce) {
+  for (int round = 0; round < 20; ++round) {
+    auto pool = std::make_unique<crew::ProcessPool>(opts());
+    std::atomic<int> settled{0};
+    std::vector<std::thread> threads;
+    for (int t = 0; t < 3; ++t) {
+      threads.emplace_back([&] {
+        for (int i = 0; i < 50; ++i) {
+          crew::Future<int> f;
+          try {
+            f = pool->run<int>("add", i, 1);
+          } catch (const crew::PoolClosed&) {
+            settled += 50 - i;
+            return;
+          }
+          try {
+            EXPECT_EQ(f.get(), i + 1);
+          } catch (const crew::PoolClosed&) {
+          }
+          ++settled;
+        }
+      });
+    }
+    ASSERT_TRUE(eventually([&] { return settled.load() >= 30; }));  // mid-stream
+    pool->terminate();
+    for (auto& th : threads) th.join();
+    pool.reset();
+    EXPECT_EQ(settled.load(), 150);
+  }
+  EXPECT_TRUE(children_of(::getpid()).empty());
+}
+
 TEST(ProcessPool, MalformedFrameRecyclesTheWorker) {
   auto o = opts();
   o.max_workers = 1;

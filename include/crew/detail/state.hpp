@@ -80,6 +80,10 @@ class StateBase {
 
   /// Blocks until ready. On a pool thread it runs other queued tasks meanwhile.
   void wait() const noexcept;
+  /// Lets the producer of this state use the waiting thread for a while before it sleeps (a
+  /// process pool reads its workers' replies there, saving two thread wake-ups). Returns true if
+  /// it spent the waiter's spinning time, false if it did nothing. Called only by wait().
+  virtual bool drive() const noexcept { return false; }
   /// Blocks until ready or the timeout passes; true if ready. Never runs other tasks.
   bool wait_for(std::chrono::nanoseconds timeout) const noexcept;
 

@@ -23,6 +23,8 @@ namespace crew::inline v0::detail {
 class ProcessControl;
 /// Forwards a cancelled Future to its pool, if the pool still exists (defined in src/process).
 void process_cancel(const std::shared_ptr<ProcessControl>& control, std::uint64_t id) noexcept;
+/// Reads the pool's replies on a thread waiting for `state` (see StateBase::drive).
+bool process_drive(const std::shared_ptr<ProcessControl>& control, const StateBase& state) noexcept;
 /// crew::BadArguments: the result does not decode into the caller's type.
 std::exception_ptr bad_result(const std::string& task, const std::string& wanted,
                               const msgpack::object& result) noexcept;
@@ -78,6 +80,8 @@ class Call final : public State<R>, public CallBase {
     if (did && control_) process_cancel(control_, id);
     return did;
   }
+
+  bool drive() const noexcept override { return control_ && process_drive(control_, *this); }
 
   /// Links the call to its pool for cancellation and arms `stop`.
   void arm(std::shared_ptr<ProcessControl> control, std::stop_token stop) {
