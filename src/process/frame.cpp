@@ -116,8 +116,8 @@ Frame decode_frame(std::span<const std::byte> datagram, FdList received) {
   return f;
 }
 
-bool send_frame(int socket, FrameType type, std::uint64_t id, std::span<const std::byte> payload,
-                const FdList& fds) {
+SendStatus send_frame(int socket, FrameType type, std::uint64_t id,
+                      std::span<const std::byte> payload, const FdList& fds) {
   std::byte header[kFrameHeader]{};
   const bool big = payload.size() > kInlinePayloadMax;
   FdList payload_fd;
@@ -154,9 +154,10 @@ bool send_frame(int socket, FrameType type, std::uint64_t id, std::span<const st
     std::memcpy(CMSG_DATA(c), all.data(), sizeof(int) * all.size());
   }
   for (;;) {
-    if (::sendmsg(socket, &msg, MSG_NOSIGNAL) >= 0) return true;
+    if (::sendmsg(socket, &msg, MSG_NOSIGNAL) >= 0) return SendStatus::sent;
     if (errno == EINTR) continue;
-    if (errno == EPIPE || errno == ECONNRESET || errno == ENOTCONN) return false;
+    if (errno == EPIPE || errno == ECONNRESET || errno == ENOTCONN) return SendStatus::gone;
+    if (errno == EAGAIN || errno == EWOULDBLOCK) return SendStatus::full;
     throw std::system_error(errno, std::generic_category(), "crew: sending a frame");
   }
 }

@@ -55,10 +55,12 @@ struct Frame {
 /// error). Throws ProtocolError naming what is wrong. Never trusts a length it has not checked.
 Frame decode_frame(std::span<const std::byte> datagram, FdList received);
 
-/// Sends one frame; returns false when the peer is gone (EPIPE/ECONNRESET). `fds` stay owned by
-/// the caller. Throws std::system_error on other failures.
-bool send_frame(int socket, FrameType type, std::uint64_t id, std::span<const std::byte> payload,
-                const FdList& fds);
+enum class SendStatus { sent, gone, full };
+/// Sends one frame; returns `gone` when the peer is gone (EPIPE/ECONNRESET) and, on a
+/// non-blocking socket, `full` when the socket buffer has no room for it (nothing was sent).
+/// `fds` stay owned by the caller. Throws std::system_error on other failures.
+SendStatus send_frame(int socket, FrameType type, std::uint64_t id,
+                      std::span<const std::byte> payload, const FdList& fds);
 
 enum class RecvStatus { frame, would_block, closed };
 /// Receives one datagram (non-blocking when `blocking` is false) and decodes it into `out`.

@@ -90,7 +90,7 @@ constexpr milliseconds kStableUptime{30'000};
 constexpr milliseconds kRssPoll{5};
 constexpr std::size_t kTailLines = 20;
 constexpr std::size_t kMaxLine = 4096;
-constexpr std::size_t kPipelineDepth = 32;
+constexpr std::size_t kPipelineDepth = 128;
 constexpr nanoseconds kPipelineBelow{200'000};  // tasks shorter than this are pipelined
 // How long a waiting thread reads replies itself before it sleeps. About two wake-ups on a busy
 // machine: shorter tasks are answered without any, longer ones cost this much CPU once.
@@ -137,11 +137,15 @@ struct Proc {
   pid_t pid = -1;
   int pidfd = -1;
   int sock = -1;
+  WorkerPage* page = nullptr;  // shared with the worker: frame counts
+  std::uint64_t requests_sent = 0;
+  std::uint64_t frames_read = 0;
   int out = -1;
   int err = -1;
   WState state = WState::starting;
   Reason reason = Reason::none;
   bool killed = false;
+  bool full = false;  // its socket had no room for the last request; cleared by its next reply
   Clock::time_point started{};
   Clock::time_point ready_at = kNever;
   Clock::time_point busy_since{};
@@ -230,7 +234,7 @@ class ProcessPoolCore {
   void wake() noexcept;
   Clock::time_point next_deadline() const;
   void handle_event(std::uint64_t data, Clock::time_point now);
-  std::size_t on_socket(Proc& p, Clock::time_point now);
+  std::size_t on_socket(Proc& p, Clock::time_point now, bool all = true);
   std::size_t poll_replies(Clock::time_point now);
   bool needs_supervisor() const;
   void reap_as_driver(bool block);
@@ -723,9 +727,11 @@ void ProcessPoolCore::handle_event(std::uint64_t data, Clock::time_point now) {
   }
 }
 
-std::size_t ProcessPoolCore::on_socket(Proc& p, Clock::time_point now) {
+std::size_t ProcessPoolCore::on_socket(Proc& p, Clock::time_point now, bool all) {
+  // Without `all`, reads only as many frames as the worker says it sent (no system call when
+  // there is nothing); a worker that miscounts only delays its own replies until it exits.
   std::size_t frames = 0;
-  while (p.sock >= 0) {
+  while (p.sock >= 0 && (all || p.frames_read < p.page->replies.load(std::memory_order_seq_cst))) {
     Frame frame;
     RecvStatus st;
     try {
@@ -748,6 +754,8 @@ std::size_t ProcessPoolCore::on_socket(Proc& p, Clock::time_point now) {
       return frames + 1;
     }
     ++frames;
+    ++p.frames_read;
+    p.full = false;
     on_frame(p, std::move(frame), now);
   }
   return frames;
@@ -760,7 +768,7 @@ std::size_t ProcessPoolCore::poll_replies(Clock::time_point now) {
   for (auto& [serial, pp] : procs_) {
     Proc& p = *pp;
     if (p.sock >= 0 && (p.state == WState::starting || p.current || !p.pending.empty())) {
-      frames += on_socket(p, now);
+      frames += on_socket(p, now, false);
     }
   }
   return frames;
@@ -1058,6 +1066,7 @@ void ProcessPoolCore::on_exit(Proc& p, Clock::time_point now) {
       *fd = -1;
     }
   }
+  ::munmap(p.page, kPoolPageSize);
   slots_[p.slot].taken = false;
   procs_.erase(p.serial);
 }
@@ -1077,7 +1086,9 @@ void ProcessPoolCore::stop_proc(Proc& p, Reason reason, bool force, Clock::time_
   }
   if (p.sock >= 0) {
     try {
-      send_frame(p.sock, FrameType::shutdown, 0, {}, FdList{});
+      if (send_frame(p.sock, FrameType::shutdown, 0, {}, FdList{}) == SendStatus::sent) {
+        p.page->requests.store(++p.requests_sent, std::memory_order_release);
+      }
     } catch (const std::exception&) {  // the grace timer below still stops it
     }
   }
@@ -1152,7 +1163,7 @@ void ProcessPoolCore::dispatch(Clock::time_point now) {
     progress = false;
     for (auto& [serial, pp] : procs_) {
       Proc& p = *pp;
-      if ((p.state != WState::idle && p.state != WState::busy) || p.sock < 0) continue;
+      if ((p.state != WState::idle && p.state != WState::busy) || p.sock < 0 || p.full) continue;
       const std::size_t inflight = (p.current ? 1 : 0) + p.pending.size();
       if (inflight >= depth) continue;
       if (options_.max_tasks_per_worker != 0 &&
@@ -1191,7 +1202,7 @@ bool ProcessPoolCore::send_call(Proc& p, CallPtr& call, Clock::time_point now) {
   pk.pack_array(2);
   pk.pack(call->task);
   payload.write(call->args.data(), call->args.size());
-  bool sent;
+  SendStatus sent;
   try {
     sent = send_frame(p.sock, FrameType::request, call->id,
                       std::as_bytes(std::span(payload.data(), payload.size())), call->fds);
@@ -1204,14 +1215,31 @@ bool ProcessPoolCore::send_call(Proc& p, CallPtr& call, Clock::time_point now) {
          std::nullopt});
     return false;
   }
-  if (!sent) {
-    // The worker is gone; put the task back in front and let the exit event clean up.
+  if (sent == SendStatus::full && !p.current) {
+    // Not even one request fits: the socket buffer (net.core.wmem_default) is below a frame.
+    ++failed_;
+    auto error = std::make_exception_ptr(WorkerCrashed(
+        fmt::format("crew::ProcessPool: the request for task '{}' does not fit in the worker's "
+                    "empty socket buffer; raise net.core.wmem_default",
+                    call->task),
+        call->task, p.pid, 0, -1, {}));
+    settles_.push_back({std::move(call), std::move(error), std::nullopt});
+    return false;
+  }
+  if (sent != SendStatus::sent) {
+    // The worker is gone (the exit event cleans up) or busy with what it already has (its next
+    // reply makes room): the task goes back in front of the queue.
     queue_[call->priority].push_front(std::move(call));
     ++queued_;
+    if (sent == SendStatus::full) {
+      p.full = true;
+      return false;
+    }
     if (p.state == WState::idle) p.state = WState::stopping;
     p.kill_at = std::min(p.kill_at, now + options_.terminate_grace);
     return false;
   }
+  p.page->requests.store(++p.requests_sent, std::memory_order_release);
   return true;
 }
 
@@ -1295,6 +1323,20 @@ void ProcessPoolCore::spawn(Clock::time_point now) {
     for (int fd : {sv[0], sv[1], outp[0], outp[1]}) ::close(fd);
     throw std::system_error(err, std::generic_category(), "crew::ProcessPool: pipe2");
   }
+  const int own_page = ::memfd_create("crew-worker", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+  void* own_map = MAP_FAILED;
+  if (own_page >= 0 && ::ftruncate(own_page, kPoolPageSize) == 0 &&
+      ::fcntl(own_page, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW) == 0) {
+    own_map = ::mmap(nullptr, kPoolPageSize, PROT_READ | PROT_WRITE, MAP_SHARED, own_page, 0);
+  }
+  if (own_map == MAP_FAILED) {
+    const int err = errno;
+    if (own_page >= 0) ::close(own_page);
+    for (int fd : {sv[0], sv[1], outp[0], outp[1], errp[0], errp[1]}) ::close(fd);
+    throw std::system_error(err, std::generic_category(), "crew::ProcessPool: worker page");
+  }
+  p->page = new (own_map) WorkerPage;
+  const int child_page = move_high(own_page);
   const int devnull = move_high(::open("/dev/null", O_RDONLY | O_CLOEXEC));
   const int doorbell = event_, page = page_fd_;
   const int child_sock = move_high(sv[1]);
@@ -1330,7 +1372,8 @@ void ProcessPoolCore::spawn(Clock::time_point now) {
     ::dup2(child_sock, 3);
     ::dup2(doorbell, kWorkerDoorbellFd);
     ::dup2(page, kWorkerPageFd);
-    ::syscall(SYS_close_range, static_cast<unsigned>(kWorkerPageFd) + 1, ~0U, 0U);
+    ::dup2(child_page, kWorkerOwnPageFd);
+    ::syscall(SYS_close_range, static_cast<unsigned>(kWorkerOwnPageFd) + 1, ~0U, 0U);
     ::sigprocmask(SIG_SETMASK, &none, nullptr);
     for (int s : {SIGPIPE, SIGINT, SIGTERM, SIGCHLD, SIGHUP}) ::signal(s, SIG_DFL);
     if (limit != 0 && kUseAddressLimit) {
@@ -1342,8 +1385,9 @@ void ProcessPoolCore::spawn(Clock::time_point now) {
     ::_exit(127);
   }
   const int fork_errno = errno;
-  for (int fd : {devnull, child_sock, child_out, child_err}) ::close(fd);
+  for (int fd : {devnull, child_sock, child_out, child_err, child_page}) ::close(fd);
   if (pid < 0) {
+    ::munmap(p->page, kPoolPageSize);
     for (int fd : {sv[0], outp[0], errp[0]}) ::close(fd);
     throw std::system_error(fork_errno, std::generic_category(), "crew::ProcessPool: fork");
   }
@@ -1356,6 +1400,7 @@ void ProcessPoolCore::spawn(Clock::time_point now) {
     const int err = errno;
     ::kill(pid, SIGKILL);
     ::waitpid(pid, nullptr, 0);
+    ::munmap(p->page, kPoolPageSize);
     for (int fd : {sv[0], outp[0], errp[0]}) ::close(fd);
     throw std::system_error(err, std::generic_category(),
                             "crew::ProcessPool: pidfd_open (Linux 5.3 or later is needed)");

@@ -157,36 +157,38 @@ bool handle(int sock, const Tasks& tasks, Frame& frame) {
     return true;
   }
   return send_frame(sock, FrameType::result, frame.id,
-                    std::as_bytes(std::span(out.data(), out.size())), out_fds);
+                    std::as_bytes(std::span(out.data(), out.size())), out_fds) != SendStatus::gone;
 }
 
-// How a worker tells its pool that a frame is waiting: one write to the pool's eventfd, skipped
-// while a thread of the pool is reading replies by itself (PoolPage::drivers).
-class Doorbell {
+// A worker's side of what it shares with its pool besides the channel: the doorbell (one write
+// to the pool's eventfd wakes the supervisor), the pool's page (read-only) and its own page of
+// frame counts.
+class PoolLink {
  public:
-  Doorbell() {
+  PoolLink() {
     if (::fcntl(kWorkerDoorbellFd, F_GETFD) >= 0) fd_ = kWorkerDoorbellFd;
-    if (::fcntl(kWorkerPageFd, F_GETFD) >= 0) {
-      void* p = ::mmap(nullptr, kPoolPageSize, PROT_READ, MAP_SHARED, kWorkerPageFd, 0);
-      if (p != MAP_FAILED) page_ = static_cast<const PoolPage*>(p);
-    }
+    pool_ = static_cast<const PoolPage*>(map(kWorkerPageFd, PROT_READ));
+    own_ = static_cast<WorkerPage*>(map(kWorkerOwnPageFd, PROT_READ | PROT_WRITE));
   }
-  Doorbell(const Doorbell&) = delete;
-  Doorbell& operator=(const Doorbell&) = delete;
-  ~Doorbell() {
-    if (page_ != nullptr) ::munmap(const_cast<PoolPage*>(page_), kPoolPageSize);
+  PoolLink(const PoolLink&) = delete;
+  PoolLink& operator=(const PoolLink&) = delete;
+  ~PoolLink() {
+    if (pool_ != nullptr) ::munmap(const_cast<PoolPage*>(pool_), kPoolPageSize);
+    if (own_ != nullptr) ::munmap(own_, kPoolPageSize);
   }
 
-  /// Rings unless somebody reads replies anyway. Returns true when a thread was waiting for
-  /// results (the worker should then look for its next request before it sleeps).
-  bool ring(bool always) const noexcept {
+  /// Counts a frame sent, then rings unless somebody reads replies anyway. Returns true when a
+  /// thread was waiting for results (the worker then looks for its next request before it
+  /// sleeps).
+  bool sent(bool always_ring) noexcept {
+    if (own_ != nullptr) own_->replies.store(++replies_, std::memory_order_seq_cst);
     if (fd_ < 0) return false;
-    // Pairs with the reader's "leave, then read once more": either it sees our frame or we see
+    // Pairs with the reader's "leave, then read once more": either it sees our count or we see
     // that it left (both sides are seq_cst).
     std::atomic_thread_fence(std::memory_order_seq_cst);
-    const bool driven = page_ != nullptr && page_->drivers.load(std::memory_order_relaxed) != 0;
-    if (!always && (driven || (page_ != nullptr &&
-                               page_->supervisor_awake.load(std::memory_order_relaxed) != 0))) {
+    const bool driven = pool_ != nullptr && pool_->drivers.load(std::memory_order_relaxed) != 0;
+    if (!always_ring && (driven || (pool_ != nullptr && pool_->supervisor_awake.load(
+                                                            std::memory_order_relaxed) != 0))) {
       return driven;
     }
     const std::uint64_t one = 1;
@@ -194,24 +196,34 @@ class Doorbell {
     return driven;
   }
 
- private:
-  int fd_ = -1;
-  const PoolPage* page_ = nullptr;
-};
+  /// The next frame from the pool. With `spin`, looks at the request count for a while before
+  /// it sleeps in the socket: back-to-back tasks then cost no wake-up of this process.
+  RecvStatus next(int sock, Frame& frame, bool spin) {
+    if (spin && own_ != nullptr) {
+      const auto until = std::chrono::steady_clock::now() + kWorkerSpin;
+      for (int i = 1; own_->requests.load(std::memory_order_acquire) == requests_; ++i) {
+        cpu_relax();
+        if ((i & 31) == 0 && std::chrono::steady_clock::now() >= until) break;
+      }
+    }
+    const RecvStatus st = recv_frame(sock, frame, true);
+    if (st == RecvStatus::frame) ++requests_;
+    return st;
+  }
 
-// The next frame from the pool. A worker that just answered a waiting thread looks for the next
-// request for a while before it sleeps: back-to-back tasks then cost no wake-up of this process.
-RecvStatus next_request(int sock, Frame& frame, bool spin) {
-  RecvStatus st = recv_frame(sock, frame, false);
-  if (st != RecvStatus::would_block) return st;
-  if (!spin) return recv_frame(sock, frame, true);
-  const auto until = std::chrono::steady_clock::now() + kWorkerSpin;
-  do {
-    cpu_relax();
-    st = recv_frame(sock, frame, false);
-  } while (st == RecvStatus::would_block && std::chrono::steady_clock::now() < until);
-  return st == RecvStatus::would_block ? recv_frame(sock, frame, true) : st;
-}
+ private:
+  static void* map(int fd, int prot) {
+    if (::fcntl(fd, F_GETFD) < 0) return nullptr;
+    void* p = ::mmap(nullptr, kPoolPageSize, prot, MAP_SHARED, fd, 0);
+    return p == MAP_FAILED ? nullptr : p;
+  }
+
+  int fd_ = -1;
+  const PoolPage* pool_ = nullptr;
+  WorkerPage* own_ = nullptr;
+  std::uint64_t requests_ = 0;  // frames received
+  std::uint64_t replies_ = 0;   // frames sent
+};
 
 }  // namespace
 }  // namespace detail
@@ -286,23 +298,23 @@ int serve(const Tasks& tasks) {
   ::unsetenv(detail::kWorkerFdEnv);
   ::unsetenv(detail::kWorkerNameEnv);
 
-  const detail::Doorbell doorbell;
-  if (!detail::send_frame(sock, detail::FrameType::ready, static_cast<std::uint64_t>(::getpid()),
-                          {}, detail::FdList{})) {
+  detail::PoolLink link;
+  if (detail::send_frame(sock, detail::FrameType::ready, static_cast<std::uint64_t>(::getpid()), {},
+                         detail::FdList{}) == detail::SendStatus::gone) {
     return 0;
   }
-  doorbell.ring(true);
+  link.sent(true);
   bool spin = false;
   for (;;) {
     detail::Frame frame;
     try {
-      if (detail::next_request(sock, frame, spin) == detail::RecvStatus::closed) return 0;
+      if (link.next(sock, frame, spin) == detail::RecvStatus::closed) return 0;
       switch (frame.type) {
         case detail::FrameType::shutdown:
           return 0;
         case detail::FrameType::request: {
           const bool open = detail::handle(sock, tasks, frame);
-          spin = doorbell.ring(false);
+          spin = link.sent(false);
           if (!open) return 0;
           break;
         }

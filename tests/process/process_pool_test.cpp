@@ -502,6 +502,17 @@ TEST(ProcessPool, ManyWaitingThreadsEachGetTheirOwnResults) {
   EXPECT_EQ(pool.stats().completed, static_cast<std::uint64_t>(kThreads * kEach));
 }
 
+// Many quick tasks with large inline arguments are pipelined to a worker; more than its socket
+// buffer holds must wait in the queue, not fail.
+TEST(ProcessPool, PipelinedLargeArgumentsWaitForSocketSpace) {
+  crew::ProcessPool pool(opts());
+  for (int i = 0; i < 20; ++i) (void)pool.run<int>("add", 1, 2).get();  // tasks look quick
+  const std::string big(50'000, 'x');
+  std::vector<crew::Future<std::string>> f;
+  for (int i = 0; i < 300; ++i) f.push_back(pool.run<std::string>("greet", big));
+  for (auto& x : f) EXPECT_EQ(x.get().size(), big.size() + 6);
+}
+
 // Threads still waiting (and reading replies) while the pool is torn down.
 TEST(ProcessPool, WaitersRacingTerminateSettleOnce) {
   for (int round = 0; round < 20; ++round) {
