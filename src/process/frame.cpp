@@ -86,7 +86,7 @@ Frame decode_frame(std::span<const std::byte> datagram, FdList received) {
   const auto type = static_cast<std::uint8_t>(h[4]);
   const auto flags = static_cast<std::uint8_t>(h[5]);
   const auto nfds = static_cast<std::uint8_t>(h[6]);
-  if (type < 1 || type > 5) throw ProtocolError(fmt::format("unknown frame type {}", type));
+  if (type < 1 || type > 6) throw ProtocolError(fmt::format("unknown frame type {}", type));
   if ((flags & ~kFlagPayloadInMemfd) != 0 || h[7] != std::byte{0}) {
     throw ProtocolError("frame has unknown flags set");
   }
@@ -114,6 +114,15 @@ Frame decode_frame(std::span<const std::byte> datagram, FdList received) {
   }
   f.fds = std::move(received);
   return f;
+}
+
+void put_frame_header(std::byte (&header)[kFrameHeader], FrameType type, std::uint64_t id,
+                      std::uint64_t payload_size) noexcept {
+  std::memset(header, 0, kFrameHeader);
+  put_u32(header, kFrameMagic);
+  header[4] = static_cast<std::byte>(type);
+  put_u64(header + 8, id);
+  put_u64(header + 16, payload_size);
 }
 
 SendStatus send_frame(int socket, FrameType type, std::uint64_t id,

@@ -20,6 +20,7 @@ enum class FrameType : std::uint8_t {
   result = 3,    // worker -> parent, payload = the value
   error = 4,     // worker -> parent, payload [kind, type, message]
   shutdown = 5,  // parent -> worker
+  wake = 6,      // parent -> worker, on the socket only: look at the ring again
 };
 
 enum class ErrorKind : std::uint8_t {
@@ -50,6 +51,10 @@ struct Frame {
   std::vector<std::byte> payload;
   FdList fds;  // Buffer memfds (the payload memfd, if any, is already consumed)
 };
+
+/// Writes a frame header for an inline payload without descriptors (a frame in the ring).
+void put_frame_header(std::byte (&header)[kFrameHeader], FrameType type, std::uint64_t id,
+                      std::uint64_t payload_size) noexcept;
 
 /// Parses one received datagram and the descriptors that came with it (taken over: closed on
 /// error). Throws ProtocolError naming what is wrong. Never trusts a length it has not checked.

@@ -51,6 +51,7 @@
 #include <crew/process/cluster.hpp>
 #include <crew/process/pool.hpp>
 
+#include "channel.hpp"
 #include "frame.hpp"
 #include "worker_env.hpp"
 
@@ -137,9 +138,8 @@ struct Proc {
   pid_t pid = -1;
   int pidfd = -1;
   int sock = -1;
-  WorkerPage* page = nullptr;  // shared with the worker: frame counts
-  std::uint64_t requests_sent = 0;
-  std::uint64_t frames_read = 0;
+  WorkerPage* page = nullptr;  // shared with the worker: the rings and its flags
+  std::optional<Channel> channel;
   int out = -1;
   int err = -1;
   WState state = WState::starting;
@@ -234,7 +234,8 @@ class ProcessPoolCore {
   void wake() noexcept;
   Clock::time_point next_deadline() const;
   void handle_event(std::uint64_t data, Clock::time_point now);
-  std::size_t on_socket(Proc& p, Clock::time_point now, bool all = true);
+  std::size_t on_channel(Proc& p, Clock::time_point now);
+  void wake_if_waiting(Proc& p, std::atomic<std::uint32_t>& flag);
   std::size_t poll_replies(Clock::time_point now);
   bool needs_supervisor() const;
   void reap_as_driver(bool block);
@@ -727,20 +728,31 @@ void ProcessPoolCore::handle_event(std::uint64_t data, Clock::time_point now) {
   }
 }
 
-std::size_t ProcessPoolCore::on_socket(Proc& p, Clock::time_point now, bool all) {
-  // Without `all`, reads only as many frames as the worker says it sent (no system call when
-  // there is nothing); a worker that miscounts only delays its own replies until it exits.
+void ProcessPoolCore::wake_if_waiting(Proc& p, std::atomic<std::uint32_t>& flag) {
+  // Pairs with the worker's "set the flag, then look once more" (both sides seq_cst).
+  if (p.sock >= 0 && flag.exchange(0, std::memory_order_seq_cst) != 0) {
+    try {
+      p.channel->wake();
+    } catch (const std::exception&) {  // its socket is full of wake frames already
+    }
+  }
+}
+
+std::size_t ProcessPoolCore::on_channel(Proc& p, Clock::time_point now) {
   std::size_t frames = 0;
-  while (p.sock >= 0 && (all || p.frames_read < p.page->replies.load(std::memory_order_seq_cst))) {
+  while (p.sock >= 0) {
     Frame frame;
     RecvStatus st;
     try {
-      st = recv_frame(p.sock, frame, false);
+      st = p.channel->get(frame);
     } catch (const std::exception& e) {
       on_protocol_error(p, e.what());
       return frames + 1;
     }
-    if (st == RecvStatus::would_block) return frames;
+    if (st == RecvStatus::would_block) {
+      if (frames > 0) wake_if_waiting(p, p.page->wants_room);
+      return frames;
+    }
     if (st == RecvStatus::closed) {
       // The worker is exiting or closed its channel: it can serve no more. The exit event
       // (pidfd) settles whatever it was running.
@@ -754,7 +766,6 @@ std::size_t ProcessPoolCore::on_socket(Proc& p, Clock::time_point now, bool all)
       return frames + 1;
     }
     ++frames;
-    ++p.frames_read;
     p.full = false;
     on_frame(p, std::move(frame), now);
   }
@@ -767,8 +778,9 @@ std::size_t ProcessPoolCore::poll_replies(Clock::time_point now) {
   std::size_t frames = 0;
   for (auto& [serial, pp] : procs_) {
     Proc& p = *pp;
-    if (p.sock >= 0 && (p.state == WState::starting || p.current || !p.pending.empty())) {
-      frames += on_socket(p, now, false);
+    if (p.sock >= 0 && (p.state == WState::starting || p.current || !p.pending.empty()) &&
+        p.channel->has_input()) {
+      frames += on_channel(p, now);
     }
   }
   return frames;
@@ -986,7 +998,7 @@ void ProcessPoolCore::log_line(Proc& p, bool is_stderr, std::string line) {
 
 void ProcessPoolCore::on_exit(Proc& p, Clock::time_point now) {
   // Whatever the worker sent or printed before it died comes first.
-  on_socket(p, now);
+  on_channel(p, now);
   on_output(p, 0);
   on_output(p, 1);
   requeue_pending(p);  // sent but never started: they run on another worker
@@ -1066,7 +1078,8 @@ void ProcessPoolCore::on_exit(Proc& p, Clock::time_point now) {
       *fd = -1;
     }
   }
-  ::munmap(p.page, kPoolPageSize);
+  p.channel.reset();
+  ::munmap(p.page, kWorkerPageSize);
   slots_[p.slot].taken = false;
   procs_.erase(p.serial);
 }
@@ -1086,8 +1099,8 @@ void ProcessPoolCore::stop_proc(Proc& p, Reason reason, bool force, Clock::time_
   }
   if (p.sock >= 0) {
     try {
-      if (send_frame(p.sock, FrameType::shutdown, 0, {}, FdList{}) == SendStatus::sent) {
-        p.page->requests.store(++p.requests_sent, std::memory_order_release);
+      if (p.channel->put(FrameType::shutdown, 0, {}, FdList{}) == SendStatus::sent) {
+        wake_if_waiting(p, p.page->asleep);
       }
     } catch (const std::exception&) {  // the grace timer below still stops it
     }
@@ -1204,8 +1217,8 @@ bool ProcessPoolCore::send_call(Proc& p, CallPtr& call, Clock::time_point now) {
   payload.write(call->args.data(), call->args.size());
   SendStatus sent;
   try {
-    sent = send_frame(p.sock, FrameType::request, call->id,
-                      std::as_bytes(std::span(payload.data(), payload.size())), call->fds);
+    sent = p.channel->put(FrameType::request, call->id,
+                          std::as_bytes(std::span(payload.data(), payload.size())), call->fds);
   } catch (const std::exception& e) {
     ++failed_;
     settles_.push_back(
@@ -1216,7 +1229,8 @@ bool ProcessPoolCore::send_call(Proc& p, CallPtr& call, Clock::time_point now) {
     return false;
   }
   if (sent == SendStatus::full && !p.current) {
-    // Not even one request fits: the socket buffer (net.core.wmem_default) is below a frame.
+    // Not even one request fits in an empty channel: the socket buffer
+    // (net.core.wmem_default) is smaller than one frame.
     ++failed_;
     auto error = std::make_exception_ptr(WorkerCrashed(
         fmt::format("crew::ProcessPool: the request for task '{}' does not fit in the worker's "
@@ -1239,7 +1253,7 @@ bool ProcessPoolCore::send_call(Proc& p, CallPtr& call, Clock::time_point now) {
     p.kill_at = std::min(p.kill_at, now + options_.terminate_grace);
     return false;
   }
-  p.page->requests.store(++p.requests_sent, std::memory_order_release);
+  wake_if_waiting(p, p.page->asleep);
   return true;
 }
 
@@ -1325,9 +1339,9 @@ void ProcessPoolCore::spawn(Clock::time_point now) {
   }
   const int own_page = ::memfd_create("crew-worker", MFD_CLOEXEC | MFD_ALLOW_SEALING);
   void* own_map = MAP_FAILED;
-  if (own_page >= 0 && ::ftruncate(own_page, kPoolPageSize) == 0 &&
+  if (own_page >= 0 && ::ftruncate(own_page, kWorkerPageSize) == 0 &&
       ::fcntl(own_page, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW) == 0) {
-    own_map = ::mmap(nullptr, kPoolPageSize, PROT_READ | PROT_WRITE, MAP_SHARED, own_page, 0);
+    own_map = ::mmap(nullptr, kWorkerPageSize, PROT_READ | PROT_WRITE, MAP_SHARED, own_page, 0);
   }
   if (own_map == MAP_FAILED) {
     const int err = errno;
@@ -1387,12 +1401,13 @@ void ProcessPoolCore::spawn(Clock::time_point now) {
   const int fork_errno = errno;
   for (int fd : {devnull, child_sock, child_out, child_err, child_page}) ::close(fd);
   if (pid < 0) {
-    ::munmap(p->page, kPoolPageSize);
+    ::munmap(p->page, kWorkerPageSize);
     for (int fd : {sv[0], outp[0], errp[0]}) ::close(fd);
     throw std::system_error(fork_errno, std::generic_category(), "crew::ProcessPool: fork");
   }
   p->pid = pid;
   p->sock = sv[0];
+  p->channel.emplace(p->sock, &p->page->requests, &p->page->replies, false);
   p->out = outp[0];
   p->err = errp[0];
   p->pidfd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
@@ -1400,7 +1415,7 @@ void ProcessPoolCore::spawn(Clock::time_point now) {
     const int err = errno;
     ::kill(pid, SIGKILL);
     ::waitpid(pid, nullptr, 0);
-    ::munmap(p->page, kPoolPageSize);
+    ::munmap(p->page, kWorkerPageSize);
     for (int fd : {sv[0], outp[0], errp[0]}) ::close(fd);
     throw std::system_error(err, std::generic_category(),
                             "crew::ProcessPool: pidfd_open (Linux 5.3 or later is needed)");

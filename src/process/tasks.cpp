@@ -4,6 +4,7 @@
 #include <cstring>
 #include <memory>
 #include <new>
+#include <optional>
 #include <stdexcept>
 #include <string>
 
@@ -19,6 +20,7 @@
 #include <crew/process/detail/call.hpp>
 #include <crew/process/tasks.hpp>
 
+#include "channel.hpp"
 #include "frame.hpp"
 #include "worker_env.hpp"
 
@@ -98,16 +100,21 @@ namespace {
 
 constexpr auto kWorkerSpin = std::chrono::microseconds(50);
 
-void reply_error(int sock, std::uint64_t id, ErrorKind kind, const std::string& type,
-                 const std::string& message) {
-  msgpack::sbuffer out(kSmallMessage);
-  msgpack::packer<msgpack::sbuffer> pk(out);
+struct Reply {
+  FrameType type = FrameType::result;
+  msgpack::sbuffer payload{kSmallMessage};
+  FdList fds;
+};
+
+Reply error_reply(ErrorKind kind, const std::string& type, const std::string& message) {
+  Reply r;
+  r.type = FrameType::error;
+  msgpack::packer<msgpack::sbuffer> pk(r.payload);
   pk.pack_array(3);
   pk.pack(static_cast<int>(kind));
   pk.pack(type);
   pk.pack(message);
-  send_frame(sock, FrameType::error, id, std::as_bytes(std::span(out.data(), out.size())),
-             FdList{});
+  return r;
 }
 
 std::string known_names(const Tasks& tasks) {
@@ -116,13 +123,11 @@ std::string known_names(const Tasks& tasks) {
   return out.empty() ? "(none)" : out;
 }
 
-// Runs one request and sends its reply. Returns false when the parent is gone.
-bool handle(int sock, const Tasks& tasks, Frame& frame) {
-  std::string name;
-  msgpack::sbuffer out(kSmallMessage);
-  FdList out_fds;
+// Runs one request; the reply is its result or the error it ended with.
+Reply handle(const Tasks& tasks, Frame& frame) {
+  Reply reply;
   try {
-    WireScope scope(&frame.fds, &out_fds);
+    WireScope scope(&frame.fds, &reply.fds);
     thread_local msgpack::zone zone;
     zone.clear();
     const msgpack::object o = unpack_payload(frame.payload, zone);
@@ -130,99 +135,120 @@ bool handle(int sock, const Tasks& tasks, Frame& frame) {
         o.via.array.ptr[0].type != msgpack::type::STR) {
       throw ProtocolError("request payload is not [name, args]");
     }
-    name = o.via.array.ptr[0].as<std::string>();
+    const auto name = o.via.array.ptr[0].as<std::string>();
     const Tasks::Entry* entry = tasks.find(name);
     if (entry == nullptr) {
-      reply_error(
-          sock, frame.id, ErrorKind::unknown_task, "crew::BadArguments",
+      return error_reply(
+          ErrorKind::unknown_task, "crew::BadArguments",
           fmt::format("crew: unknown task '{}'; the worker knows: {}", name, known_names(tasks)));
-      return true;
     }
-    msgpack::packer<msgpack::sbuffer> pk(out);
+    msgpack::packer<msgpack::sbuffer> pk(reply.payload);
     entry->invoke(o.via.array.ptr[1], pk);
   } catch (const ProtocolError&) {
     throw;
   } catch (const BadArguments& e) {
-    reply_error(sock, frame.id, ErrorKind::bad_arguments, "crew::BadArguments", e.what());
-    return true;
+    return error_reply(ErrorKind::bad_arguments, "crew::BadArguments", e.what());
   } catch (const std::bad_alloc& e) {
-    reply_error(sock, frame.id, ErrorKind::out_of_memory, "std::bad_alloc", e.what());
-    return true;
+    return error_reply(ErrorKind::out_of_memory, "std::bad_alloc", e.what());
   } catch (const std::exception& e) {
-    reply_error(sock, frame.id, ErrorKind::remote, demangle(typeid(e)), e.what());
-    return true;
+    return error_reply(ErrorKind::remote, demangle(typeid(e)), e.what());
   } catch (...) {
-    reply_error(sock, frame.id, ErrorKind::remote, "unknown",
-                "the task threw something that is not a std::exception");
-    return true;
+    return error_reply(ErrorKind::remote, "unknown",
+                       "the task threw something that is not a std::exception");
   }
-  return send_frame(sock, FrameType::result, frame.id,
-                    std::as_bytes(std::span(out.data(), out.size())), out_fds) != SendStatus::gone;
+  return reply;
 }
 
-// A worker's side of what it shares with its pool besides the channel: the doorbell (one write
-// to the pool's eventfd wakes the supervisor), the pool's page (read-only) and its own page of
-// frame counts.
+// A worker's side of its pool: the channel (socket and rings), the doorbell (one write to the
+// pool's eventfd wakes the supervisor) and the pool's page (read-only).
 class PoolLink {
  public:
-  PoolLink() {
-    if (::fcntl(kWorkerDoorbellFd, F_GETFD) >= 0) fd_ = kWorkerDoorbellFd;
-    pool_ = static_cast<const PoolPage*>(map(kWorkerPageFd, PROT_READ));
-    own_ = static_cast<WorkerPage*>(map(kWorkerOwnPageFd, PROT_READ | PROT_WRITE));
+  explicit PoolLink(int sock) {
+    if (::fcntl(kWorkerDoorbellFd, F_GETFD) >= 0) doorbell_ = kWorkerDoorbellFd;
+    pool_ = static_cast<const PoolPage*>(map(kWorkerPageFd, kPoolPageSize, PROT_READ));
+    own_ = static_cast<WorkerPage*>(map(kWorkerOwnPageFd, kWorkerPageSize, PROT_READ | PROT_WRITE));
+    if (doorbell_ < 0 || pool_ == nullptr || own_ == nullptr) {
+      throw std::runtime_error(
+          "crew::serve: the pool's doorbell and shared pages (descriptors 4 to 6) are missing; "
+          "start this program from a crew::ProcessPool built with the same crew version");
+    }
+    channel_.emplace(sock, &own_->replies, &own_->requests, true);
   }
   PoolLink(const PoolLink&) = delete;
   PoolLink& operator=(const PoolLink&) = delete;
   ~PoolLink() {
-    if (pool_ != nullptr) ::munmap(const_cast<PoolPage*>(pool_), kPoolPageSize);
-    if (own_ != nullptr) ::munmap(own_, kPoolPageSize);
+    ::munmap(const_cast<PoolPage*>(pool_), kPoolPageSize);
+    ::munmap(own_, kWorkerPageSize);
   }
 
-  /// Counts a frame sent, then rings unless somebody reads replies anyway. Returns true when a
-  /// thread was waiting for results (the worker then looks for its next request before it
-  /// sleeps).
-  bool sent(bool always_ring) noexcept {
-    if (own_ != nullptr) own_->replies.store(++replies_, std::memory_order_seq_cst);
-    if (fd_ < 0) return false;
-    // Pairs with the reader's "leave, then read once more": either it sees our count or we see
-    // that it left (both sides are seq_cst).
-    std::atomic_thread_fence(std::memory_order_seq_cst);
-    const bool driven = pool_ != nullptr && pool_->drivers.load(std::memory_order_relaxed) != 0;
-    if (!always_ring && (driven || (pool_ != nullptr && pool_->supervisor_awake.load(
-                                                            std::memory_order_relaxed) != 0))) {
-      return driven;
-    }
-    const std::uint64_t one = 1;
-    [[maybe_unused]] const auto n = ::write(fd_, &one, sizeof one);
-    return driven;
-  }
-
-  /// The next frame from the pool. With `spin`, looks at the request count for a while before
-  /// it sleeps in the socket: back-to-back tasks then cost no wake-up of this process.
-  RecvStatus next(int sock, Frame& frame, bool spin) {
-    if (spin && own_ != nullptr) {
-      const auto until = std::chrono::steady_clock::now() + kWorkerSpin;
-      for (int i = 1; own_->requests.load(std::memory_order_acquire) == requests_; ++i) {
-        cpu_relax();
-        if ((i & 31) == 0 && std::chrono::steady_clock::now() >= until) break;
+  /// Sends a frame, waiting for room if the pool is behind, then rings unless somebody reads
+  /// replies anyway. False when the pool is gone.
+  bool send(FrameType type, std::uint64_t id, std::span<const std::byte> payload, const FdList& fds,
+            bool always_ring) {
+    for (;;) {
+      SendStatus st = channel_->put(type, id, payload, fds);
+      if (st == SendStatus::full) {
+        own_->wants_room.store(1, std::memory_order_seq_cst);
+        st = channel_->put(type, id, payload, fds);  // the pool may have read meanwhile
       }
+      if (st == SendStatus::gone) return false;
+      if (st == SendStatus::sent) break;
+      ring(true);
+      if (channel_->wait_socket() == RecvStatus::closed) return false;
     }
-    const RecvStatus st = recv_frame(sock, frame, true);
-    if (st == RecvStatus::frame) ++requests_;
-    return st;
+    own_->wants_room.store(0, std::memory_order_relaxed);
+    driven_ = ring(always_ring);
+    return true;
+  }
+
+  /// The next frame from the pool. After answering a thread that waits for results, the worker
+  /// looks at the ring for a while before it sleeps: back-to-back tasks then cost no wake-up.
+  RecvStatus next(Frame& frame) {
+    const auto until = std::chrono::steady_clock::now() + kWorkerSpin;
+    bool spin = driven_;
+    for (int i = 1;; ++i) {
+      const RecvStatus st = channel_->get(frame);
+      if (st != RecvStatus::would_block) return st;
+      if (spin) {
+        cpu_relax();
+        if ((i & 31) == 0 && std::chrono::steady_clock::now() >= until) spin = false;
+        continue;
+      }
+      // Asleep in the socket; the pool sends a wake frame when it finds the flag set.
+      own_->asleep.store(1, std::memory_order_seq_cst);
+      if (!channel_->has_input() && channel_->wait_socket() == RecvStatus::closed) {
+        return RecvStatus::closed;
+      }
+      own_->asleep.store(0, std::memory_order_relaxed);
+    }
   }
 
  private:
-  static void* map(int fd, int prot) {
+  static void* map(int fd, std::size_t size, int prot) {
     if (::fcntl(fd, F_GETFD) < 0) return nullptr;
-    void* p = ::mmap(nullptr, kPoolPageSize, prot, MAP_SHARED, fd, 0);
+    void* p = ::mmap(nullptr, size, prot, MAP_SHARED, fd, 0);
     return p == MAP_FAILED ? nullptr : p;
   }
 
-  int fd_ = -1;
+  // Returns whether a thread of the pool was waiting for results.
+  bool ring(bool always) const noexcept {
+    // Pairs with the reader's "leave, then read once more": either it sees our entry or we see
+    // that it left (both sides are seq_cst).
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    const bool driven = pool_->drivers.load(std::memory_order_relaxed) != 0;
+    if (!always && (driven || pool_->supervisor_awake.load(std::memory_order_relaxed) != 0)) {
+      return driven;
+    }
+    const std::uint64_t one = 1;
+    [[maybe_unused]] const auto n = ::write(doorbell_, &one, sizeof one);
+    return driven;
+  }
+
+  int doorbell_ = -1;
   const PoolPage* pool_ = nullptr;
   WorkerPage* own_ = nullptr;
-  std::uint64_t requests_ = 0;  // frames received
-  std::uint64_t replies_ = 0;   // frames sent
+  std::optional<Channel> channel_;
+  bool driven_ = false;
 };
 
 }  // namespace
@@ -298,34 +324,42 @@ int serve(const Tasks& tasks) {
   ::unsetenv(detail::kWorkerFdEnv);
   ::unsetenv(detail::kWorkerNameEnv);
 
-  detail::PoolLink link;
-  if (detail::send_frame(sock, detail::FrameType::ready, static_cast<std::uint64_t>(::getpid()), {},
-                         detail::FdList{}) == detail::SendStatus::gone) {
-    return 0;
+  std::optional<detail::PoolLink> pool_link;
+  try {
+    pool_link.emplace(sock);
+  } catch (const std::exception& e) {
+    fmt::print(stderr, "{}\n", e.what());
+    return 78;  // EX_CONFIG
   }
-  link.sent(true);
-  bool spin = false;
-  for (;;) {
-    detail::Frame frame;
-    try {
-      if (link.next(sock, frame, spin) == detail::RecvStatus::closed) return 0;
+  detail::PoolLink& link = *pool_link;
+  try {
+    if (!link.send(detail::FrameType::ready, static_cast<std::uint64_t>(::getpid()), {},
+                   detail::FdList{}, true)) {
+      return 0;
+    }
+    for (;;) {
+      detail::Frame frame;
+      if (link.next(frame) == detail::RecvStatus::closed) return 0;
       switch (frame.type) {
         case detail::FrameType::shutdown:
           return 0;
         case detail::FrameType::request: {
-          const bool open = detail::handle(sock, tasks, frame);
-          spin = link.sent(false);
-          if (!open) return 0;
+          const detail::Reply r = detail::handle(tasks, frame);
+          if (!link.send(r.type, frame.id,
+                         std::as_bytes(std::span(r.payload.data(), r.payload.size())), r.fds,
+                         false)) {
+            return 0;
+          }
           break;
         }
         default:
           throw detail::ProtocolError("unexpected frame type from the pool");
       }
-    } catch (const detail::ProtocolError& e) {
-      fmt::print(stderr, "crew worker {}: malformed message from the pool: {}\n", ::getpid(),
-                 e.what());
-      return 70;  // EX_SOFTWARE
     }
+  } catch (const detail::ProtocolError& e) {
+    fmt::print(stderr, "crew worker {}: malformed message from the pool: {}\n", ::getpid(),
+               e.what());
+    return 70;  // EX_SOFTWARE
   }
 }
 

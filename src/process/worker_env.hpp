@@ -2,7 +2,10 @@
 #pragma once
 
 #include <atomic>
+#include <cstddef>
 #include <cstdint>
+
+#include "ring.hpp"
 
 namespace crew::inline v0::detail {
 
@@ -28,15 +31,16 @@ struct PoolPage {
 };
 static_assert(std::atomic<std::uint32_t>::is_always_lock_free, "shared between processes");
 
-/// One worker's page: how many frames each side has sent on the channel so far. A reader looks
-/// at the count before it asks the socket, so nobody spins on system calls. The counts are
-/// hints: a frame is still read from the socket, and a wrong count only costs time.
+/// One worker's shared memory: a ring each way, and what the worker tells the pool about
+/// itself. The pool sends a wake frame on the socket when it finds either flag set.
 struct WorkerPage {
-  alignas(64) std::atomic<std::uint64_t> requests{0};  // written by the pool
-  alignas(64) std::atomic<std::uint64_t> replies{0};   // written by the worker
+  alignas(64) std::atomic<std::uint32_t> asleep{0};      // waiting in the socket for requests
+  alignas(64) std::atomic<std::uint32_t> wants_room{0};  // waiting for room in `replies`
+  Ring requests;                                         // pool -> worker
+  Ring replies;                                          // worker -> pool
 };
 static_assert(std::atomic<std::uint64_t>::is_always_lock_free, "shared between processes");
-static_assert(sizeof(WorkerPage) <= kPoolPageSize);
+inline constexpr std::size_t kWorkerPageSize = (sizeof(WorkerPage) + 4095) & ~std::size_t{4095};
 
 /// The descriptor a worker talks to its pool on, or -1 when this is not a worker process. Read
 /// once (serve() removes the variables so that the worker's own children are not workers).

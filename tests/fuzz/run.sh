@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Builds the frame decoder fuzz target with clang (libFuzzer + ASan + UBSan) and runs it for
-# CREW_FUZZ_SECONDS (default 60). Registered with CTest under the label `fuzz`.
+# Builds the frame decoder and reply ring fuzz target with clang (libFuzzer + ASan + UBSan) and
+# runs it for CREW_FUZZ_SECONDS (default 60). Registered with CTest under the label `fuzz`.
 #
 #   tests/fuzz/run.sh <source-root> <work-dir>
 set -euo pipefail
@@ -27,6 +27,12 @@ open(d + '/ready', 'wb').write(frame(1, 1234, b''))
 open(d + '/result', 'wb').write(frame(3, 7, b'\x2a'))
 open(d + '/error', 'wb').write(frame(4, 7, b'\x93\x01\xa3abc\xa4boom'))
 open(d + '/array', 'wb').write(frame(3, 7, b'\x92\xa1a\xa1b'))
+# A reply ring holding one frame entry (a result of 42) and a socket marker.
+result = frame(3, 7, b'\x2a')
+entry = struct.pack('<II', len(result), 1) + result + b'\0' * (-len(result) % 8)
+marker = struct.pack('<II', 0, 2)
+ring = entry + marker
+open(d + '/ring', 'wb').write(b'R' + struct.pack('<Q', len(ring)) + ring)
 PY
 cd "$work"
 ASAN_OPTIONS=detect_leaks=1 ./frame_fuzz -max_total_time="$seconds" -rss_limit_mb=1024 \

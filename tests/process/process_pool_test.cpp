@@ -6,15 +6,18 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <future>
 #include <set>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include <fcntl.h>
+#include <fmt/format.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <spawn.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -24,6 +27,7 @@
 #include <crew/process.hpp>
 
 #include "process/observe.hpp"
+#include "worker_env.hpp"  // the shared-memory layout, for the tests that break the protocol
 
 extern char** environ;
 
@@ -58,6 +62,7 @@ const crew::Tasks& test_tasks() {
     t.add("fib", fib);
     t.add("add", [](int a, int b) { return a + b; });
     t.add("greet", [](const std::string& who) { return "hello " + who; });
+    t.add("text", [](int n) { return std::string(static_cast<std::size_t>(n), 'x'); });
     t.add("pid", [] { return static_cast<int>(::getpid()); });
     t.add("norm2", [](Point p) { return p.x * p.x + p.y * p.y; });
     t.add("spin", [] {
@@ -88,11 +93,24 @@ const crew::Tasks& test_tasks() {
       std::fflush(stdout);
       return 0;
     });
-    t.add("garbage", [] {
-      // Writes a datagram that is not a crew frame onto the worker's channel (fd 3).
-      const char junk[] = "definitely not a frame";
-      [[maybe_unused]] auto n = ::send(3, junk, sizeof junk, 0);
-      return 0;
+    // Break the protocol the way a broken worker could, tell the pool to look, and wait to be
+    // killed: an entry of unknown kind in the reply ring, or a ring marker whose frame on the
+    // socket (fd 3) is junk.
+    t.add("garbage", [](bool on_socket) {
+      void* m = ::mmap(nullptr, crew::detail::kWorkerPageSize, PROT_READ | PROT_WRITE, MAP_SHARED,
+                       crew::detail::kWorkerOwnPageFd, 0);
+      if (m == MAP_FAILED) return 1;
+      crew::detail::RingWriter replies(&static_cast<crew::detail::WorkerPage*>(m)->replies);
+      if (on_socket) {
+        const char junk[] = "definitely not a frame";
+        [[maybe_unused]] auto n = ::send(3, junk, sizeof junk, 0);
+        replies.push(crew::detail::RingEntry::socket, {});
+      } else {
+        replies.push(static_cast<crew::detail::RingEntry>(99), {});
+      }
+      const std::uint64_t one = 1;
+      [[maybe_unused]] auto n = ::write(crew::detail::kWorkerDoorbellFd, &one, sizeof one);
+      for (;;) ::pause();
     });
     t.add("buffer_sum", [](const crew::Buffer& b) {
       std::uint64_t sum = 0;
@@ -502,15 +520,60 @@ TEST(ProcessPool, ManyWaitingThreadsEachGetTheirOwnResults) {
   EXPECT_EQ(pool.stats().completed, static_cast<std::uint64_t>(kThreads * kEach));
 }
 
-// Many quick tasks with large inline arguments are pipelined to a worker; more than its socket
-// buffer holds must wait in the queue, not fail.
-TEST(ProcessPool, PipelinedLargeArgumentsWaitForSocketSpace) {
+// Many quick tasks are pipelined to the workers with arguments and results that cross in the
+// shared rings (3 KB) or on the socket (50 KB), interleaved: more than the rings and the socket
+// buffers hold must wait, not fail, and every result must belong to its own call.
+TEST(ProcessPool, PipelinedFramesWaitForRoomAndKeepTheirOrder) {
   crew::ProcessPool pool(opts());
   for (int i = 0; i < 20; ++i) (void)pool.run<int>("add", 1, 2).get();  // tasks look quick
-  const std::string big(50'000, 'x');
+  std::vector<std::string> args;
   std::vector<crew::Future<std::string>> f;
-  for (int i = 0; i < 300; ++i) f.push_back(pool.run<std::string>("greet", big));
-  for (auto& x : f) EXPECT_EQ(x.get().size(), big.size() + 6);
+  for (int i = 0; i < 600; ++i) {
+    args.push_back(std::string(i % 3 == 0 ? 50'000 : 3'000, static_cast<char>('a' + i % 26)));
+    f.push_back(pool.run<std::string>("greet", args.back()));
+  }
+  for (std::size_t i = 0; i < f.size(); ++i) EXPECT_EQ(f[i].get(), "hello " + args[i]);
+}
+
+// A worker whose pool does not read (its supervisor is held up in a log callback) fills the
+// reply ring, says it wants room, and goes on once the pool has read: nothing is lost.
+TEST(ProcessPool, AWorkerAheadOfItsPoolWaitsForRoomInTheRing) {
+  std::promise<void> gate;
+  std::shared_future<void> open = gate.get_future().share();
+  std::atomic<bool> held{false};
+  auto o = opts();
+  o.min_workers = 1;
+  o.max_workers = 1;
+  o.log = [&](const crew::ProcessLogLine& l) {
+    if (l.line == "out:hold") {
+      held = true;
+      open.wait();
+    }
+  };
+  crew::ProcessPool pool(o);
+  // Enough quick tasks that the pool pipelines (the first ones include the worker's start).
+  for (int i = 0; i < 100; ++i) (void)pool.run<int>("add", 1, 2).get();
+  auto hold = pool.run<int>("say", std::string("hold"));
+  ASSERT_TRUE(eventually([&] { return held.load(); }));
+  // Small requests (all of them fit in the request ring), 3 KB replies (a few dozen fill the
+  // reply ring).
+  std::vector<crew::Future<std::string>> f;
+  for (int i = 0; i < 100; ++i) f.push_back(pool.run<std::string>("text", 3'000));
+
+  // The worker's own page, seen through /proc as the pool's child.
+  const int pid = pool.stats().per_worker.at(0).pid;
+  const int fd = ::open(fmt::format("/proc/{}/fd/{}", pid, crew::detail::kWorkerOwnPageFd).c_str(),
+                        O_RDONLY | O_CLOEXEC);
+  ASSERT_GE(fd, 0);
+  void* m = ::mmap(nullptr, crew::detail::kWorkerPageSize, PROT_READ, MAP_SHARED, fd, 0);
+  ::close(fd);
+  ASSERT_NE(m, MAP_FAILED);
+  const auto* page = static_cast<const crew::detail::WorkerPage*>(m);
+  EXPECT_TRUE(eventually([&] { return page->wants_room.load() != 0; }));
+  gate.set_value();
+  EXPECT_EQ(hold.get(), 0);
+  for (auto& x : f) EXPECT_EQ(x.get(), std::string(3'000, 'x'));
+  ::munmap(m, crew::detail::kWorkerPageSize);
 }
 
 // Threads still waiting (and reading replies) while the pool is torn down.
@@ -550,9 +613,13 @@ TEST(ProcessPool, MalformedFrameRecyclesTheWorker) {
   auto o = opts();
   o.max_workers = 1;
   crew::ProcessPool pool(o);
-  const auto e = expect_throw<crew::WorkerCrashed>([&] { pool.run<int>("garbage").get(); });
-  EXPECT_THAT(e.what(), HasSubstr("malformed"));
-  EXPECT_EQ(pool.run<int>("add", 2, 2).get(), 4);
+  for (const bool on_socket : {false, true}) {
+    const auto e =
+        expect_throw<crew::WorkerCrashed>([&] { pool.run<int>("garbage", on_socket).get(); });
+    EXPECT_THAT(e.what(), HasSubstr("malformed"));
+    EXPECT_THAT(e.what(), HasSubstr(on_socket ? "header" : "unknown kind"));
+    EXPECT_EQ(pool.run<int>("add", 2, 2).get(), 4);
+  }
 }
 
 TEST(ProcessPool, CancellingARunningTaskKillsItsWorker) {
