@@ -121,9 +121,18 @@ namespace {
 
 constexpr std::chrono::milliseconds kDrainGrace{500};
 
-class Session : public std::enable_shared_from_this<Session> {
+// `Executor` is the io_context's own executor with one I/O thread and a strand with more. A
+// concrete executor type, and a plain socket rather than beast::tcp_stream (whose timeouts we do
+// not use), keep type-erased executor calls off the per-request path.
+template <class Executor>
+class Session : public std::enable_shared_from_this<Session<Executor>> {
+  using Socket = asio::basic_stream_socket<tcp, Executor>;
+  using Timer = asio::basic_waitable_timer<Clock, asio::wait_traits<Clock>, Executor>;
+  using std::enable_shared_from_this<Session>::shared_from_this;
+  using std::enable_shared_from_this<Session>::weak_from_this;
+
  public:
-  Session(tcp::socket socket, Server::Impl& server)
+  Session(Socket socket, Server::Impl& server)
       : stream_(std::move(socket)), deadline_(stream_.get_executor()), server_(server) {
     server_.sessions.fetch_add(1);
   }
@@ -160,7 +169,7 @@ class Session : public std::enable_shared_from_this<Session> {
       if (ec) return;  // cancelled: the read finished in time
       self->timed_out_ = true;
       beast::error_code ignored;
-      self->stream_.socket().cancel(ignored);
+      self->stream_.cancel(ignored);
     });
   }
 
@@ -242,7 +251,10 @@ class Session : public std::enable_shared_from_this<Session> {
     };
     if (path == "/healthz") {
       route_ = "/healthz";
-      if (only(http::verb::get, "GET")) respond(http::status::ok, json{{"status", "ok"}});
+      // The body never changes: no JSON document built per probe.
+      if (only(http::verb::get, "GET")) {
+        respond_text(http::status::ok, R"({"status":"ok"})", "application/json");
+      }
     } else if (path == "/readyz") {
       route_ = "/readyz";
       if (!only(http::verb::get, "GET")) return;
@@ -499,12 +511,12 @@ class Session : public std::enable_shared_from_this<Session> {
   void close() {
     done_request();
     beast::error_code ec;
-    stream_.socket().shutdown(tcp::socket::shutdown_both, ec);
-    stream_.close();
+    stream_.shutdown(tcp::socket::shutdown_both, ec);
+    stream_.close(ec);
   }
 
-  beast::tcp_stream stream_;
-  asio::steady_timer deadline_;
+  Socket stream_;
+  Timer deadline_;
   bool timed_out_ = false;
   bool reading_header_ = false;
   Server::Impl& server_;
@@ -523,14 +535,17 @@ class Session : public std::enable_shared_from_this<Session> {
 
 void Server::Impl::accept() {
   // With one I/O thread a session's handlers cannot run concurrently: no strand needed.
-  const asio::any_io_executor executor = config.io_threads == 1
-                                             ? asio::any_io_executor(ioc.get_executor())
-                                             : asio::any_io_executor(asio::make_strand(ioc));
-  acceptor.async_accept(executor, [this](beast::error_code ec, tcp::socket socket) {
+  auto on_accept = [this](beast::error_code ec, auto socket) {
     if (ec == asio::error::operation_aborted || !acceptor.is_open()) return;
-    if (!ec) std::make_shared<Session>(std::move(socket), *this)->start();
+    using Executor = typename decltype(socket)::executor_type;
+    if (!ec) std::make_shared<Session<Executor>>(std::move(socket), *this)->start();
     accept();
-  });
+  };
+  if (config.io_threads == 1) {
+    acceptor.async_accept(ioc.get_executor(), on_accept);
+  } else {
+    acceptor.async_accept(asio::make_strand(ioc), on_accept);
+  }
 }
 
 void Server::Impl::tick_lag() {
