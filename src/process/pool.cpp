@@ -3,10 +3,11 @@
 // enforces task deadlines, memory caps and recycling. Other threads touch the queue (under
 // mutex_) and wake the supervisor through the doorbell, an eventfd.
 //
-// Replies do not wake the supervisor when they need not: a thread waiting for a result of this
-// pool reads the workers' sockets itself for a while ("driving", PoolPage::drivers), and a worker
-// rings the doorbell after a reply only when no thread is driving. A round trip then costs no
-// wake-up at all when the worker is still looking for its next request (it spins briefly).
+// Small frames cross in shared-memory rings (channel.hpp). Replies do not wake the supervisor
+// when they need not: a thread waiting for a result of this pool reads the workers' rings itself
+// for a while ("driving", PoolPage::drivers), and a worker rings the doorbell after a reply only
+// when nobody will read without it. A round trip then costs no system call and no wake-up when
+// the worker is still watching its ring for the next request.
 //
 // Futures are settled, and log lines delivered, after mutex_ is released: a continuation or a log
 // callback may call back into the pool.
@@ -96,7 +97,7 @@ constexpr nanoseconds kPipelineBelow{200'000};  // tasks shorter than this are p
 // How long a waiting thread reads replies itself before it sleeps. About two wake-ups on a busy
 // machine: shorter tasks are answered without any, longer ones cost this much CPU once.
 constexpr nanoseconds kDriveFor{50'000};
-// While a thread drives, the supervisor still looks at the sockets this often, in case that
+// While a thread drives, the supervisor still looks at the rings this often, in case that
 // thread was preempted with a reply waiting.
 constexpr milliseconds kDriverBackstop{1};
 
@@ -145,7 +146,7 @@ struct Proc {
   WState state = WState::starting;
   Reason reason = Reason::none;
   bool killed = false;
-  bool full = false;  // its socket had no room for the last request; cleared by its next reply
+  bool full = false;  // its channel had no room for the last request; cleared by its next reply
   Clock::time_point started{};
   Clock::time_point ready_at = kNever;
   Clock::time_point busy_since{};
@@ -733,7 +734,7 @@ void ProcessPoolCore::wake_if_waiting(Proc& p, std::atomic<std::uint32_t>& flag)
   if (p.sock >= 0 && flag.exchange(0, std::memory_order_seq_cst) != 0) {
     try {
       p.channel->wake();
-    } catch (const std::exception&) {  // its socket is full of wake frames already
+    } catch (const std::exception&) {  // the worker is going; its exit is handled
     }
   }
 }
