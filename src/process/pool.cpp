@@ -93,7 +93,6 @@ constexpr milliseconds kRssPoll{5};
 constexpr std::size_t kTailLines = 20;
 constexpr std::size_t kMaxLine = 4096;
 constexpr std::size_t kPipelineDepth = 128;
-constexpr nanoseconds kPipelineBelow{200'000};  // tasks shorter than this are pipelined
 // How long a waiting thread reads replies itself before it sleeps. About two wake-ups on a busy
 // machine: shorter tasks are answered without any, longer ones cost this much CPU once.
 constexpr nanoseconds kDriveFor{50'000};
@@ -105,8 +104,11 @@ constexpr milliseconds kDriverBackstop{1};
 // Sanitizers reserve terabytes of address space: RLIMIT_AS would stop the worker from starting.
 // The resident-memory watchdog still enforces the cap.
 constexpr bool kUseAddressLimit = false;
+// Instrumented code runs several times slower; what counts as a tiny task scales with it.
+constexpr nanoseconds kPipelineBelow{2'000'000};
 #else
 constexpr bool kUseAddressLimit = true;
+constexpr nanoseconds kPipelineBelow{200'000};  // tasks shorter than this are pipelined
 #endif
 
 // Releases the supervisor's reference on a call's Future state.
