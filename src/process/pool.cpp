@@ -282,7 +282,9 @@ class ProcessPoolCore {
   std::uint64_t completed_ = 0, failed_ = 0, cancelled_ = 0, timed_out_ = 0, crashed_ = 0;
   std::uint64_t restarts_ = 0, startup_failures_ = 0, spawned_ = 0;
   nanoseconds busy_total_{0};
-  std::int64_t ewma_run_ns_ = 1'000'000;  // recent task run time, for the pipelining decision
+  // Recent task run time, for the pipelining decision; a new pool starts well above the
+  // threshold, so nothing is pipelined before tasks have shown they are short.
+  std::int64_t ewma_run_ns_ = 5 * kPipelineBelow.count();
   LatencyHistogram wait_hist_, run_hist_;
   // Restart policy (supervisor only, read by stats under mutex_).
   milliseconds backoff_{0};
