@@ -51,6 +51,7 @@
 #include <crew/detail/futex.hpp>
 #include <crew/process/cluster.hpp>
 #include <crew/process/pool.hpp>
+#include <crew/shared_buffer.hpp>
 
 #include "channel.hpp"
 #include "frame.hpp"
@@ -141,7 +142,8 @@ struct Proc {
   pid_t pid = -1;
   int pidfd = -1;
   int sock = -1;
-  WorkerPage* page = nullptr;  // shared with the worker: the rings and its flags
+  SharedBuffer shared;         // a sealed memfd the worker maps too
+  WorkerPage* page = nullptr;  // in `shared`: the rings and the worker's flags
   std::optional<Channel> channel;
   int out = -1;
   int err = -1;
@@ -1084,7 +1086,6 @@ void ProcessPoolCore::on_exit(Proc& p, Clock::time_point now) {
     }
   }
   p.channel.reset();
-  ::munmap(p.page, kWorkerPageSize);
   slots_[p.slot].taken = false;
   procs_.erase(p.serial);
 }
@@ -1342,20 +1343,18 @@ void ProcessPoolCore::spawn(Clock::time_point now) {
     for (int fd : {sv[0], sv[1], outp[0], outp[1]}) ::close(fd);
     throw std::system_error(err, std::generic_category(), "crew::ProcessPool: pipe2");
   }
-  const int own_page = ::memfd_create("crew-worker", MFD_CLOEXEC | MFD_ALLOW_SEALING);
-  void* own_map = MAP_FAILED;
-  if (own_page >= 0 && ::ftruncate(own_page, kWorkerPageSize) == 0 &&
-      ::fcntl(own_page, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW) == 0) {
-    own_map = ::mmap(nullptr, kWorkerPageSize, PROT_READ | PROT_WRITE, MAP_SHARED, own_page, 0);
-  }
-  if (own_map == MAP_FAILED) {
-    const int err = errno;
-    if (own_page >= 0) ::close(own_page);
+  int child_page = -1;
+  try {
+    p->shared = SharedBuffer::create(kWorkerPageSize, {.across_processes = true});
+    child_page = ::fcntl(p->shared.fd(), F_DUPFD_CLOEXEC, 10);  // above what the child moves
+    if (child_page < 0) {
+      throw std::system_error(errno, std::generic_category(), "crew::ProcessPool: fcntl");
+    }
+  } catch (...) {
     for (int fd : {sv[0], sv[1], outp[0], outp[1], errp[0], errp[1]}) ::close(fd);
-    throw std::system_error(err, std::generic_category(), "crew::ProcessPool: worker page");
+    throw;
   }
-  p->page = new (own_map) WorkerPage;
-  const int child_page = move_high(own_page);
+  p->page = new (p->shared.data()) WorkerPage;
   const int devnull = move_high(::open("/dev/null", O_RDONLY | O_CLOEXEC));
   const int doorbell = event_, page = page_fd_;
   const int child_sock = move_high(sv[1]);
@@ -1406,7 +1405,6 @@ void ProcessPoolCore::spawn(Clock::time_point now) {
   const int fork_errno = errno;
   for (int fd : {devnull, child_sock, child_out, child_err, child_page}) ::close(fd);
   if (pid < 0) {
-    ::munmap(p->page, kWorkerPageSize);
     for (int fd : {sv[0], outp[0], errp[0]}) ::close(fd);
     throw std::system_error(fork_errno, std::generic_category(), "crew::ProcessPool: fork");
   }
@@ -1420,7 +1418,6 @@ void ProcessPoolCore::spawn(Clock::time_point now) {
     const int err = errno;
     ::kill(pid, SIGKILL);
     ::waitpid(pid, nullptr, 0);
-    ::munmap(p->page, kWorkerPageSize);
     for (int fd : {sv[0], outp[0], errp[0]}) ::close(fd);
     throw std::system_error(err, std::generic_category(),
                             "crew::ProcessPool: pidfd_open (Linux 5.3 or later is needed)");
