@@ -275,6 +275,11 @@ class PoolCore {
   std::mutex timer_mutex_;
   std::condition_variable_any timer_cv_;
   std::multimap<std::chrono::steady_clock::time_point, Task*> deadlines_;
+  // When the timer thread next wakes by itself. Arming a later deadline (the usual case: tasks
+  // share one timeout) leaves it asleep, and disarming never wakes it: it may wake for a deadline
+  // already gone, and then finds nothing to expire. A notify per task cost a context switch each.
+  std::chrono::steady_clock::time_point timer_wakes_at_ =
+      std::chrono::steady_clock::time_point::max();
   std::jthread timer_;
 
   std::mutex lifecycle_mutex_;
@@ -816,9 +821,11 @@ void PoolCore::arm_timer(Task* t) {
   std::lock_guard lock(timer_mutex_);
   if (!timer_.joinable()) timer_ = std::jthread([this](std::stop_token st) { timer_main(st); });
   const auto deadline = std::chrono::steady_clock::now() + t->timeout;
-  const bool earliest = deadlines_.empty() || deadline < deadlines_.begin()->first;
   deadlines_.emplace(deadline, t);
-  if (earliest) timer_cv_.notify_one();
+  if (deadline < timer_wakes_at_) {
+    timer_wakes_at_ = deadline;
+    timer_cv_.notify_one();
+  }
 }
 
 void PoolCore::disarm_timer(Task* t) {
@@ -833,25 +840,25 @@ void PoolCore::disarm_timer(Task* t) {
 
 void PoolCore::timer_main(std::stop_token st) {
   pthread_setname_np(pthread_self(), "crew-timer");
+  using Time = std::chrono::steady_clock::time_point;
   std::unique_lock lock(timer_mutex_);
   while (!st.stop_requested()) {
-    if (deadlines_.empty()) {
-      timer_cv_.wait(lock, st, [this] { return !deadlines_.empty(); });
-      continue;
-    }
-    const auto next = deadlines_.begin()->first;
-    if (std::chrono::steady_clock::now() < next) {
-      // Wakes early when an earlier deadline is armed or this one is disarmed.
-      timer_cv_.wait_until(lock, st, next, [this, next] {
-        return deadlines_.empty() || deadlines_.begin()->first < next;
-      });
-      continue;
-    }
     // Expire under the lock: disarm_timer() (also under it) runs before the task is destroyed, so
     // the task is alive here.
-    Task* t = deadlines_.begin()->second;
-    deadlines_.erase(deadlines_.begin());
-    t->expire();
+    const Time now = std::chrono::steady_clock::now();
+    while (!deadlines_.empty() && deadlines_.begin()->first <= now) {
+      Task* t = deadlines_.begin()->second;
+      deadlines_.erase(deadlines_.begin());
+      t->expire();
+    }
+    const Time next = deadlines_.empty() ? Time::max() : deadlines_.begin()->first;
+    timer_wakes_at_ = next;
+    // Woken early only by arm_timer() with an earlier deadline.
+    if (next == Time::max()) {
+      timer_cv_.wait(lock, st, [this] { return timer_wakes_at_ != Time::max(); });
+    } else {
+      timer_cv_.wait_until(lock, st, next, [this, next] { return timer_wakes_at_ < next; });
+    }
   }
 }
 

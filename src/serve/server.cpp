@@ -149,6 +149,10 @@ class Session : public std::enable_shared_from_this<Session<Executor>> {
         }
       };
     }
+    // Responses are written at once when they fit (respond_text): the socket must not block.
+    beast::error_code ec;
+    stream_.non_blocking(true, ec);
+    if (ec) return close();
     read_header();
   }
 
@@ -160,13 +164,26 @@ class Session : public std::enable_shared_from_this<Session<Executor>> {
   }
 
  private:
-  // Read deadlines use a timer of our own rather than tcp_stream's: when tcp_stream times out it
-  // closes the socket, and a client that is merely slow should still get its 408.
+  // Read and write deadlines use a timer of our own rather than tcp_stream's: when tcp_stream
+  // times out it closes the socket, and a client that is merely slow should still get its 408.
+  // The timer is lazy: a phase sets `deadline_at_`, and the timer is only started when none is
+  // waiting or the new deadline is earlier than the one it waits for. A waiting timer that fires
+  // early sleeps again until `deadline_at_`. Per request that is no timer operation at all,
+  // instead of an arm and a cancel (each a queue operation and a completion) per phase.
   void arm_deadline(std::chrono::milliseconds after) {
     timed_out_ = false;
-    deadline_.expires_after(after);
+    deadline_at_ = Clock::now() + after;
+    if (timer_waits_ == 0 || deadline_at_ < deadline_.expiry()) start_timer();
+  }
+  void clear_deadline() { deadline_at_ = Clock::time_point::max(); }
+
+  void start_timer() {
+    ++timer_waits_;
+    deadline_.expires_at(deadline_at_);  // aborts a wait for a later time
     deadline_.async_wait([self = shared_from_this()](beast::error_code ec) {
-      if (ec) return;  // cancelled: the read finished in time
+      --self->timer_waits_;
+      if (ec || self->timer_waits_ > 0 || self->deadline_at_ == Clock::time_point::max()) return;
+      if (Clock::now() < self->deadline_at_) return self->start_timer();
       self->timed_out_ = true;
       beast::error_code ignored;
       self->stream_.cancel(ignored);
@@ -184,7 +201,7 @@ class Session : public std::enable_shared_from_this<Session<Executor>> {
     http::async_read_header(stream_, buffer_, *parser_,
                             [self = shared_from_this()](beast::error_code ec, std::size_t) {
                               self->reading_header_ = false;
-                              self->deadline_.cancel();
+                              self->clear_deadline();
                               if (self->timed_out_) ec = beast::error::timeout;
                               self->on_header(ec);
                             });
@@ -213,7 +230,7 @@ class Session : public std::enable_shared_from_this<Session<Executor>> {
     arm_deadline(server_.config.body_timeout);
     http::async_read(stream_, buffer_, *parser_,
                      [self = shared_from_this()](beast::error_code e, std::size_t) {
-                       self->deadline_.cancel();
+                       self->clear_deadline();
                        if (self->timed_out_) e = beast::error::timeout;
                        self->on_body(e);
                      });
@@ -371,8 +388,9 @@ class Session : public std::enable_shared_from_this<Session<Executor>> {
       }
     }
     const auto started = Clock::now();
+    task_ = std::move(name);
     try {
-      auto future = server_.runner->run(name, std::move(args), std::move(options));
+      auto future = server_.runner->run(task_, std::move(args), std::move(options));
       // The pool thread that settles the task only hands the result over; the response is built
       // and written on this connection's I/O thread.
       (void)std::move(future).then(
@@ -384,9 +402,8 @@ class Session : public std::enable_shared_from_this<Session<Executor>> {
                        });
           });
     } catch (...) {
-      finish_error(std::current_exception(), name);
+      finish_error(std::current_exception(), task_);
     }
-    task_ = std::move(name);
   }
 
   void finish_task(Future<PackedValue> result, Clock::time_point started) {
@@ -463,14 +480,25 @@ class Session : public std::enable_shared_from_this<Session<Executor>> {
     *out += "\r\n";
     *out += body;
     log(static_cast<int>(status), body.size());
+    // Most responses fit in the socket's buffer: written now, without an asynchronous operation
+    // or a deadline; only what does not fit goes through async_write.
+    beast::error_code ec;
+    const std::size_t sent = stream_.write_some(asio::buffer(*out), ec);
+    if (ec == asio::error::would_block || ec == asio::error::try_again) ec = {};
+    if (ec || sent == out->size()) return written(ec, keep);
     arm_deadline(server_.config.body_timeout);  // a client that does not read its response
-    asio::async_write(stream_, asio::buffer(*out),
-                      [self = shared_from_this(), out, keep](beast::error_code ec, std::size_t) {
-                        self->deadline_.cancel();
-                        self->done_request();
-                        if (ec || !keep) return self->close();
-                        self->read_header();
+    asio::async_write(stream_, asio::buffer(*out) + sent,
+                      [self = shared_from_this(), out, keep](beast::error_code e, std::size_t) {
+                        self->clear_deadline();
+                        if (self->timed_out_) e = beast::error::timeout;
+                        self->written(e, keep);
                       });
+  }
+
+  void written(beast::error_code ec, bool keep) {
+    done_request();
+    if (ec || !keep) return close();
+    read_header();
   }
 
   // A response that ends the connection (the request could not be read properly).
@@ -510,6 +538,8 @@ class Session : public std::enable_shared_from_this<Session<Executor>> {
 
   void close() {
     done_request();
+    clear_deadline();
+    deadline_.cancel();  // releases this session now rather than when the timer would fire
     beast::error_code ec;
     stream_.shutdown(tcp::socket::shutdown_both, ec);
     stream_.close(ec);
@@ -517,6 +547,8 @@ class Session : public std::enable_shared_from_this<Session<Executor>> {
 
   Socket stream_;
   Timer deadline_;
+  Clock::time_point deadline_at_ = Clock::time_point::max();
+  int timer_waits_ = 0;
   bool timed_out_ = false;
   bool reading_header_ = false;
   Server::Impl& server_;

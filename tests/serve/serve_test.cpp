@@ -221,19 +221,22 @@ TEST(Serve, FullQueueAnswers429WithRetryAfter) {
   a.send_raw(
       "POST /v1/tasks/sleep_ms HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
       "Content-Length: 14\r\n\r\n{\"args\":[400]}");
-  auto busy = [&] { return c.request(http::verb::get, "/api/stats").js()["pool"]["busy"] == 1; };
-  for (int i = 0; i < 10000 && !busy(); ++i) {
+  auto pool = [&](const char* key) {
+    return c.request(http::verb::get, "/api/stats").js()["pool"][key].get<int>();
+  };
+  for (int i = 0; i < 10000 && pool("busy") != 1; ++i) {
   }
-  ASSERT_TRUE(busy());
+  ASSERT_EQ(pool("busy"), 1);
   b.send_raw(
       "POST /v1/tasks/sleep_ms HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
       "Content-Length: 14\r\n\r\n{\"args\":[400]}");
-  // One running, one queued: the next is refused (which of a, b is which does not matter).
-  Reply r;
-  for (int i = 0; i < 200; ++i) {
-    r = c.request(http::verb::post, "/v1/tasks/sleep_ms", R"({"args": [1]})");
-    if (r.status == 429) break;
+  // Requests on different connections have no order: c's must not overtake b's (it would be
+  // the one queued, and wait for a). So wait until b's task is in the queue.
+  for (int i = 0; i < 10000 && pool("queued") != 1; ++i) {
   }
+  ASSERT_EQ(pool("queued"), 1);
+  // One running, one queued: the next is refused.
+  const Reply r = c.request(http::verb::post, "/v1/tasks/sleep_ms", R"({"args": [1]})");
   EXPECT_EQ(r.status, 429);
   EXPECT_EQ(r.raw[http::field::retry_after], "1");
   EXPECT_EQ(a.read().status, 200);

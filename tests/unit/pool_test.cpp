@@ -260,6 +260,30 @@ TEST(ThreadPool, TimeoutSettlesWithTimedOutAndSignalsStop) {
   EXPECT_EQ(pool.run(crew::RunOptions{.timeout = 10s}, [] { return 5; }).get(), 5);
 }
 
+// The timer thread sleeps until the earliest deadline it knows of; a shorter timeout armed later
+// must wake it, and one armed after the earliest task finished must too.
+TEST(ThreadPool, AShortTimeoutArmedAfterALongOneExpiresOnTime) {
+  crew::ThreadPool pool({.max_threads = 2});
+  auto spin_until_stopped = [](std::stop_token st) {
+    while (!st.stop_requested()) std::this_thread::yield();
+    return 0;
+  };
+  EXPECT_EQ(pool.run(crew::RunOptions{.timeout = 20s}, [] { return 1; }).get(), 1);
+  std::latch long_started(1);
+  auto long_task = pool.run(crew::RunOptions{.timeout = 30s}, [&](std::stop_token st) {
+    long_started.count_down();
+    return spin_until_stopped(st);
+  });
+  long_started.wait();
+  const auto t0 = std::chrono::steady_clock::now();
+  auto short_task = pool.run(crew::RunOptions{.timeout = 50ms}, spin_until_stopped);
+  EXPECT_THROW(short_task.get(), crew::TimedOut);
+  // Far below the 20 s and 30 s deadlines the timer thread was sleeping towards.
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 10s);
+  pool.terminate();  // stops the long task through its stop token
+  EXPECT_EQ(long_task.get(), 0);
+}
+
 TEST(ThreadPool, TimeoutCountsFromStartNotFromSubmission) {
   crew::ThreadPool pool({.max_threads = 1});
   Gate gate;
