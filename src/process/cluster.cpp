@@ -9,7 +9,12 @@
 //   primary -> worker: 'D' drain, 'P' + id + pid (two int32) + state, 'G' + id (a peer is gone)
 // The primary sends without blocking: a worker too busy to read loses relayed states (the next
 // one replaces them) and, if even a drain request does not fit, gets SIGTERM instead.
+//
+// Connection balancing uses a board instead of messages: a page of shared memory (inherited at a
+// fixed descriptor) with a slot per live worker holding its id, its open connections and whether
+// it accepts. The primary hands out and frees the slots; each worker writes only its own.
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <csignal>
 #include <cstdio>
@@ -50,7 +55,16 @@ using Clock = std::chrono::steady_clock;
 using std::chrono::milliseconds;
 constexpr int kListenFd = 3;
 constexpr int kChannelFd = 4;
+constexpr int kBoardFd = 5;
 constexpr const char* kEnvChannel = "CREW_CLUSTER_CHANNEL";
+constexpr const char* kEnvBoard = "CREW_CLUSTER_BOARD";
+constexpr const char* kEnvSlot = "CREW_CLUSTER_SLOT";
+// Board slots: id (0 = free), open connections, accepting (0/1), unused. More slots than a
+// cluster has workers, replacements during a reload included.
+constexpr std::size_t kBoardSlots = 256;
+constexpr std::size_t kSlotFields = 4;
+enum SlotField : std::size_t { kSlotId = 0, kSlotConnections = 1, kSlotAccepting = 2 };
+constexpr milliseconds kAcceptPatience{100};
 constexpr const char* kEnvListen = "CREW_CLUSTER_LISTEN";
 constexpr const char* kEnvId = "CREW_CLUSTER_WORKER";
 constexpr milliseconds kBackoffCap{15'000};
@@ -145,6 +159,7 @@ struct Worker {
   bool draining = false;
   bool replaced = false;  // part of a reload: exits on purpose
   std::string state;      // the latest 'S' message, relayed as 'P'
+  int slot = -1;          // on the balancing board; -1: none was free
 };
 
 }  // namespace
@@ -216,6 +231,61 @@ void ClusterWorker::receive(const char* data, std::size_t size) {
   }
 }
 
+std::int32_t* ClusterWorker::slot_field(std::size_t slot, std::size_t field) const noexcept {
+  return reinterpret_cast<std::int32_t*>(board_.data()) + slot * kSlotFields + field;
+}
+
+void ClusterWorker::connection_opened() noexcept {
+  if (slot_ >= 0) {
+    std::atomic_ref(*slot_field(static_cast<std::size_t>(slot_), kSlotConnections))
+        .fetch_add(1, std::memory_order_relaxed);
+  }
+}
+
+void ClusterWorker::connection_closed() noexcept {
+  if (slot_ >= 0) {
+    std::atomic_ref(*slot_field(static_cast<std::size_t>(slot_), kSlotConnections))
+        .fetch_sub(1, std::memory_order_relaxed);
+  }
+}
+
+void ClusterWorker::accepting(bool on) noexcept {
+  if (slot_ >= 0) {
+    std::atomic_ref(*slot_field(static_cast<std::size_t>(slot_), kSlotAccepting))
+        .store(on ? 1 : 0, std::memory_order_relaxed);
+  }
+}
+
+bool ClusterWorker::accept_later() noexcept {
+  if (slot_ < 0) return false;
+  auto load = [this](std::size_t slot, std::size_t field) {
+    return std::atomic_ref(*slot_field(slot, field)).load(std::memory_order_relaxed);
+  };
+  const std::int32_t mine = load(static_cast<std::size_t>(slot_), kSlotConnections);
+  std::int64_t least = -1;
+  for (std::size_t i = 0; i < kBoardSlots; ++i) {
+    if (i == static_cast<std::size_t>(slot_) || load(i, kSlotId) == 0 ||
+        load(i, kSlotAccepting) == 0) {
+      continue;
+    }
+    const std::int32_t n = load(i, kSlotConnections);
+    if (least < 0 || n < least) least = n;
+  }
+  if (least < 0 || mine <= least + 1) {
+    waited_for_.store(-1, std::memory_order_relaxed);
+    return false;
+  }
+  // A worker whose count has not moved for kAcceptPatience is not taking connections (stuck, or
+  // busy for longer than a client should wait): stop waiting for it until its count moves.
+  const std::int64_t now = Clock::now().time_since_epoch().count();
+  if (waited_for_.exchange(least, std::memory_order_relaxed) != least) {
+    waiting_since_.store(now, std::memory_order_relaxed);
+    return true;
+  }
+  return now - waiting_since_.load(std::memory_order_relaxed) <
+         std::chrono::duration_cast<Clock::duration>(kAcceptPatience).count();
+}
+
 ClusterWorker::Stop ClusterWorker::wait(const std::function<std::string()>& state,
                                         std::chrono::milliseconds every) {
   const sigset_t set = cluster_signals();
@@ -282,12 +352,30 @@ Cluster::Cluster(ClusterOptions options) : options_(std::move(options)) {
     const int listen_fd = std::atoi(std::getenv(kEnvListen));
     const int channel = std::atoi(std::getenv(kEnvChannel));
     worker_.reset(new ClusterWorker(id != nullptr ? std::atoi(id) : 0, listen_fd, channel));
+    const char* board = std::getenv(kEnvBoard);
+    const char* slot = std::getenv(kEnvSlot);
+    if (board != nullptr && slot != nullptr) {
+      // Without the board this worker still serves; it only does not balance.
+      try {
+        worker_->board_ = SharedBuffer::attach(std::atoi(board));
+        const int s = std::atoi(slot);
+        if (worker_->board_.size() >= kBoardSlots * kSlotFields * sizeof(std::int32_t) && s >= 0 &&
+            static_cast<std::size_t>(s) < kBoardSlots) {
+          worker_->slot_ = s;
+        }
+      } catch (const std::exception& e) {
+        spdlog::warn("crew cluster worker: no connection balancing: {}", e.what());
+      }
+      ::close(std::atoi(board));  // attach() took a duplicate
+    }
     // Programs this worker starts are neither workers nor holders of the socket or channel.
     ::fcntl(listen_fd, F_SETFD, FD_CLOEXEC);
     ::fcntl(channel, F_SETFD, FD_CLOEXEC);
     ::unsetenv(kEnvListen);
     ::unsetenv(kEnvChannel);
     ::unsetenv(kEnvId);
+    ::unsetenv(kEnvBoard);
+    ::unsetenv(kEnvSlot);
     return;
   }
   if (options_.workers == 0) options_.workers = default_thread_count();
@@ -299,6 +387,13 @@ Cluster::Cluster(ClusterOptions options) : options_(std::move(options)) {
     listen_fd_ = open_listener(options_.host, options_.port);
   }
   port_ = port_of(listen_fd_);
+  try {
+    board_ = SharedBuffer::create(kBoardSlots * kSlotFields * sizeof(std::int32_t),
+                                  {.across_processes = true});
+  } catch (...) {
+    ::close(listen_fd_);
+    throw;
+  }
   wake_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   if (wake_fd_ < 0) {
     ::close(listen_fd_);
@@ -364,16 +459,40 @@ int Cluster::run() {
   int exit_code = 0;
   std::vector<char> buffer(kMaxMessage);
 
+  auto board = [this](std::size_t slot, std::size_t field) {
+    return std::atomic_ref(
+        *(reinterpret_cast<std::int32_t*>(board_.data()) + slot * kSlotFields + field));
+  };
+  auto free_slot = [&](Worker& w) {
+    if (w.slot < 0) return;
+    const auto slot = static_cast<std::size_t>(w.slot);
+    board(slot, kSlotId).store(0);
+    board(slot, kSlotAccepting).store(0);
+    board(slot, kSlotConnections).store(0);
+    w.slot = -1;
+  };
   auto spawn = [&]() {
     int sv[2];
     if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0) throw_errno("socketpair");
     Worker w;
     w.id = next_id++;
+    for (std::size_t i = 0; i < kBoardSlots && w.slot < 0; ++i) {
+      if (board(i, kSlotId).load() == 0) {
+        board(i, kSlotConnections).store(0);
+        board(i, kSlotAccepting).store(0);
+        board(i, kSlotId).store(w.id);
+        w.slot = static_cast<int>(i);
+      }
+    }
     std::vector<std::string> env;
     for (char** e = environ; *e != nullptr; ++e) env.emplace_back(*e);
     env.push_back(fmt::format("{}={}", kEnvListen, kListenFd));
     env.push_back(fmt::format("{}={}", kEnvChannel, kChannelFd));
     env.push_back(fmt::format("{}={}", kEnvId, w.id));
+    if (w.slot >= 0) {
+      env.push_back(fmt::format("{}={}", kEnvBoard, kBoardFd));
+      env.push_back(fmt::format("{}={}", kEnvSlot, w.slot));
+    }
     std::vector<char*> envp, argv;
     for (auto& e : env) envp.push_back(e.data());
     envp.push_back(nullptr);
@@ -381,6 +500,7 @@ int Cluster::run() {
     argv.push_back(nullptr);
     const int child_listen = ::fcntl(listen_fd_, F_DUPFD_CLOEXEC, 10);
     const int child_channel = ::fcntl(sv[1], F_DUPFD_CLOEXEC, 10);
+    const int child_board = w.slot >= 0 ? ::fcntl(board_.fd(), F_DUPFD_CLOEXEC, 10) : -1;
     const pid_t parent = ::getpid();
     sigset_t none;
     sigemptyset(&none);
@@ -391,16 +511,23 @@ int Cluster::run() {
       if (::getppid() != parent) ::_exit(127);
       ::dup2(child_listen, kListenFd);
       ::dup2(child_channel, kChannelFd);
-      ::syscall(SYS_close_range, 5U, ~0U, 0U);
+      if (child_board >= 0) {
+        ::dup2(child_board, kBoardFd);
+      } else {
+        ::close(kBoardFd);
+      }
+      ::syscall(SYS_close_range, static_cast<unsigned>(kBoardFd) + 1, ~0U, 0U);
       ::sigprocmask(SIG_SETMASK, &none, nullptr);
       ::execve("/proc/self/exe", argv.data(), envp.data());
       ::_exit(127);
     }
     ::close(child_listen);
     ::close(child_channel);
+    if (child_board >= 0) ::close(child_board);
     ::close(sv[1]);
     if (pid < 0) {
       ::close(sv[0]);
+      free_slot(w);
       throw_errno("fork");
     }
     w.pid = pid;
@@ -416,6 +543,7 @@ int Cluster::run() {
   auto drain = [&](Worker& w) {
     if (w.draining) return;
     w.draining = true;
+    if (w.slot >= 0) board(static_cast<std::size_t>(w.slot), kSlotAccepting).store(0);
     if (!send_message(w.channel, "D")) ::kill(w.pid, SIGTERM);
   };
   auto drain_all = [&](Clock::time_point now) {
@@ -566,6 +694,7 @@ int Cluster::run() {
       }
       ::close(w.pidfd);
       ::close(w.channel);
+      free_slot(w);
       workers.erase(it);
       std::string gone = "G";
       put_int(gone, id);

@@ -76,7 +76,7 @@ json merge_snapshots(const std::vector<json>& snapshots) {
   std::map<std::pair<std::string, int>, std::uint64_t> requests;
   std::vector<std::uint64_t> buckets(kDurationBucketCount + 1, 0);
   double sum = 0, cpu = 0, lag = 0, lag_max = 0, utilization = 0, start = 0, uptime = 0;
-  std::uint64_t count = 0, rss = 0, fds = 0, wait_count = 0, run_count = 0;
+  std::uint64_t count = 0, connections = 0, rss = 0, fds = 0, wait_count = 0, run_count = 0;
   std::map<std::string, std::uint64_t> outcomes, pool;
   for (const auto& s : snapshots) {
     const json& http = s.at("http");
@@ -88,6 +88,7 @@ json merge_snapshots(const std::vector<json>& snapshots) {
     }
     sum += http.at("sum").get<double>();
     count += http.at("count").get<std::uint64_t>();
+    connections += get_or<std::uint64_t>(http, "connections", 0);
     for (const auto& [name, n] : s.at("tasks").items()) outcomes[name] += n.get<std::uint64_t>();
     const json& p = s.at("pool");
     for (const char* k : kPoolCounters) pool[k] += p.at(k).get<std::uint64_t>();
@@ -108,8 +109,11 @@ json merge_snapshots(const std::vector<json>& snapshots) {
   }
   json requests_json = json::array();
   for (const auto& [key, n] : requests) requests_json.push_back({key.first, key.second, n});
-  all["http"] = {
-      {"requests", std::move(requests_json)}, {"buckets", buckets}, {"sum", sum}, {"count", count}};
+  all["http"] = {{"requests", std::move(requests_json)},
+                 {"buckets", buckets},
+                 {"sum", sum},
+                 {"count", count},
+                 {"connections", connections}};
   all["tasks"] = outcomes;
   json pool_json = pool;
   pool_json["utilization"] = snapshots.empty() ? 0.0 : utilization / double(snapshots.size());
@@ -155,6 +159,8 @@ std::string render_prometheus(const std::vector<json>& snapshots, bool per_worke
                          r.at(2).get<std::uint64_t>());
     }
   }
+  gauge("crew_http_connections", "Open client connections.",
+        [](const json& s) { return get_or<std::uint64_t>(s.at("http"), "connections", 0); });
   family("crew_http_request_duration_seconds", "histogram",
          "Time from request headers to response.");
   for (const auto& s : series) {
@@ -255,7 +261,10 @@ json stats_json(const json& s) {
               {"uptime_s", s.at("uptime_s")},
               {"ready", s.at("ready")},
               {"pool", std::move(pool)},
-              {"http", {{"requests", std::move(requests)}, {"count", s.at("http").at("count")}}},
+              {"http",
+               {{"requests", std::move(requests)},
+                {"count", s.at("http").at("count")},
+                {"connections", get_or<std::uint64_t>(s.at("http"), "connections", 0)}}},
               {"tasks", s.at("tasks")},
               {"process", s.at("process")},
               {"event_loop_lag_ms",

@@ -95,6 +95,7 @@ struct Server::Impl {
   asio::io_context ioc{config.io_threads == 1 ? 1 : BOOST_ASIO_CONCURRENCY_HINT_DEFAULT};
   tcp::acceptor acceptor{ioc};
   asio::steady_timer lag_timer{ioc};
+  asio::steady_timer accept_timer{ioc};  // a cluster worker ahead of its peers waits on it
 
   void accept();
   void tick_lag();
@@ -106,6 +107,7 @@ struct Server::Impl {
       std::lock_guard lock(sessions_mutex);
       drainers.erase(key);
     }
+    if (cluster != nullptr) cluster->connection_closed();
     if (sessions.fetch_sub(1) == 1) notify_drain();
   }
   void notify_drain() {
@@ -120,6 +122,7 @@ struct Server::Impl {
 namespace {
 
 constexpr std::chrono::milliseconds kDrainGrace{500};
+constexpr std::chrono::milliseconds kAcceptLater{1};
 
 // `Executor` is the io_context's own executor with one I/O thread and a strand with more. A
 // concrete executor type, and a plain socket rather than beast::tcp_stream (whose timeouts we do
@@ -135,6 +138,7 @@ class Session : public std::enable_shared_from_this<Session<Executor>> {
   Session(Socket socket, Server::Impl& server)
       : stream_(std::move(socket)), deadline_(stream_.get_executor()), server_(server) {
     server_.sessions.fetch_add(1);
+    if (server_.cluster != nullptr) server_.cluster->connection_opened();
   }
   ~Session() { server_.session_closed(this); }
   Session(const Session&) = delete;
@@ -571,6 +575,14 @@ void Server::Impl::accept() {
     if (ec == asio::error::operation_aborted || !acceptor.is_open()) return;
     using Executor = typename decltype(socket)::executor_type;
     if (!ec) std::make_shared<Session<Executor>>(std::move(socket), *this)->start();
+    if (cluster != nullptr && cluster->accept_later()) {
+      // Another worker holds fewer connections: let it take the next one (ClusterWorker).
+      accept_timer.expires_after(kAcceptLater);
+      accept_timer.async_wait([this](beast::error_code e) {
+        if (!e && acceptor.is_open()) accept();
+      });
+      return;
+    }
     accept();
   };
   if (config.io_threads == 1) {
@@ -628,6 +640,7 @@ json Server::Impl::snapshot() {
                 {"run", latency(s.run_time)}}},
               {"process", process_figures()}};
   metrics.fill(out);
+  out["http"]["connections"] = sessions.load();
   return out;
 }
 
@@ -703,6 +716,7 @@ void Server::start(int listen_fd) {
     i.acceptor.assign(addr.ss_family == AF_INET6 ? tcp::v6() : tcp::v4(), listen_fd, ec);
     if (ec) throw std::system_error(ec, "crew serve: the inherited listening socket is unusable");
     i.accept();
+    if (i.cluster != nullptr) i.cluster->accepting(true);
     i.tick_lag();
     i.started = true;
     for (std::size_t t = 0; t < std::max<std::size_t>(1, i.config.io_threads); ++t) {
@@ -753,6 +767,7 @@ bool Server::ready() const noexcept {
 bool Server::drain(std::chrono::milliseconds timeout) {
   auto& i = *impl_;
   i.draining = true;
+  if (i.cluster != nullptr) i.cluster->accepting(false);
   asio::post(i.ioc, [&i] {
     beast::error_code ec;
     i.acceptor.close(ec);

@@ -52,6 +52,59 @@ void write_all(int fd, const std::string& s) {
   }
 }
 
+// Role "balance": keeps every connection it accepts open and answers "who" on any of them with
+// its id, accepting the way a server does (until the backlog is empty) but asking accept_later()
+// after each connection. Worker 2 is slow: it starts accepting 5 ms after each wake-up, as a
+// worker busy with other work would, so worker 1 would take a whole burst if it did not wait.
+int balance_main(crew::ClusterWorker& me) {
+  ::fcntl(me.listen_fd(), F_SETFL, O_NONBLOCK);
+  std::atomic<bool> stop{false};
+  std::thread server([&] {
+    std::vector<int> conns;
+    Clock::time_point later_until{};  // accept again from then on
+    me.accepting(true);
+    while (!stop) {
+      const bool later = Clock::now() < later_until;
+      std::vector<pollfd> p;
+      p.push_back({later ? -1 : me.listen_fd(), POLLIN, 0});
+      for (int c : conns) p.push_back({c, POLLIN, 0});
+      if (::poll(p.data(), p.size(), later ? 1 : 20) < 0) continue;
+      if (p[0].revents != 0) {
+        if (me.id() == 2) std::this_thread::sleep_for(5ms);
+        for (;;) {
+          const int c = ::accept4(me.listen_fd(), nullptr, nullptr, SOCK_CLOEXEC);
+          if (c < 0) break;
+          conns.push_back(c);
+          me.connection_opened();
+          if (me.accept_later()) {
+            later_until = Clock::now() + 1ms;
+            break;
+          }
+        }
+      }
+      for (std::size_t i = 1; i < p.size(); ++i) {
+        if (p[i].revents == 0) continue;
+        // "who\n" arrives in one piece on loopback; never block on a connection.
+        char buf[16];
+        const ssize_t n = ::recv(p[i].fd, buf, sizeof buf, MSG_DONTWAIT);
+        if (n > 0) {
+          write_all(p[i].fd, std::to_string(me.id()) + "\n");
+        } else if (n == 0 || errno != EAGAIN) {
+          ::close(p[i].fd);  // the client is gone
+          std::erase(conns, p[i].fd);
+          me.connection_closed();
+        }
+      }
+    }
+    for (int c : conns) ::close(c);
+  });
+  me.ready();
+  const auto why = me.wait({}, 20ms);
+  stop = true;
+  server.join();
+  return why == crew::ClusterWorker::Stop::drain ? 0 : 3;
+}
+
 int worker_main() {
   const char* role = std::getenv(kRole);
   const std::string r = role != nullptr ? role : "serve";
@@ -59,6 +112,7 @@ int worker_main() {
   if (r == "config_error") return 78;
   crew::Cluster cluster;
   crew::ClusterWorker& me = cluster.worker();
+  if (r == "balance") return balance_main(me);
   // Non-blocking, so that a connection another worker took first never blocks this one.
   ::fcntl(me.listen_fd(), F_SETFL, O_NONBLOCK);
   std::atomic<bool> stop{false};
@@ -290,6 +344,48 @@ TEST(Cluster, AStateTooLargeToPublishIsRefusedWithItsSize) {
   std::optional<std::string> reply;
   ASSERT_TRUE(eventually([&] { return (reply = ask(r.cluster.port(), "big")).has_value(); }));
   EXPECT_NE(reply->find("the state is 65537 bytes; at most 65536"), std::string::npos) << *reply;
+}
+
+int connect_to(std::uint16_t port) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(port);
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
+    ::close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+TEST(Cluster, ABurstOfConnectionsIsSharedBetweenWorkersEvenWhenOneIsSlow) {
+  ::setenv(kRole, "balance", 1);
+  Running r(opts());
+  const auto port = r.cluster.port();
+  // Both workers up and accepting (each probe connection is closed again).
+  std::set<std::string> seen;
+  ASSERT_TRUE(eventually([&] {
+    if (auto line = ask(port, "who")) seen.insert(*line);
+    return seen.size() == 2;
+  }));
+  constexpr int kConnections = 40;
+  std::vector<int> fds;
+  for (int i = 0; i < kConnections; ++i) {
+    const int fd = connect_to(port);
+    ASSERT_GE(fd, 0) << std::strerror(errno);
+    fds.push_back(fd);
+  }
+  // Every connection asks before any closes: the counts stay as the burst left them.
+  for (int fd : fds) write_all(fd, "who\n");
+  std::map<std::string, int> held;
+  for (int fd : fds) ++held[read_line(fd)];
+  for (int fd : fds) ::close(fd);
+  ASSERT_EQ(held.size(), 2U) << "one worker took all " << kConnections << " connections";
+  for (const auto& [id, n] : held) {
+    EXPECT_GE(n, kConnections / 4) << "worker " << id << " holds " << n << " of " << kConnections;
+  }
+  EXPECT_EQ(r.finish_after_stop(), 0);
 }
 
 TEST(Cluster, ProgramsAWorkerStartsAreNotWorkersAndDoNotHoldTheSocket) {

@@ -276,6 +276,7 @@ TEST(Serve, MetricsAndStatsDescribeTheService) {
   EXPECT_THAT(m.body, HasSubstr("crew_pool_workers 2"));
   EXPECT_THAT(m.body, HasSubstr("process_resident_memory_bytes"));
   EXPECT_THAT(m.body, HasSubstr("crew_event_loop_lag_seconds"));
+  EXPECT_THAT(m.body, HasSubstr("crew_http_connections 1\n"));  // this client's
   json st;
   for (int i = 0; i < 10000; ++i) {  // the pool counts the task just after it answered
     st = c.request(http::verb::get, "/api/stats").js();
@@ -283,6 +284,10 @@ TEST(Serve, MetricsAndStatsDescribeTheService) {
   }
   EXPECT_EQ(st["pool"]["completed"], 1);
   EXPECT_EQ(st["pool"]["isolation"], "thread");
+  {
+    Client second(s.port());
+    EXPECT_EQ(second.request(http::verb::get, "/api/stats").js()["http"]["connections"], 2);
+  }
   EXPECT_GT(st["process"]["rss_bytes"].get<double>(), 0);
 }
 
@@ -399,6 +404,7 @@ TEST(ServeMetrics, ClusterSeriesCarryWorkerLabelsAndTotalsAddUp) {
             {"count", ok}}}}},
         {"process", {{"rss_bytes", rss}, {"cpu_seconds", 0.5}, {"open_fds", 10}}}};
     m.fill(s);
+    if (worker == 2) s["http"]["connections"] = 5;  // worker 1's snapshot predates the field
     return s;
   };
   const std::vector<json> both = {snapshot(1, 3, 1000, 0.001), snapshot(2, 4, 3000, 0.004)};
@@ -424,6 +430,8 @@ TEST(ServeMetrics, ClusterSeriesCarryWorkerLabelsAndTotalsAddUp) {
   EXPECT_THAT(text, HasSubstr("crew_pool_wait_seconds{worker=\"2\",quantile=\"0.99\"} 0.003\n"));
   EXPECT_THAT(text, Not(HasSubstr("crew_pool_wait_seconds{worker=\"all\",quantile")));
   EXPECT_THAT(text, HasSubstr("crew_pool_wait_seconds_count{worker=\"all\"} 7\n"));
+  EXPECT_THAT(text, HasSubstr("crew_http_connections{worker=\"1\"} 0\n"));
+  EXPECT_THAT(text, HasSubstr("crew_http_connections{worker=\"all\"} 5\n"));
   // Each family is declared once however many workers there are.
   std::size_t declared = 0;
   for (auto at = text.find("# TYPE crew_tasks_total "); at != std::string::npos;

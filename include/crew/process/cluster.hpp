@@ -22,6 +22,8 @@
 #include <string>
 #include <vector>
 
+#include <crew/shared_buffer.hpp>
+
 namespace crew {
 inline namespace v0 {
 
@@ -88,6 +90,20 @@ class ClusterWorker {
   Stop wait(const std::function<std::string()>& state = {},
             std::chrono::milliseconds every = std::chrono::milliseconds(500));
 
+  /// Connection balancing. Which worker accepts a connection from the shared socket is the
+  /// kernel's choice, and a burst of new connections can land mostly on one worker (whichever is
+  /// awake first), which then serves them all while the others idle. Workers that count their
+  /// open connections here, say whether they accept, and ask accept_later() before each accept
+  /// even out. The counts live in a page of shared memory: no message, no system call.
+  void connection_opened() noexcept;
+  void connection_closed() noexcept;
+  void accepting(bool on) noexcept;
+  /// True when another accepting worker holds at least two connections fewer than this one:
+  /// the caller waits a moment (crew serve: 1 ms, then it accepts one connection and asks
+  /// again) so that worker takes the next ones. A worker whose count does not move for 100 ms
+  /// while others wait for it (stuck, or busy) is not waited for until it moves again.
+  [[nodiscard]] bool accept_later() noexcept;
+
   static constexpr std::size_t kMaxState = 64 * 1024;
 
  private:
@@ -95,12 +111,17 @@ class ClusterWorker {
   ClusterWorker(int id, int listen_fd, int channel)
       : id_(id), listen_fd_(listen_fd), channel_(channel) {}
   void receive(const char* data, std::size_t size);
+  std::int32_t* slot_field(std::size_t slot, std::size_t field) const noexcept;
 
   int id_;
   int listen_fd_;
   int channel_;
   mutable std::mutex mutex_;
   std::vector<ClusterPeer> peers_;
+  SharedBuffer board_;                          // every worker's connection count (see Cluster)
+  int slot_ = -1;                               // this worker's slot on the board; -1: no balancing
+  std::atomic<std::int64_t> waited_for_{-1};    // the count accept_later() last waited on
+  std::atomic<std::int64_t> waiting_since_{0};  // steady_clock ticks: since when
 };
 
 /// One object per program, constructed at the top of main before any thread starts (it blocks
@@ -138,6 +159,7 @@ class Cluster {
   std::atomic<bool> reload_requested_{false};
   std::uint16_t port_ = 0;
   std::unique_ptr<ClusterWorker> worker_;
+  SharedBuffer board_;  // the primary's: one slot per live worker (connection balancing)
 };
 
 /// Resident memory of a process in bytes (0: this one); 0 when it cannot be read.
