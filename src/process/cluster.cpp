@@ -57,6 +57,8 @@ constexpr int kListenFd = 3;
 constexpr int kChannelFd = 4;
 constexpr int kBoardFd = 5;
 constexpr const char* kEnvChannel = "CREW_CLUSTER_CHANNEL";
+constexpr const char* kEnvListen = "CREW_CLUSTER_LISTEN";
+constexpr const char* kEnvId = "CREW_CLUSTER_WORKER";
 constexpr const char* kEnvBoard = "CREW_CLUSTER_BOARD";
 constexpr const char* kEnvSlot = "CREW_CLUSTER_SLOT";
 // Board slots: id (0 = free), open connections, accepting (0/1), unused. More slots than a
@@ -65,8 +67,6 @@ constexpr std::size_t kBoardSlots = 256;
 constexpr std::size_t kSlotFields = 4;
 enum SlotField : std::size_t { kSlotId = 0, kSlotConnections = 1, kSlotAccepting = 2 };
 constexpr milliseconds kAcceptPatience{100};
-constexpr const char* kEnvListen = "CREW_CLUSTER_LISTEN";
-constexpr const char* kEnvId = "CREW_CLUSTER_WORKER";
 constexpr milliseconds kBackoffCap{15'000};
 constexpr milliseconds kStable{30'000};
 constexpr std::size_t kHeader = 9;  // 'P' + id + pid
