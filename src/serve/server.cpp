@@ -123,6 +123,7 @@ namespace {
 
 constexpr std::chrono::milliseconds kDrainGrace{500};
 constexpr std::chrono::milliseconds kAcceptLater{1};
+constexpr std::size_t kKeptResponseBuffer = 64 * 1024;
 
 // `Executor` is the io_context's own executor with one I/O thread and a strand with more. A
 // concrete executor type, and a plain socket rather than beast::tcp_stream (whose timeouts we do
@@ -467,32 +468,33 @@ class Session : public std::enable_shared_from_this<Session<Executor>> {
     // costs). One buffer, one write.
     const bool keep = request_.keep_alive() && !server_.draining;
     const unsigned minor = request_.version() == 10 ? 0 : 1;
-    auto out = std::make_shared<std::string>();
-    out->reserve(160 + body.size());
-    fmt::format_to(std::back_inserter(*out),
+    std::string& out = out_;
+    out.clear();
+    out.reserve(160 + body.size());
+    fmt::format_to(std::back_inserter(out),
                    "HTTP/1.{} {} {}\r\nServer: crew/" CREW_VERSION_STRING
                    "\r\nContent-Type: {}\r\nContent-Length: {}\r\n",
                    minor, static_cast<unsigned>(status), std_view(http::obsolete_reason(status)),
                    content_type, body.size());
     if (extra_) {
-      fmt::format_to(std::back_inserter(*out), "{}: {}\r\n",
+      fmt::format_to(std::back_inserter(out), "{}: {}\r\n",
                      std_view(http::to_string(extra_->first)), extra_->second);
     }
     extra_.reset();
-    if (minor == 1 && !keep) *out += "Connection: close\r\n";
-    if (minor == 0 && keep) *out += "Connection: keep-alive\r\n";
-    *out += "\r\n";
-    *out += body;
+    if (minor == 1 && !keep) out += "Connection: close\r\n";
+    if (minor == 0 && keep) out += "Connection: keep-alive\r\n";
+    out += "\r\n";
+    out += body;
     log(static_cast<int>(status), body.size());
     // Most responses fit in the socket's buffer: written now, without an asynchronous operation
     // or a deadline; only what does not fit goes through async_write.
     beast::error_code ec;
-    const std::size_t sent = stream_.write_some(asio::buffer(*out), ec);
+    const std::size_t sent = stream_.write_some(asio::buffer(out), ec);
     if (ec == asio::error::would_block || ec == asio::error::try_again) ec = {};
-    if (ec || sent == out->size()) return written(ec, keep);
+    if (ec || sent == out.size()) return written(ec, keep);
     arm_deadline(server_.config.body_timeout);  // a client that does not read its response
-    asio::async_write(stream_, asio::buffer(*out) + sent,
-                      [self = shared_from_this(), out, keep](beast::error_code e, std::size_t) {
+    asio::async_write(stream_, asio::buffer(out) + sent,
+                      [self = shared_from_this(), keep](beast::error_code e, std::size_t) {
                         self->clear_deadline();
                         if (self->timed_out_) e = beast::error::timeout;
                         self->written(e, keep);
@@ -500,6 +502,8 @@ class Session : public std::enable_shared_from_this<Session<Executor>> {
   }
 
   void written(beast::error_code ec, bool keep) {
+    // The buffer is kept for the next response, unless a large one made it large.
+    if (out_.capacity() > kKeptResponseBuffer) std::string().swap(out_);
     done_request();
     if (ec || !keep) return close();
     read_header();
@@ -563,6 +567,7 @@ class Session : public std::enable_shared_from_this<Session<Executor>> {
   std::string route_ = "other";
   std::string task_;
   std::optional<std::pair<http::field, std::string>> extra_;
+  std::string out_;  // the response being written
   Clock::time_point start_ = Clock::now();
   bool counted_ = false;
 };

@@ -243,6 +243,46 @@ TEST(Serve, FullQueueAnswers429WithRetryAfter) {
   EXPECT_EQ(b.read().status, 200);
 }
 
+// A response far larger than the socket's buffers (the client's receive buffer is made small)
+// cannot be written at once: the rest goes out asynchronously, and the connection carries on.
+TEST(Serve, AResponseLargerThanTheSocketBuffersArrivesWholeAndTheConnectionGoesOn) {
+  ServeConfig cfg;
+  cfg.max_body = 16 << 20;
+  Running s(cfg);
+  asio::io_context ioc;
+  tcp::socket raw(ioc);
+  raw.open(tcp::v4());
+  raw.set_option(asio::socket_base::receive_buffer_size(4096));
+  raw.connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), s.port()));
+  constexpr int kNumbers = 1'000'000;  // a 7 MB response: over a 4 MB send buffer
+  std::string body = R"({"args": [[)";
+  for (int i = kNumbers; i > 0; --i) body += std::to_string(i) + (i > 1 ? "," : "");
+  body += "]]}";
+  auto exchange = [&](http::verb verb, const std::string& target, const std::string& b) {
+    http::request<http::string_body> req(verb, target, 11);
+    req.set(http::field::host, "127.0.0.1");
+    req.set(http::field::content_type, "application/json");
+    req.body() = b;
+    req.prepare_payload();
+    http::write(raw, req);
+    beast::flat_buffer buffer;
+    http::response_parser<http::string_body> parser;
+    parser.body_limit(64 << 20);
+    http::read(raw, buffer, parser);
+    return parser.release();
+  };
+  const auto sorted = exchange(http::verb::post, "/v1/tasks/sort_numbers", body);
+  ASSERT_EQ(sorted.result_int(), 200U);
+  const json result = json::parse(sorted.body())["result"];
+  ASSERT_EQ(result.size(), static_cast<std::size_t>(kNumbers));
+  EXPECT_EQ(result.front().get<double>(), 1.0);
+  EXPECT_EQ(result.back().get<double>(), kNumbers);
+  EXPECT_TRUE(std::is_sorted(result.begin(), result.end()));
+  const auto health = exchange(http::verb::get, "/healthz", "");
+  EXPECT_EQ(health.result_int(), 200U);
+  EXPECT_EQ(health.body(), R"({"status":"ok"})");
+}
+
 TEST(Serve, SlowClientsAndGarbageDoNotStopTheServer) {
   ServeConfig cfg;
   cfg.header_timeout = 200ms;
