@@ -88,17 +88,18 @@ read -r cl_rps cl_p99 < <(wrk_stats -t2 -c64 -d"$duration" "http://127.0.0.1:180
 read -r nc_rps nc_p99 < <(wrk_stats -t2 -c64 -d"$duration" "http://127.0.0.1:18084/")
 read -r ce_rps ce_p99 < <(wrk_stats -t2 -c64 -d"$duration" "http://127.0.0.1:18085/healthz")
 
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.1f", a / b; else print "-" }'; }
-verdict() { awk -v v="$1" -v t="$2" 'BEGIN { print (v >= t) ? "met" : "NOT met" }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
+# verdict <a> <b> <target>: a/b against the target, unrounded (1.996 is not 2)
+verdict() { awk -v a="$1" -v b="$2" -v t="$3" 'BEGIN { print (b > 0 && a / b >= t) ? "met" : "NOT met" }'; }
 printf '\ncrew serve vs Express + Piscina (2 workers each, wrk -c32, %s per run)\n' "$duration"
 printf '%-46s %12s %14s %8s  %s\n' "figure" "crew" "Express+Pisc." "ratio" "target"
 r=$(ratio "$crew_rps" "$ex_rps")
-printf '%-46s %12.0f %14.0f %7sx  >= 5x: %s\n' "compute requests/s" "$crew_rps" "$ex_rps" "$r" "$(verdict "$r" 5)"
+printf '%-46s %12.0f %14.0f %7sx  >= 5x: %s\n' "compute requests/s" "$crew_rps" "$ex_rps" "$r" "$(verdict "$crew_rps" "$ex_rps" 5)"
 r=$(ratio "$ex_p99" "$crew_p99")
-printf '%-46s %12.2f %14.2f %7sx  <= 1/5: %s\n' "compute p99 (ms)" "$crew_p99" "$ex_p99" "$r" "$(verdict "$r" 5)"
+printf '%-46s %12.2f %14.2f %7sx  <= 1/5: %s\n' "compute p99 (ms)" "$crew_p99" "$ex_p99" "$r" "$(verdict "$ex_p99" "$crew_p99" 5)"
 met=$(awk -v v="$crew_hp99" 'BEGIN { print (v <= 2) ? "met" : "NOT met" }')
 printf '%-46s %12.2f %14.2f %8s  crew <= 2 ms: %s\n' "/healthz p99 under compute load (ms)" "$crew_hp99" "$ex_hp99" "" "$met"
 printf '%-46s %12s %14.2f %8s  (loop on the event loop)\n' "/healthz p99, Express computing inline (ms)" "-" "$in_hp99" ""
 r=$(ratio "$cl_rps" "$nc_rps")
-printf '%-46s %12.0f %14.0f %7sx  >= 2x: %s\n' "cluster of 2: /healthz requests/s (Node cluster)" "$cl_rps" "$nc_rps" "$r" "$(verdict "$r" 2)"
+printf '%-46s %12.0f %14.0f %7sx  >= 2x: %s\n' "cluster of 2: /healthz requests/s (Node cluster)" "$cl_rps" "$nc_rps" "$r" "$(verdict "$cl_rps" "$nc_rps" 2)"
 printf '%-46s %12.0f %14s %7sx  (ceiling/Node: %sx)\n' "  ceiling: canned responder, 2 processes" "$ce_rps" "" "$(ratio "$cl_rps" "$ce_rps")" "$(ratio "$ce_rps" "$nc_rps")"
