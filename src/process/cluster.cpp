@@ -149,6 +149,13 @@ std::vector<std::string> own_argv() {
   return argv;
 }
 
+// One field of one slot on the balancing board, shared by the primary and every worker.
+std::atomic_ref<std::int32_t> board_field(const SharedBuffer& board, std::size_t slot,
+                                          std::size_t field) noexcept {
+  return std::atomic_ref(
+      *(reinterpret_cast<std::int32_t*>(board.data()) + slot * kSlotFields + field));
+}
+
 struct Worker {
   int id = 0;
   pid_t pid = -1;
@@ -231,27 +238,23 @@ void ClusterWorker::receive(const char* data, std::size_t size) {
   }
 }
 
-std::int32_t* ClusterWorker::slot_field(std::size_t slot, std::size_t field) const noexcept {
-  return reinterpret_cast<std::int32_t*>(board_.data()) + slot * kSlotFields + field;
-}
-
 void ClusterWorker::connection_opened() noexcept {
   if (slot_ >= 0) {
-    std::atomic_ref(*slot_field(static_cast<std::size_t>(slot_), kSlotConnections))
+    board_field(board_, static_cast<std::size_t>(slot_), kSlotConnections)
         .fetch_add(1, std::memory_order_relaxed);
   }
 }
 
 void ClusterWorker::connection_closed() noexcept {
   if (slot_ >= 0) {
-    std::atomic_ref(*slot_field(static_cast<std::size_t>(slot_), kSlotConnections))
+    board_field(board_, static_cast<std::size_t>(slot_), kSlotConnections)
         .fetch_sub(1, std::memory_order_relaxed);
   }
 }
 
 void ClusterWorker::accepting(bool on) noexcept {
   if (slot_ >= 0) {
-    std::atomic_ref(*slot_field(static_cast<std::size_t>(slot_), kSlotAccepting))
+    board_field(board_, static_cast<std::size_t>(slot_), kSlotAccepting)
         .store(on ? 1 : 0, std::memory_order_relaxed);
   }
 }
@@ -259,7 +262,7 @@ void ClusterWorker::accepting(bool on) noexcept {
 bool ClusterWorker::accept_later() noexcept {
   if (slot_ < 0) return false;
   auto load = [this](std::size_t slot, std::size_t field) {
-    return std::atomic_ref(*slot_field(slot, field)).load(std::memory_order_relaxed);
+    return board_field(board_, slot, field).load(std::memory_order_relaxed);
   };
   const std::int32_t mine = load(static_cast<std::size_t>(slot_), kSlotConnections);
   std::int64_t least = -1;
@@ -459,16 +462,12 @@ int Cluster::run() {
   int exit_code = 0;
   std::vector<char> buffer(kMaxMessage);
 
-  auto board = [this](std::size_t slot, std::size_t field) {
-    return std::atomic_ref(
-        *(reinterpret_cast<std::int32_t*>(board_.data()) + slot * kSlotFields + field));
-  };
   auto free_slot = [&](Worker& w) {
     if (w.slot < 0) return;
     const auto slot = static_cast<std::size_t>(w.slot);
-    board(slot, kSlotId).store(0);
-    board(slot, kSlotAccepting).store(0);
-    board(slot, kSlotConnections).store(0);
+    board_field(board_, slot, kSlotId).store(0);
+    board_field(board_, slot, kSlotAccepting).store(0);
+    board_field(board_, slot, kSlotConnections).store(0);
     w.slot = -1;
   };
   auto spawn = [&]() {
@@ -477,10 +476,10 @@ int Cluster::run() {
     Worker w;
     w.id = next_id++;
     for (std::size_t i = 0; i < kBoardSlots && w.slot < 0; ++i) {
-      if (board(i, kSlotId).load() == 0) {
-        board(i, kSlotConnections).store(0);
-        board(i, kSlotAccepting).store(0);
-        board(i, kSlotId).store(w.id);
+      if (board_field(board_, i, kSlotId).load() == 0) {
+        board_field(board_, i, kSlotConnections).store(0);
+        board_field(board_, i, kSlotAccepting).store(0);
+        board_field(board_, i, kSlotId).store(w.id);
         w.slot = static_cast<int>(i);
       }
     }
@@ -543,7 +542,7 @@ int Cluster::run() {
   auto drain = [&](Worker& w) {
     if (w.draining) return;
     w.draining = true;
-    if (w.slot >= 0) board(static_cast<std::size_t>(w.slot), kSlotAccepting).store(0);
+    if (w.slot >= 0) board_field(board_, static_cast<std::size_t>(w.slot), kSlotAccepting).store(0);
     if (!send_message(w.channel, "D")) ::kill(w.pid, SIGTERM);
   };
   auto drain_all = [&](Clock::time_point now) {

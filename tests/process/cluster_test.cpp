@@ -161,7 +161,7 @@ struct Answer {
   std::map<int, std::string> peers;
 };
 
-std::optional<std::string> ask(std::uint16_t port, const std::string& cmd) {
+int connect_to(std::uint16_t port) {
   const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   sockaddr_in a{};
   a.sin_family = AF_INET;
@@ -169,8 +169,14 @@ std::optional<std::string> ask(std::uint16_t port, const std::string& cmd) {
   a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
     ::close(fd);
-    return std::nullopt;
+    return -1;
   }
+  return fd;
+}
+
+std::optional<std::string> ask(std::uint16_t port, const std::string& cmd) {
+  const int fd = connect_to(port);
+  if (fd < 0) return std::nullopt;
   write_all(fd, cmd + "\n");
   std::string line = read_line(fd);
   ::close(fd);
@@ -344,19 +350,6 @@ TEST(Cluster, AStateTooLargeToPublishIsRefusedWithItsSize) {
   std::optional<std::string> reply;
   ASSERT_TRUE(eventually([&] { return (reply = ask(r.cluster.port(), "big")).has_value(); }));
   EXPECT_NE(reply->find("the state is 65537 bytes; at most 65536"), std::string::npos) << *reply;
-}
-
-int connect_to(std::uint16_t port) {
-  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_port = htons(port);
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
-    ::close(fd);
-    return -1;
-  }
-  return fd;
 }
 
 TEST(Cluster, ABurstOfConnectionsIsSharedBetweenWorkersEvenWhenOneIsSlow) {

@@ -111,7 +111,6 @@ class ClusterWorker {
   ClusterWorker(int id, int listen_fd, int channel)
       : id_(id), listen_fd_(listen_fd), channel_(channel) {}
   void receive(const char* data, std::size_t size);
-  std::int32_t* slot_field(std::size_t slot, std::size_t field) const noexcept;
 
   int id_;
   int listen_fd_;
