@@ -11,6 +11,7 @@
 #include <mutex>
 #include <optional>
 #include <sstream>
+#include <stdexcept>
 #include <string>
 #include <unordered_map>
 #include <utility>
@@ -124,6 +125,9 @@ namespace {
 constexpr std::chrono::milliseconds kDrainGrace{500};
 constexpr std::chrono::milliseconds kAcceptLater{1};
 constexpr std::size_t kKeptResponseBuffer = 64 * 1024;
+// Task arguments are flat values and arrays; the bound keeps a body of a million '[' from
+// overflowing the stack in the recursive steps after parsing (copy, msgpack encoding).
+constexpr int kMaxJsonDepth = 64;
 
 // `Executor` is the io_context's own executor with one I/O thread and a strand with more. A
 // concrete executor type, and a plain socket rather than beast::tcp_stream (whose timeouts we do
@@ -343,10 +347,19 @@ class Session : public std::enable_shared_from_this<Session<Executor>> {
     if (is_json) {
       json body;
       try {
-        body = request_.body().empty() ? json::object() : json::parse(request_.body());
-      } catch (const json::parse_error& e) {
+        const auto depth_limit = [](int depth, json::parse_event_t, json&) {
+          if (depth > kMaxJsonDepth) {
+            throw std::length_error(
+                fmt::format("the body nests deeper than {} levels", kMaxJsonDepth));
+          }
+          return true;
+        };
+        body = request_.body().empty() ? json::object() : json::parse(request_.body(), depth_limit);
+      } catch (const json::exception& e) {  // parse_error, or out_of_range for 1e999
         return respond(http::status::bad_request,
                        error_body("BadJson", fmt::format("the body is not JSON: {}", e.what())));
+      } catch (const std::length_error& e) {
+        return respond(http::status::bad_request, error_body("BadJson", e.what()));
       }
       if (!body.is_object() || (body.contains("args") && !body["args"].is_array())) {
         return respond(http::status::bad_request,
