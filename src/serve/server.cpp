@@ -100,6 +100,22 @@ struct Server::Impl {
 
   void accept();
   void tick_lag();
+  // An I/O thread's loop. Every handler catches what it expects; should one still throw, only
+  // its connection goes (its handler, holding the session, is gone) and the thread runs on,
+  // rather than the exception ending the process and every other connection with it.
+  void run_io() {
+    for (;;) {
+      try {
+        ioc.run();
+        return;
+      } catch (const std::exception& e) {
+        spdlog::error(
+            "crew serve: a connection's handler threw ({}); it is closed, the server "
+            "goes on",
+            e.what());
+      }
+    }
+  }
   void request_done() {
     if (inflight.fetch_sub(1) == 1) notify_drain();
   }
@@ -261,7 +277,20 @@ class Session : public std::enable_shared_from_this<Session<Executor>> {
     request_ = parser_->release();
     server_.inflight.fetch_add(1);
     counted_ = true;
-    route();
+    try {
+      route();
+    } catch (const std::exception& e) {
+      // Every route answers its own errors: this is a bug in crew, and it costs one request.
+      spdlog::error("crew serve: {} {} threw: {}", std_view(request_.method_string()),
+                    std_view(request_.target()), e.what());
+      request_.keep_alive(false);
+      route_ = "error";
+      respond(http::status::internal_server_error,
+              error_body("InternalError",
+                         fmt::format("crew serve could not handle this request ({}); please "
+                                     "report it",
+                                     e.what())));
+    }
   }
 
   void route() {
@@ -738,7 +767,7 @@ void Server::start(int listen_fd) {
     i.tick_lag();
     i.started = true;
     for (std::size_t t = 0; t < std::max<std::size_t>(1, i.config.io_threads); ++t) {
-      i.threads.emplace_back([&i] { i.ioc.run(); });
+      i.threads.emplace_back([&i] { i.run_io(); });
     }
     return;
   }
@@ -760,7 +789,7 @@ void Server::start(int listen_fd) {
   i.tick_lag();
   i.started = true;
   for (std::size_t t = 0; t < std::max<std::size_t>(1, i.config.io_threads); ++t) {
-    i.threads.emplace_back([&i] { i.ioc.run(); });
+    i.threads.emplace_back([&i] { i.run_io(); });
   }
 }
 
