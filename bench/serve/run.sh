@@ -5,7 +5,7 @@
 #      and Express running the loop on its event loop as the contrast)
 #   3. GET /healthz requests/s: crew serve --cluster 2 vs Node's cluster hello world, 2 workers,
 #      and the ceiling of this machine: a canned-response epoll server (ceiling.cpp) under the
-#      same wrk
+#      same wrk; then the two clusters again with wrk on a CPU of its own
 #
 #   bench/serve/run.sh <path-to-crew> [--quick]
 # Node anchors come from bench/node/package.json (installed by bench/node/install.sh into
@@ -88,6 +88,25 @@ read -r cl_rps cl_p99 < <(wrk_stats -t2 -c64 -d"$duration" "http://127.0.0.1:180
 read -r nc_rps nc_p99 < <(wrk_stats -t2 -c64 -d"$duration" "http://127.0.0.1:18084/")
 read -r ce_rps ce_p99 < <(wrk_stats -t2 -c64 -d"$duration" "http://127.0.0.1:18085/healthz")
 
+# The same two clusters with the load generator on a CPU of its own (servers on CPU 0, wrk -t1 on
+# CPU 1). On shared cores wrk takes about a core's worth of CPU from whichever server it drives,
+# which compresses the ratio; pinned, each server gets the same one core and the ratio is the
+# servers' own cost per request.
+for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+wait 2>/dev/null || true
+pids=()
+pc_rps=0 pn_rps=0
+if (($(nproc) >= 2)); then
+  taskset -c 0 "$crew" serve --cluster 2 --workers 1 --port 18086 --log-format off >"$work/cluster_pinned.log" 2>&1 &
+  pids+=($!)
+  PORT=18087 taskset -c 0 node "$here/node_cluster.js" >"$work/node_cluster_pinned.log" 2>&1 &
+  pids+=($!)
+  wait_port 18086
+  wait_port 18087
+  read -r pc_rps _ < <(WRK_PREFIX="taskset -c 1" wrk_stats -t1 -c64 -d"$duration" "http://127.0.0.1:18086/healthz")
+  read -r pn_rps _ < <(WRK_PREFIX="taskset -c 1" wrk_stats -t1 -c64 -d"$duration" "http://127.0.0.1:18087/")
+fi
+
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
 # verdict <a> <b> <target>: a/b against the target, unrounded (1.996 is not 2)
 verdict() { awk -v a="$1" -v b="$2" -v t="$3" 'BEGIN { print (b > 0 && a / b >= t) ? "met" : "NOT met" }'; }
@@ -103,3 +122,5 @@ printf '%-46s %12s %14.2f %8s  (loop on the event loop)\n' "/healthz p99, Expres
 r=$(ratio "$cl_rps" "$nc_rps")
 printf '%-46s %12.0f %14.0f %7sx  >= 2x: %s\n' "cluster of 2: /healthz requests/s (Node cluster)" "$cl_rps" "$nc_rps" "$r" "$(verdict "$cl_rps" "$nc_rps" 2)"
 printf '%-46s %12.0f %14s %7sx  (ceiling/Node: %sx)\n' "  ceiling: canned responder, 2 processes" "$ce_rps" "" "$(ratio "$cl_rps" "$ce_rps")" "$(ratio "$ce_rps" "$nc_rps")"
+r=$(ratio "$pc_rps" "$pn_rps")
+printf '%-46s %12.0f %14.0f %7sx  >= 2x: %s\n' "  same, servers on CPU 0, wrk on CPU 1" "$pc_rps" "$pn_rps" "$r" "$(verdict "$pc_rps" "$pn_rps" 2)"
