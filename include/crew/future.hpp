@@ -6,9 +6,11 @@
 #include <chrono>
 #include <coroutine>
 #include <cstddef>
+#include <cstdint>
 #include <exception>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <stdexcept>
 #include <tuple>
 #include <type_traits>
@@ -257,26 +259,67 @@ class Promise {
 namespace detail {
 std::exception_ptr broken_promise();
 
+std::exception_ptr continuation_dropped();
+
 // Result state of then(): runs fn with the source's outcome, through the executor.
+//
+// The executor gets a Resume callable. An executor may destroy it without calling it (a pool
+// terminated, a closed queue, a custom executor's own policy): the last copy to go then settles
+// this state with PoolClosed, so a then() Future always settles. If post() itself throws, that
+// exception settles it instead. Copies are allowed (std::function-based executors copy); the
+// first call runs fn, and the last copy releases the continuation's reference.
 template <class T, class U, class F, class Executor>
 class ThenState final : public State<U>, public Continuation {
  public:
   ThenState(F&& fn, Executor& ex) : fn_(std::move(fn)), executor_(&ex) {}
   void start(State<T>* source) noexcept {
     source_ = Ref<State<T>>(source);
-    this->add_ref();  // held by the pending continuation
+    this->add_ref();  // held by the pending continuation, then by the Resume copies
     if (!source->try_set_continuation(this)) on_ready(*source);
   }
   void on_ready(StateBase& /*source*/) noexcept override {
-    if (auto error = capture([this] { executor_->post([this] { run(); }); })) {
-      this->set_exception(std::move(error));
-      this->release();
+    Ref<ThenState> hold(this);  // the Resume copies may all be gone before post() returns
+    this->add_ref();
+    auto error = capture([this] { executor_->post(Resume(this)); });
+    // Whichever of post() returning and the last unrun copy dying comes second settles.
+    if ((flags_.fetch_or(kPosted, std::memory_order_acq_rel) & kDropped) != 0) {
+      this->set_exception(error ? std::move(error) : continuation_dropped());
     }
   }
 
  private:
+  static constexpr std::uint32_t kRan = 1;
+  static constexpr std::uint32_t kPosted = 2;
+  static constexpr std::uint32_t kDropped = 4;
+
+  class Resume {
+   public:
+    explicit Resume(ThenState* s) noexcept : s_(s) {}
+    Resume(const Resume& o) noexcept : s_(o.s_) {
+      if (s_ != nullptr) s_->copies_.fetch_add(1, std::memory_order_relaxed);
+    }
+    Resume(Resume&& o) noexcept : s_(std::exchange(o.s_, nullptr)) {}
+    Resume& operator=(const Resume&) = delete;
+    Resume& operator=(Resume&&) = delete;
+    ~Resume() {
+      if (s_ != nullptr && s_->copies_.fetch_sub(1, std::memory_order_acq_rel) == 1) s_->gone();
+    }
+    void operator()() const noexcept {
+      if ((s_->flags_.fetch_or(kRan, std::memory_order_acq_rel) & kRan) == 0) s_->run();
+    }
+
+   private:
+    ThenState* s_;
+  };
+
+  // The last Resume copy is gone.
+  void gone() noexcept {
+    const std::uint32_t old = flags_.fetch_or(kDropped, std::memory_order_acq_rel);
+    if ((old & (kRan | kPosted)) == kPosted) this->set_exception(continuation_dropped());
+    this->release();
+  }
+
   void run() noexcept {
-    Ref<ThenState> self(this);  // adopts the continuation's reference
     Future<T> src(source_.release_ownership());
     if constexpr (ThenTraits<T, F>::kTakesFuture) {
       settle_with(*this, std::move(fn_), std::move(src));
@@ -299,6 +342,8 @@ class ThenState final : public State<U>, public Continuation {
   F fn_;
   Executor* executor_;
   Ref<State<T>> source_;
+  std::atomic<std::uint32_t> flags_{0};
+  std::atomic<std::uint32_t> copies_{1};
 };
 
 template <class T>

@@ -34,6 +34,9 @@ constexpr std::size_t kMaxBatch = 16;
 constexpr auto kSpinFor = std::chrono::microseconds(50);
 // Longest pause between two looks for work while spinning (in cpu_relax() calls, ~1-2 us).
 constexpr unsigned kMaxBackoff = 64;
+// A thread of a pool's continuation runner (see PoolCore::defer_continuation) that found nothing
+// to run for this long exits: timeouts come in bursts, and the runner is empty in between.
+constexpr auto kRunnerIdle = std::chrono::milliseconds(1000);
 
 std::size_t read_thread_env() {
   const char* v = std::getenv("CREW_THREADS");
@@ -225,6 +228,7 @@ class PoolCore {
   void arm_timer(Task* t);
   void disarm_timer(Task* t);
   void timer_main(std::stop_token st);
+  void defer_continuation(StateBase& state) noexcept;
 
   const PoolOptions opts_;
   const std::size_t min_threads_;
@@ -281,6 +285,15 @@ class PoolCore {
   std::chrono::steady_clock::time_point timer_wakes_at_ =
       std::chrono::steady_clock::time_point::max();
   std::jthread timer_;
+  // Continuations of timed-out tasks run here, never on the timer thread (see
+  // defer_continuation()); created by the timer thread at the first one, closed after it stops.
+  struct Deferral final : ContinuationDeferral {
+    PoolCore* core;
+    explicit Deferral(PoolCore* c) : core(c) {}
+    void defer(StateBase& state) noexcept override { core->defer_continuation(state); }
+  };
+  Deferral deferral_{this};
+  std::unique_ptr<PoolCore> continuations_;
 
   std::mutex lifecycle_mutex_;
   bool shut_down_ = false;
@@ -814,6 +827,9 @@ void PoolCore::shutdown(bool reject_queued) {
     timer_.request_stop();
     timer_.join();
   }
+  // Runs what timeouts deferred. From one of the runner's own threads (a continuation closing
+  // this pool) the runner is left to drain when this pool is destroyed.
+  if (continuations_ && !continuations_->on_own_thread()) continuations_->close();
   shut_down_ = true;
 }
 
@@ -841,15 +857,28 @@ void PoolCore::disarm_timer(Task* t) {
 void PoolCore::timer_main(std::stop_token st) {
   pthread_setname_np(pthread_self(), "crew-timer");
   using Time = std::chrono::steady_clock::time_point;
+  std::vector<Task*> due;
   std::unique_lock lock(timer_mutex_);
   while (!st.stop_requested()) {
-    // Expire under the lock: disarm_timer() (also under it) runs before the task is destroyed, so
-    // the task is alive here.
+    // Taken out under the lock with a reference each (disarm_timer() may run and the task finish
+    // meanwhile), expired after it is released: settling wakes waiters and may free memory, and
+    // arm_timer() on a pool thread must never wait for that.
     const Time now = std::chrono::steady_clock::now();
     while (!deadlines_.empty() && deadlines_.begin()->first <= now) {
       Task* t = deadlines_.begin()->second;
       deadlines_.erase(deadlines_.begin());
-      t->expire();
+      t->retain();
+      due.push_back(t);
+    }
+    if (!due.empty()) {
+      lock.unlock();
+      for (Task* t : due) {
+        t->expire(&deferral_);
+        t->drop();
+      }
+      due.clear();
+      lock.lock();
+      continue;  // deadlines may have passed while expiring
     }
     const Time next = deadlines_.empty() ? Time::max() : deadlines_.begin()->first;
     timer_wakes_at_ = next;
@@ -860,6 +889,36 @@ void PoolCore::timer_main(std::stop_token st) {
       timer_cv_.wait_until(lock, st, next, [this, next] { return timer_wakes_at_ < next; });
     }
   }
+}
+
+void PoolCore::defer_continuation(StateBase& state) noexcept {
+  // Runs on the timer thread only. The runner is this pool's second, elastic pool: a continuation
+  // that blocks or runs long holds one of its threads and the next one gets a new thread, so no
+  // continuation delays another task's timeout, and a continuation may wait for timed tasks.
+  state.add_ref();
+  auto resume = [&state] {
+    state.run_continuation();
+    state.release();
+  };
+  PostTask<decltype(resume)>* task = nullptr;
+  try {
+    task = new PostTask<decltype(resume)>(resume);
+    if (!continuations_) {
+      continuations_ = std::make_unique<PoolCore>(PoolOptions{.min_threads = 0,
+                                                              .max_threads = kMaxThreads,
+                                                              .idle_timeout = kRunnerIdle,
+                                                              .name = opts_.name + "-then"});
+    }
+    continuations_->submit(task, SubmitMode::block_or_throw);
+    return;
+  } catch (const std::exception& e) {
+    if (task != nullptr) task->drop();
+    std::fprintf(stderr,
+                 "crew: pool '%s': could not hand a timed-out task's continuation to a thread of "
+                 "its own (%s); running it on the timer thread\n",
+                 opts_.name.c_str(), e.what());
+  }
+  resume();
 }
 
 PoolStats PoolCore::stats() const {

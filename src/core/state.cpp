@@ -19,11 +19,16 @@ constexpr auto kSpinFor = std::chrono::microseconds(20);
 constexpr auto kHelperSlice = std::chrono::microseconds(200);
 }  // namespace
 
-void StateBase::publish() noexcept {
+void StateBase::publish(ContinuationDeferral* deferral) noexcept {
   const std::uint32_t old = word_.fetch_or(kReady, std::memory_order_acq_rel);
   if ((old & kWaiters) != 0) futex_wake(word_, INT_MAX);
   // The installer saw kContinuation unset or kReady set; exactly one side runs the continuation.
-  if ((old & kContinuation) != 0) continuation_->on_ready(*this);
+  if ((old & kContinuation) == 0) return;
+  if (deferral != nullptr) {
+    deferral->defer(*this);
+  } else {
+    continuation_->on_ready(*this);
+  }
 }
 
 bool StateBase::cancel() noexcept {
@@ -97,6 +102,13 @@ void throw_no_state(const char* what) {
       "crew::Future::{}: this Future has no shared state (default-constructed, moved from, or "
       "already consumed by get()/then()/co_await)",
       what));
+}
+
+std::exception_ptr continuation_dropped() {
+  return std::make_exception_ptr(
+      PoolClosed("crew: the executor given to then() destroyed the continuation without running "
+                 "it (it was terminated or closed first); keep the executor running until the "
+                 "continuation has run, or handle crew::PoolClosed"));
 }
 
 std::exception_ptr broken_promise() {

@@ -25,6 +25,18 @@ class Continuation {
   ~Continuation() = default;
 };
 
+/// Runs a settled state's continuation on another thread instead of the settling one (a pool's
+/// timer thread hands them to the pool's continuation runner, so no continuation runs on it).
+/// `defer` must call state.run_continuation() exactly once, now or later, and keep `state` alive
+/// until then (add_ref/release).
+class ContinuationDeferral {
+ public:
+  virtual void defer(StateBase& state) noexcept = 0;
+
+ protected:
+  ~ContinuationDeferral() = default;
+};
+
 /// Lets Future::wait() on a pool thread run other queued work instead of blocking (fork-join).
 class Helper {
  public:
@@ -64,16 +76,19 @@ class StateBase {
     return (word_.fetch_or(kClaimed, std::memory_order_acq_rel) & kClaimed) == 0;
   }
 
-  /// Makes the result visible, wakes blocked waiters and runs the continuation, if any.
-  /// The caller must hold a reference for the duration of the call.
-  void publish() noexcept;
+  /// Makes the result visible, wakes blocked waiters and runs the continuation, if any: here, or
+  /// through `deferral` when one is given. The caller must hold a reference for the call.
+  void publish(ContinuationDeferral* deferral = nullptr) noexcept;
 
-  bool set_exception(std::exception_ptr error) noexcept {
+  bool set_exception(std::exception_ptr error, ContinuationDeferral* deferral = nullptr) noexcept {
     if (!try_claim()) return false;
     error_ = std::move(error);
-    publish();
+    publish(deferral);
     return true;
   }
+
+  /// Runs the installed continuation; only for a ContinuationDeferral, once, after publish().
+  void run_continuation() noexcept { continuation_->on_ready(*this); }
 
   /// Settles with crew::Cancelled if nobody has settled yet. Task states also request stop.
   virtual bool cancel() noexcept;

@@ -49,8 +49,12 @@ class Task : public QueueNode {
   virtual void reject(std::exception_ptr why) noexcept = 0;
   /// Already settled (cancelled while queued): skip it.
   [[nodiscard]] virtual bool settled() const noexcept { return false; }
-  /// The timeout passed while running: settle with TimedOut and request stop.
-  virtual void expire() noexcept {}
+  /// The timeout passed while running: settle with TimedOut and request stop. The Future's
+  /// continuation, if any, goes through `deferral` (never runs on the timer thread).
+  virtual void expire(ContinuationDeferral* /*deferral*/) noexcept {}
+  /// Takes a reference for the timer thread, which expires a task outside its lock (the task may
+  /// finish and be dropped meanwhile); released with drop(). Only timed tasks are ever retained.
+  virtual void retain() noexcept {}
   /// terminate() while running: request stop on the task's token.
   virtual void request_stop() noexcept {}
   [[nodiscard]] virtual bool stop_aware() const noexcept { return false; }
@@ -100,10 +104,11 @@ class FutureTask final : public State<R>, public Task {
   }
   void reject(std::exception_ptr why) noexcept override { this->set_exception(std::move(why)); }
   [[nodiscard]] bool settled() const noexcept override { return this->claimed(); }
-  void expire() noexcept override {
-    this->set_exception(make_timed_out(timeout));
+  void expire(ContinuationDeferral* deferral) noexcept override {
+    this->set_exception(make_timed_out(timeout), deferral);
     request_stop();
   }
+  void retain() noexcept override { this->add_ref(); }
   void request_stop() noexcept override {
     if constexpr (kStopAware) stop_.request_stop();
   }
