@@ -162,7 +162,8 @@ class [[nodiscard]] Future {
   /// Chains `fn` after this Future and returns a Future of its result. `fn` takes the value (or
   /// nothing for Future<void>) and is skipped when this Future failed, which forwards the error; or
   /// it takes the settled `Future<T>` to handle errors itself. Runs inline on the thread that
-  /// settles this Future (or right here, if it is already ready). Consumes this Future.
+  /// settles this Future (or right here, if it is already ready); a ThreadPool timeout hands it to
+  /// the pool's continuation runner instead of its timer thread. Consumes this Future.
   template <class F>
   auto then(F&& fn) {
     static detail::InlineExecutor inline_executor;
@@ -170,7 +171,9 @@ class [[nodiscard]] Future {
   }
 
   /// As then(fn), but `fn` runs through `executor.post(callable)`: a ThreadPool, an EventLoop,
-  /// or any type with such a `post`. The executor must outlive the call.
+  /// or any type with such a `post`. The executor must outlive the call. An executor that
+  /// destroys the callable unrun settles the result with crew::PoolClosed; one whose post()
+  /// throws settles it with that exception. The callable is copyable; fn runs at most once.
   template <class F, class Executor>
   auto then(F&& fn, Executor& executor);
 

@@ -55,6 +55,8 @@ struct RunOptions {
   /// Counted from when the task starts; zero means none. At the deadline the Future settles with
   /// crew::TimedOut and the task's std::stop_token is signalled. A thread cannot be killed: the
   /// task keeps its thread until it returns (use a ProcessPool for work that must be killable).
+  /// A continuation of the timed-out Future runs on the pool's continuation runner (threads named
+  /// `<name>-then-wN`, grown on demand), never on the timer thread, so it may block.
   std::chrono::nanoseconds timeout{0};
   /// When this fires, a queued task never runs and its Future settles with crew::Cancelled; a
   /// running task's Future settles with Cancelled and its own stop_token is signalled.
