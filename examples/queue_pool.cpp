@@ -135,8 +135,10 @@ int rejecting_when_full() {
   gate.get();
   for (auto& f : queued) f.get();
   pool.wait_idle();
-  // on_drain may be delivered just after the last task settles; give it a moment.
-  for (int i = 0; i < 100 && drains.load() == 0; ++i) std::this_thread::sleep_for(10ms);
+  // on_drain may be delivered just after the last task settles: poll for it, for at most 30 s.
+  for (const auto until = Clock::now() + 30s; drains.load() == 0 && Clock::now() < until;) {
+    std::this_thread::sleep_for(1ms);
+  }
   std::printf("[%4lld ms] queue empty: needs_drain() = %s, on_drain fired %d time(s)\n", now_ms(),
               pool.needs_drain() ? "true" : "false", drains.load());
   if (pool.needs_drain() || drains.load() == 0) {

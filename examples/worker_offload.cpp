@@ -39,7 +39,6 @@ constexpr std::int64_t kBelow = 2'000'000;
 constexpr std::int64_t kExpectedPrimes = 148'933;
 #endif
 constexpr auto kTickEvery = 10ms;
-constexpr auto kMaxAllowedGap = 50ms;
 
 // Deliberately naive trial division: the point is to keep a core busy.
 std::int64_t count_primes_below(std::int64_t n) {
@@ -125,15 +124,13 @@ int main() {
     std::printf("FAIL: expected %lld primes\n", static_cast<long long>(kExpectedPrimes));
     ++failures;
   }
-  if (max_gap >= kMaxAllowedGap) {
-    std::printf("FAIL: the loop stalled for %.1f ms (limit %.0f ms)\n", ms(max_gap),
-                ms(kMaxAllowedGap));
-    ++failures;
-  }
-  // A computation of ~300 ms at one tick per 10 ms: expect a good share of the ticks it spans.
-  const auto expected_ticks = static_cast<std::size_t>((result_at - start) / kTickEvery);
-  if (ticks.size() * 2 < expected_ticks) {
-    std::printf("FAIL: only %zu ticks in %.0f ms\n", ticks.size(), ms(result_at - start));
+  // Had the computation run on the loop, one gap would span all of it. On an idle machine the
+  // largest gap is about one tick (10 ms of ~300 ms); a loaded one stretches both the ticks and
+  // the computation, so the bound is relative: the loop ran at least every quarter of it.
+  const auto computed = result_at - start;
+  if (max_gap * 4 > computed) {
+    std::printf("FAIL: the loop stalled for %.1f ms of the %.1f ms computation\n", ms(max_gap),
+                ms(computed));
     ++failures;
   }
   const int code = worker.join();
