@@ -12,9 +12,11 @@
 
 namespace crew_test {
 
-/// Polls `pred` every millisecond until it holds (true) or `limit` passes (false).
+/// Polls `pred` every millisecond until it holds (true) or `limit` passes (false). What the
+/// tests wait for takes milliseconds; the default limit leaves room for a sanitizer build on a
+/// loaded 2-core machine (5-20x slower, and descheduled for whole time slices).
 template <class P>
-bool eventually(P pred, std::chrono::milliseconds limit = std::chrono::seconds(10)) {
+bool eventually(P pred, std::chrono::milliseconds limit = std::chrono::seconds(30)) {
   const auto end = std::chrono::steady_clock::now() + limit;
   while (!pred()) {
     if (std::chrono::steady_clock::now() > end) return false;

@@ -6,8 +6,12 @@
 #include <thread>
 #include <vector>
 
+#include <arpa/inet.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <crew/net.hpp>
 #include <crew/stream.hpp>
@@ -74,11 +78,21 @@ TEST(Net, AcceptHonoursAStopToken) {
 }
 
 TEST(Net, ConnectFailureNamesTheEndpoint) {
-  std::uint16_t port = 0;
-  {
-    crew::net::Listener l;  // a port that was free a moment ago, now closed
-    port = l.port();
-  }
+  // A port this test holds without listening on it: connecting is refused, and no other test
+  // running beside this one can take the port meanwhile (as it could a port merely closed).
+  const int held = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  ASSERT_GE(held, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof a;
+  ASSERT_EQ(::bind(held, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+  ASSERT_EQ(::getsockname(held, reinterpret_cast<sockaddr*>(&a), &len), 0);
+  const std::uint16_t port = ntohs(a.sin_port);
+  struct Closer {
+    int fd;
+    ~Closer() { ::close(fd); }
+  } closer{held};
   try {
     (void)crew::net::Connection::connect("127.0.0.1", port);
     FAIL();
