@@ -15,6 +15,7 @@
 #include <variant>
 
 #include <crew/detail/state.hpp>
+#include <crew/errors.hpp>
 
 namespace crew::inline v0::detail {
 
@@ -114,9 +115,17 @@ class FutureTask final : public State<R>, public Task {
   }
   [[nodiscard]] bool stop_aware() const noexcept override { return kStopAware; }
   bool cancel() noexcept override {
-    const bool did = StateBase::cancel();
+    // Stop is requested before the result is published: publishing may run a continuation that
+    // drops the last reference, and the stop callback that calls us holds none.
+    auto error = std::make_exception_ptr(Cancelled());
+    if (!this->try_claim()) {
+      request_stop();
+      return false;
+    }
+    this->error_ = std::move(error);
     request_stop();
-    return did;
+    this->publish();
+    return true;
   }
   void drop() noexcept override { this->release(); }
 
