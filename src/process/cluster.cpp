@@ -35,15 +35,16 @@
 #include <spdlog/spdlog.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
-#include <sys/prctl.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
-#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <crew/pool.hpp>
 #include <crew/process/cluster.hpp>
+
+#include "backoff.hpp"
+#include "spawn.hpp"
 
 extern char** environ;
 
@@ -51,6 +52,15 @@ namespace crew {
 inline namespace v0 {
 namespace {
 
+using detail::Child;
+using detail::epoll_watch;
+using detail::FdPair;
+using detail::make_socketpair;
+using detail::RestartBackoff;
+using detail::signal_process;
+using detail::spawn_process;
+using detail::SpawnRequest;
+using detail::UniqueFd;
 using Clock = std::chrono::steady_clock;
 using std::chrono::milliseconds;
 constexpr int kListenFd = 3;
@@ -67,8 +77,7 @@ constexpr std::size_t kBoardSlots = 256;
 constexpr std::size_t kSlotFields = 4;
 enum SlotField : std::size_t { kSlotId = 0, kSlotConnections = 1, kSlotAccepting = 2 };
 constexpr milliseconds kAcceptPatience{100};
-constexpr milliseconds kBackoffCap{15'000};
-constexpr milliseconds kStable{30'000};
+constexpr std::string_view kWho = "crew::Cluster";
 constexpr std::size_t kHeader = 9;  // 'P' + id + pid
 constexpr std::size_t kMaxMessage = ClusterWorker::kMaxState + kHeader;
 
@@ -158,9 +167,9 @@ std::atomic_ref<std::int32_t> board_field(const SharedBuffer& board, std::size_t
 
 struct Worker {
   int id = 0;
-  pid_t pid = -1;
-  int pidfd = -1;
-  int channel = -1;
+  pid_t pid = -1;       // for messages and /proc; signals go through child's pidfd
+  detail::Child child;  // killed and reaped if run() throws
+  detail::UniqueFd channel;
   Clock::time_point started{};
   bool ready = false;
   bool draining = false;
@@ -436,24 +445,20 @@ int Cluster::run() {
   }
   const sigset_t set = cluster_signals();
   pthread_sigmask(SIG_BLOCK, &set, nullptr);
-  const int sfd = ::signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
-  const int ep = ::epoll_create1(EPOLL_CLOEXEC);
-  if (sfd < 0 || ep < 0) throw_errno("crew::Cluster::run: signalfd/epoll");
+  const UniqueFd sfd(::signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK));
+  if (!sfd) throw_errno("crew::Cluster::run: signalfd");
+  const UniqueFd ep(::epoll_create1(EPOLL_CLOEXEC));
+  if (!ep) throw_errno("crew::Cluster::run: epoll_create1");
   constexpr std::uint64_t kSignalTag = 0, kWakeTag = 1;  // worker tags are (id << 1) | 0/1, id >= 1
-  auto watch = [&](int fd, std::uint64_t tag) {
-    epoll_event ev{};
-    ev.events = EPOLLIN;
-    ev.data.u64 = tag;
-    ::epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev);
-  };
-  watch(sfd, kSignalTag);
-  watch(wake_fd_, kWakeTag);
+  epoll_watch(kWho, ep.get(), sfd.get(), kSignalTag);
+  epoll_watch(kWho, ep.get(), wake_fd_, kWakeTag);
 
-  std::map<int, Worker> workers;  // by id
+  // By id. Declared after the descriptors, so that if run() throws, every worker still here is
+  // killed and reaped (Worker::child) before they close.
+  std::map<int, Worker> workers;
   int next_id = 1;
   std::size_t unstable = 0;
-  milliseconds backoff{0};
-  Clock::time_point next_spawn{};
+  RestartBackoff backoff(options_.restart_backoff);
   bool stopping = false;
   Clock::time_point stop_deadline{};
   std::deque<int> to_reload;   // old workers still to replace, in order
@@ -470,9 +475,18 @@ int Cluster::run() {
     board_field(board_, slot, kSlotConnections).store(0);
     w.slot = -1;
   };
+  auto send_signal = [&](Worker& w, int sig) {
+    // Through the pidfd: the pid of a worker reaped meanwhile could name another process.
+    if (const int err = signal_process(w.child.pidfd(), sig); err != 0) {
+      const char* name = ::sigabbrev_np(sig);
+      spdlog::error(
+          "crew cluster: could not send SIG{} to worker {} (pid {}): pidfd_send_signal "
+          "failed: {}",
+          name != nullptr ? name : "?", w.id, w.pid, std::strerror(err));
+    }
+  };
+  // Starts a worker; throws SpawnError with the reason, leaving nothing behind.
   auto spawn = [&]() {
-    int sv[2];
-    if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0) throw_errno("socketpair");
     Worker w;
     w.id = next_id++;
     for (std::size_t i = 0; i < kBoardSlots && w.slot < 0; ++i) {
@@ -483,72 +497,62 @@ int Cluster::run() {
         w.slot = static_cast<int>(i);
       }
     }
-    std::vector<std::string> env;
-    for (char** e = environ; *e != nullptr; ++e) env.emplace_back(*e);
-    env.push_back(fmt::format("{}={}", kEnvListen, kListenFd));
-    env.push_back(fmt::format("{}={}", kEnvChannel, kChannelFd));
-    env.push_back(fmt::format("{}={}", kEnvId, w.id));
-    if (w.slot >= 0) {
-      env.push_back(fmt::format("{}={}", kEnvBoard, kBoardFd));
-      env.push_back(fmt::format("{}={}", kEnvSlot, w.slot));
-    }
-    std::vector<char*> envp, argv;
-    for (auto& e : env) envp.push_back(e.data());
-    envp.push_back(nullptr);
-    for (auto& a : options_.argv) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    const int child_listen = ::fcntl(listen_fd_, F_DUPFD_CLOEXEC, 10);
-    const int child_channel = ::fcntl(sv[1], F_DUPFD_CLOEXEC, 10);
-    const int child_board = w.slot >= 0 ? ::fcntl(board_.fd(), F_DUPFD_CLOEXEC, 10) : -1;
-    const pid_t parent = ::getpid();
-    sigset_t none;
-    sigemptyset(&none);
-    const pid_t pid = ::fork();
-    if (pid == 0) {
-      // Only async-signal-safe calls between fork and exec.
-      ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-      if (::getppid() != parent) ::_exit(127);
-      ::dup2(child_listen, kListenFd);
-      ::dup2(child_channel, kChannelFd);
-      if (child_board >= 0) {
-        ::dup2(child_board, kBoardFd);
-      } else {
-        ::close(kBoardFd);
+    try {
+      FdPair channel = make_socketpair(kWho);
+      SpawnRequest request;
+      request.who = kWho;
+      request.executable = "/proc/self/exe";
+      request.argv = options_.argv;
+      for (char** e = environ; *e != nullptr; ++e) request.env.emplace_back(*e);
+      request.env.push_back(fmt::format("{}={}", kEnvListen, kListenFd));
+      request.env.push_back(fmt::format("{}={}", kEnvChannel, kChannelFd));
+      request.env.push_back(fmt::format("{}={}", kEnvId, w.id));
+      request.fds = {{listen_fd_, kListenFd}, {channel.second.get(), kChannelFd}};
+      if (w.slot >= 0) {
+        request.env.push_back(fmt::format("{}={}", kEnvBoard, kBoardFd));
+        request.env.push_back(fmt::format("{}={}", kEnvSlot, w.slot));
+        request.fds.push_back({board_.fd(), kBoardFd});
       }
-      ::syscall(SYS_close_range, static_cast<unsigned>(kBoardFd) + 1, ~0U, 0U);
-      ::sigprocmask(SIG_SETMASK, &none, nullptr);
-      ::execve("/proc/self/exe", argv.data(), envp.data());
-      ::_exit(127);
-    }
-    ::close(child_listen);
-    ::close(child_channel);
-    if (child_board >= 0) ::close(child_board);
-    ::close(sv[1]);
-    if (pid < 0) {
-      ::close(sv[0]);
+      request.keep_stdio = true;  // workers write to the primary's stdout and stderr
+      w.child = spawn_process(request);
+      channel.second.reset();
+      w.pid = w.child.pid();
+      w.channel = std::move(channel.first);
+      w.started = Clock::now();
+      epoll_watch(kWho, ep.get(), w.child.pidfd(), static_cast<std::uint64_t>(w.id) << 1);
+      epoll_watch(kWho, ep.get(), w.channel.get(), (static_cast<std::uint64_t>(w.id) << 1) | 1);
+      spdlog::info("crew cluster: worker {} started (pid {})", w.id, w.pid);
+      workers.emplace(w.id, std::move(w));
+    } catch (...) {
       free_slot(w);
-      throw_errno("fork");
+      throw;
     }
-    w.pid = pid;
-    w.pidfd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
-    w.channel = sv[0];
-    w.started = Clock::now();
-    watch(w.pidfd, static_cast<std::uint64_t>(w.id) << 1);
-    watch(w.channel, (static_cast<std::uint64_t>(w.id) << 1) | 1);
-    spdlog::info("crew cluster: worker {} started (pid {})", w.id, pid);
-    workers.emplace(w.id, std::move(w));
     return next_id - 1;
   };
   auto drain = [&](Worker& w) {
     if (w.draining) return;
     w.draining = true;
     if (w.slot >= 0) board_field(board_, static_cast<std::size_t>(w.slot), kSlotAccepting).store(0);
-    if (!send_message(w.channel, "D")) ::kill(w.pid, SIGTERM);
+    if (!send_message(w.channel.get(), "D")) send_signal(w, SIGTERM);
   };
   auto drain_all = [&](Clock::time_point now) {
     stopping = true;
     stop_deadline = now + options_.shutdown_timeout;
     for (auto& [id, w] : workers) drain(w);
+  };
+  // A worker that died soon after starting, or could not be started at all.
+  auto unstable_start = [&](Clock::time_point now) {
+    ++unstable;
+    const auto delay = backoff.fail(now);
+    if (unstable > options_.max_restarts) {
+      spdlog::error(
+          "crew cluster: too many unstable restarts ({} workers in a row failed to start or died "
+          "within {} ms of starting); giving up",
+          unstable, options_.min_uptime.count());
+      exit_code = 1;
+      drain_all(now);
+    }
+    return delay;
   };
   auto live = [&] {
     std::size_t n = 0;
@@ -561,8 +565,18 @@ int Cluster::run() {
       reload_waiting_for = 0;
       return;
     }
-    workers.at(to_reload.front()).replaced = true;
-    reload_waiting_for = spawn();
+    Worker& old = workers.at(to_reload.front());
+    old.replaced = true;
+    try {
+      reload_waiting_for = spawn();
+    } catch (const std::exception& e) {
+      // The old workers keep serving; a later reload tries again.
+      spdlog::error("crew cluster: reload stopped, {} workers not replaced: {}", to_reload.size(),
+                    e.what());
+      old.replaced = false;
+      to_reload.clear();
+      reload_waiting_for = 0;
+    }
   };
   auto reload_all = [&] {
     spdlog::info("crew cluster: reloading {} workers one at a time", workers.size());
@@ -581,7 +595,17 @@ int Cluster::run() {
     return msg;
   };
 
-  for (std::size_t i = 0; i < options_.workers; ++i) spawn();
+  // A worker that cannot be started at all is the caller's problem to hear about at once:
+  // run() throws with the reason (the workers started so far are killed with `workers`).
+  for (std::size_t i = 0; i < options_.workers; ++i) {
+    try {
+      spawn();
+    } catch (const std::exception& e) {
+      spdlog::error("crew cluster: cannot start worker {} of {}: {}", i + 1, options_.workers,
+                    e.what());
+      throw;
+    }
+  }
 
   epoll_event events[32];
   for (;;) {
@@ -590,12 +614,12 @@ int Cluster::run() {
     if (stopping) {
       timeout = static_cast<int>(std::max<long long>(
           0, std::chrono::duration_cast<milliseconds>(stop_deadline - now).count()));
-    } else if (live() < options_.workers && next_spawn > now) {
-      timeout = static_cast<int>(std::chrono::ceil<milliseconds>(next_spawn - now).count());
+    } else if (live() < options_.workers && backoff.next() > now) {
+      timeout = static_cast<int>(std::chrono::ceil<milliseconds>(backoff.next() - now).count());
     } else if (live() < options_.workers) {
       timeout = 0;
     }
-    const int n = ::epoll_wait(ep, events, 32, timeout);
+    const int n = ::epoll_wait(ep.get(), events, 32, timeout);
     const auto t = Clock::now();
     for (int e = 0; e < n; ++e) {
       const std::uint64_t tag = events[e].data.u64;
@@ -603,7 +627,7 @@ int Cluster::run() {
         bool want_stop = false, want_reload = false;
         if (tag == kSignalTag) {
           signalfd_siginfo si{};
-          while (::read(sfd, &si, sizeof si) == sizeof si) {
+          while (::read(sfd.get(), &si, sizeof si) == sizeof si) {
             if (si.ssi_signo == SIGHUP) want_reload = true;
             if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT) {
               want_stop = true;
@@ -631,14 +655,14 @@ int Cluster::run() {
       if (it == workers.end()) continue;
       Worker& w = it->second;
       if ((tag & 1) == 1) {
-        const ssize_t got = ::recv(w.channel, buffer.data(), buffer.size(), MSG_DONTWAIT);
+        const ssize_t got = ::recv(w.channel.get(), buffer.data(), buffer.size(), MSG_DONTWAIT);
         if (got == 0) {
-          ::epoll_ctl(ep, EPOLL_CTL_DEL, w.channel, nullptr);
+          ::epoll_ctl(ep.get(), EPOLL_CTL_DEL, w.channel.get(), nullptr);
         } else if (got > 0 && buffer[0] == 'R') {
           w.ready = true;
           // Bring the newcomer up to date with everyone's latest state.
           for (auto& [oid, o] : workers) {
-            if (oid != id && !o.state.empty()) send_message(w.channel, peer_message(o));
+            if (oid != id && !o.state.empty()) send_message(w.channel.get(), peer_message(o));
           }
           if (id == reload_waiting_for && !to_reload.empty()) {
             // The replacement serves: now the old one may go.
@@ -651,14 +675,13 @@ int Cluster::run() {
           w.state.assign(buffer.data() + 1, static_cast<std::size_t>(got) - 1);
           const std::string msg = peer_message(w);
           for (auto& [oid, o] : workers) {
-            if (oid != id) send_message(o.channel, msg);
+            if (oid != id) send_message(o.channel.get(), msg);
           }
         }
         continue;
       }
       // Exit.
-      int status = 0;
-      ::waitpid(w.pid, &status, 0);
+      const int status = w.child.wait();
       const auto uptime = t - w.started;
       const bool expected = w.draining || w.replaced || stopping;
       if (WIFEXITED(status) && WEXITSTATUS(status) == 78) {
@@ -670,41 +693,30 @@ int Cluster::run() {
         const std::string how = WIFSIGNALED(status)
                                     ? fmt::format("killed by signal {}", WTERMSIG(status))
                                     : fmt::format("exited with code {}", WEXITSTATUS(status));
+        milliseconds delay{0};
         if (uptime < options_.min_uptime) {
-          ++unstable;
-          backoff = backoff.count() == 0 ? options_.restart_backoff
-                                         : std::min(kBackoffCap, backoff * 3 / 2);
+          delay = unstable_start(t);
         } else {
           unstable = 0;
-          if (uptime >= kStable) backoff = milliseconds(0);
+          backoff.up_for(uptime);
+          delay = backoff.wait_from(t);
         }
-        next_spawn = t + backoff;
         spdlog::warn("crew cluster: worker {} (pid {}) {} after {} ms; restarting in {} ms", id,
                      w.pid, how, std::chrono::duration_cast<milliseconds>(uptime).count(),
-                     backoff.count());
-        if (unstable > options_.max_restarts) {
-          spdlog::error(
-              "crew cluster: too many unstable restarts ({} workers in a row died within {} ms of "
-              "starting); giving up",
-              unstable, options_.min_uptime.count());
-          exit_code = 1;
-          drain_all(t);
-        }
+                     delay.count());
       }
-      ::close(w.pidfd);
-      ::close(w.channel);
       free_slot(w);
-      workers.erase(it);
+      workers.erase(it);  // closes its pidfd and channel
       std::string gone = "G";
       put_int(gone, id);
-      for (auto& [oid, o] : workers) send_message(o.channel, gone);
+      for (auto& [oid, o] : workers) send_message(o.channel.get(), gone);
       if (id == reload_waiting_for) start_next_reload();  // the replacement died: move on
     }
     const auto after = Clock::now();
     if (stopping) {
       if (workers.empty()) break;
       if (after >= stop_deadline) {
-        for (auto& [id, w] : workers) ::kill(w.pid, SIGKILL);
+        for (auto& [id, w] : workers) send_signal(w, SIGKILL);
         if (exit_code == 0) exit_code = 1;
         stop_deadline = after + milliseconds(1000);
       }
@@ -722,10 +734,18 @@ int Cluster::run() {
         }
       }
     }
-    while (live() < options_.workers && after >= next_spawn) spawn();
+    while (!stopping && live() < options_.workers && backoff.may_start(after)) {
+      try {
+        spawn();
+      } catch (const std::exception& e) {
+        // Counted like a worker that died at once: the next try backs off, and enough of them
+        // in a row stop the cluster (run() returns 1).
+        const auto delay = unstable_start(after);
+        spdlog::error("crew cluster: could not start a worker: {}; retrying in {} ms", e.what(),
+                      delay.count());
+      }
+    }
   }
-  ::close(ep);
-  ::close(sfd);
   spdlog::info("crew cluster: all workers stopped, exit {}", exit_code);
   return exit_code;
 }

@@ -53,8 +53,10 @@
 #include <crew/process/pool.hpp>
 #include <crew/shared_buffer.hpp>
 
+#include "backoff.hpp"
 #include "channel.hpp"
 #include "frame.hpp"
+#include "spawn.hpp"
 #include "worker_env.hpp"
 
 extern char** environ;
@@ -88,8 +90,6 @@ using Clock = std::chrono::steady_clock;
 using std::chrono::milliseconds;
 using std::chrono::nanoseconds;
 constexpr Clock::time_point kNever = Clock::time_point::max();
-constexpr milliseconds kBackoffCap{15'000};
-constexpr milliseconds kStableUptime{30'000};
 constexpr milliseconds kRssPoll{5};
 constexpr std::size_t kTailLines = 20;
 constexpr std::size_t kMaxLine = 4096;
@@ -188,17 +188,7 @@ struct LogOut {
   std::string line;
 };
 
-int move_high(int fd) {
-  // Above the descriptors the child rearranges (0..3), so dup2 never clobbers a source.
-  const int high = ::fcntl(fd, F_DUPFD_CLOEXEC, 10);
-  if (high < 0) throw std::system_error(errno, std::generic_category(), "crew: fcntl");
-  ::close(fd);
-  return high;
-}
-
-void set_nonblocking(int fd) {
-  ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) | O_NONBLOCK);
-}
+constexpr std::string_view kWho = "crew::ProcessPool";
 
 std::string describe_exit(int code, int signal) {
   if (signal != 0) {
@@ -257,6 +247,8 @@ class ProcessPoolCore {
   void spawn_as_needed(Clock::time_point now);
   void spawn(Clock::time_point now);
   void stop_proc(Proc& p, Reason reason, bool force, Clock::time_point now);
+  void signal_worker(Proc& p, int sig);
+  void startup_failed(std::string why, Clock::time_point now);
   void finish_task(Proc& p, Clock::time_point now, bool failed);
   void fail_queued(const std::function<std::exception_ptr()>& error);
   void log_line(Proc& p, bool is_stderr, std::string line);
@@ -289,8 +281,10 @@ class ProcessPoolCore {
   std::int64_t ewma_run_ns_ = 5 * kPipelineBelow.count();
   LatencyHistogram wait_hist_, run_hist_;
   // Restart policy (supervisor only, read by stats under mutex_).
-  milliseconds backoff_{0};
-  Clock::time_point next_spawn_ = Clock::time_point::min();
+  RestartBackoff backoff_{milliseconds(0)};
+  // spawn_as_needed() was held back by the backoff: the supervisor must wake at its end even
+  // if that passes before it goes to sleep.
+  bool spawn_due_ = false;
   std::size_t startup_failures_in_row_ = 0;
   bool breaker_open_ = false;
   std::string last_startup_error_;
@@ -333,6 +327,7 @@ ProcessPoolCore::ProcessPoolCore(ProcessPoolOptions options) : options_(std::mov
     invalid(fmt::format("restart_backoff ({} ms) must be > 0", options_.restart_backoff.count()));
   }
   if (options_.max_startup_failures == 0) invalid("max_startup_failures must be >= 1");
+  backoff_ = RestartBackoff(options_.restart_backoff);
   if (options_.idle_timeout.count() < 0 || options_.task_timeout.count() < 0 ||
       options_.terminate_grace.count() < 0) {
     invalid("idle_timeout, task_timeout and terminate_grace must not be negative");
@@ -376,32 +371,44 @@ ProcessPoolCore::ProcessPoolCore(ProcessPoolOptions options) : options_(std::mov
     }
   }
 
-  epoll_ = ::epoll_create1(EPOLL_CLOEXEC);
-  event_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-  page_fd_ = ::memfd_create("crew-pool", MFD_CLOEXEC | MFD_ALLOW_SEALING);
-  void* page = MAP_FAILED;
-  if (page_fd_ >= 0 && ::ftruncate(page_fd_, kPoolPageSize) == 0) {
-    page = ::mmap(nullptr, kPoolPageSize, PROT_READ | PROT_WRITE, MAP_SHARED, page_fd_, 0);
-  }
-  // Workers may map the page only read-only: a broken worker cannot silence the others.
-  if (epoll_ < 0 || event_ < 0 || page == MAP_FAILED ||
-      ::fcntl(page_fd_, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_FUTURE_WRITE) != 0) {
-    const int err = errno;
-    if (page != MAP_FAILED) ::munmap(page, kPoolPageSize);
-    for (int fd : {epoll_, event_, page_fd_}) {
-      if (fd >= 0) ::close(fd);
+  {
+    // Each step names itself when it fails; what was made so far is closed again.
+    auto fail = [](const char* step, const char* hint) {
+      const int err = errno;
+      throw std::system_error(
+          err, std::generic_category(),
+          fmt::format("crew::ProcessPool: {} for the pool failed{}", step, hint));
+    };
+    UniqueFd epoll(::epoll_create1(EPOLL_CLOEXEC));
+    if (!epoll) fail("epoll_create1", "");
+    UniqueFd event(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+    if (!event) fail("eventfd", "");
+    UniqueFd page_fd(::memfd_create("crew-pool", MFD_CLOEXEC | MFD_ALLOW_SEALING));
+    if (!page_fd) fail("memfd_create", " (Linux 3.17 or later is needed)");
+    if (::ftruncate(page_fd.get(), kPoolPageSize) != 0) fail("ftruncate of the memfd", "");
+    // Mapped writable before the seal, which forbids any further writable mapping.
+    void* page =
+        ::mmap(nullptr, kPoolPageSize, PROT_READ | PROT_WRITE, MAP_SHARED, page_fd.get(), 0);
+    if (page == MAP_FAILED) fail("mmap of the shared page", "");
+    // Workers may map the page only read-only: a broken worker cannot silence the others.
+    if (::fcntl(page_fd.get(), F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_FUTURE_WRITE) !=
+        0) {
+      const int err = errno;
+      ::munmap(page, kPoolPageSize);
+      errno = err;
+      fail("sealing the memfd", " (F_SEAL_FUTURE_WRITE needs Linux 5.1 or later)");
     }
-    throw std::system_error(err, std::generic_category(),
-                            "crew::ProcessPool: epoll/eventfd/memfd for the pool");
+    try {
+      epoll_watch(kWho, epoll.get(), event.get(), 0);
+    } catch (...) {
+      ::munmap(page, kPoolPageSize);
+      throw;
+    }
+    page_ = new (page) PoolPage;
+    epoll_ = epoll.release();
+    event_ = event.release();
+    page_fd_ = page_fd.release();
   }
-  // Above the descriptors a child rearranges, like every descriptor it inherits.
-  event_ = move_high(event_);
-  page_fd_ = move_high(page_fd_);
-  page_ = new (page) PoolPage;
-  epoll_event ev{};
-  ev.events = EPOLLIN;
-  ev.data.u64 = 0;
-  ::epoll_ctl(epoll_, EPOLL_CTL_ADD, event_, &ev);
 
   control_ = std::make_shared<ProcessControl>();
   control_->core = this;
@@ -436,7 +443,7 @@ std::exception_ptr ProcessPoolCore::breaker_error() const {
   return std::make_exception_ptr(WorkerCrashed(
       fmt::format("crew::ProcessPool '{}': workers keep failing to start ({} times in a row), so "
                   "tasks are not run; the pool retries every {} s. Last failure: {}",
-                  options_.name, startup_failures_in_row_, kBackoffCap.count() / 1000,
+                  options_.name, startup_failures_in_row_, backoff_.cap().count() / 1000,
                   last_startup_error_),
       "", 0, 0, -1, {}));
 }
@@ -457,7 +464,11 @@ void ProcessPoolCore::submit(CallBase& call, std::stop_token stop, const Process
           fmt::format("crew::ProcessPool '{}': closed; no new tasks are accepted (task '{}')",
                       options_.name, call.task));
     }
-    if (breaker_open_) std::rethrow_exception(breaker_error());
+    // Once the breaker has held off for its time, a new task is let through: it is the probe
+    // that a worker can start again (or fails with the reason, like the queue did).
+    if (breaker_open_ && !backoff_.may_start(Clock::now())) {
+      std::rethrow_exception(breaker_error());
+    }
     if (options_.max_queue != 0 && queued_ >= options_.max_queue) {
       throw QueueFull(fmt::format(
           "crew::ProcessPool '{}': the queue is full ({} tasks waiting, max_queue = {}); retry "
@@ -564,12 +575,12 @@ Clock::time_point ProcessPoolCore::next_deadline() const {
     if (p->state == WState::idle && options_.idle_timeout.count() > 0) {
       t = std::min(t, p->idle_since + options_.idle_timeout);
     }
-    if (p->ready_at != kNever && backoff_.count() > 0) t = std::min(t, p->ready_at + kStableUptime);
+    if (p->ready_at != kNever && backoff_.unstable()) {
+      t = std::min(t, p->ready_at + backoff_.stable_after());
+    }
   }
   // A spawn waiting out its backoff; once the time has come, spawn_as_needed() acts at once.
-  if (next_spawn_ > Clock::now() && (queued_ > 0 || live_procs() < options_.min_workers)) {
-    t = std::min(t, next_spawn_);
-  }
+  if (spawn_due_) t = std::min(t, backoff_.next());
   return t;
 }
 
@@ -1056,26 +1067,13 @@ void ProcessPoolCore::on_exit(Proc& p, Clock::time_point now) {
   }
 
   if (before_ready && p.reason == Reason::none) {
-    ++startup_failures_;
-    ++startup_failures_in_row_;
-    last_startup_error_ = fmt::format("worker {} (pid {}) {} before it was ready{}", p.name, p.pid,
-                                      how, tail_text(p.tail));
-    backoff_ = backoff_.count() == 0
-                   ? options_.restart_backoff
-                   : std::min(kBackoffCap, milliseconds(backoff_.count() * 3 / 2));
-    next_spawn_ = now + backoff_;
-    if (startup_failures_in_row_ >= options_.max_startup_failures) {
-      breaker_open_ = true;
-      next_spawn_ = now + kBackoffCap;
-      fail_queued([&] { return breaker_error(); });
-    }
+    startup_failed(fmt::format("worker {} (pid {}) {} before it was ready{}", p.name, p.pid, how,
+                               tail_text(p.tail)),
+                   now);
   } else if (p.reason == Reason::none && p.current_task.empty() &&
-             now - p.ready_at < kStableUptime) {
+             now - p.ready_at < backoff_.stable_after()) {
     // Died idle soon after starting: unstable, so restarts back off.
-    backoff_ = backoff_.count() == 0
-                   ? options_.restart_backoff
-                   : std::min(kBackoffCap, milliseconds(backoff_.count() * 3 / 2));
-    next_spawn_ = now + backoff_;
+    backoff_.fail(now);
   }
 
   for (int* fd : {&p.sock, &p.out, &p.err, &p.pidfd}) {
@@ -1090,6 +1088,31 @@ void ProcessPoolCore::on_exit(Proc& p, Clock::time_point now) {
   procs_.erase(p.serial);
 }
 
+void ProcessPoolCore::startup_failed(std::string why, Clock::time_point now) {
+  ++startup_failures_;
+  ++startup_failures_in_row_;
+  last_startup_error_ = std::move(why);
+  backoff_.fail(now);
+  if (startup_failures_in_row_ >= options_.max_startup_failures) {
+    // The breaker: what waits fails with the reason; the next try is after the longest delay.
+    breaker_open_ = true;
+    backoff_.hold(now);
+    fail_queued([&] { return breaker_error(); });
+  }
+}
+
+void ProcessPoolCore::signal_worker(Proc& p, int sig) {
+  // Through the pidfd: the pid of a worker reaped meanwhile could name another process.
+  const int err = signal_process(p.pidfd, sig);
+  if (err != 0) {
+    const char* name = ::sigabbrev_np(sig);
+    log_line(p, true,
+             fmt::format("crew: could not send SIG{} to this worker: pidfd_send_signal failed "
+                         "({}: {})",
+                         name != nullptr ? name : "?", ::strerrorname_np(err), std::strerror(err)));
+  }
+}
+
 void ProcessPoolCore::stop_proc(Proc& p, Reason reason, bool force, Clock::time_point now) {
   kick_ = true;
   requeue_pending(p);
@@ -1098,7 +1121,7 @@ void ProcessPoolCore::stop_proc(Proc& p, Reason reason, bool force, Clock::time_
   p.deadline = kNever;
   p.next_rss = kNever;
   if (force) {
-    ::kill(p.pid, SIGKILL);
+    signal_worker(p, SIGKILL);
     p.killed = true;
     p.kill_at = kNever;
     return;
@@ -1115,12 +1138,9 @@ void ProcessPoolCore::stop_proc(Proc& p, Reason reason, bool force, Clock::time_
 }
 
 void ProcessPoolCore::timers(Clock::time_point now) {
-  if (backoff_.count() > 0) {
+  if (backoff_.unstable()) {
     for (auto& [serial, p] : procs_) {
-      if (p->ready_at != kNever && now - p->ready_at >= kStableUptime) {
-        backoff_ = milliseconds(0);
-        break;
-      }
+      if (p->ready_at != kNever) backoff_.up_for(now - p->ready_at);
     }
   }
   std::size_t idle_above_min =
@@ -1139,7 +1159,7 @@ void ProcessPoolCore::timers(Clock::time_point now) {
                std::chrono::duration_cast<milliseconds>(p.deadline - p.busy_since).count(), p.name,
                p.pid, options_.terminate_grace.count()))),
            std::nullopt});
-      ::kill(p.pid, SIGTERM);
+      signal_worker(p, SIGTERM);
       p.reason = Reason::timeout;
       requeue_pending(p);
       p.state = WState::stopping;
@@ -1160,7 +1180,7 @@ void ProcessPoolCore::timers(Clock::time_point now) {
       }
     }
     if (p.state == WState::stopping && p.kill_at <= now && !p.killed) {
-      ::kill(p.pid, SIGKILL);
+      signal_worker(p, SIGKILL);
       p.killed = true;
       p.kill_at = kNever;
     }
@@ -1286,7 +1306,8 @@ void ProcessPoolCore::requeue_pending(Proc& p) {
 }
 
 void ProcessPoolCore::spawn_as_needed(Clock::time_point now) {
-  if (now < next_spawn_) return;
+  spawn_due_ = !backoff_.may_start(now);
+  if (spawn_due_) return;
   for (;;) {
     std::size_t live = 0, available = 0;
     for (const auto& [serial, p] : procs_) {
@@ -1307,14 +1328,16 @@ void ProcessPoolCore::spawn_as_needed(Clock::time_point now) {
     try {
       spawn(now);
     } catch (const std::exception& e) {
-      last_startup_error_ = e.what();
-      ++startup_failures_;
-      ++startup_failures_in_row_;
-      backoff_ = std::min(kBackoffCap, std::max(options_.restart_backoff, backoff_ * 3 / 2));
-      next_spawn_ = now + backoff_;
+      // Nothing was started (spawn() leaves nothing open behind). Counted like a worker that
+      // died before it was ready: the next try backs off, and enough failures in a row fail
+      // what waits with this reason. Logged at once either way, so it is never silent.
+      logs_.push_back(
+          {options_.name, 0, true, fmt::format("crew: could not start a worker: {}", e.what())});
+      startup_failed(e.what(), now);
+      spawn_due_ = true;
       return;
     }
-    if (backoff_.count() > 0 || breaker_open_) return;  // one at a time while unstable
+    if (backoff_.unstable() || breaker_open_) return;  // one at a time while unstable
   }
 }
 
@@ -1328,114 +1351,63 @@ void ProcessPoolCore::spawn(Clock::time_point now) {
   p->name = fmt::format("{}-{}", options_.name, slot);
   p->started = now;
 
-  int sv[2], outp[2], errp[2];
-  if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0) {
-    throw std::system_error(errno, std::generic_category(), "crew::ProcessPool: socketpair");
-  }
-  if (::pipe2(outp, O_CLOEXEC) != 0) {
-    const int err = errno;
-    ::close(sv[0]);
-    ::close(sv[1]);
-    throw std::system_error(err, std::generic_category(), "crew::ProcessPool: pipe2");
-  }
-  if (::pipe2(errp, O_CLOEXEC) != 0) {
-    const int err = errno;
-    for (int fd : {sv[0], sv[1], outp[0], outp[1]}) ::close(fd);
-    throw std::system_error(err, std::generic_category(), "crew::ProcessPool: pipe2");
-  }
-  int child_page = -1;
+  // Every descriptor is owned until the end: a step that throws closes all of them, and a
+  // started child is killed and reaped (Child).
+  FdPair channel = make_socketpair(kWho);
+  FdPair out = make_pipe(kWho);
+  FdPair err = make_pipe(kWho);
+  UniqueFd devnull = open_fd(kWho, "/dev/null", O_RDONLY);
+  p->shared = SharedBuffer::create(kWorkerPageSize, {.across_processes = true});
+  p->page = new (p->shared.data()) WorkerPage;
+  for (int fd : {channel.first.get(), out.first.get(), err.first.get()}) set_nonblocking(kWho, fd);
+
+  SpawnRequest request;
+  request.who = kWho;
+  request.executable = executable_;
+  request.argv.push_back(executable_);
+  request.argv.insert(request.argv.end(), options_.args.begin(), options_.args.end());
+  request.env = base_env_;
+  request.env.push_back(fmt::format("{}={}", kWorkerFdEnv, 3));
+  request.env.push_back(fmt::format("{}={}", kWorkerNameEnv, p->name));
+  request.fds = {{devnull.get(), 0},
+                 {out.second.get(), 1},
+                 {err.second.get(), 2},
+                 {channel.second.get(), 3},
+                 {event_, kWorkerDoorbellFd},
+                 {page_fd_, kWorkerPageFd},
+                 {p->shared.fd(), kWorkerOwnPageFd}};
+  request.default_signals = {SIGPIPE, SIGINT, SIGTERM, SIGCHLD, SIGHUP};
+  request.address_limit = kUseAddressLimit ? options_.memory_limit_bytes : 0;
+  Child child = spawn_process(request);
+  // The worker has its own copies now; ours would hide its exit from the pipes and the socket.
+  devnull.reset();
+  out.second.reset();
+  err.second.reset();
+  channel.second.reset();
+
+  const std::uint64_t tag = p->serial << 2;
+  std::vector<int> watched;
   try {
-    p->shared = SharedBuffer::create(kWorkerPageSize, {.across_processes = true});
-    child_page = ::fcntl(p->shared.fd(), F_DUPFD_CLOEXEC, 10);  // above what the child moves
-    if (child_page < 0) {
-      throw std::system_error(errno, std::generic_category(), "crew::ProcessPool: fcntl");
+    for (const auto& [fd, kind] :
+         {std::pair{out.first.get(), 1}, {err.first.get(), 2}, {child.pidfd(), 3}}) {
+      epoll_watch(kWho, epoll_, fd, tag | static_cast<std::uint64_t>(kind));
+      watched.push_back(fd);
     }
+    Proc& q = *procs_.emplace(p->serial, std::move(p)).first->second;
+    // Nothing below throws.
+    q.pid = child.pid();
+    q.pidfd = child.release().release();
+    q.sock = channel.first.release();
+    q.out = out.first.release();
+    q.err = err.first.release();
+    q.channel.emplace(q.sock, &q.page->requests, &q.page->replies, false);
   } catch (...) {
-    for (int fd : {sv[0], sv[1], outp[0], outp[1], errp[0], errp[1]}) ::close(fd);
+    for (int fd : watched) ::epoll_ctl(epoll_, EPOLL_CTL_DEL, fd, nullptr);
     throw;
   }
-  p->page = new (p->shared.data()) WorkerPage;
-  const int devnull = move_high(::open("/dev/null", O_RDONLY | O_CLOEXEC));
-  const int doorbell = event_, page = page_fd_;
-  const int child_sock = move_high(sv[1]);
-  const int child_out = move_high(outp[1]);
-  const int child_err = move_high(errp[1]);
-
-  // Everything the child needs is prepared before fork: after it, only async-signal-safe calls.
-  std::vector<std::string> env = base_env_;
-  env.push_back(std::string(kWorkerFdEnv) + "=3");
-  env.push_back(std::string(kWorkerNameEnv) + "=" + p->name);
-  std::vector<char*> envp;
-  for (auto& e : env) envp.push_back(e.data());
-  envp.push_back(nullptr);
-  std::vector<std::string> args{executable_};
-  args.insert(args.end(), options_.args.begin(), options_.args.end());
-  std::vector<char*> argv;
-  for (auto& a : args) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  const std::string exec_fail =
-      fmt::format("crew: could not start the worker program '{}' (execve failed)\n", executable_);
-  const pid_t parent = ::getpid();
-  const rlim_t limit = options_.memory_limit_bytes;
-  sigset_t none;
-  sigemptyset(&none);
-
-  const pid_t pid = ::fork();
-  if (pid == 0) {
-    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (::getppid() != parent) ::_exit(127);  // the pool's process died during fork
-    ::dup2(devnull, 0);
-    ::dup2(child_out, 1);
-    ::dup2(child_err, 2);
-    ::dup2(child_sock, 3);
-    ::dup2(doorbell, kWorkerDoorbellFd);
-    ::dup2(page, kWorkerPageFd);
-    ::dup2(child_page, kWorkerOwnPageFd);
-    ::syscall(SYS_close_range, static_cast<unsigned>(kWorkerOwnPageFd) + 1, ~0U, 0U);
-    ::sigprocmask(SIG_SETMASK, &none, nullptr);
-    for (int s : {SIGPIPE, SIGINT, SIGTERM, SIGCHLD, SIGHUP}) ::signal(s, SIG_DFL);
-    if (limit != 0 && kUseAddressLimit) {
-      const rlimit rl{limit, limit};
-      ::setrlimit(RLIMIT_AS, &rl);
-    }
-    ::execve(argv[0], argv.data(), envp.data());
-    [[maybe_unused]] auto w = ::write(2, exec_fail.data(), exec_fail.size());
-    ::_exit(127);
-  }
-  const int fork_errno = errno;
-  for (int fd : {devnull, child_sock, child_out, child_err, child_page}) ::close(fd);
-  if (pid < 0) {
-    for (int fd : {sv[0], outp[0], errp[0]}) ::close(fd);
-    throw std::system_error(fork_errno, std::generic_category(), "crew::ProcessPool: fork");
-  }
-  p->pid = pid;
-  p->sock = sv[0];
-  p->channel.emplace(p->sock, &p->page->requests, &p->page->replies, false);
-  p->out = outp[0];
-  p->err = errp[0];
-  p->pidfd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
-  if (p->pidfd < 0) {
-    const int err = errno;
-    ::kill(pid, SIGKILL);
-    ::waitpid(pid, nullptr, 0);
-    for (int fd : {sv[0], outp[0], errp[0]}) ::close(fd);
-    throw std::system_error(err, std::generic_category(),
-                            "crew::ProcessPool: pidfd_open (Linux 5.3 or later is needed)");
-  }
-  for (int fd : {p->sock, p->out, p->err}) set_nonblocking(fd);
-  auto add = [&](int fd, std::uint64_t kind) {
-    epoll_event ev{};
-    ev.events = EPOLLIN;
-    ev.data.u64 = (p->serial << 2) | kind;
-    ::epoll_ctl(epoll_, EPOLL_CTL_ADD, fd, &ev);
-  };
-  add(p->out, 1);
-  add(p->err, 2);
-  add(p->pidfd, 3);
   slots_[slot].taken = true;
   if (slots_[slot].processes++ > 0 || spawned_ >= options_.min_workers) ++restarts_;
   ++spawned_;
-  procs_.emplace(p->serial, std::move(p));
 }
 
 }  // namespace detail
