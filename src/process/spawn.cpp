@@ -80,7 +80,9 @@ std::string hint(SpawnStep step, int err) {
   }
   switch (step) {
     case SpawnStep::pidfd_open:
-      return err == ENOSYS ? "Linux 5.3 or later is needed" : "";
+      if (err == ENOSYS) return "Linux 5.3 or later is needed";
+      if (err == EPERM) return "a seccomp filter forbids it (update the container runtime)";
+      return "";
     case SpawnStep::fork:
       return err == EAGAIN ? "the limit on processes is reached (RLIMIT_NPROC, the cgroup's "
                              "pids.max, kernel.pid_max)"
@@ -229,7 +231,9 @@ int close_inherited(const ChildPlan& plan, int first, int keep, std::int32_t& me
       err = errno;
     }
     if (err == 0) return 0;
-    if (err != ENOSYS && err != EINVAL) return err;  // EINVAL: a kernel without the call
+    // ENOSYS: a kernel before 5.9; EPERM: a seccomp filter that predates the call (older
+    // container runtimes answer unknown calls so); EINVAL, which our arguments never cause.
+    if (err != ENOSYS && err != EINVAL && err != EPERM) return err;
   }
   if (plan.close_mode != CloseMode::close_loop) {
     method = kByProcFd;

@@ -175,9 +175,10 @@ int signal_process(int pidfd, int sig) noexcept;
 void inject_spawn_failure(SpawnStep step, int err, unsigned skip = 0) noexcept;
 
 /// How the child closes what it must not inherit. automatic: close_range, falling back when the
-/// kernel lacks it (ENOSYS, EINVAL) to proc_fd: each descriptor listed in /proc/self/fd (a raw
-/// getdents64), falling back when /proc cannot be opened to close_loop: close() on every number
-/// below RLIMIT_NOFILE (at most kCloseLoopCap). The others force a fallback, for tests.
+/// kernel lacks it (ENOSYS, EINVAL) or a seccomp filter refuses it (EPERM) to proc_fd: each
+/// descriptor listed in /proc/self/fd (a raw getdents64), falling back when /proc cannot be opened
+/// to close_loop: close() on every number below RLIMIT_NOFILE (at most kCloseLoopCap). The others
+/// force a fallback, for tests.
 enum class CloseMode { automatic, proc_fd, close_loop };
 inline constexpr int kCloseLoopCap = 1 << 16;
 void force_close_mode(CloseMode mode) noexcept;
