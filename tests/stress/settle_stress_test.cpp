@@ -33,6 +33,43 @@ void spin_for(std::chrono::nanoseconds d) {
   }
 }
 
+// Chains a counting continuation that maps the error `E` to -1 (anything else propagates).
+template <class E>
+crew::Future<int> counted(crew::Future<int> f, std::atomic<int>& continuations) {
+  return std::move(f).then([&continuations](crew::Future<int> r) {
+    continuations.fetch_add(1, std::memory_order_relaxed);
+    try {
+      return r.get();
+    } catch (const E&) {
+      return -1;
+    }
+  });
+}
+
+// Waits for every result; checks each is its index or -1 and that the pool counted as many tasks
+// completed and cancelled (timeouts count as cancelled) as the Futures say.
+void expect_counts_agree(crew::ThreadPool& pool, std::vector<crew::Future<int>>& results,
+                         const std::atomic<int>& continuations) {
+  std::uint64_t values = 0;
+  std::uint64_t lost = 0;
+  for (std::size_t i = 0; i < results.size(); ++i) {
+    ASSERT_TRUE(results[i].wait_for(kGuard)) << "iteration " << i << " never settled";
+    const int v = results[i].get();
+    if (v == -1) {
+      ++lost;
+    } else {
+      ASSERT_EQ(v, static_cast<int>(i));
+      ++values;
+    }
+  }
+  pool.wait_idle();
+  EXPECT_EQ(continuations.load(), static_cast<int>(results.size()));
+  const auto s = pool.stats();
+  EXPECT_EQ(s.completed, values);
+  EXPECT_EQ(s.cancelled, lost);
+  EXPECT_EQ(s.failed, 0U);
+}
+
 TEST(SettleStress, CancelRacesCompletion) {
   crew::ThreadPool pool({.max_threads = 2});
   std::atomic<int> continuations{0};
@@ -41,34 +78,10 @@ TEST(SettleStress, CancelRacesCompletion) {
   std::vector<std::stop_source> stops(kIterations);
   for (int i = 0; i < kIterations; ++i) {
     auto f = pool.run(crew::RunOptions{.stop = stops[i].get_token()}, [i] { return i; });
-    results.push_back(std::move(f).then([&continuations](crew::Future<int> r) {
-      continuations.fetch_add(1, std::memory_order_relaxed);
-      try {
-        return r.get();
-      } catch (const crew::Cancelled&) {
-        return -1;
-      }
-    }));
+    results.push_back(counted<crew::Cancelled>(std::move(f), continuations));
     stops[i].request_stop();  // races the pool thread running the task
   }
-  int values = 0;
-  int cancelled = 0;
-  for (int i = 0; i < kIterations; ++i) {
-    ASSERT_TRUE(results[i].wait_for(kGuard)) << "iteration " << i << " never settled";
-    const int v = results[i].get();
-    if (v == -1) {
-      ++cancelled;
-    } else {
-      ASSERT_EQ(v, i);
-      ++values;
-    }
-  }
-  pool.wait_idle();
-  EXPECT_EQ(continuations.load(), kIterations);
-  const auto s = pool.stats();
-  EXPECT_EQ(s.completed, static_cast<std::uint64_t>(values));
-  EXPECT_EQ(s.cancelled, static_cast<std::uint64_t>(cancelled));
-  EXPECT_EQ(s.failed, 0U);
+  expect_counts_agree(pool, results, continuations);
 }
 
 TEST(SettleStress, PromiseSetValueRacesCancel) {
@@ -214,32 +227,9 @@ TEST(SettleStress, TimeoutRacesCompletion) {
       spin_for(run_for);
       return i;
     });
-    results.push_back(std::move(f).then([&continuations](crew::Future<int> r) {
-      continuations.fetch_add(1, std::memory_order_relaxed);
-      try {
-        return r.get();
-      } catch (const crew::TimedOut&) {
-        return -1;
-      }
-    }));
+    results.push_back(counted<crew::TimedOut>(std::move(f), continuations));
   }
-  int values = 0;
-  int timed_out = 0;
-  for (int i = 0; i < kIterations; ++i) {
-    ASSERT_TRUE(results[i].wait_for(kGuard)) << "iteration " << i << " never settled";
-    const int v = results[i].get();
-    if (v == -1) {
-      ++timed_out;
-    } else {
-      ASSERT_EQ(v, i);
-      ++values;
-    }
-  }
-  pool.wait_idle();
-  EXPECT_EQ(continuations.load(), kIterations);
-  const auto s = pool.stats();
-  EXPECT_EQ(s.completed, static_cast<std::uint64_t>(values));
-  EXPECT_EQ(s.cancelled, static_cast<std::uint64_t>(timed_out));
+  expect_counts_agree(pool, results, continuations);
 }
 
 }  // namespace
