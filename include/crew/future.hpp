@@ -607,5 +607,40 @@ Future<WhenAny<T>> when_any(std::vector<Future<T>> futures) {
   return out;
 }
 
+namespace detail {
+// A continuation that runs on the settling thread even where others are deferred (a thread pool's
+// timer, a process pool's supervisor): for crew's own glue that only posts the result to an event
+// loop. User code chains with then(), which may block.
+template <class T, class F>
+class HandOff final : public Continuation {
+ public:
+  HandOff(State<T>* source, F&& fn) : source_(source), fn_(std::move(fn)) {}
+  void start() noexcept {
+    State<T>* s = source_.get();
+    if (!s->try_set_continuation(this)) on_ready(*s);
+  }
+  void on_ready(StateBase& /*source*/) noexcept override {
+    std::unique_ptr<HandOff> self(this);
+    fn_(Future<T>(source_.release_ownership()));
+  }
+  [[nodiscard]] bool hands_off() const noexcept override { return true; }
+
+ private:
+  Ref<State<T>> source_;
+  F fn_;
+};
+
+/// Runs `fn(Future<T>)` once `future` settles, on the settling thread (or here if it already
+/// has). `fn` must not block and must not throw: it hands the result to another thread.
+template <class T, class F>
+void hand_off(Future<T>&& future, F&& fn) {
+  static_assert(std::is_nothrow_invocable_v<std::decay_t<F>&, Future<T>>,
+                "hand_off(fn): fn must be noexcept; it only posts the result elsewhere");
+  if (!future.valid()) throw_no_state("hand_off");
+  auto* h = new HandOff<T, std::decay_t<F>>(future.release_state(), std::forward<F>(fn));
+  h->start();
+}
+}  // namespace detail
+
 }  // namespace v0
 }  // namespace crew

@@ -14,6 +14,7 @@
 #include <pthread.h>
 #include <sched.h>
 
+#include <crew/detail/continuation_runner.hpp>
 #include <crew/detail/futex.hpp>
 #include <crew/detail/ws_deque.hpp>
 #include <crew/errors.hpp>
@@ -163,6 +164,7 @@ class PoolCore {
   bool needs_drain() const noexcept {
     return opts_.max_queue != 0 && queued_.load(std::memory_order_relaxed) >= opts_.max_queue;
   }
+  [[nodiscard]] bool on_own_thread() const noexcept { return tl_core == this; }
   void set_on_error(std::function<void(std::exception_ptr)> cb) {
     std::lock_guard lock(callback_mutex_);
     on_error_ = std::make_shared<std::function<void(std::exception_ptr)>>(std::move(cb));
@@ -192,7 +194,6 @@ class PoolCore {
   static thread_local PoolCore* tl_core;
   static thread_local WorkerSlot* tl_slot;
 
-  bool on_own_thread() const noexcept { return tl_core == this; }
   void check_not_own_thread(const char* what) const {
     if (on_own_thread()) {
       throw std::logic_error(fmt::format(
@@ -228,7 +229,6 @@ class PoolCore {
   void arm_timer(Task* t);
   void disarm_timer(Task* t);
   void timer_main(std::stop_token st);
-  void defer_continuation(StateBase& state) noexcept;
 
   const PoolOptions opts_;
   const std::size_t min_threads_;
@@ -285,15 +285,8 @@ class PoolCore {
   std::chrono::steady_clock::time_point timer_wakes_at_ =
       std::chrono::steady_clock::time_point::max();
   std::jthread timer_;
-  // Continuations of timed-out tasks run here, never on the timer thread (see
-  // defer_continuation()); created by the timer thread at the first one, closed after it stops.
-  struct Deferral final : ContinuationDeferral {
-    PoolCore* core;
-    explicit Deferral(PoolCore* c) : core(c) {}
-    void defer(StateBase& state) noexcept override { core->defer_continuation(state); }
-  };
-  Deferral deferral_{this};
-  std::unique_ptr<PoolCore> continuations_;
+  // Continuations of timed-out tasks run here, never on the timer thread; closed after it stops.
+  ContinuationRunner continuations_{opts_.name};
 
   std::mutex lifecycle_mutex_;
   bool shut_down_ = false;
@@ -828,8 +821,8 @@ void PoolCore::shutdown(bool reject_queued) {
     timer_.join();
   }
   // Runs what timeouts deferred. From one of the runner's own threads (a continuation closing
-  // this pool) the runner is left to drain when this pool is destroyed.
-  if (continuations_ && !continuations_->on_own_thread()) continuations_->close();
+  // this pool) it returns at once, and the runner drains when this pool is destroyed.
+  continuations_.close();
   shut_down_ = true;
 }
 
@@ -873,7 +866,7 @@ void PoolCore::timer_main(std::stop_token st) {
     if (!due.empty()) {
       lock.unlock();
       for (Task* t : due) {
-        t->expire(&deferral_);
+        t->expire(&continuations_);
         t->drop();
       }
       due.clear();
@@ -891,10 +884,37 @@ void PoolCore::timer_main(std::stop_token st) {
   }
 }
 
-void PoolCore::defer_continuation(StateBase& state) noexcept {
-  // Runs on the timer thread only. The runner is this pool's second, elastic pool: a continuation
-  // that blocks or runs long holds one of its threads and the next one gets a new thread, so no
-  // continuation delays another task's timeout, and a continuation may wait for timed tasks.
+ContinuationRunner::ContinuationRunner(std::string name) : name_(std::move(name) + "-then") {}
+
+ContinuationRunner::~ContinuationRunner() {
+  std::lock_guard lock(mutex_);
+  if (core_ && core_->on_own_thread()) {
+    // A continuation is destroying the pool that owns this runner: its own thread cannot join
+    // itself, so another thread closes the runner once that continuation has returned.
+    try {
+      std::thread([core = core_.release()] {
+        core->close();
+        delete core;
+      }).detach();
+      return;
+    } catch (const std::system_error& e) {
+      std::fprintf(stderr, "crew: pool '%s': cannot start a thread to close it (%s)\n",
+                   name_.c_str(), e.what());
+      std::terminate();
+    }
+  }
+  closed_ = true;
+  if (core_) core_->close();
+}
+
+void ContinuationRunner::close() noexcept {
+  std::lock_guard lock(mutex_);
+  if (core_ && core_->on_own_thread()) return;
+  closed_ = true;
+  if (core_) core_->close();
+}
+
+void ContinuationRunner::defer(StateBase& state) noexcept {
   state.add_ref();
   auto resume = [&state] {
     state.run_continuation();
@@ -902,23 +922,28 @@ void PoolCore::defer_continuation(StateBase& state) noexcept {
   };
   PostTask<decltype(resume)>* task = nullptr;
   try {
-    task = new PostTask<decltype(resume)>(resume);
-    if (!continuations_) {
-      continuations_ = std::make_unique<PoolCore>(PoolOptions{.min_threads = 0,
-                                                              .max_threads = kMaxThreads,
-                                                              .idle_timeout = kRunnerIdle,
-                                                              .name = opts_.name + "-then"});
+    std::unique_lock lock(mutex_);
+    if (!closed_) {
+      if (!core_) {
+        core_ = std::make_unique<PoolCore>(PoolOptions{.min_threads = 0,
+                                                       .max_threads = kMaxThreads,
+                                                       .idle_timeout = kRunnerIdle,
+                                                       .name = name_});
+      }
+      PoolCore* core = core_.get();
+      lock.unlock();  // close() waits for this continuation, and it may call defer() again
+      task = new PostTask<decltype(resume)>(resume);
+      core->submit(task, SubmitMode::block_or_throw);
+      return;
     }
-    continuations_->submit(task, SubmitMode::block_or_throw);
-    return;
   } catch (const std::exception& e) {
     if (task != nullptr) task->drop();
     std::fprintf(stderr,
-                 "crew: pool '%s': could not hand a timed-out task's continuation to a thread of "
-                 "its own (%s); running it on the timer thread\n",
-                 opts_.name.c_str(), e.what());
+                 "crew: pool '%s': could not hand a continuation to a thread of its own (%s); "
+                 "running it on the settling thread\n",
+                 name_.c_str(), e.what());
   }
-  resume();
+  resume();  // closed: its owner is shutting down, and nothing of it may block any more
 }
 
 PoolStats PoolCore::stats() const {

@@ -24,7 +24,7 @@ void StateBase::publish(ContinuationDeferral* deferral) noexcept {
   if ((old & kWaiters) != 0) futex_wake(word_, INT_MAX);
   // The installer saw kContinuation unset or kReady set; exactly one side runs the continuation.
   if ((old & kContinuation) == 0) return;
-  if (deferral != nullptr) {
+  if (deferral != nullptr && !continuation_->hands_off()) {
     deferral->defer(*this);
   } else {
     continuation_->on_ready(*this);

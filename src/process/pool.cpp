@@ -10,7 +10,9 @@
 // the worker is still watching its ring for the next request.
 //
 // Futures are settled, and log lines delivered, after mutex_ is released: a continuation or a log
-// callback may call back into the pool.
+// callback may call back into the pool. Continuations of Futures the supervisor settles run on
+// the pool's ContinuationRunner, never on the supervisor: one that blocks (waiting for another
+// task of this pool, say) would stop every spawn, timeout and memory check.
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
@@ -48,6 +50,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <crew/detail/continuation_runner.hpp>
 #include <crew/detail/futex.hpp>
 #include <crew/process/cluster.hpp>
 #include <crew/process/pool.hpp>
@@ -254,7 +257,7 @@ class ProcessPoolCore {
   void log_line(Proc& p, bool is_stderr, std::string line);
   std::exception_ptr breaker_error() const;
   std::size_t live_procs() const;
-  void flush(std::vector<Settle> settles, std::vector<LogOut> logs);
+  void flush(std::vector<Settle> settles, std::vector<LogOut> logs, ContinuationDeferral* deferral);
 
   ProcessPoolOptions options_;
   std::string executable_;
@@ -303,6 +306,8 @@ class ProcessPoolCore {
   std::vector<Settle> settles_;
   std::vector<LogOut> logs_;
   std::shared_ptr<spdlog::logger> logger_;
+  // Continuations of what the supervisor settles; closed after the supervisor has stopped.
+  ContinuationRunner continuations_{options_.name};
   std::thread thread_;
 };
 
@@ -668,7 +673,7 @@ void ProcessPoolCore::run() {
       settles = std::exchange(settles_, {});
       logs = std::exchange(logs_, {});
     }
-    flush(std::move(settles), std::move(logs));
+    flush(std::move(settles), std::move(logs), &continuations_);
     if (finished) break;
   }
   std::lock_guard lock(mutex_);
@@ -676,7 +681,8 @@ void ProcessPoolCore::run() {
   closed_cv_.notify_all();
 }
 
-void ProcessPoolCore::flush(std::vector<Settle> settles, std::vector<LogOut> logs) {
+void ProcessPoolCore::flush(std::vector<Settle> settles, std::vector<LogOut> logs,
+                            ContinuationDeferral* deferral) {
   for (auto& s : settles) {
     if (s.result) {
       WireScope scope(&s.result->fds, nullptr);
@@ -684,15 +690,17 @@ void ProcessPoolCore::flush(std::vector<Settle> settles, std::vector<LogOut> log
         // One zone for every reply this thread reads: its memory is reused, not reallocated.
         thread_local msgpack::zone zone;
         zone.clear();
-        s.call->deliver(unpack_payload(s.result->payload, zone));
+        s.call->deliver(unpack_payload(s.result->payload, zone), deferral);
       } catch (const std::exception& e) {
         s.call->fail(std::make_exception_ptr(WorkerCrashed(
-            fmt::format("crew::ProcessPool: the result of task '{}' could not be read: {}",
-                        s.call->task, e.what()),
-            s.call->task, 0, 0, -1, {})));
+                         fmt::format("crew::ProcessPool: the result of task '{}' could not be "
+                                     "read: {}",
+                                     s.call->task, e.what()),
+                         s.call->task, 0, 0, -1, {})),
+                     deferral);
       }
     } else {
-      s.call->fail(std::move(s.error));  // the consumer must own the last reference
+      s.call->fail(std::move(s.error), deferral);  // the consumer must own the last reference
     }
   }
   settles.clear();
@@ -828,7 +836,8 @@ void ProcessPoolCore::reap_as_driver(bool block) {
     settles = std::exchange(settles_, {});
   }
   if (wake_supervisor) wake();
-  flush(std::move(settles), {});
+  // On a thread that waits for a result anyway: continuations run here, as a settling thread's.
+  flush(std::move(settles), {}, nullptr);
 }
 
 void ProcessPoolCore::drive(const StateBase& state) noexcept {

@@ -438,16 +438,16 @@ class Session : public std::enable_shared_from_this<Session<Executor>> {
     task_ = std::move(name);
     try {
       auto future = server_.runner->run(task_, std::move(args), std::move(options));
-      // The pool thread that settles the task only hands the result over; the response is built
-      // and written on this connection's I/O thread.
-      (void)std::move(future).then(
-          [self = shared_from_this(), started](Future<PackedValue> result) mutable {
-            auto executor = self->stream_.get_executor();
-            asio::post(executor,
-                       [self = std::move(self), started, result = std::move(result)]() mutable {
-                         self->finish_task(std::move(result), started);
-                       });
-          });
+      // The thread that settles the task (a pool thread, a process pool's supervisor) only hands
+      // the result over; the response is built and written on this connection's I/O thread.
+      detail::hand_off(std::move(future), [self = shared_from_this(),
+                                           started](Future<PackedValue> result) mutable noexcept {
+        auto executor = self->stream_.get_executor();
+        asio::post(executor,
+                   [self = std::move(self), started, result = std::move(result)]() mutable {
+                     self->finish_task(std::move(result), started);
+                   });
+      });
     } catch (...) {
       finish_error(std::current_exception(), task_);
     }

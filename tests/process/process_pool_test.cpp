@@ -1,5 +1,6 @@
 // Tests for crew/process.hpp. This executable is also its own worker program: main() serves the
 // tasks below when a ProcessPool started it, and plays other roles when CREW_TEST_ROLE is set.
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <csignal>
@@ -8,6 +9,7 @@
 #include <cstring>
 #include <filesystem>
 #include <future>
+#include <latch>
 #include <memory>
 #include <mutex>
 #include <set>
@@ -19,6 +21,7 @@
 #include <fmt/format.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <pthread.h>
 #include <spawn.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
@@ -29,6 +32,7 @@
 
 #include <crew/process.hpp>
 
+#include "backoff.hpp"  // the breaker's hold, for the probe test
 #include "process/observe.hpp"
 #include "worker_env.hpp"  // the shared-memory layout, for the tests that break the protocol
 
@@ -488,6 +492,47 @@ TEST(ProcessPool, StartupFailureReachesCallersAndBacksOff) {
   EXPECT_LT(child_cpu_s, kSanitized ? 10.0 : 1.0);
 }
 
+// Once the breaker has held off for its time (RestartBackoff::kCap, 15 s), the next task is let
+// through as a probe: when workers can start again, the pool serves again by itself.
+TEST(ProcessPool, TheBreakerLetsAProbeThroughAfterItsHoldAndRecovers) {
+  const std::string flag =
+      (std::filesystem::temp_directory_path() / fmt::format("crew-breaker-{}", ::getpid()))
+          .string();
+  std::filesystem::remove(flag);
+  auto o = opts();
+  o.tasks = nullptr;
+  o.executable = self_exe();
+  o.env["CREW_TEST_ROLE"] = "fail_startup_until";
+  o.env["CREW_TEST_FLAG"] = flag;
+  o.restart_backoff = 20ms;
+  o.max_startup_failures = 2;
+  crew::ProcessPool pool(o);
+  const auto start = Clock::now();
+  auto f = pool.run<int>("pid");
+  expect_throw<crew::WorkerCrashed>([&] { f.get(); });
+  EXPECT_THROW((void)pool.run<int>("pid"), crew::WorkerCrashed);  // held: no spawn at all
+  std::FILE* made = std::fopen(flag.c_str(), "w");                // workers can start from now on
+  ASSERT_NE(made, nullptr);
+  std::fclose(made);
+  int pid = 0;
+  const bool recovered = eventually(
+      [&] {
+        try {
+          pid = pool.run<int>("pid").get();
+          return true;
+        } catch (const crew::WorkerCrashed&) {
+          return false;  // still held
+        }
+      },
+      60s);
+  const auto took = Clock::now() - start;
+  std::filesystem::remove(flag);
+  ASSERT_TRUE(recovered) << "the pool never tried a worker again";
+  EXPECT_GT(pid, 0);
+  EXPECT_GE(took, crew::detail::RestartBackoff::kCap);  // it did hold off
+  EXPECT_EQ(pool.run<int>("pid").get(), pid);           // and serves normally again
+}
+
 TEST(ProcessPool, CloseDrainsAndTerminateRejects) {
   {
     crew::ProcessPool pool(opts());
@@ -657,6 +702,98 @@ TEST(ProcessPool, WaitersRacingTerminateSettleOnce) {
   EXPECT_TRUE(children_of(::getpid()).empty());
 }
 
+// ---- continuations never run on the supervisor ----------------------------------------------
+// Each of these hung before: continuations ran on the supervisor thread, which is the only one
+// that spawns workers and enforces deadlines.
+
+constexpr auto kGuard = 60s;  // deadlock guard, never reached when the code works
+
+std::string current_thread_name() {
+  std::array<char, 16> buf{};
+  pthread_getname_np(pthread_self(), buf.data(), buf.size());
+  return buf.data();
+}
+
+TEST(ProcessPoolContinuations, RunOnThePoolsContinuationRunner) {
+  auto o = opts();
+  o.name = "cont";
+  crew::ProcessPool pool(o);
+  std::string where;
+  auto f = pool.run<int>("add", 1, 2).then([&where](int v) {
+    where = current_thread_name();
+    return v * 2;
+  });
+  ASSERT_TRUE(f.wait_for(kGuard));
+  EXPECT_EQ(f.get(), 6);
+  EXPECT_EQ(where.rfind("cont-then-w", 0), 0U) << where;
+}
+
+TEST(ProcessPoolContinuations, ATimeoutContinuationMaySubmitATimedTaskAndWaitForIt) {
+  auto o = opts();
+  o.min_workers = 1;
+  o.max_workers = 1;  // the inner task needs the worker the supervisor starts after the kill
+  crew::ProcessPool pool(o);
+  auto f = pool.run<int>(crew::RunOptions{.timeout = 20ms}, "spin")
+               .then([&pool](crew::Future<int> first) {
+                 EXPECT_THROW(first.get(), crew::TimedOut);
+                 return pool.run<int>(crew::RunOptions{.timeout = 60s}, "add", 2, 3).get();
+               });
+  ASSERT_TRUE(f.wait_for(kGuard)) << "deadlock: the continuation's inner task never ran";
+  EXPECT_EQ(f.get(), 5);
+}
+
+crew::Future<int> await_then_run_again(crew::ProcessPool& pool) {
+  int first = 0;
+  try {
+    first = co_await pool.run<int>(crew::RunOptions{.timeout = 20ms}, "spin");
+  } catch (const crew::TimedOut&) {
+    first = 1;
+  }
+  co_return first + pool.run<int>("add", 10, 0).get();
+}
+
+TEST(ProcessPoolContinuations, ACoroutineResumedByATimeoutMayWaitForAnotherTask) {
+  auto o = opts();
+  o.max_workers = 1;
+  crew::ProcessPool pool(o);
+  auto f = await_then_run_again(pool);
+  ASSERT_TRUE(f.wait_for(kGuard)) << "deadlock: the coroutine's second task never ran";
+  EXPECT_EQ(f.get(), 11);
+}
+
+TEST(ProcessPoolContinuations, ASlowContinuationDelaysNoTimeout) {
+  auto o = opts();
+  o.max_workers = 1;
+  crew::ProcessPool pool(o);
+  std::latch release(1);
+  std::atomic<bool> entered{false};
+  auto slow = pool.run<int>("add", 1, 1).then([&](int v) {
+    entered = true;
+    release.wait();
+    return v;
+  });
+  ASSERT_TRUE(eventually([&] { return entered.load(); }));
+  // The supervisor must still dispatch this task, notice its deadline and kill its worker.
+  auto other = pool.run<int>(crew::RunOptions{.timeout = 20ms}, "spin");
+  const bool settled = other.wait_for(kGuard);
+  release.count_down();
+  ASSERT_TRUE(settled) << "a slow continuation held up another task's timeout";
+  EXPECT_THROW(other.get(), crew::TimedOut);
+  EXPECT_EQ(slow.get(), 2);
+}
+
+TEST(ProcessPoolContinuations, AContinuationMayDestroyItsPool) {
+  auto pool = std::make_unique<crew::ProcessPool>(opts());
+  auto f = pool->run<int>("add", 4, 5).then([&pool](int v) {
+    pool.reset();  // closes the pool, waits for its supervisor, and leaves this thread running
+    return v;
+  });
+  ASSERT_TRUE(f.wait_for(kGuard));
+  EXPECT_EQ(f.get(), 9);
+  EXPECT_EQ(pool, nullptr);
+  EXPECT_TRUE(eventually([] { return children_of(::getpid()).empty(); }));
+}
+
 TEST(ProcessPool, MalformedFrameRecyclesTheWorker) {
   auto o = opts();
   o.max_workers = 1;
@@ -741,6 +878,13 @@ int main(int argc, char** argv) {
   if (const char* role = std::getenv("CREW_TEST_ROLE")) {
     if (std::strcmp(role, "fail_startup") == 0 && crew::is_worker_process()) {
       throw std::runtime_error("config file missing: /etc/example.conf");
+    }
+    if (std::strcmp(role, "fail_startup_until") == 0 && crew::is_worker_process()) {
+      const char* flag = std::getenv("CREW_TEST_FLAG");
+      if (flag == nullptr || !std::filesystem::exists(flag)) {
+        throw std::runtime_error("not ready: the flag file is missing");
+      }
+      return crew::serve(test_tasks());
     }
     if (std::strcmp(role, "orphan_parent") == 0) {
       ::unsetenv("CREW_TEST_ROLE");

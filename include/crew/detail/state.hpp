@@ -17,6 +17,10 @@ class StateBase;
 class Continuation {
  public:
   virtual void on_ready(StateBase& state) noexcept = 0;
+  /// True when on_ready only hands the result to another thread and never blocks (an
+  /// asio::post, say): such a continuation runs on the settling thread even where others are
+  /// deferred (see ContinuationDeferral).
+  [[nodiscard]] virtual bool hands_off() const noexcept { return false; }
 
  protected:
   Continuation() = default;
@@ -25,10 +29,10 @@ class Continuation {
   ~Continuation() = default;
 };
 
-/// Runs a settled state's continuation on another thread instead of the settling one (a pool's
-/// timer thread hands them to the pool's continuation runner, so no continuation runs on it).
-/// `defer` must call state.run_continuation() exactly once, now or later, and keep `state` alive
-/// until then (add_ref/release).
+/// Runs a settled state's continuation on another thread instead of the settling one (a thread
+/// pool's timer thread and a process pool's supervisor hand them to a ContinuationRunner, so no
+/// user code runs on either). `defer` must call state.run_continuation() exactly once, now or
+/// later, and keep `state` alive until then (add_ref/release).
 class ContinuationDeferral {
  public:
   virtual void defer(StateBase& state) noexcept = 0;
@@ -77,7 +81,8 @@ class StateBase {
   }
 
   /// Makes the result visible, wakes blocked waiters and runs the continuation, if any: here, or
-  /// through `deferral` when one is given. The caller must hold a reference for the call.
+  /// through `deferral` when one is given (unless the continuation hands_off()). The caller must
+  /// hold a reference for the call.
   void publish(ContinuationDeferral* deferral = nullptr) noexcept;
 
   bool set_exception(std::exception_ptr error, ContinuationDeferral* deferral = nullptr) noexcept {
@@ -139,13 +144,18 @@ class State : public StateBase {
  public:
   template <class... A>
   bool set_value(A&&... args) noexcept {
+    return set_value_deferred(nullptr, std::forward<A>(args)...);
+  }
+  /// As set_value, with the continuation run through `deferral` (see publish()).
+  template <class... A>
+  bool set_value_deferred(ContinuationDeferral* deferral, A&&... args) noexcept {
     if (!try_claim()) return false;
     try {
       value_.emplace(std::forward<A>(args)...);
     } catch (...) {
       error_ = std::current_exception();
     }
-    publish();
+    publish(deferral);
     return true;
   }
   /// Moves the result out, or rethrows the stored exception. Only after ready().
@@ -161,9 +171,10 @@ class State : public StateBase {
 template <>
 class State<void> : public StateBase {
  public:
-  bool set_value() noexcept {
+  bool set_value() noexcept { return set_value_deferred(nullptr); }
+  bool set_value_deferred(ContinuationDeferral* deferral) noexcept {
     if (!try_claim()) return false;
-    publish();
+    publish(deferral);
     return true;
   }
   void take() { rethrow_if_error(); }

@@ -40,9 +40,13 @@ class CallBase {
  public:
   virtual ~CallBase() = default;
   virtual StateBase& state() noexcept = 0;
-  /// Decodes `result` (inside the reply's WireScope) and fulfils the Future.
-  virtual void deliver(const msgpack::object& result) noexcept = 0;
-  bool fail(std::exception_ptr e) noexcept { return state().set_exception(std::move(e)); }
+  /// Decodes `result` (inside the reply's WireScope) and fulfils the Future; its continuation
+  /// goes through `deferral` when one is given.
+  virtual void deliver(const msgpack::object& result,
+                       ContinuationDeferral* deferral = nullptr) noexcept = 0;
+  bool fail(std::exception_ptr e, ContinuationDeferral* deferral = nullptr) noexcept {
+    return state().set_exception(std::move(e), deferral);
+  }
 
   std::string task;
   msgpack::sbuffer args{kSmallMessage};  // a msgpack array
@@ -60,18 +64,18 @@ class Call final : public State<R>, public CallBase {
   Call() = default;
   StateBase& state() noexcept override { return *this; }
 
-  void deliver(const msgpack::object& result) noexcept override {
+  void deliver(const msgpack::object& result, ContinuationDeferral* deferral) noexcept override {
     if constexpr (std::is_void_v<R>) {
-      this->set_value();
+      this->set_value_deferred(deferral);
     } else {
       std::optional<R> value;
       try {
         value.emplace(result.as<R>());
       } catch (...) {
-        this->set_exception(bad_result(task, type_name<R>(), result));
+        this->set_exception(bad_result(task, type_name<R>(), result), deferral);
         return;
       }
-      this->set_value(std::move(*value));
+      this->set_value_deferred(deferral, std::move(*value));
     }
   }
 
