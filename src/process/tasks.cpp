@@ -7,6 +7,7 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 #include <cxxabi.h>
 #include <fcntl.h>
@@ -361,6 +362,19 @@ int serve(const Tasks& tasks) {
                e.what());
     return 70;  // EX_SOFTWARE
   }
+}
+
+namespace {
+thread_local std::stop_token tl_task_stop;
+}  // namespace
+
+std::stop_token this_task::stop_token() noexcept {
+  return tl_task_stop;
+}
+this_task::StopScope::StopScope(std::stop_token token) noexcept
+    : previous_(std::exchange(tl_task_stop, std::move(token))) {}
+this_task::StopScope::~StopScope() {
+  tl_task_stop = std::move(previous_);
 }
 
 }  // namespace crew::inline v0

@@ -27,8 +27,10 @@ class ThreadRunner final : public Runner {
                           .name = "crew-task"}) {}
 
   Future<PackedValue> run(std::string_view task, std::string args, RunOptions options) override {
-    return pool_.run(std::move(options), [this, name = std::string(task), args = std::move(args)] {
+    return pool_.run(std::move(options), [this, name = std::string(task),
+                                          args = std::move(args)](std::stop_token stop) {
       set_task_priority_once(task_nice_);
+      const this_task::StopScope scope(std::move(stop));  // the built-in tasks check it
       return tasks_.invoke_packed(name, args);
     });
   }

@@ -72,9 +72,11 @@ struct Server::Impl {
   // the handlers it still holds, and with them the last references to sessions, whose
   // destructors use the members declared before it. So `ioc` comes after everything a Session
   // touches, and only the objects bound to it (acceptor, timer) after `ioc`.
-  Impl(ServeConfig c, std::unique_ptr<Runner> r) : config(std::move(c)), runner(std::move(r)) {}
+  Impl(ServeConfig c, std::unique_ptr<Runner> r)
+      : config(std::move(c)), timeout_limit(task_timeout_limit(config)), runner(std::move(r)) {}
 
   ServeConfig config;
+  const std::chrono::milliseconds timeout_limit;  // task_timeout_limit(config)
   std::unique_ptr<Runner> runner;
   std::vector<std::thread> threads;
   std::atomic<bool> started{false};
@@ -427,6 +429,16 @@ class Session : public std::enable_shared_from_this<Session<Executor>> {
             http::status::bad_request,
             error_body("BadArguments", fmt::format("{} must be an integer in {}..{}, not '{}'", key,
                                                    lo, hi, value)));
+      }
+      const auto limit = server_.timeout_limit.count();
+      if (set_timeout && limit > 0 && (n == 0 || n > limit)) {
+        return respond(
+            http::status::bad_request,
+            error_body(
+                "BadArguments",
+                fmt::format("{} = {} is beyond this server's limit: tasks run at most {} "
+                            "ms here (--max-task-timeout-ms); ask for 1..{}",
+                            key, n == 0 ? "0 (no timeout)" : std::to_string(n), limit, limit)));
       }
       if (set_timeout) {
         options.timeout = std::chrono::milliseconds(n);
@@ -854,7 +866,25 @@ int run_task_worker() {
   return crew::serve(tasks);
 }
 
+std::chrono::milliseconds task_timeout_limit(const ServeConfig& config) {
+  const auto limit =
+      config.max_task_timeout.count() > 0 ? config.max_task_timeout : config.task_timeout;
+  if (limit.count() > 0 && (config.task_timeout.count() == 0 || config.task_timeout > limit)) {
+    throw std::invalid_argument(
+        fmt::format("--task-timeout-ms {} is more than --max-task-timeout-ms {}: the default "
+                    "timeout must be within the limit clients are held to (0 means none)",
+                    config.task_timeout.count(), limit.count()));
+  }
+  return limit;
+}
+
 int run_service(const ServeConfig& config) {
+  try {
+    (void)task_timeout_limit(config);
+  } catch (const std::invalid_argument& e) {
+    std::fprintf(stderr, "crew serve: %s\n", e.what());
+    return 78;  // EX_CONFIG
+  }
   Tasks tasks;
   add_builtin_tasks(tasks);
   try {

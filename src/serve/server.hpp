@@ -28,7 +28,10 @@ struct ServeConfig {
   std::size_t max_header = 16 * 1024;                ///< bytes; beyond it: 431
   std::chrono::milliseconds header_timeout{10'000};  ///< 408 when the headers take longer
   std::chrono::milliseconds body_timeout{30'000};    ///< 408 when the body takes longer
-  std::chrono::milliseconds task_timeout{30'000};    ///< default per task; 504 beyond it
+  std::chrono::milliseconds task_timeout{30'000};    ///< default per task; 504 beyond it; 0: none
+  /// The most a client may ask for (?timeout_ms=, X-Timeout-Ms), and never "none" (0) while
+  /// there is a limit: 400 naming it. 0 here: task_timeout is the limit (both 0: no limit).
+  std::chrono::milliseconds max_task_timeout{0};
   std::chrono::milliseconds shutdown_timeout{10'000};
   /// Scheduling priority (nice, 0..19) of task threads and task worker processes; the I/O
   /// threads stay at the process's own. See docs/operations.md "Priorities".
@@ -40,6 +43,10 @@ struct ServeConfig {
   std::size_t max_restarts = 10;                ///< cluster: unstable exits in a row tolerated
   std::size_t max_memory_restart = 0;           ///< cluster: reload a worker above this RSS
 };
+
+/// The timeout limit `config` holds clients to (0: none): max_task_timeout, else task_timeout.
+/// Throws std::invalid_argument, naming both flags, when the default task_timeout exceeds it.
+std::chrono::milliseconds task_timeout_limit(const ServeConfig& config);
 
 /// How often a cluster worker publishes its figures to the others: /metrics and /api/stats on
 /// any worker show the others as of at most this long ago.

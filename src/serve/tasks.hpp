@@ -8,7 +8,11 @@
 
 namespace crew::serve_app {
 
-/// fib, sum_range, count_primes, sort_numbers, sha256, sleep_ms.
+/// fib (n in 0..92), sum_range (n >= 0), count_primes (n in 0..1e8), sort_numbers and sha256
+/// (bounded by the request body limit), sleep_ms (0..600000). Beyond its bounds a task throws
+/// crew::BadArguments (400, in either isolation). sum_range, count_primes and sleep_ms return
+/// early, with crew::Cancelled, once this_task::stop_requested() (thread isolation: the task's
+/// timeout).
 void add_builtin_tasks(Tasks& tasks);
 
 /// The symbol a plugin exports: `extern "C" void crew_register_tasks(crew::Tasks&)`.

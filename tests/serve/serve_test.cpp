@@ -80,6 +80,11 @@ class Client {
     return r;
   }
   void send_raw(const std::string& bytes) { asio::write(socket_, asio::buffer(bytes)); }
+  // A read that waits longer fails (the test then fails instead of hanging until CTest's guard).
+  void read_timeout(std::chrono::seconds limit) {
+    const timeval tv{.tv_sec = static_cast<time_t>(limit.count()), .tv_usec = 0};
+    ::setsockopt(socket_.native_handle(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  }
   // True when the server closed the connection (read returns EOF or reset).
   bool closed_by_server() {
     char c;
@@ -245,8 +250,9 @@ TEST(Serve, ErrorsHaveTheRightStatusAndSayWhat) {
   EXPECT_EQ(r.status, 405);
   EXPECT_EQ(r.raw[http::field::allow], "POST");
   r = c.request(http::verb::post, "/v1/tasks/fib", R"({"args": [-1]})");
-  EXPECT_EQ(r.status, 500);
-  EXPECT_EQ(r.js()["error"]["type"], "std::out_of_range");
+  EXPECT_EQ(r.status, 400);
+  EXPECT_EQ(r.js()["error"]["type"], "BadArguments");
+  EXPECT_THAT(r.js()["error"]["message"].get<std::string>(), HasSubstr("outside 0..92"));
   // A task that cannot finish before its timeout (the gate opens only after the reply).
   task_gate().close();
   r = c.request(http::verb::post, "/v1/tasks/held?timeout_ms=50", R"({"args": []})");
@@ -445,6 +451,101 @@ TEST(Serve, ProcessIsolationRunsTasksInWorkers) {
   r = c.request(http::verb::post, "/v1/tasks/fib", R"({"args": [20]})");
   EXPECT_EQ(r.js()["result"], 6765);
   EXPECT_EQ(c.request(http::verb::get, "/api/stats").js()["pool"]["isolation"], "process");
+}
+
+// ---- budgets: what one client may ask of the server ----------------------------------------
+
+std::string error_message(const Reply& r) {
+  return r.js()["error"]["message"].get<std::string>();
+}
+
+TEST(ServeBudgets, ClientsMayAskForLessThanTheLimitNeverMoreNorNone) {
+  for (const bool process : {false, true}) {
+    SCOPED_TRACE(process ? "process isolation" : "thread isolation");
+    ServeConfig cfg;
+    cfg.task_timeout = 5s;
+    cfg.max_task_timeout = 20s;
+    Running s(cfg, process);
+    Client c(s.port());
+    for (const char* target : {"/v1/tasks/fib?timeout_ms=0", "/v1/tasks/fib?timeout_ms=20001"}) {
+      const auto r = c.request(http::verb::post, target, R"({"args": [10]})");
+      EXPECT_EQ(r.status, 400) << target;
+      EXPECT_EQ(r.js()["error"]["type"], "BadArguments");
+      EXPECT_THAT(error_message(r), HasSubstr("at most 20000 ms"));
+      EXPECT_THAT(error_message(r), HasSubstr("--max-task-timeout-ms"));
+    }
+    auto r = c.request(http::verb::post, "/v1/tasks/fib", R"({"args": [10]})", "application/json",
+                       {{"X-Timeout-Ms", "25000"}});
+    EXPECT_EQ(r.status, 400);
+    r = c.request(http::verb::post, "/v1/tasks/fib?timeout_ms=20000", R"({"args": [10]})");
+    EXPECT_EQ(r.status, 200) << r.body;
+    EXPECT_EQ(r.js()["result"], 55);
+  }
+}
+
+TEST(ServeBudgets, TheLimitIsTheTaskTimeoutUnlessSetAndTheDefaultMustFitIt) {
+  {
+    ServeConfig cfg;
+    cfg.task_timeout = 2s;
+    Running s(cfg);
+    Client c(s.port());
+    EXPECT_EQ(
+        c.request(http::verb::post, "/v1/tasks/fib?timeout_ms=2001", R"({"args": [1]})").status,
+        400);
+    EXPECT_EQ(
+        c.request(http::verb::post, "/v1/tasks/fib?timeout_ms=2000", R"({"args": [1]})").status,
+        200);
+  }
+  ServeConfig over;
+  over.task_timeout = 5s;
+  over.max_task_timeout = 1s;
+  EXPECT_THAT([&] { Running s(over); },
+              ::testing::ThrowsMessage<std::invalid_argument>(HasSubstr("--max-task-timeout-ms")));
+  ServeConfig none_by_default;
+  none_by_default.task_timeout = 0ms;
+  none_by_default.max_task_timeout = 1s;
+  EXPECT_THROW(Running s(none_by_default), std::invalid_argument);
+  // Both 0: the operator chose no limit at all, and a client may ask for none.
+  ServeConfig unlimited;
+  unlimited.task_timeout = 0ms;
+  Running s(unlimited);
+  Client c(s.port());
+  EXPECT_EQ(c.request(http::verb::post, "/v1/tasks/fib?timeout_ms=0", R"({"args": [1]})").status,
+            200);
+}
+
+// Before: these tasks ignored their timeout and kept the only thread for ever (sum_range(9e18)
+// runs for years), so the next request was never answered.
+TEST(ServeBudgets, BuiltInTasksStopAtTheirTimeoutAndFreeTheirThread) {
+  ServeConfig cfg;
+  cfg.workers = 1;
+  Running s(cfg);
+  for (const auto& [task, args] :
+       {std::pair{"sum_range", "[9000000000000000000]"}, std::pair{"sleep_ms", "[600000]"},
+        std::pair{"count_primes", "[100000000]"}}) {
+    Client abuser(s.port());
+    const auto r =
+        abuser.request(http::verb::post, std::string("/v1/tasks/") + task + "?timeout_ms=50",
+                       std::string(R"({"args": )") + args + "}");
+    EXPECT_EQ(r.status, 504) << task << ": " << r.body;
+    Client next(s.port());
+    next.read_timeout(60s);  // fib(20) takes microseconds once the thread is free
+    const auto ok = next.request(http::verb::post, "/v1/tasks/fib", R"({"args": [20]})");
+    EXPECT_EQ(ok.status, 200) << "after " << task;
+    EXPECT_EQ(ok.js()["result"], 6765);
+  }
+}
+
+TEST(ServeBudgets, TheStopTokenIsTheTasksOwnAndOnlyWhileItRuns) {
+  EXPECT_FALSE(crew::this_task::stop_token().stop_possible());  // no task on this thread
+  std::stop_source source;
+  {
+    const crew::this_task::StopScope scope(source.get_token());
+    EXPECT_FALSE(crew::this_task::stop_requested());
+    source.request_stop();
+    EXPECT_TRUE(crew::this_task::stop_requested());
+  }
+  EXPECT_FALSE(crew::this_task::stop_token().stop_possible());
 }
 
 #ifdef CREW_EXAMPLE_PLUGIN

@@ -19,7 +19,7 @@ Command add_serve_command(CLI::App& app) {
       "/healthz, /readyz, /metrics (Prometheus), /api/stats. SIGINT/SIGTERM drain and exit 0.");
   auto config = std::make_shared<serve_app::ServeConfig>();
   struct Millis {
-    std::int64_t header = 10'000, body = 30'000, task = 30'000, shutdown = 10'000;
+    std::int64_t header = 10'000, body = 30'000, task = 30'000, max_task = 0, shutdown = 10'000;
   };
   auto ms = std::make_shared<Millis>();
   serve->set_config("--config", "", "Read options from this TOML/INI file (key = value)");
@@ -65,6 +65,12 @@ Command add_serve_command(CLI::App& app) {
       ->envname("CREW_TASK_TIMEOUT_MS")
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
+  serve
+      ->add_option("--max-task-timeout-ms", ms->max_task,
+                   "Longest timeout a client may ask for, never none (400 beyond); default: "
+                   "--task-timeout-ms")
+      ->envname("CREW_MAX_TASK_TIMEOUT_MS")
+      ->check(CLI::NonNegativeNumber);
   serve
       ->add_option("--shutdown-timeout-ms", ms->shutdown,
                    "How long SIGTERM waits for in-flight requests")
@@ -121,6 +127,7 @@ Command add_serve_command(CLI::App& app) {
             config->header_timeout = std::chrono::milliseconds(ms->header);
             config->body_timeout = std::chrono::milliseconds(ms->body);
             config->task_timeout = std::chrono::milliseconds(ms->task);
+            config->max_task_timeout = std::chrono::milliseconds(ms->max_task);
             config->shutdown_timeout = std::chrono::milliseconds(ms->shutdown);
             return serve_app::run_service(*config);
           }};

@@ -5,6 +5,7 @@
 #include <cstddef>
 #include <functional>
 #include <map>
+#include <stop_token>
 #include <string>
 #include <string_view>
 #include <tuple>
@@ -145,6 +146,31 @@ class Tasks {
 /// (0 on a normal shutdown); `main` returns it. Throws std::logic_error when this process was not
 /// started by a ProcessPool.
 int serve(const Tasks& tasks);
+
+/// What a named task may ask about its own run.
+namespace this_task {
+/// The stop token of the task running on this thread, when its runner gives one: `crew serve
+/// --isolation thread` passes its ThreadPool's (the task's timeout, shutdown). A long task checks
+/// it now and then and returns early. In a worker process, where a task is stopped by killing its
+/// process, and on any other thread, it never fires.
+[[nodiscard]] std::stop_token stop_token() noexcept;
+[[nodiscard]] inline bool stop_requested() noexcept {
+  return stop_token().stop_requested();
+}
+
+/// Makes `token` the current task's stop token on this thread while it lives (for runners that
+/// invoke Tasks on threads of their own).
+class StopScope {
+ public:
+  explicit StopScope(std::stop_token token) noexcept;
+  ~StopScope();
+  StopScope(const StopScope&) = delete;
+  StopScope& operator=(const StopScope&) = delete;
+
+ private:
+  std::stop_token previous_;
+};
+}  // namespace this_task
 
 }  // namespace v0
 }  // namespace crew
