@@ -5,7 +5,10 @@
 //
 // `legacy_checksum` stands for code you do not trust (a C library, say): on empty input it
 // crashes. Under --isolation process that costs one request a 500 WorkerCrashed; the service
-// and every other request carry on.
+// and every other request carry on. `legacy_spin_ms` stands for code that never looks at its stop
+// token (crew::this_task::stop_requested()): under thread isolation it keeps its thread past its
+// timeout and through a shutdown deadline; under process isolation its worker is killed.
+#include <chrono>
 #include <csignal>
 #include <cstdint>
 #include <sstream>
@@ -29,9 +32,17 @@ std::uint32_t legacy_checksum(const std::string& data) {
   return sum;
 }
 
+long legacy_spin_ms(long ms) {
+  const auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(ms);
+  long spins = 0;
+  while (std::chrono::steady_clock::now() < until) ++spins;
+  return spins;
+}
+
 }  // namespace
 
 extern "C" void crew_register_tasks(crew::Tasks& tasks) {
   tasks.add("word_count", word_count);
   tasks.add("legacy_checksum", legacy_checksum);
+  tasks.add("legacy_spin_ms", legacy_spin_ms);
 }

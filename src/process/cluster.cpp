@@ -716,6 +716,10 @@ int Cluster::run() {
     if (stopping) {
       if (workers.empty()) break;
       if (after >= stop_deadline) {
+        spdlog::warn(
+            "crew cluster: shutdown timeout ({} ms): killing the {} workers still "
+            "draining",
+            options_.shutdown_timeout.count(), workers.size());
         for (auto& [id, w] : workers) send_signal(w, SIGKILL);
         if (exit_code == 0) exit_code = 1;
         stop_deadline = after + milliseconds(1000);

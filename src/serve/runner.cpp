@@ -53,6 +53,7 @@ class ThreadRunner final : public Runner {
     pool_.close();
     pool_.wait_idle();
   }
+  void terminate() override { pool_.terminate(); }
 
  private:
   const Tasks& tasks_;
@@ -87,6 +88,10 @@ class ProcessRunner final : public Runner {
   const char* isolation() const noexcept override { return "process"; }
   void close() override {
     pool_.close();
+    pool_.wait_closed();
+  }
+  void terminate() override {
+    pool_.terminate();
     pool_.wait_closed();
   }
 

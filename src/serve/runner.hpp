@@ -30,6 +30,9 @@ class Runner {
   [[nodiscard]] virtual const char* isolation() const noexcept = 0;
   /// Finishes running tasks and stops the pool.
   virtual void close() = 0;
+  /// Stops now: queued tasks are dropped, running ones asked to stop (thread isolation: their
+  /// stop token; a task that ignores it keeps this call waiting) or killed (process isolation).
+  virtual void terminate() = 0;
 };
 
 /// Tasks run on a ThreadPool of `threads` (0: default) with a queue of `max_queue`, each thread at

@@ -13,6 +13,7 @@
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <unordered_map>
 #include <utility>
 
@@ -450,6 +451,10 @@ class Session : public std::enable_shared_from_this<Session<Executor>> {
     task_ = std::move(name);
     try {
       auto future = server_.runner->run(task_, std::move(args), std::move(options));
+      // A reference of our own, to cancel the task if the client hangs up before its answer.
+      future.raw_state()->add_ref();
+      running_ = detail::Ref<detail::StateBase>(future.raw_state());
+      watch_for_hangup();
       // The thread that settles the task (a pool thread, a process pool's supervisor) only hands
       // the result over; the response is built and written on this connection's I/O thread.
       detail::hand_off(std::move(future), [self = shared_from_this(),
@@ -465,7 +470,43 @@ class Session : public std::enable_shared_from_this<Session<Executor>> {
     }
   }
 
+  // While its task runs, a connection is not read: wait for it to become readable instead. A
+  // peek that finds the end of the stream (or an error) means the client is gone, and its task
+  // is cancelled: a queued one never runs, a running one sees its stop token (thread isolation)
+  // or loses its worker process. Bytes to read are a pipelined request, not a hang-up; they
+  // wait for the response, and the watch ends.
+  void watch_for_hangup() {
+    watching_ = true;
+    stream_.async_wait(Socket::wait_read, [self = shared_from_this()](beast::error_code ec) {
+      if (ec || !self->watching_) return;  // the task finished first (the wait was cancelled)
+      char c = 0;
+      const auto n = ::recv(self->stream_.native_handle(), &c, 1, MSG_PEEK | MSG_DONTWAIT);
+      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
+        return self->watch_for_hangup();
+      }
+      self->watching_ = false;
+      if (n > 0) return;
+      self->abandoned_ = true;
+      if (self->running_) self->running_->cancel();
+    });
+  }
+  void stop_watching() {
+    running_.reset();
+    if (!watching_) return;
+    watching_ = false;
+    beast::error_code ignored;
+    stream_.cancel(ignored);  // only the hang-up wait is pending while a task runs
+  }
+
   void finish_task(Future<PackedValue> result, Clock::time_point started) {
+    stop_watching();
+    if (abandoned_) {
+      // Nobody to answer: count it (nginx's 499, "client closed request") and close.
+      abandoned_ = false;
+      server_.metrics.outcome("abandoned");
+      log(499, 0);
+      return close();
+    }
     try {
       PackedValue value = result.get();
       json out;
@@ -624,6 +665,9 @@ class Session : public std::enable_shared_from_this<Session<Executor>> {
   std::string out_;  // the response being written
   Clock::time_point start_ = Clock::now();
   bool counted_ = false;
+  detail::Ref<detail::StateBase> running_;  // the task in flight, to cancel on a hang-up
+  bool watching_ = false;
+  bool abandoned_ = false;
 };
 
 }  // namespace
@@ -764,6 +808,10 @@ Server::~Server() {
   impl_->runner->close();
 }
 
+void Server::terminate_tasks() {
+  impl_->runner->terminate();
+}
+
 void Server::start(int listen_fd) {
   auto& i = *impl_;
   beast::error_code ec;
@@ -866,6 +914,25 @@ int run_task_worker() {
   return crew::serve(tasks);
 }
 
+namespace {
+// After the shutdown timeout, how long tasks get to honour their stop request before the process
+// exits without them: a thread cannot be killed, and one that ignores its stop token would
+// otherwise hold the exit for ever.
+constexpr std::chrono::milliseconds kForceExitGrace{500};
+
+void exit_anyway_after(std::chrono::milliseconds grace) {
+  std::thread([grace] {
+    std::this_thread::sleep_for(grace);  // a deadline, not synchronisation: nothing to wait for
+    spdlog::error(
+        "crew serve: tasks still running {} ms after the shutdown timeout ignore their stop "
+        "request; exiting without them",
+        grace.count());
+    spdlog::shutdown();
+    std::_Exit(1);
+  }).detach();
+}
+}  // namespace
+
 std::chrono::milliseconds task_timeout_limit(const ServeConfig& config) {
   const auto limit =
       config.max_task_timeout.count() > 0 ? config.max_task_timeout : config.task_timeout;
@@ -962,9 +1029,14 @@ int run_service(const ServeConfig& config) {
   }
   const bool drained = server.drain(config.shutdown_timeout);
   server.stop();
-  spdlog::info("crew serve: {}",
-               drained ? "drained, bye" : "shutdown timeout: in-flight requests were cut");
-  return drained ? 0 : 1;
+  if (drained) {
+    spdlog::info("crew serve: drained, bye");
+    return 0;
+  }
+  spdlog::warn("crew serve: shutdown timeout: in-flight requests were cut; stopping their tasks");
+  exit_anyway_after(kForceExitGrace);
+  server.terminate_tasks();
+  return 1;
 }
 
 }  // namespace crew::serve_app

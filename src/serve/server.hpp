@@ -80,6 +80,9 @@ class Server {
   bool drain(std::chrono::milliseconds timeout);
   /// Closes every connection and stops the I/O threads (after drain() for a graceful exit).
   void stop();
+  /// After a drain that ran out of time: drops queued tasks and stops running ones (see
+  /// Runner::terminate).
+  void terminate_tasks();
 
   struct Impl;
 

@@ -536,6 +536,36 @@ TEST(ServeBudgets, BuiltInTasksStopAtTheirTimeoutAndFreeTheirThread) {
   }
 }
 
+// Before: a client that hung up left its task to run to its end (here ten minutes), holding the
+// only worker, so the next request waited that long.
+TEST(ServeBudgets, AClientThatHangsUpHasItsTaskCancelled) {
+  for (const bool process : {false, true}) {
+    SCOPED_TRACE(process ? "process isolation" : "thread isolation");
+    ServeConfig cfg;
+    cfg.workers = 1;
+    cfg.task_timeout = 600s;  // the budget is no help here: only the hang-up frees the worker
+    Running s(cfg, process);
+    auto stat = [&](const char* group, const char* key) {
+      const json st = Client(s.port()).request(http::verb::get, "/api/stats").js();
+      return st[group].value(key, 0);
+    };
+    {
+      Client gone(s.port());
+      const std::string body = R"({"args": [600000]})";
+      gone.send_raw(
+          "POST /v1/tasks/sleep_ms HTTP/1.1\r\nHost: x\r\nContent-Type: "
+          "application/json\r\nContent-Length: " +
+          std::to_string(body.size()) + "\r\n\r\n" + body);
+      ASSERT_TRUE(eventually([&] { return stat("pool", "busy") == 1; }));
+    }  // hangs up
+    Client next(s.port());
+    next.read_timeout(60s);  // a fresh worker answers in milliseconds; the old one in ten minutes
+    const auto r = next.request(http::verb::post, "/v1/tasks/fib", R"({"args": [20]})");
+    EXPECT_EQ(r.status, 200) << r.body;
+    EXPECT_TRUE(eventually([&] { return stat("tasks", "abandoned") == 1; }));
+  }
+}
+
 TEST(ServeBudgets, TheStopTokenIsTheTasksOwnAndOnlyWhileItRuns) {
   EXPECT_FALSE(crew::this_task::stop_token().stop_possible());  // no task on this thread
   std::stop_source source;
