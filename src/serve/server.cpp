@@ -78,6 +78,7 @@ struct Server::Impl {
 
   ServeConfig config;
   const std::chrono::milliseconds timeout_limit;  // task_timeout_limit(config)
+  Auth auth{config.auth_token_file};
   std::unique_ptr<Runner> runner;
   std::vector<std::thread> threads;
   std::atomic<bool> started{false};
@@ -302,6 +303,12 @@ class Session : public std::enable_shared_from_this<Session<Executor>> {
     const std::string_view path = target.substr(0, q);
     query_ = q == std::string_view::npos ? "" : std::string(target.substr(q + 1));
     const auto method = request_.method();
+    if (server_.auth.enabled() && path != "/healthz" &&
+        !(server_.config.metrics_public && path == "/metrics")) {
+      const AuthVerdict verdict =
+          server_.auth.check(std_view(request_[http::field::authorization]));
+      if (verdict != AuthVerdict::ok) return unauthorized(verdict);
+    }
     auto only = [&](http::verb verb, const char* allow) {
       if (method == verb) return true;
       method_not_allowed(allow);
@@ -346,6 +353,19 @@ class Session : public std::enable_shared_from_this<Session<Executor>> {
                                                  "/healthz, /readyz, /metrics, /api/stats",
                                                  path)));
     }
+  }
+
+  // RFC 6750: a request without credentials gets the scheme; one with a wrong token, the error.
+  void unauthorized(AuthVerdict verdict) {
+    route_ = "unauthorized";
+    const bool missing = verdict == AuthVerdict::missing;
+    extra_ = {http::field::www_authenticate,
+              missing ? R"(Bearer realm="crew")" : R"(Bearer realm="crew", error="invalid_token")"};
+    respond(http::status::unauthorized,
+            error_body("Unauthorized",
+                       missing ? "this server needs a header 'Authorization: Bearer <token>' "
+                                 "(its tokens are in the server's --auth-token-file)"
+                               : "the bearer token is not one this server accepts"));
   }
 
   void method_not_allowed(const char* allow) {
@@ -808,6 +828,10 @@ Server::~Server() {
   impl_->runner->close();
 }
 
+std::size_t Server::reload_tokens() {
+  return impl_->auth.reload();
+}
+
 void Server::terminate_tasks() {
   impl_->runner->terminate();
 }
@@ -948,7 +972,22 @@ std::chrono::milliseconds task_timeout_limit(const ServeConfig& config) {
 int run_service(const ServeConfig& config) {
   try {
     (void)task_timeout_limit(config);
-  } catch (const std::invalid_argument& e) {
+    if (!config.auth_token_file.empty()) {
+      const auto tokens = TokenSet::load(config.auth_token_file);
+      spdlog::info("crew serve: access control: {} bearer token{} from {}", tokens.size(),
+                   tokens.size() == 1 ? "" : "s", config.auth_token_file);
+    } else if (!is_loopback(config.host)) {
+      if (!config.insecure_no_auth) {
+        throw std::invalid_argument(fmt::format(
+            "--host {} can be reached from other machines, and without access control anyone "
+            "there could run every task. Give --auth-token-file FILE (one bearer token a line), "
+            "or --insecure-no-auth to serve without it on purpose",
+            config.host));
+      }
+      spdlog::warn("crew serve: --insecure-no-auth: anyone who can reach {} may run every task",
+                   config.host);
+    }
+  } catch (const std::exception& e) {
     std::fprintf(stderr, "crew serve: %s\n", e.what());
     return 78;  // EX_CONFIG
   }
@@ -988,6 +1027,7 @@ int run_service(const ServeConfig& config) {
   sigemptyset(&signals);
   sigaddset(&signals, SIGINT);
   sigaddset(&signals, SIGTERM);
+  if (cluster == nullptr) sigaddset(&signals, SIGHUP);  // re-reads the token file
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
   std::unique_ptr<Runner> runner;
@@ -1023,7 +1063,18 @@ int run_service(const ServeConfig& config) {
     spdlog::info("crew serve: listening on http://{}:{} ({} isolation, {} tasks)", config.host,
                  server.port(), config.isolation, tasks.size());
     int sig = 0;
-    sigwait(&signals, &sig);
+    while (sigwait(&signals, &sig) == 0 && sig == SIGHUP) {
+      if (config.auth_token_file.empty()) {
+        spdlog::info("crew serve: SIGHUP: nothing to reload (no --auth-token-file)");
+        continue;
+      }
+      try {
+        spdlog::info("crew serve: SIGHUP: {} bearer tokens from {}", server.reload_tokens(),
+                     config.auth_token_file);
+      } catch (const std::exception& e) {
+        spdlog::error("crew serve: SIGHUP: {}; the previous tokens stay in force", e.what());
+      }
+    }
     spdlog::info("crew serve: {} received, draining (up to {} ms)", ::strsignal(sig),
                  config.shutdown_timeout.count());
   }

@@ -12,6 +12,7 @@
 
 #include <crew/process/cluster.hpp>
 
+#include "auth.hpp"
 #include "runner.hpp"
 
 namespace crew::serve_app {
@@ -42,6 +43,10 @@ struct ServeConfig {
   std::chrono::milliseconds min_uptime{1'000};  ///< cluster: sooner exits are unstable
   std::size_t max_restarts = 10;                ///< cluster: unstable exits in a row tolerated
   std::size_t max_memory_restart = 0;           ///< cluster: reload a worker above this RSS
+  /// Bearer tokens, one a line: every route but /healthz then needs one (401 otherwise).
+  std::string auth_token_file;
+  bool metrics_public = false;    ///< /metrics needs no token (for a scraper)
+  bool insecure_no_auth = false;  ///< allow a non-loopback --host without a token file
 };
 
 /// The timeout limit `config` holds clients to (0: none): max_task_timeout, else task_timeout.
@@ -80,6 +85,9 @@ class Server {
   bool drain(std::chrono::milliseconds timeout);
   /// Closes every connection and stops the I/O threads (after drain() for a graceful exit).
   void stop();
+  /// Reads --auth-token-file again (SIGHUP). Returns the number of tokens; on an error keeps
+  /// the tokens it had and throws std::runtime_error saying what is wrong with the file.
+  std::size_t reload_tokens();
   /// After a drain that ran out of time: drops queued tasks and stops running ones (see
   /// Runner::terminate).
   void terminate_tasks();

@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <future>
 #include <mutex>
 #include <optional>
@@ -30,6 +31,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "auth.hpp"
 #include "metrics.hpp"
 #include "process/observe.hpp"
 #include "server.hpp"
@@ -576,6 +578,119 @@ TEST(ServeBudgets, TheStopTokenIsTheTasksOwnAndOnlyWhileItRuns) {
     EXPECT_TRUE(crew::this_task::stop_requested());
   }
   EXPECT_FALSE(crew::this_task::stop_token().stop_possible());
+}
+
+// ---- access control -----------------------------------------------------------------------
+
+// A token file in a directory of its own, removed with it.
+class TokenFile {
+ public:
+  TokenFile() {
+    std::string tmpl = (std::filesystem::temp_directory_path() / "crew-auth-XXXXXX").string();
+    dir_ = ::mkdtemp(tmpl.data());
+  }
+  ~TokenFile() { std::filesystem::remove_all(dir_); }
+  TokenFile(const TokenFile&) = delete;
+  TokenFile& operator=(const TokenFile&) = delete;
+  void write(const std::string& text) const {
+    std::FILE* f = std::fopen(path().c_str(), "w");
+    ASSERT_NE(f, nullptr);
+    std::fputs(text.c_str(), f);
+    std::fclose(f);
+  }
+  std::string path() const { return (dir_ / "tokens").string(); }
+
+ private:
+  std::filesystem::path dir_;
+};
+
+int status_with(std::uint16_t port, const std::string& target, const std::string& authorization,
+                http::verb verb = http::verb::get) {
+  std::vector<std::pair<std::string, std::string>> headers;
+  if (!authorization.empty()) headers.emplace_back("Authorization", authorization);
+  const std::string body = verb == http::verb::post ? R"({"args": [10]})" : "";
+  return Client(port).request(verb, target, body, "application/json", headers).status;
+}
+
+TEST(ServeAuth, EveryRouteButHealthNeedsABearerToken) {
+  TokenFile tokens;
+  tokens.write("# ops\nfirst-token\n\n  second-token  \n");
+  ServeConfig cfg;
+  cfg.auth_token_file = tokens.path();
+  Running s(cfg);
+  EXPECT_EQ(status_with(s.port(), "/healthz", ""), 200);
+  for (const char* route : {"/readyz", "/metrics", "/api/stats", "/v1/tasks", "/nowhere"}) {
+    EXPECT_EQ(status_with(s.port(), route, ""), 401) << route;
+    EXPECT_EQ(status_with(s.port(), route, "Bearer first-token"),
+              route == std::string("/nowhere") ? 404 : 200)
+        << route;
+  }
+  const auto missing =
+      Client(s.port()).request(http::verb::post, "/v1/tasks/fib", R"({"args": [10]})");
+  EXPECT_EQ(missing.status, 401);
+  EXPECT_EQ(missing.raw[http::field::www_authenticate], R"(Bearer realm="crew")");
+  EXPECT_EQ(missing.js()["error"]["type"], "Unauthorized");
+  const auto wrong =
+      Client(s.port()).request(http::verb::post, "/v1/tasks/fib", R"({"args": [10]})",
+                               "application/json", {{"Authorization", "Bearer first-tokeN"}});
+  EXPECT_EQ(wrong.status, 401);
+  EXPECT_THAT(std::string(wrong.raw[http::field::www_authenticate]),
+              HasSubstr(R"(error="invalid_token")"));
+  EXPECT_EQ(status_with(s.port(), "/v1/tasks/fib", "Bearer second-token", http::verb::post), 200);
+  EXPECT_EQ(status_with(s.port(), "/v1/tasks/fib", "bearer  second-token ", http::verb::post),
+            200);  // the scheme in any case, spaces around the token
+  for (const char* bad : {"Basic Zmlyc3QtdG9rZW4=", "Bearer", "Bearer ", "first-token",
+                          "Bearer first-token second-token", "Bearer # ops"}) {
+    EXPECT_EQ(status_with(s.port(), "/v1/tasks/fib", bad, http::verb::post), 401) << bad;
+  }
+}
+
+TEST(ServeAuth, MetricsPublicLeavesOnlyMetricsOpen) {
+  TokenFile tokens;
+  tokens.write("t0k3n\n");
+  ServeConfig cfg;
+  cfg.auth_token_file = tokens.path();
+  cfg.metrics_public = true;
+  Running s(cfg);
+  EXPECT_EQ(status_with(s.port(), "/metrics", ""), 200);
+  EXPECT_EQ(status_with(s.port(), "/api/stats", ""), 401);
+}
+
+TEST(ServeAuth, AReloadSwapsTheTokensAndABadFileKeepsTheOldOnes) {
+  TokenFile tokens;
+  tokens.write("old-token\n");
+  ServeConfig cfg;
+  cfg.auth_token_file = tokens.path();
+  Running s(cfg);
+  EXPECT_EQ(status_with(s.port(), "/v1/tasks", "Bearer old-token"), 200);
+  tokens.write("new-token\nother-token\n");
+  EXPECT_EQ(s.server->reload_tokens(), 2U);
+  EXPECT_EQ(status_with(s.port(), "/v1/tasks", "Bearer old-token"), 401);
+  EXPECT_EQ(status_with(s.port(), "/v1/tasks", "Bearer new-token"), 200);
+  tokens.write("# nothing but a comment\n");
+  EXPECT_THAT([&] { s.server->reload_tokens(); },
+              ::testing::ThrowsMessage<std::runtime_error>(HasSubstr("holds no token")));
+  EXPECT_EQ(status_with(s.port(), "/v1/tasks", "Bearer new-token"), 200);
+}
+
+TEST(ServeAuth, BadTokenFilesAreRefusedWithTheReason) {
+  TokenFile tokens;
+  ServeConfig cfg;
+  cfg.auth_token_file = tokens.path();  // not written yet
+  EXPECT_THAT([&] { Running s(cfg); },
+              ::testing::ThrowsMessage<std::runtime_error>(HasSubstr("cannot be read")));
+  tokens.write("two words\n");
+  EXPECT_THAT([&] { Running s(cfg); },
+              ::testing::ThrowsMessage<std::runtime_error>(HasSubstr("line 1")));
+}
+
+TEST(ServeAuth, LoopbackAddresses) {
+  for (const char* host : {"127.0.0.1", "127.1.2.3", "::1", "localhost"}) {
+    EXPECT_TRUE(crew::serve_app::is_loopback(host)) << host;
+  }
+  for (const char* host : {"0.0.0.0", "::", "10.0.0.1", "192.168.1.1", "example.com", ""}) {
+    EXPECT_FALSE(crew::serve_app::is_loopback(host)) << host;
+  }
 }
 
 #ifdef CREW_EXAMPLE_PLUGIN

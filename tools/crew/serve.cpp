@@ -120,6 +120,15 @@ Command add_serve_command(CLI::App& app) {
                    "Cluster: reload a worker whose RSS goes above this many bytes (0: never)")
       ->envname("CREW_MAX_MEMORY_RESTART")
       ->capture_default_str();
+  serve
+      ->add_option("--auth-token-file", config->auth_token_file,
+                   "Bearer tokens, one a line: every route but /healthz needs "
+                   "'Authorization: Bearer <token>' (401 otherwise); SIGHUP re-reads the file")
+      ->envname("CREW_AUTH_TOKEN_FILE");
+  serve->add_flag("--metrics-public", config->metrics_public,
+                  "With --auth-token-file: /metrics needs no token (for a scraper)");
+  serve->add_flag("--insecure-no-auth", config->insecure_no_auth,
+                  "Serve a non-loopback --host without --auth-token-file (refused otherwise)");
   return {serve, [config, ms, cluster, min_uptime] {
             config->cluster = *cluster == "max" ? default_thread_count()
                                                 : static_cast<std::size_t>(std::stoul(*cluster));
