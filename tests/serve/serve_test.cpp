@@ -604,6 +604,20 @@ class TokenFile {
   std::filesystem::path dir_;
 };
 
+// A server whose token file holds `tokens`.
+struct Guarded {
+  explicit Guarded(const std::string& tokens, bool metrics_public = false) {
+    file.write(tokens);
+    ServeConfig cfg;
+    cfg.auth_token_file = file.path();
+    cfg.metrics_public = metrics_public;
+    server = std::make_unique<Running>(cfg);
+  }
+  std::uint16_t port() const { return server->port(); }
+  TokenFile file;
+  std::unique_ptr<Running> server;
+};
+
 int status_with(std::uint16_t port, const std::string& target, const std::string& authorization,
                 http::verb verb = http::verb::get) {
   std::vector<std::pair<std::string, std::string>> headers;
@@ -613,11 +627,7 @@ int status_with(std::uint16_t port, const std::string& target, const std::string
 }
 
 TEST(ServeAuth, EveryRouteButHealthNeedsABearerToken) {
-  TokenFile tokens;
-  tokens.write("# ops\nfirst-token\n\n  second-token  \n");
-  ServeConfig cfg;
-  cfg.auth_token_file = tokens.path();
-  Running s(cfg);
+  Guarded s("# ops\nfirst-token\n\n  second-token  \n");
   EXPECT_EQ(status_with(s.port(), "/healthz", ""), 200);
   for (const char* route : {"/readyz", "/metrics", "/api/stats", "/v1/tasks", "/nowhere"}) {
     EXPECT_EQ(status_with(s.port(), route, ""), 401) << route;
@@ -646,29 +656,20 @@ TEST(ServeAuth, EveryRouteButHealthNeedsABearerToken) {
 }
 
 TEST(ServeAuth, MetricsPublicLeavesOnlyMetricsOpen) {
-  TokenFile tokens;
-  tokens.write("t0k3n\n");
-  ServeConfig cfg;
-  cfg.auth_token_file = tokens.path();
-  cfg.metrics_public = true;
-  Running s(cfg);
+  Guarded s("t0k3n\n", true);
   EXPECT_EQ(status_with(s.port(), "/metrics", ""), 200);
   EXPECT_EQ(status_with(s.port(), "/api/stats", ""), 401);
 }
 
 TEST(ServeAuth, AReloadSwapsTheTokensAndABadFileKeepsTheOldOnes) {
-  TokenFile tokens;
-  tokens.write("old-token\n");
-  ServeConfig cfg;
-  cfg.auth_token_file = tokens.path();
-  Running s(cfg);
+  Guarded s("old-token\n");
   EXPECT_EQ(status_with(s.port(), "/v1/tasks", "Bearer old-token"), 200);
-  tokens.write("new-token\nother-token\n");
-  EXPECT_EQ(s.server->reload_tokens(), 2U);
+  s.file.write("new-token\nother-token\n");
+  EXPECT_EQ(s.server->server->reload_tokens(), 2U);
   EXPECT_EQ(status_with(s.port(), "/v1/tasks", "Bearer old-token"), 401);
   EXPECT_EQ(status_with(s.port(), "/v1/tasks", "Bearer new-token"), 200);
-  tokens.write("# nothing but a comment\n");
-  EXPECT_THAT([&] { s.server->reload_tokens(); },
+  s.file.write("# nothing but a comment\n");
+  EXPECT_THAT([&] { s.server->server->reload_tokens(); },
               ::testing::ThrowsMessage<std::runtime_error>(HasSubstr("holds no token")));
   EXPECT_EQ(status_with(s.port(), "/v1/tasks", "Bearer new-token"), 200);
 }

@@ -8,18 +8,10 @@ set -euo pipefail
 crew=$1
 work=$(mktemp -d)
 trap 'kill -9 "${pid:-}" 2>/dev/null || true; rm -rf "$work"' EXIT
+# shellcheck source=common.bash
+source "$(dirname "${BASH_SOURCE[0]}")/common.bash"
 fail() { echo "serve_auth.sh: FAIL: $*" >&2; exit 1; }
 
-wait_port() {  # wait_port <log> <host>: prints the port once `crew serve` says it is listening
-  local port
-  for _ in $(seq 1 3000); do  # up to 30 s: sanitizer builds start slowly
-    port=$(grep -o "http://$2:[0-9]*" "$1" | head -n1 | cut -d: -f3 || true)
-    [[ -n $port ]] && { echo "$port"; return 0; }
-    kill -0 "$pid" 2>/dev/null || fail "crew serve exited early: $(cat "$1")"
-    sleep 0.01
-  done
-  fail "no 'listening on' line: $(cat "$1")"
-}
 
 status() {  # status <port> <path> [token]: the HTTP status of a GET
   local auth=""

@@ -10,18 +10,10 @@ crew=$1
 plugin=$2
 work=$(mktemp -d)
 trap 'kill -9 "${pid:-}" 2>/dev/null || true; rm -rf "$work"' EXIT
+# shellcheck source=common.bash
+source "$(dirname "${BASH_SOURCE[0]}")/common.bash"
 fail() { echo "serve_shutdown.sh: FAIL: $*" >&2; exit 1; }
 
-wait_port() {  # wait_port <log>: prints the port once `crew serve` says it is listening
-  local port
-  for _ in $(seq 1 3000); do  # up to 30 s: sanitizer builds start slowly
-    port=$(grep -o 'http://127.0.0.1:[0-9]*' "$1" | head -n1 | cut -d: -f3 || true)
-    [[ -n $port ]] && { echo "$port"; return 0; }
-    kill -0 "$pid" 2>/dev/null || fail "crew serve exited early: $(cat "$1")"
-    sleep 0.01
-  done
-  fail "no 'listening on' line: $(cat "$1")"
-}
 
 busy() {  # busy <port>: true once a task is running, as the worker that answers /api/stats sees it
   local reply
@@ -40,7 +32,7 @@ for mode in thread process cluster; do
   "$crew" serve --port 0 --log-format off --shutdown-timeout-ms 1000 --plugin "$plugin" \
     "${args[@]}" >"$log" 2>&1 &
   pid=$!
-  port=$(wait_port "$log")
+  port=$(wait_port "$log" 127.0.0.1)
   # The client stays connected, so the request is in flight when SIGTERM comes.
   exec 3<>"/dev/tcp/127.0.0.1/$port"
   body='{"args": [600000]}'
