@@ -522,7 +522,7 @@ class Session : public TaskWatch, public std::enable_shared_from_this<Session<Ex
   // that finds the end of the stream, or an error, means the client is gone) and cancels the
   // task: a queued one never runs, a running one sees its stop token (thread isolation) or loses
   // its worker process. Bytes to read are a pipelined request, not a hang-up. (An asio wait on
-  // the socket per task cost 40% of the compute throughput; quick tasks need no look at all.)
+  // the socket per task cost about a third of the compute throughput; quick tasks need no look.)
   void post_hangup_check() override {
     asio::post(stream_.get_executor(), [self = shared_from_this()] { self->check_hangup(); });
   }
