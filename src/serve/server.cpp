@@ -2,12 +2,14 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <condition_variable>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <functional>
 #include <limits>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <sstream>
@@ -980,17 +982,38 @@ namespace {
 // otherwise hold the exit for ever.
 constexpr std::chrono::milliseconds kForceExitGrace{500};
 
-void exit_anyway_after(std::chrono::milliseconds grace) {
-  std::thread([grace] {
-    std::this_thread::sleep_for(grace);  // a deadline, not synchronisation: nothing to wait for
-    spdlog::error(
-        "crew serve: tasks still running {} ms after the shutdown timeout ignore their stop "
-        "request; exiting without them",
-        grace.count());
-    spdlog::shutdown();
-    std::_Exit(1);
-  }).detach();
-}
+// Ends the process with exit code 1 `grace` after arm() unless disarm() comes first. The thread
+// is detached (it must outlive a join that never returns) and shares its state, so a disarmed
+// watchdog touches nothing that static destruction at exit may already have freed.
+class ExitWatchdog {
+ public:
+  void arm(std::chrono::milliseconds grace) {
+    std::thread([state = state_, grace] {
+      std::unique_lock lock(state->mutex);
+      if (state->cv.wait_for(lock, grace, [&] { return state->disarmed; })) return;
+      // Still locked: disarm() cannot return, so the process is not exiting beneath this.
+      spdlog::error(
+          "crew serve: tasks still running {} ms after the shutdown timeout ignore their stop "
+          "request; exiting without them",
+          grace.count());
+      spdlog::shutdown();
+      std::_Exit(1);
+    }).detach();
+  }
+  void disarm() {
+    std::lock_guard lock(state_->mutex);
+    state_->disarmed = true;
+    state_->cv.notify_all();
+  }
+
+ private:
+  struct State {
+    std::mutex mutex;
+    std::condition_variable cv;
+    bool disarmed = false;
+  };
+  std::shared_ptr<State> state_ = std::make_shared<State>();
+};
 }  // namespace
 
 std::chrono::milliseconds task_timeout_limit(const ServeConfig& config) {
@@ -1121,8 +1144,10 @@ int run_service(const ServeConfig& config) {
     return 0;
   }
   spdlog::warn("crew serve: shutdown timeout: in-flight requests were cut; stopping their tasks");
-  exit_anyway_after(kForceExitGrace);
-  server.terminate_tasks();
+  ExitWatchdog watchdog;
+  watchdog.arm(kForceExitGrace);
+  server.terminate_tasks();  // returns once every task has stopped; the pool is then closed
+  watchdog.disarm();
   return 1;
 }
 
