@@ -887,24 +887,25 @@ void PoolCore::timer_main(std::stop_token st) {
 ContinuationRunner::ContinuationRunner(std::string name) : name_(std::move(name) + "-then") {}
 
 ContinuationRunner::~ContinuationRunner() {
-  std::lock_guard lock(mutex_);
-  if (core_ && core_->on_own_thread()) {
-    // A continuation is destroying the pool that owns this runner: its own thread cannot join
-    // itself, so another thread closes the runner once that continuation has returned.
-    try {
-      std::thread([core = core_.release()] {
-        core->close();
-        delete core;
-      }).detach();
-      return;
-    } catch (const std::system_error& e) {
-      std::fprintf(stderr, "crew: pool '%s': cannot start a thread to close it (%s)\n",
-                   name_.c_str(), e.what());
-      std::terminate();
+  {
+    std::lock_guard lock(mutex_);
+    if (core_ && core_->on_own_thread()) {
+      // A continuation is destroying the pool that owns this runner: its own thread cannot join
+      // itself, so another thread closes the runner once that continuation has returned.
+      try {
+        std::thread([core = core_.release()] {
+          core->close();
+          delete core;
+        }).detach();
+        return;
+      } catch (const std::system_error& e) {
+        std::fprintf(stderr, "crew: pool '%s': cannot start a thread to close it (%s)\n",
+                     name_.c_str(), e.what());
+        std::terminate();
+      }
     }
   }
-  closed_ = true;
-  if (core_) core_->close();
+  close();
 }
 
 void ContinuationRunner::close() noexcept {

@@ -45,13 +45,14 @@ long sum_range(long n) {
   // (a test in it cost a quarter of crew serve's compute throughput).
   const std::stop_token stop = this_task::stop_token();
   long sum = 0;
-  for (long block = 0; block < n; block += std::min(n - block, kStopCheckEvery)) {
+  for (long block = 0; block < n;) {
     if (stop.stop_requested()) stopped("sum_range");
     const long end = block + std::min(n - block, kStopCheckEvery);
     for (long i = block; i < end; ++i) {
       sum += i;
       asm volatile("" : "+r"(sum));
     }
+    block = end;
   }
   return sum;
 }
