@@ -38,6 +38,12 @@ struct PoolOptions {
   /// what gives producers backpressure. Tasks a pool thread submits (nested) are not counted.
   std::size_t max_queue = 0;
   OnFull on_full = OnFull::reject;
+  /// Threads the pool may add beyond max_threads while tasks are stuck: a task still running
+  /// kStuckGrace after its timeout (its stop token signalled) holds a thread that cannot be
+  /// killed, and without a replacement the pool loses that capacity until it returns. One extra
+  /// thread per stuck task, up to this many; each goes away when a stuck task returns. 0 (the
+  /// default) keeps the pool at max_threads. At most 1024.
+  std::size_t max_stuck_replacements = 0;
   /// Used in thread names (`<name>-w0`, ...) and error messages.
   std::string name = "crew";
 };
@@ -62,6 +68,10 @@ struct RunOptions {
   /// running task's Future settles with Cancelled and its own stop_token is signalled.
   std::stop_token stop{};
 };
+
+/// How long past its timeout a task may keep running, after its stop token was signalled, before
+/// the pool counts it stuck (PoolStats::stuck) and may replace its thread.
+inline constexpr std::chrono::milliseconds kStuckGrace{200};
 
 /// Threads for a pool with no explicit size: `CREW_THREADS` from the environment when it is set
 /// (read once, clamped to 1..1024, like libuv's UV_THREADPOOL_SIZE), else the hardware concurrency.

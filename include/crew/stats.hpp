@@ -30,6 +30,9 @@ struct PoolStats {
   std::uint64_t failed =
       0;  ///< tasks that threw (and fire-and-forget tasks whose error went to on_error)
   std::uint64_t cancelled = 0;  ///< tasks cancelled, timed out, or rejected by terminate()
+  /// Tasks running more than kStuckGrace past their timeout right now (each holds a thread).
+  std::size_t stuck = 0;
+  std::uint64_t stuck_total = 0;  ///< tasks that were ever stuck
   /// Share of the pool's capacity spent running tasks since it started:
   /// total run time / (elapsed time x max_threads), in [0, 1] (Piscina's definition).
   double utilization = 0.0;

@@ -224,6 +224,13 @@ class PoolCore {
   void wake_all() noexcept;
   void maybe_grow();
   bool spawn_locked();  // park_mutex_ held
+  // max_threads plus a replacement for each stuck task, up to max_stuck_replacements.
+  std::size_t capacity() const noexcept {
+    return max_threads_ +
+           std::min(stuck_.load(std::memory_order_relaxed), opts_.max_stuck_replacements);
+  }
+  void mark_stuck(Task* t);
+  bool retire_if_surplus(WorkerSlot& slot);  // true: this thread leaves (a stuck task returned)
   void shutdown(bool reject_queued);
   void report_error(const std::exception_ptr& e) noexcept;
   void arm_timer(Task* t);
@@ -269,6 +276,8 @@ class PoolCore {
   std::atomic<std::size_t> idle_waiters_{0};
 
   std::atomic<std::uint64_t> rejected_{0};  // terminate() rejections, counted as cancelled
+  std::atomic<std::size_t> stuck_{0};       // tasks now running past timeout + kStuckGrace
+  std::atomic<std::uint64_t> stuck_total_{0};
   std::stop_source terminate_source_;
 
   std::mutex callback_mutex_;
@@ -279,6 +288,8 @@ class PoolCore {
   std::mutex timer_mutex_;
   std::condition_variable_any timer_cv_;
   std::multimap<std::chrono::steady_clock::time_point, Task*> deadlines_;
+  // Expired tasks to look at again kStuckGrace later (each holds the timer's reference).
+  std::multimap<std::chrono::steady_clock::time_point, Task*> overdue_;
   // When the timer thread next wakes by itself. Arming a later deadline (the usual case: tasks
   // share one timeout) leaves it asleep, and disarming never wakes it: it may wake for a deadline
   // already gone, and then finds nothing to expire. A notify per task cost a context switch each.
@@ -315,6 +326,10 @@ PoolOptions validated(PoolOptions o) {
   if (o.idle_timeout.count() < 0) {
     fail(fmt::format("idle_timeout ({} ms) must be >= 0", o.idle_timeout.count()));
   }
+  if (o.max_stuck_replacements > kMaxThreads) {
+    fail(fmt::format("max_stuck_replacements ({}) must be <= {}", o.max_stuck_replacements,
+                     kMaxThreads));
+  }
   o.max_threads = max;
   o.min_threads = o.min_threads.value_or(max);
   return o;
@@ -326,8 +341,9 @@ PoolCore::PoolCore(PoolOptions o)
       min_threads_(*opts_.min_threads),
       max_threads_(*opts_.max_threads),
       ns_per_tick_(ns_per_tick()) {
-  slots_.reserve(max_threads_);
-  for (std::size_t i = 0; i < max_threads_; ++i) {
+  const std::size_t slots = max_threads_ + opts_.max_stuck_replacements;
+  slots_.reserve(slots);
+  for (std::size_t i = 0; i < slots; ++i) {
     auto s = std::make_unique<WorkerSlot>();
     s->index = i;
     s->rng = 0x9e3779b97f4a7c15ULL * (i + 1);
@@ -338,7 +354,7 @@ PoolCore::PoolCore(PoolOptions o)
 }
 
 bool PoolCore::spawn_locked() {
-  if (threads_.load(std::memory_order_relaxed) >= max_threads_ || stopping_.load()) return false;
+  if (threads_.load(std::memory_order_relaxed) >= capacity() || stopping_.load()) return false;
   for (auto& s : slots_) {
     if (s->active) continue;
     if (s->thread.joinable()) s->thread.join();  // a thread that shrank away; already exiting
@@ -468,7 +484,7 @@ void PoolCore::signal_work() {
       spinning_.load(std::memory_order_seq_cst) == 0) {
     wake_one();
   } else if (idle_.load(std::memory_order_relaxed) == 0 &&
-             threads_.load(std::memory_order_relaxed) < max_threads_) {
+             threads_.load(std::memory_order_relaxed) < capacity()) {
     maybe_grow();
   }
 }
@@ -571,7 +587,12 @@ void PoolCore::execute(WorkerSlot& slot, Task* t) noexcept {
     } else {
       outcome = t->run(&unobserved);
     }
-    if (timed) disarm_timer(t);
+    if (timed) {
+      disarm_timer(t);
+      if (t->phase.exchange(Task::kReturned, std::memory_order_acq_rel) == Task::kStuck) {
+        stuck_.fetch_sub(1, std::memory_order_relaxed);
+      }
+    }
     slot.running.store(depth, std::memory_order_relaxed);
   }
   const std::uint64_t end = ticks();
@@ -657,6 +678,10 @@ void PoolCore::worker_main(WorkerSlot& slot) {
       // More work waiting: pass the baton to a sleeper, or grow, before running ours.
       if (queued_.load(std::memory_order_relaxed) != 0) signal_work();
       execute(slot, t);
+      // Above max_threads only while tasks are stuck: once one returns, a thread leaves.
+      if (threads_.load(std::memory_order_relaxed) > max_threads_ && retire_if_surplus(slot)) {
+        break;
+      }
       continue;
     }
     slot.last_end = 0;
@@ -688,7 +713,7 @@ void PoolCore::worker_main(WorkerSlot& slot) {
     if (found) continue;
     if (!park(slot)) break;
   }
-  idle_.fetch_sub(1, std::memory_order_seq_cst);
+  if (idle) idle_.fetch_sub(1, std::memory_order_seq_cst);
   detail::tl_helper = nullptr;
   tl_core = nullptr;
   tl_slot = nullptr;
@@ -735,6 +760,33 @@ bool PoolCore::park(WorkerSlot& slot) {
     threads_.fetch_sub(1, std::memory_order_relaxed);
     return false;
   }
+  return true;
+}
+
+void PoolCore::mark_stuck(Task* t) {
+  // Counted before the claim, so that the task's return, which undoes the count only after it,
+  // never takes stuck_ below zero.
+  stuck_.fetch_add(1, std::memory_order_relaxed);
+  auto running = static_cast<std::uint8_t>(Task::kRunning);
+  if (!t->phase.compare_exchange_strong(running, Task::kStuck, std::memory_order_acq_rel)) {
+    stuck_.fetch_sub(1, std::memory_order_relaxed);  // it returned within the grace
+    return;
+  }
+  bump(stuck_total_);
+  // Work queued behind the stuck task gets a thread now; later work grows the pool as usual.
+  if (opts_.max_stuck_replacements != 0) maybe_grow();
+}
+
+bool PoolCore::retire_if_surplus(WorkerSlot& slot) {
+  if (!slot.deque.empty_approx()) return false;  // nested tasks of ours still to run
+  {
+    std::lock_guard lock(park_mutex_);
+    if (stopping_.load() || threads_.load(std::memory_order_relaxed) <= capacity()) return false;
+    slot.active = false;
+    threads_.fetch_sub(1, std::memory_order_relaxed);
+  }
+  slot.last_end = 0;
+  flush_finished(slot);
   return true;
 }
 
@@ -820,6 +872,8 @@ void PoolCore::shutdown(bool reject_queued) {
     timer_.request_stop();
     timer_.join();
   }
+  for (const auto& [when, t] : overdue_) t->drop();  // every task has returned: none is stuck
+  overdue_.clear();
   // Runs what timeouts deferred. From one of the runner's own threads (a continuation closing
   // this pool) it returns at once, and the runner drains when this pool is destroyed.
   continuations_.close();
@@ -851,6 +905,7 @@ void PoolCore::timer_main(std::stop_token st) {
   pthread_setname_np(pthread_self(), "crew-timer");
   using Time = std::chrono::steady_clock::time_point;
   std::vector<Task*> due;
+  std::vector<Task*> overdue;
   std::unique_lock lock(timer_mutex_);
   while (!st.stop_requested()) {
     // Taken out under the lock with a reference each (disarm_timer() may run and the task finish
@@ -863,17 +918,27 @@ void PoolCore::timer_main(std::stop_token st) {
       t->retain();
       due.push_back(t);
     }
-    if (!due.empty()) {
+    while (!overdue_.empty() && overdue_.begin()->first <= now) {
+      overdue.push_back(overdue_.begin()->second);
+      overdue_.erase(overdue_.begin());
+    }
+    if (!due.empty() || !overdue.empty()) {
       lock.unlock();
-      for (Task* t : due) {
-        t->expire(&continuations_);
+      for (Task* t : due) t->expire(&continuations_);
+      for (Task* t : overdue) {
+        mark_stuck(t);
         t->drop();
       }
-      due.clear();
+      overdue.clear();
       lock.lock();
-      continue;  // deadlines may have passed while expiring
+      // Looked at again once the grace is over; the reference taken above goes with the entry.
+      const Time look_again = std::chrono::steady_clock::now() + kStuckGrace;
+      for (Task* t : due) overdue_.emplace(look_again, t);
+      due.clear();
+      continue;  // deadlines may have passed meanwhile
     }
-    const Time next = deadlines_.empty() ? Time::max() : deadlines_.begin()->first;
+    Time next = deadlines_.empty() ? Time::max() : deadlines_.begin()->first;
+    if (!overdue_.empty()) next = std::min(next, overdue_.begin()->first);
     timer_wakes_at_ = next;
     // Woken early only by arm_timer() with an earlier deadline.
     if (next == Time::max()) {
@@ -969,6 +1034,8 @@ PoolStats PoolCore::stats() const {
   s.idle = s.threads - s.busy;
   s.queued += queued_.load(std::memory_order_relaxed);
   s.cancelled += rejected_.load(std::memory_order_relaxed);
+  s.stuck = stuck_.load(std::memory_order_relaxed);
+  s.stuck_total = stuck_total_.load(std::memory_order_relaxed);
   const double elapsed =
       std::chrono::duration<double, std::nano>(std::chrono::steady_clock::now() - started_).count();
   if (elapsed > 0) {

@@ -62,6 +62,9 @@ namespace {
 constexpr const char* kPoolCounters[] = {"completed", "failed", "cancelled", "timed_out",
                                          "crashed"};
 constexpr const char* kPoolGauges[] = {"workers", "busy", "idle", "queued"};
+// Stuck threads (thread isolation), kept apart: a snapshot from a worker of an older crew lacks
+// them.
+constexpr const char* kStuckFigures[] = {"stuck", "stuck_limit", "stuck_total"};
 
 template <typename T>
 T get_or(const json& j, const char* key, T fallback) {
@@ -77,7 +80,7 @@ json merge_snapshots(const std::vector<json>& snapshots) {
   std::vector<std::uint64_t> buckets(kDurationBucketCount + 1, 0);
   double sum = 0, cpu = 0, lag = 0, lag_max = 0, utilization = 0, start = 0, uptime = 0;
   std::uint64_t count = 0, connections = 0, rss = 0, fds = 0, wait_count = 0, run_count = 0;
-  std::map<std::string, std::uint64_t> outcomes, pool;
+  std::map<std::string, std::uint64_t> outcomes, pool, stuck_tasks;
   for (const auto& s : snapshots) {
     const json& http = s.at("http");
     for (const auto& r : http.at("requests")) {
@@ -93,6 +96,10 @@ json merge_snapshots(const std::vector<json>& snapshots) {
     const json& p = s.at("pool");
     for (const char* k : kPoolCounters) pool[k] += p.at(k).get<std::uint64_t>();
     for (const char* k : kPoolGauges) pool[k] += p.at(k).get<std::uint64_t>();
+    for (const char* k : kStuckFigures) pool[k] += get_or<std::uint64_t>(p, k, 0);
+    if (auto it = p.find("stuck_tasks"); it != p.end() && it->is_object()) {
+      for (const auto& [name, n] : it->items()) stuck_tasks[name] += n.get<std::uint64_t>();
+    }
     utilization += p.at("utilization").get<double>();
     wait_count += p.at("wait").at("count").get<std::uint64_t>();
     run_count += p.at("run").at("count").get<std::uint64_t>();
@@ -116,6 +123,7 @@ json merge_snapshots(const std::vector<json>& snapshots) {
                  {"connections", connections}};
   all["tasks"] = outcomes;
   json pool_json = pool;
+  pool_json["stuck_tasks"] = stuck_tasks;
   pool_json["utilization"] = snapshots.empty() ? 0.0 : utilization / double(snapshots.size());
   pool_json["wait"] = {{"count", wait_count}};
   pool_json["run"] = {{"count", run_count}};
@@ -192,6 +200,17 @@ std::string render_prometheus(const std::vector<json>& snapshots, bool per_worke
   pool_gauge("crew_pool_busy", "busy", "Workers running a task.");
   pool_gauge("crew_pool_idle", "idle", "Workers waiting for a task.");
   pool_gauge("crew_pool_queued", "queued", "Tasks waiting for a worker.");
+  gauge("crew_pool_stuck",
+        "Tasks running past their timeout that ignore their stop request, each holding a thread "
+        "(thread isolation).",
+        [](const json& s) { return get_or<std::uint64_t>(s.at("pool"), "stuck", 0); });
+  gauge("crew_pool_stuck_limit", "Replacement threads the pool may add for stuck tasks.",
+        [](const json& s) { return get_or<std::uint64_t>(s.at("pool"), "stuck_limit", 0); });
+  family("crew_pool_stuck_total", "counter", "Tasks that ever got stuck past their timeout.");
+  for (const auto& s : series) {
+    out += fmt::format("crew_pool_stuck_total{} {}\n", labels(s),
+                       get_or<std::uint64_t>(s.at("pool"), "stuck_total", 0));
+  }
   gauge("crew_pool_utilization", "Share of pool capacity spent running tasks.",
         [](const json& s) { return s.at("pool").at("utilization").get<double>(); });
   family("crew_pool_tasks_total", "counter", "Tasks finished by the pool, by outcome.");
@@ -253,6 +272,8 @@ json stats_json(const json& s) {
                {"run", summary(p.at("run"))}};
   for (const char* k : kPoolGauges) pool[k] = p.at(k);
   for (const char* k : kPoolCounters) pool[k] = p.at(k);
+  for (const char* k : kStuckFigures) pool[k] = get_or<std::uint64_t>(p, k, 0);
+  pool["stuck_tasks"] = p.contains("stuck_tasks") ? p.at("stuck_tasks") : json::object();
   json requests = json::array();
   for (const auto& r : s.at("http").at("requests")) {
     requests.push_back({{"route", r.at(0)}, {"code", r.at(1)}, {"count", r.at(2)}});

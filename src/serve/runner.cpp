@@ -1,12 +1,20 @@
 #include "runner.hpp"
 
+#include <chrono>
+#include <mutex>
+#include <unordered_map>
 #include <utility>
+#include <vector>
 
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
 namespace crew::serve_app {
 namespace {
+
+using Clock = std::chrono::steady_clock;
 
 // Each task thread takes the task priority (`--task-nice`) the first time it runs a task: pool
 // threads start lazily, from whichever thread submitted first.
@@ -19,17 +27,22 @@ void set_task_priority_once(int nice) {
 
 class ThreadRunner final : public Runner {
  public:
-  ThreadRunner(const Tasks& tasks, std::size_t threads, std::size_t max_queue, int task_nice)
+  ThreadRunner(const Tasks& tasks, const ThreadRunnerOptions& o)
       : tasks_(tasks),
-        task_nice_(task_nice),
-        pool_(PoolOptions{.max_threads = threads == 0 ? default_thread_count() : threads,
-                          .max_queue = max_queue,
+        task_nice_(o.task_nice),
+        threads_(o.threads == 0 ? default_thread_count() : o.threads),
+        stuck_limit_(o.max_stuck_threads.value_or(threads_)),
+        pool_(PoolOptions{.max_threads = threads_,
+                          .max_queue = o.max_queue,
+                          .max_stuck_replacements = stuck_limit_,
                           .name = "crew-task"}) {}
 
   Future<PackedValue> run(std::string_view task, std::string args, RunOptions options) override {
-    return pool_.run(std::move(options), [this, name = std::string(task),
-                                          args = std::move(args)](std::stop_token stop) {
+    const auto timeout = std::chrono::duration_cast<Clock::duration>(options.timeout);
+    return pool_.run(std::move(options), [this, name = std::string(task), args = std::move(args),
+                                          timeout](std::stop_token stop) {
       set_task_priority_once(task_nice_);
+      const Watched watched(*this, name, timeout);
       const this_task::StopScope scope(std::move(stop));  // the built-in tasks check it
       return tasks_.invoke_packed(name, args);
     });
@@ -37,18 +50,68 @@ class ThreadRunner final : public Runner {
   const Tasks& tasks() const noexcept override { return tasks_; }
   RunnerStats stats() const override {
     const PoolStats s = pool_.stats();
-    return RunnerStats{.workers = s.threads,
-                       .busy = s.busy,
-                       .idle = s.idle,
-                       .queued = s.queued,
-                       .completed = s.completed,
-                       .failed = s.failed,
-                       .cancelled = s.cancelled,
-                       .utilization = s.utilization,
-                       .wait_time = s.wait_time,
-                       .run_time = s.run_time};
+    RunnerStats out{.workers = s.threads,
+                    .busy = s.busy,
+                    .idle = s.idle,
+                    .queued = s.queued,
+                    .completed = s.completed,
+                    .failed = s.failed,
+                    .cancelled = s.cancelled,
+                    .utilization = s.utilization,
+                    .wait_time = s.wait_time,
+                    .run_time = s.run_time,
+                    .stuck = s.stuck,
+                    .stuck_limit = stuck_limit(),
+                    .stuck_total = s.stuck_total,
+                    .stuck_tasks = {}};
+    const auto now = Clock::now();
+    std::lock_guard lock(watch_mutex_);
+    for (const auto& [id, w] : watched_) {
+      if (now > w.deadline + kStuckGrace) ++out.stuck_tasks[*w.name];
+    }
+    return out;
   }
   const char* isolation() const noexcept override { return "thread"; }
+  std::string unready_reason() const override {
+    const std::size_t stuck = pool_.stats().stuck;
+    if (stuck == 0 || stuck < stuck_limit()) return {};
+    return fmt::format(
+        "{} task{} ignore their stop request past their timeout and every replacement thread "
+        "(--max-stuck-threads {}) is in use",
+        stuck, stuck == 1 ? "" : "s", stuck_limit());
+  }
+  void report_stuck() override {
+    const auto now = Clock::now();
+    std::vector<std::pair<std::string, Clock::duration>> fresh;
+    std::size_t stuck = 0;
+    {
+      std::lock_guard lock(watch_mutex_);
+      for (auto& [id, w] : watched_) {
+        if (now <= w.deadline + kStuckGrace) continue;
+        ++stuck;
+        if (!w.reported) {
+          w.reported = true;
+          fresh.emplace_back(*w.name, w.timeout);
+        }
+      }
+    }
+    for (const auto& [name, timeout] : fresh) {
+      const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(timeout).count();
+      if (stuck <= stuck_limit()) {
+        spdlog::warn(
+            "crew serve: task '{}' is still running past its {} ms timeout and ignores its stop "
+            "request; its thread is replaced ({} of --max-stuck-threads {} in use)",
+            name, ms, stuck, stuck_limit());
+      } else {
+        spdlog::error(
+            "crew serve: task '{}' is still running past its {} ms timeout and ignores its stop "
+            "request; no replacement thread is left (--max-stuck-threads {}): /readyz answers "
+            "503 until a stuck task returns. Make the task check "
+            "crew::this_task::stop_requested(), or use --isolation process",
+            name, ms, stuck_limit());
+      }
+    }
+  }
   void close() override {
     pool_.close();
     pool_.wait_idle();
@@ -56,9 +119,54 @@ class ThreadRunner final : public Runner {
   void terminate() override { pool_.terminate(); }
 
  private:
+  // A running timed task, for the stuck ones' names: its name lives in the task's closure, which
+  // outlives the entry.
+  struct Watch {
+    const std::string* name;
+    Clock::time_point deadline;
+    Clock::duration timeout;
+    bool reported = false;
+  };
+  class Watched {
+   public:
+    Watched(ThreadRunner& runner, const std::string& name, Clock::duration timeout)
+        : runner_(timeout.count() > 0 ? &runner : nullptr) {
+      if (runner_ == nullptr) return;
+      std::lock_guard lock(runner_->watch_mutex_);
+      id_ = ++runner_->next_watch_;
+      runner_->watched_.emplace(id_, Watch{&name, Clock::now() + timeout, timeout});
+    }
+    ~Watched() {
+      if (runner_ == nullptr) return;
+      bool reported = false;
+      const std::string* name = nullptr;
+      {
+        std::lock_guard lock(runner_->watch_mutex_);
+        auto it = runner_->watched_.find(id_);
+        reported = it->second.reported;
+        name = it->second.name;
+        runner_->watched_.erase(it);
+      }
+      if (reported) spdlog::info("crew serve: stuck task '{}' returned; its thread is back", *name);
+    }
+    Watched(const Watched&) = delete;
+    Watched& operator=(const Watched&) = delete;
+
+   private:
+    ThreadRunner* runner_;
+    std::uint64_t id_ = 0;
+  };
+
+  std::size_t stuck_limit() const noexcept { return stuck_limit_; }
+
   const Tasks& tasks_;
   const int task_nice_;
+  const std::size_t threads_;
+  const std::size_t stuck_limit_;
   mutable ThreadPool pool_;
+  mutable std::mutex watch_mutex_;
+  std::unordered_map<std::uint64_t, Watch> watched_;
+  std::uint64_t next_watch_ = 0;
 };
 
 class ProcessRunner final : public Runner {
@@ -83,7 +191,8 @@ class ProcessRunner final : public Runner {
                        .crashed = s.crashed,
                        .utilization = s.utilization,
                        .wait_time = s.wait_time,
-                       .run_time = s.run_time};
+                       .run_time = s.run_time,
+                       .stuck_tasks = {}};
   }
   const char* isolation() const noexcept override { return "process"; }
   void close() override {
@@ -102,9 +211,8 @@ class ProcessRunner final : public Runner {
 
 }  // namespace
 
-std::unique_ptr<Runner> make_thread_runner(const Tasks& tasks, std::size_t threads,
-                                           std::size_t max_queue, int task_nice) {
-  return std::make_unique<ThreadRunner>(tasks, threads, max_queue, task_nice);
+std::unique_ptr<Runner> make_thread_runner(const Tasks& tasks, ThreadRunnerOptions options) {
+  return std::make_unique<ThreadRunner>(tasks, options);
 }
 
 std::unique_ptr<Runner> make_process_runner(const Tasks& tasks, ProcessPoolOptions options) {

@@ -3,7 +3,9 @@
 // task's C++ types.
 #pragma once
 
+#include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -18,6 +20,11 @@ struct RunnerStats {
   std::uint64_t completed = 0, failed = 0, cancelled = 0, timed_out = 0, crashed = 0;
   double utilization = 0.0;
   LatencySummary wait_time, run_time;
+  /// Thread isolation: tasks running past their timeout + kStuckGrace that ignore their stop
+  /// token, each holding a thread; the pool replaces up to `stuck_limit` of them.
+  std::size_t stuck = 0, stuck_limit = 0;
+  std::uint64_t stuck_total = 0;
+  std::map<std::string, std::size_t> stuck_tasks;  ///< stuck now, by task name
 };
 
 /// Thread safety: every member may be called from any thread.
@@ -28,6 +35,11 @@ class Runner {
   [[nodiscard]] virtual const Tasks& tasks() const noexcept = 0;
   [[nodiscard]] virtual RunnerStats stats() const = 0;
   [[nodiscard]] virtual const char* isolation() const noexcept = 0;
+  /// Why the runner cannot take more work although it is open (empty: it can): every
+  /// replacement for stuck threads is in use.
+  [[nodiscard]] virtual std::string unready_reason() const { return {}; }
+  /// Logs tasks that became stuck since the last call (called periodically by the server).
+  virtual void report_stuck() {}
   /// Finishes running tasks and stops the pool.
   virtual void close() = 0;
   /// Stops now: queued tasks are dropped, running ones asked to stop (thread isolation: their
@@ -35,10 +47,17 @@ class Runner {
   virtual void terminate() = 0;
 };
 
-/// Tasks run on a ThreadPool of `threads` (0: default) with a queue of `max_queue`, each thread at
-/// scheduling priority `task_nice` (a nice value, 0..19).
-std::unique_ptr<Runner> make_thread_runner(const Tasks& tasks, std::size_t threads,
-                                           std::size_t max_queue, int task_nice = 0);
+/// How a thread runner is set up.
+struct ThreadRunnerOptions {
+  std::size_t threads = 0;  ///< 0: crew::default_thread_count()
+  std::size_t max_queue = 1024;
+  int task_nice = 0;  ///< scheduling priority (nice, 0..19) of the task threads
+  /// Replacement threads for stuck tasks (PoolOptions::max_stuck_replacements); none: `threads`.
+  std::optional<std::size_t> max_stuck_threads;
+};
+
+/// Tasks run on a ThreadPool in this process.
+std::unique_ptr<Runner> make_thread_runner(const Tasks& tasks, ThreadRunnerOptions options);
 /// Tasks run in worker processes re-executing this program with `worker_args`.
 std::unique_ptr<Runner> make_process_runner(const Tasks& tasks, ProcessPoolOptions options);
 

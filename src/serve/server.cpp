@@ -157,6 +157,12 @@ struct Server::Impl {
     watched.erase(key);
   }
   void check_hangups(Clock::time_point now);
+  // Empty when ready to take tasks; otherwise why not, for /readyz.
+  std::string unready_reason() const {
+    if (!started) return "starting";
+    if (draining) return "draining: shutting down or reloading";
+    return runner->unready_reason();
+  }
   void notify_drain() {
     std::lock_guard lock(drain_mutex);
     drained.notify_all();
@@ -352,8 +358,10 @@ class Session : public TaskWatch, public std::enable_shared_from_this<Session<Ex
     } else if (path == "/readyz") {
       route_ = "/readyz";
       if (!only(http::verb::get, "GET")) return;
-      const bool ready = server_.started && !server_.draining;
-      respond(ready ? http::status::ok : http::status::service_unavailable, json{{"ready", ready}});
+      const std::string why = server_.unready_reason();
+      json body{{"ready", why.empty()}};
+      if (!why.empty()) body["reason"] = why;
+      respond(why.empty() ? http::status::ok : http::status::service_unavailable, body);
     } else if (path == "/metrics") {
       route_ = "/metrics";
       if (only(http::verb::get, "GET")) {
@@ -763,6 +771,7 @@ void Server::Impl::tick_lag() {
     if (lag > metrics.lag_max_ns) metrics.lag_max_ns = lag;
   }
   check_hangups(now);
+  runner->report_stuck();
   lag_expected = now + kPeriod;
   lag_timer.expires_at(lag_expected);
   lag_timer.async_wait([this](beast::error_code ec) {
@@ -782,7 +791,7 @@ json Server::Impl::snapshot() {
   };
   json out = {{"worker", cluster != nullptr ? cluster->id() : 0},
               {"pid", ::getpid()},
-              {"ready", started && !draining},
+              {"ready", unready_reason().empty()},
               {"uptime_s", std::chrono::duration<double>(Clock::now() - born).count()},
               {"start_time_s", std::chrono::duration<double>(born_wall.time_since_epoch()).count()},
               {"isolation", runner->isolation()},
@@ -797,6 +806,10 @@ json Server::Impl::snapshot() {
                 {"timed_out", s.timed_out},
                 {"crashed", s.crashed},
                 {"utilization", s.utilization},
+                {"stuck", s.stuck},
+                {"stuck_limit", s.stuck_limit},
+                {"stuck_total", s.stuck_total},
+                {"stuck_tasks", s.stuck_tasks},
                 {"wait", latency(s.wait_time)},
                 {"run", latency(s.run_time)}}},
               {"process", process_figures()}};
@@ -1102,7 +1115,11 @@ int run_service(const ServeConfig& config) {
     o.env["CREW_SERVE_TASK_NICE"] = std::to_string(config.task_nice);
     runner = make_process_runner(tasks, std::move(o));
   } else {
-    runner = make_thread_runner(tasks, config.workers, config.max_queue, config.task_nice);
+    runner = make_thread_runner(tasks,
+                                ThreadRunnerOptions{.threads = config.workers,
+                                                    .max_queue = config.max_queue,
+                                                    .task_nice = config.task_nice,
+                                                    .max_stuck_threads = config.max_stuck_threads});
   }
   ClusterWorker* worker = cluster ? &cluster->worker() : nullptr;
   Server server(config, std::move(runner));

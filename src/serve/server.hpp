@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -34,6 +35,9 @@ struct ServeConfig {
   /// there is a limit: 400 naming it. 0 here: task_timeout is the limit (both 0: no limit).
   std::chrono::milliseconds max_task_timeout{0};
   std::chrono::milliseconds shutdown_timeout{10'000};
+  /// Thread isolation: replacement threads for tasks stuck past their timeout (they ignore their
+  /// stop token); once all are in use /readyz answers 503. None: as many as `workers`.
+  std::optional<std::size_t> max_stuck_threads;
   /// Scheduling priority (nice, 0..19) of task threads and task worker processes; the I/O
   /// threads stay at the process's own. See docs/operations.md "Priorities".
   int task_nice = 0;

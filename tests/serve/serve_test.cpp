@@ -165,7 +165,9 @@ struct Running {
       runner = crew::serve_app::make_process_runner(tasks(), std::move(o));
     } else {
       runner =
-          crew::serve_app::make_thread_runner(tasks(), c.workers == 0 ? 2 : c.workers, c.max_queue);
+          crew::serve_app::make_thread_runner(tasks(), {.threads = c.workers == 0 ? 2 : c.workers,
+                                                        .max_queue = c.max_queue,
+                                                        .max_stuck_threads = c.max_stuck_threads});
     }
     server = std::make_unique<crew::serve_app::Server>(c, std::move(runner));
     server->start();

@@ -72,6 +72,13 @@ Command add_serve_command(CLI::App& app) {
       ->envname("CREW_MAX_TASK_TIMEOUT_MS")
       ->check(CLI::NonNegativeNumber);
   serve
+      ->add_option("--max-stuck-threads", config->max_stuck_threads,
+                   "Thread isolation: threads added for tasks stuck past their timeout (they "
+                   "ignore their stop request); once all are in use /readyz answers 503. "
+                   "Default: --workers")
+      ->envname("CREW_MAX_STUCK_THREADS")
+      ->check(CLI::Range(0, 1024));
+  serve
       ->add_option("--shutdown-timeout-ms", ms->shutdown,
                    "How long SIGTERM waits for in-flight requests")
       ->envname("CREW_SHUTDOWN_TIMEOUT_MS")

@@ -65,6 +65,10 @@ class Task : public QueueNode {
   std::uint64_t enqueued_ticks = 0;
   std::chrono::nanoseconds timeout{0};
   int priority = 0;
+  /// A timed task's race between returning and being found stuck (ThreadPool): kRunning until
+  /// one of them moves it to kStuck or kReturned.
+  enum Phase : std::uint8_t { kRunning, kStuck, kReturned };
+  std::atomic<std::uint8_t> phase{kRunning};
 
  protected:
   ~Task() = default;
