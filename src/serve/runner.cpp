@@ -97,18 +97,23 @@ class ThreadRunner final : public Runner {
     }
     for (const auto& [name, timeout] : fresh) {
       const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(timeout).count();
-      if (stuck <= stuck_limit()) {
-        spdlog::warn(
-            "crew serve: task '{}' is still running past its {} ms timeout and ignores its stop "
-            "request; its thread is replaced ({} of --max-stuck-threads {} in use)",
-            name, ms, stuck, stuck_limit());
+      const std::size_t limit = stuck_limit();
+      const std::string what = fmt::format(
+          "crew serve: task '{}' is still running past its {} ms timeout and ignores its stop "
+          "request",
+          name, ms);
+      constexpr const char* kAdvice =
+          "/readyz answers 503 until a stuck task returns. Make the task check "
+          "crew::this_task::stop_requested(), or use --isolation process, whose tasks are killed";
+      if (stuck < limit) {
+        spdlog::warn("{}; its thread is replaced ({} of --max-stuck-threads {} in use)", what,
+                     stuck, limit);
+      } else if (stuck == limit) {
+        spdlog::error("{}; its thread is replaced by the last of --max-stuck-threads {}: {}", what,
+                      limit, kAdvice);
       } else {
-        spdlog::error(
-            "crew serve: task '{}' is still running past its {} ms timeout and ignores its stop "
-            "request; no replacement thread is left (--max-stuck-threads {}): /readyz answers "
-            "503 until a stuck task returns. Make the task check "
-            "crew::this_task::stop_requested(), or use --isolation process",
-            name, ms, stuck_limit());
+        spdlog::error("{}; no replacement thread is left (--max-stuck-threads {}): {}", what, limit,
+                      kAdvice);
       }
     }
   }
