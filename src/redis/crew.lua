@@ -1,0 +1,412 @@
+#!lua name=crew
+-- The crew queue's Redis 7 function library (docs/architecture.md, "Redis queue"). Every function
+-- takes one key, the queue prefix `crew:{<queue>}:`: its hash tag puts all of a queue's keys in one
+-- Cluster slot, and jobs reached through the delayed and lease zsets cannot be declared up front
+-- anyway, so the functions derive every key from the prefix. All time is the Redis clock (TIME).
+-- Every state change checks the job's current state (and lease token), so each job is settled
+-- exactly once however late or repeated a call is. Arguments are checked before the first write:
+-- a function that raises after writing would leave its writes in place.
+
+local VERSION = 1
+
+local GROUP = 'workers'
+local NOTIFY_MAXLEN = '10000'
+local MAX_BACKOFF_MS = 24 * 3600 * 1000
+
+-- A bad argument raises a tagged table; `checked` turns it into a plain error reply (an error
+-- raised from Lua would carry the script's line number instead).
+local function fail(fn, message)
+  error({crew_error = 'ERR ' .. fn .. ': ' .. message})
+end
+
+local function checked(impl)
+  return function(keys, argv)
+    local ok, result = pcall(impl, keys, argv)
+    if ok then return result end
+    if type(result) == 'table' and result.crew_error then
+      return redis.error_reply(result.crew_error)
+    end
+    error(result)
+  end
+end
+
+local function prefix_of(fn, keys)
+  local p = keys[1]
+  if #keys ~= 1 or type(p) ~= 'string' or not string.match(p, '^crew:{[^{}]+}:$') then
+    fail(fn, "expects one key, the queue prefix 'crew:{<queue>}:'")
+  end
+  return p
+end
+
+local function text(fn, name, value, max)
+  if type(value) ~= 'string' or #value == 0 or #value > max then
+    fail(fn, name .. ' must be 1..' .. max .. ' bytes')
+  end
+  return value
+end
+
+local function int(fn, name, value, min, max)
+  local n = tonumber(value)
+  if not n or n ~= math.floor(n) or n < min or (max and n > max) then
+    fail(fn, name .. ' must be an integer in ' .. min .. '..' .. (max or 'inf') .. ", got '"
+      .. tostring(value) .. "'")
+  end
+  return n
+end
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function job_key(p, id) return p .. 'job:' .. id end
+
+local function load(key)
+  local flat = redis.call('HGETALL', key)
+  if #flat == 0 then return nil end
+  local job = {}
+  for i = 1, #flat, 2 do job[flat[i]] = flat[i + 1] end
+  return job
+end
+
+local function bump(p, counter) redis.call('HINCRBY', p .. 'stats', counter, 1) end
+
+-- A lease token is never reused: each start and reclaim takes the next number.
+local function next_token(p) return tostring(redis.call('INCR', p .. 'seq')) end
+
+local function enqueue(p, id, priority)
+  local stream = p .. 'p' .. priority
+  local entry = redis.call('XADD', stream, '*', 'id', id)
+  redis.call('HSET', job_key(p, id), 'state', 'waiting', 'stream', stream, 'entry', entry)
+end
+
+-- Streams are never trimmed (Redis 7.0 trims pending entries too): an entry leaves its stream
+-- in the same call that moves its job on.
+local function drop_entry(stream, entry)
+  if stream and entry and entry ~= '' then
+    redis.call('XACK', stream, GROUP, entry)
+    redis.call('XDEL', stream, entry)
+  end
+end
+
+local function notify(p, id, job, fields)
+  local args = {p .. 'results:' .. job.producer, 'MAXLEN', '~', NOTIFY_MAXLEN, '*', 'id', id}
+  for _, v in ipairs(fields) do args[#args + 1] = v end
+  redis.call('XADD', unpack(args))
+end
+
+local function retain(p, id, job)
+  local ms = tonumber(job.retain_ms)
+  if ms == 0 then
+    redis.call('DEL', job_key(p, id))
+  else
+    redis.call('PEXPIRE', job_key(p, id), ms)
+  end
+end
+
+local function dead_letter(p, id, task, error_type, message, attempts)
+  redis.call('XADD', p .. 'dead', '*', 'id', id, 'task', task, 'error_type', error_type, 'error',
+    message, 'attempts', attempts)
+  bump(p, 'dead')
+end
+
+-- The job's last word: dead-lettered, its producer told, its hash kept for retain_ms.
+local function settle_dead(p, id, job, error_type, message)
+  drop_entry(job.stream, job.entry)
+  redis.call('ZREM', p .. 'leases', id)
+  redis.call('HSET', job_key(p, id), 'state', 'dead', 'error_type', error_type, 'error', message,
+    'finished_ms', now_ms())
+  dead_letter(p, id, job.task, error_type, message, job.attempt)
+  notify(p, id, job, {'state', 'dead', 'error_type', error_type, 'error', message})
+  retain(p, id, job)
+end
+
+local function owned(job, lease)
+  return job and job.state == 'active' and job.lease == lease
+end
+
+-- crew_submit(prefix; id, producer, task, args, priority, delay_ms, attempts, backoff,
+-- backoff_ms, jitter, timeout_ms, retain_ms) -> {'created'|'exists', state}
+-- A job id that exists already attaches to that job: it never runs twice.
+local function submit(keys, argv)
+  local fn = 'crew_submit'
+  local p = prefix_of(fn, keys)
+  if #argv ~= 12 then fail(fn, 'expects 12 arguments, got ' .. #argv) end
+  local id = text(fn, 'id', argv[1], 256)
+  local producer = text(fn, 'producer', argv[2], 256)
+  local task = text(fn, 'task', argv[3], 256)
+  local priority = int(fn, 'priority', argv[5], 0, 3)
+  local delay = int(fn, 'delay_ms', argv[6], 0)
+  local attempts = int(fn, 'attempts', argv[7], 1)
+  local backoff = argv[8]
+  if backoff ~= 'fixed' and backoff ~= 'exponential' then
+    fail(fn, "backoff must be 'fixed' or 'exponential', got '" .. tostring(backoff) .. "'")
+  end
+  local backoff_ms = int(fn, 'backoff_ms', argv[9], 0)
+  local jitter = tonumber(argv[10])
+  if not jitter or jitter < 0 or jitter > 1 then
+    fail(fn, "jitter must be a number in 0..1, got '" .. tostring(argv[10]) .. "'")
+  end
+  local timeout_ms = int(fn, 'timeout_ms', argv[11], 0)
+  local retain_ms = int(fn, 'retain_ms', argv[12], 0)
+
+  local key = job_key(p, id)
+  local state = redis.call('HGET', key, 'state')
+  if state then return {'exists', state} end
+
+  local now = now_ms()
+  redis.call('HSET', key, 'task', task, 'args', argv[4], 'producer', producer, 'priority',
+    priority, 'attempts', attempts, 'attempt', 0, 'backoff', backoff, 'backoff_ms', backoff_ms,
+    'jitter', argv[10], 'timeout_ms', timeout_ms, 'retain_ms', retain_ms, 'created_ms', now,
+    'reclaims', 0)
+  bump(p, 'submitted')
+  if delay > 0 then
+    redis.call('HSET', key, 'state', 'delayed')
+    redis.call('ZADD', p .. 'delayed', now + delay, id)
+    return {'created', 'delayed'}
+  end
+  enqueue(p, id, priority)
+  return {'created', 'waiting'}
+end
+
+-- crew_promote(prefix; limit) -> number of delayed jobs now due and back in their streams.
+local function promote(keys, argv)
+  local fn = 'crew_promote'
+  local p = prefix_of(fn, keys)
+  local limit = int(fn, 'limit', argv[1], 1)
+  local ids = redis.call('ZRANGEBYSCORE', p .. 'delayed', '-inf', now_ms(), 'LIMIT', 0, limit)
+  local moved = 0
+  for _, id in ipairs(ids) do
+    redis.call('ZREM', p .. 'delayed', id)
+    local job = load(job_key(p, id))
+    if job and job.state == 'delayed' then
+      enqueue(p, id, job.priority)
+      moved = moved + 1
+    end
+  end
+  return moved
+end
+
+-- crew_init(prefix) -> 'ok': the consumer group on every priority stream. From id 0, so jobs
+-- submitted before any worker existed are delivered too.
+local function init(keys)
+  local p = prefix_of('crew_init', keys)
+  for priority = 0, 3 do
+    local ok = redis.pcall('XGROUP', 'CREATE', p .. 'p' .. priority, GROUP, '0', 'MKSTREAM')
+    if type(ok) == 'table' and ok.err and not string.find(ok.err, 'BUSYGROUP', 1, true) then
+      error(ok)
+    end
+  end
+  return 'ok'
+end
+
+local function stream_of(fn, p, value)
+  for priority = 0, 3 do
+    if value == p .. 'p' .. priority then return value end
+  end
+  fail(fn, "stream must be one of the queue's streams " .. p .. "p0..p3, got '"
+    .. tostring(value) .. "'")
+end
+
+-- crew_start(prefix; id, stream, entry, worker, lease_ms)
+--   -> {'run', lease, task, args, timeout_ms, attempt} | {'skip', reason}
+-- Called with what XREADGROUP delivered. An entry that is not the job's current delivery is
+-- acknowledged and deleted; one naming no job is also dead-lettered.
+local function start(keys, argv)
+  local fn = 'crew_start'
+  local p = prefix_of(fn, keys)
+  local id = argv[1] or ''
+  local stream = stream_of(fn, p, argv[2])
+  local entry = text(fn, 'entry', argv[3], 64)
+  local worker = text(fn, 'worker', argv[4], 256)
+  local lease_ms = int(fn, 'lease_ms', argv[5], 1)
+
+  local job = id ~= '' and load(job_key(p, id)) or nil
+  if not job then
+    drop_entry(stream, entry)
+    local reason = id == '' and 'malformed entry ' .. entry .. ': no job id'
+      or 'entry ' .. entry .. ' names no job'
+    dead_letter(p, id, '', 'Malformed', reason, 0)
+    return {'skip', reason}
+  end
+  if job.stream ~= stream or job.entry ~= entry then
+    drop_entry(stream, entry)
+    return {'skip', 'stale entry ' .. entry .. ' (job ' .. job.state .. ')'}
+  end
+  if job.state ~= 'waiting' then
+    -- Its current delivery, read again (a worker re-reading its pending entries): leave it.
+    return {'skip', 'job is ' .. job.state}
+  end
+  local lease = next_token(p)
+  local attempt = tonumber(job.attempt) + 1
+  local now = now_ms()
+  redis.call('HSET', job_key(p, id), 'state', 'active', 'owner', worker, 'lease', lease,
+    'attempt', attempt, 'started_ms', now)
+  redis.call('ZADD', p .. 'leases', now + lease_ms, id)
+  return {'run', lease, job.task, job.args, tonumber(job.timeout_ms), attempt}
+end
+
+-- crew_renew(prefix; id, lease, lease_ms) -> 'ok' | 'lost' (the worker must stop the task).
+local function renew(keys, argv)
+  local fn = 'crew_renew'
+  local p = prefix_of(fn, keys)
+  local id = text(fn, 'id', argv[1], 256)
+  local lease = text(fn, 'lease', argv[2], 64)
+  local lease_ms = int(fn, 'lease_ms', argv[3], 1)
+  if not owned(load(job_key(p, id)), lease) then return 'lost' end
+  redis.call('ZADD', p .. 'leases', 'XX', now_ms() + lease_ms, id)
+  return 'ok'
+end
+
+-- crew_complete(prefix; id, lease, result) -> 'ok' | 'refused' (the lease is no longer this
+-- caller's: the job was reclaimed, or settled already).
+local function complete(keys, argv)
+  local fn = 'crew_complete'
+  local p = prefix_of(fn, keys)
+  local id = text(fn, 'id', argv[1], 256)
+  local lease = text(fn, 'lease', argv[2], 64)
+  local result = argv[3]
+  if type(result) ~= 'string' then fail(fn, 'expects a result') end
+  local job = load(job_key(p, id))
+  if not owned(job, lease) then return 'refused' end
+  drop_entry(job.stream, job.entry)
+  redis.call('ZREM', p .. 'leases', id)
+  redis.call('HSET', job_key(p, id), 'state', 'completed', 'result', result, 'finished_ms',
+    now_ms())
+  notify(p, id, job, {'state', 'completed', 'result', result})
+  bump(p, 'completed')
+  retain(p, id, job)
+  return 'ok'
+end
+
+local function backoff_delay(job)
+  local delay = tonumber(job.backoff_ms)
+  if job.backoff == 'exponential' then
+    delay = delay * 2 ^ math.min(tonumber(job.attempt) - 1, 40)
+  end
+  local jitter = tonumber(job.jitter)
+  if jitter > 0 then
+    local t = redis.call('TIME')
+    math.randomseed(tonumber(t[1]) * 1000000 + tonumber(t[2]))
+    delay = delay * (1 + jitter * (2 * math.random() - 1))
+  end
+  return math.floor(math.min(delay, MAX_BACKOFF_MS))
+end
+
+-- crew_fail(prefix; id, lease, error_type, error) -> {'retry', delay_ms} | {'dead'} | 'refused'
+-- With attempts left the job waits out its backoff in the delayed zset (or goes straight back to
+-- its stream when the backoff is 0); after the last attempt it is dead-lettered.
+local function fail_job(keys, argv)
+  local fn = 'crew_fail'
+  local p = prefix_of(fn, keys)
+  local id = text(fn, 'id', argv[1], 256)
+  local lease = text(fn, 'lease', argv[2], 64)
+  local error_type = text(fn, 'error_type', argv[3], 256)
+  local message = argv[4]
+  if type(message) ~= 'string' then fail(fn, 'expects an error message') end
+  local job = load(job_key(p, id))
+  if not owned(job, lease) then return 'refused' end
+  bump(p, 'failed')
+  if tonumber(job.attempt) >= tonumber(job.attempts) then
+    settle_dead(p, id, job, error_type, message)
+    return {'dead'}
+  end
+  drop_entry(job.stream, job.entry)
+  redis.call('ZREM', p .. 'leases', id)
+  redis.call('HSET', job_key(p, id), 'error_type', error_type, 'error', message, 'entry', '')
+  bump(p, 'retried')
+  local delay = backoff_delay(job)
+  if delay > 0 then
+    redis.call('HSET', job_key(p, id), 'state', 'delayed')
+    redis.call('ZADD', p .. 'delayed', now_ms() + delay, id)
+  else
+    enqueue(p, id, job.priority)
+  end
+  return {'retry', delay}
+end
+
+-- Entries delivered more than `idle_ms` ago whose job never started: the reader died between
+-- XREADGROUP and crew_start. They go back to their stream as a fresh entry.
+local function redeliver_unstarted(p, limit, idle_ms)
+  local count = 0
+  for priority = 0, 3 do
+    local stream = p .. 'p' .. priority
+    local pending = redis.pcall('XPENDING', stream, GROUP, 'IDLE', idle_ms, '-', '+', limit)
+    if type(pending) == 'table' and not pending.err then
+      for _, row in ipairs(pending) do
+        local entry = row[1]
+        local fields = redis.call('XRANGE', stream, entry, entry)
+        local id = fields[1] and fields[1][2][2] or ''
+        local job = id ~= '' and load(job_key(p, id)) or nil
+        if job and job.state == 'waiting' and job.entry == entry then
+          drop_entry(stream, entry)
+          enqueue(p, id, job.priority)
+          count = count + 1
+        end
+      end
+    end
+  end
+  return count
+end
+
+-- crew_reclaim(prefix; limit, max_reclaims, unstarted_idle_ms) -> {requeued, dead, redelivered}
+-- A job whose lease deadline passed has an owner presumed dead: its lease token changes (the old
+-- owner's renew, complete and fail are refused from now on) and it runs again, or is
+-- dead-lettered as WorkerCrashed once it has been reclaimed more than max_reclaims times.
+local function reclaim(keys, argv)
+  local fn = 'crew_reclaim'
+  local p = prefix_of(fn, keys)
+  local limit = int(fn, 'limit', argv[1], 1)
+  local max_reclaims = int(fn, 'max_reclaims', argv[2], 0)
+  local idle_ms = int(fn, 'unstarted_idle_ms', argv[3], 0)
+  local ids = redis.call('ZRANGEBYSCORE', p .. 'leases', '-inf', now_ms(), 'LIMIT', 0, limit)
+  local requeued, dead = 0, 0
+  for _, id in ipairs(ids) do
+    redis.call('ZREM', p .. 'leases', id)
+    local job = load(job_key(p, id))
+    if job and job.state == 'active' then
+      local reclaims = tonumber(job.reclaims) + 1
+      redis.call('HSET', job_key(p, id), 'lease', next_token(p), 'reclaims', reclaims)
+      bump(p, 'reclaimed')
+      if reclaims > max_reclaims then
+        settle_dead(p, id, job, 'WorkerCrashed', 'worker ' .. tostring(job.owner)
+          .. ' stopped renewing its lease (reclaimed ' .. reclaims .. ' times)')
+        dead = dead + 1
+      else
+        drop_entry(job.stream, job.entry)
+        enqueue(p, id, job.priority)
+        requeued = requeued + 1
+      end
+    end
+  end
+  local redelivered = idle_ms > 0 and redeliver_unstarted(p, limit, idle_ms) or 0
+  return {requeued, dead, redelivered}
+end
+
+-- crew_stats(prefix) -> {name, value, ...}: jobs by state, then the counters.
+local function stats(keys)
+  local p = prefix_of('crew_stats', keys)
+  local active = redis.call('ZCARD', p .. 'leases')
+  local in_streams = 0
+  for priority = 0, 3 do in_streams = in_streams + redis.call('XLEN', p .. 'p' .. priority) end
+  local out = {'waiting', in_streams - active, 'delayed', redis.call('ZCARD', p .. 'delayed'),
+    'active', active, 'dead_letters', redis.call('XLEN', p .. 'dead')}
+  local counters = redis.call('HGETALL', p .. 'stats')
+  for i = 1, #counters, 2 do
+    out[#out + 1] = counters[i]
+    out[#out + 1] = tonumber(counters[i + 1])
+  end
+  return out
+end
+
+redis.register_function{function_name = 'crew_version', callback = function() return VERSION end,
+  flags = {'no-writes'}}
+redis.register_function('crew_init', checked(init))
+redis.register_function('crew_submit', checked(submit))
+redis.register_function('crew_promote', checked(promote))
+redis.register_function('crew_start', checked(start))
+redis.register_function('crew_renew', checked(renew))
+redis.register_function('crew_complete', checked(complete))
+redis.register_function('crew_fail', checked(fail_job))
+redis.register_function('crew_reclaim', checked(reclaim))
+redis.register_function{function_name = 'crew_stats', callback = checked(stats), flags = {'no-writes'}}
