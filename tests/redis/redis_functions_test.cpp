@@ -1,0 +1,403 @@
+// The `crew` function library end to end, driven with FCALL through Connection: this test plays
+// the producer and the worker (plain XREADGROUP), the way Queue and Worker will.
+#include <chrono>
+#include <map>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "connection.hpp"
+#include "redis/redis_server.hpp"
+
+namespace {
+
+using crew::redis::Connection;
+using crew::redis::parse_url;
+using crew::redis::Reply;
+using crew_test::RedisServer;
+using namespace std::chrono_literals;
+using ::testing::HasSubstr;
+using Clock = std::chrono::steady_clock;
+using Fields = std::map<std::string, std::string>;
+
+const std::string kQueue = "crew:{q}:";
+
+struct Job {
+  std::string id;
+  std::string task = "echo";
+  std::string args = "args";
+  int priority = 1;
+  int delay_ms = 0;
+  int attempts = 1;
+  std::string backoff = "fixed";
+  int backoff_ms = 0;
+  std::string jitter = "0";
+  int timeout_ms = 0;
+  int retain_ms = 60'000;
+};
+
+struct Delivery {
+  std::string stream, entry, id;
+};
+
+Fields fields_of(const Reply& flat) {
+  Fields out;
+  for (std::size_t i = 0; i + 1 < flat.elements().size(); i += 2) {
+    out[flat[i].str()] = flat[i + 1].str();
+  }
+  return out;
+}
+
+class RedisFunctions : public ::testing::Test {
+ protected:
+  void SetUp() override { ASSERT_EQ(fcall("crew_init", {}).str(), "ok"); }
+
+  Reply fcall(const std::string& function, std::vector<std::string> args) {
+    args.insert(args.begin(), {"FCALL", function, "1", kQueue});
+    return redis.command(args);
+  }
+
+  Reply submit(const Job& job) {
+    return fcall("crew_submit",
+                 {job.id, "producer-1", job.task, job.args, std::to_string(job.priority),
+                  std::to_string(job.delay_ms), std::to_string(job.attempts), job.backoff,
+                  std::to_string(job.backoff_ms), job.jitter, std::to_string(job.timeout_ms),
+                  std::to_string(job.retain_ms)});
+  }
+
+  // One entry from the highest-priority stream that has one, as a worker's XREADGROUP sees it.
+  std::optional<Delivery> read(const std::string& worker) {
+    Reply reply = redis.command({"XREADGROUP", "GROUP", "workers", worker, "COUNT", "1", "STREAMS",
+                                 kQueue + "p3", kQueue + "p2", kQueue + "p1", kQueue + "p0", ">",
+                                 ">", ">", ">"});
+    if (reply.is_nil()) return std::nullopt;
+    const Reply& stream = reply[0];
+    const Reply& entry = stream[1][0];
+    return Delivery{stream[0].str(), entry[0].str(), fields_of(entry[1])["id"]};
+  }
+
+  Reply start(const Delivery& d, const std::string& worker, int lease_ms = 10'000) {
+    return fcall("crew_start", {d.id, d.stream, d.entry, worker, std::to_string(lease_ms)});
+  }
+
+  Fields job(const std::string& id) {
+    return fields_of(redis.command({"HGETALL", kQueue + "job:" + id}));
+  }
+
+  std::vector<Fields> stream(const std::string& name) {
+    std::vector<Fields> out;
+    const Reply entries = redis.command({"XRANGE", kQueue + name, "-", "+"});
+    for (const auto& entry : entries.elements()) {
+      out.push_back(fields_of(entry[1]));
+    }
+    return out;
+  }
+
+  long long stat(const std::string& name) {
+    Reply reply = redis.command({"HGET", kQueue + "stats", name});
+    return reply.is_nil() ? 0 : std::stoll(reply.str());
+  }
+
+  // crew_stats as name -> value.
+  std::map<std::string, long long> stats() {
+    const Reply flat = fcall("crew_stats", {});
+    std::map<std::string, long long> out;
+    for (std::size_t i = 0; i + 1 < flat.elements().size(); i += 2) {
+      out[flat[i].str()] = flat[i + 1].integer();
+    }
+    return out;
+  }
+
+  // Calls `function` until it returns `expected` (the Redis clock decides when a deadline has
+  // passed); fails after 10 s.
+  void poll_until(const std::string& function, const std::vector<std::string>& args,
+                  const std::string& expected) {
+    const auto deadline = Clock::now() + 10s;
+    std::string last;
+    while (Clock::now() < deadline) {
+      last = fcall(function, args).describe();
+      if (last == expected) return;
+      std::this_thread::sleep_for(10ms);
+    }
+    FAIL() << function << " still returns " << last << ", expected " << expected;
+  }
+
+  RedisServer server;
+  Connection redis{parse_url(server.url())};
+};
+
+TEST_F(RedisFunctions, SubmitStartComplete) {
+  const std::string args("\x92\x01\x00\xc0", 4);  // msgpack bytes, NUL included
+  const std::string result("\x00\xff result", 9);
+  Job j{.id = "j1", .args = args, .priority = 2, .timeout_ms = 1500};
+  EXPECT_EQ(submit(j).describe(), R"(["created", "waiting"])");
+  const std::map<std::string, long long> waiting = {
+      {"waiting", 1}, {"delayed", 0}, {"active", 0}, {"dead_letters", 0}, {"submitted", 1}};
+  EXPECT_EQ(stats(), waiting);
+
+  auto delivery = read("w1");
+  ASSERT_TRUE(delivery);
+  EXPECT_EQ(delivery->stream, kQueue + "p2");
+  EXPECT_EQ(delivery->id, "j1");
+  Reply run = start(*delivery, "w1");
+  ASSERT_EQ(run[0].str(), "run") << run.describe();
+  const std::string lease = run[1].str();
+  EXPECT_EQ(run[2].str(), "echo");
+  EXPECT_EQ(run[3].str(), args);
+  EXPECT_EQ(run[4].integer(), 1500);
+  EXPECT_EQ(run[5].integer(), 1);
+  EXPECT_EQ(job("j1")["state"], "active");
+  EXPECT_EQ(job("j1")["owner"], "w1");
+  EXPECT_EQ(stats()["active"], 1);
+  EXPECT_EQ(stats()["waiting"], 0);
+
+  EXPECT_EQ(fcall("crew_complete", {"j1", lease, result}).str(), "ok");
+  EXPECT_EQ(redis.command({"XLEN", kQueue + "p2"}).integer(), 0);
+  EXPECT_EQ(redis.command({"XPENDING", kQueue + "p2", "workers"})[0].integer(), 0);
+  EXPECT_EQ(redis.command({"ZCARD", kQueue + "leases"}).integer(), 0);
+  EXPECT_EQ(job("j1")["state"], "completed");
+  EXPECT_EQ(job("j1")["result"], result);
+  EXPECT_GT(redis.command({"PTTL", kQueue + "job:j1"}).integer(), 0);
+  auto results = stream("results:producer-1");
+  ASSERT_EQ(results.size(), 1u);
+  EXPECT_EQ(results[0]["id"], "j1");
+  EXPECT_EQ(results[0]["state"], "completed");
+  EXPECT_EQ(results[0]["result"], result);
+  EXPECT_EQ(stat("completed"), 1);
+  EXPECT_EQ(stats()["active"], 0);
+
+  EXPECT_EQ(fcall("crew_complete", {"j1", lease, "again"}).str(), "refused");
+  EXPECT_EQ(stream("results:producer-1").size(), 1u);
+}
+
+TEST_F(RedisFunctions, RetainZeroDeletesTheJobOnceTheProducerIsTold) {
+  ASSERT_EQ(submit({.id = "j1", .retain_ms = 0})[0].str(), "created");
+  auto delivery = read("w1");
+  ASSERT_TRUE(delivery);
+  const std::string lease = start(*delivery, "w1")[1].str();
+  EXPECT_EQ(fcall("crew_complete", {"j1", lease, "r"}).str(), "ok");
+  EXPECT_EQ(redis.command({"EXISTS", kQueue + "job:j1"}).integer(), 0);
+  ASSERT_EQ(stream("results:producer-1").size(), 1u);
+  EXPECT_EQ(stream("results:producer-1")[0]["result"], "r");
+}
+
+TEST_F(RedisFunctions, SubmitWithAnExistingIdAttachesAndNeverRunsAgain) {
+  ASSERT_EQ(submit({.id = "same"}).describe(), R"(["created", "waiting"])");
+  EXPECT_EQ(submit({.id = "same", .task = "other"}).describe(), R"(["exists", "waiting"])");
+  EXPECT_EQ(redis.command({"XLEN", kQueue + "p1"}).integer(), 1);
+  EXPECT_EQ(job("same")["task"], "echo");
+
+  auto delivery = read("w1");
+  ASSERT_TRUE(delivery);
+  const std::string lease = start(*delivery, "w1")[1].str();
+  EXPECT_EQ(submit({.id = "same"}).describe(), R"(["exists", "active"])");
+  ASSERT_EQ(fcall("crew_complete", {"same", lease, "r"}).str(), "ok");
+  EXPECT_EQ(submit({.id = "same"}).describe(), R"(["exists", "completed"])");
+  EXPECT_FALSE(read("w1"));
+  EXPECT_EQ(stat("submitted"), 1);
+}
+
+TEST_F(RedisFunctions, DelayedJobIsNotDeliveredBeforeItIsDue) {
+  const auto submitted = Clock::now();
+  ASSERT_EQ(submit({.id = "later", .delay_ms = 200}).describe(), R"(["created", "delayed"])");
+  EXPECT_EQ(fcall("crew_promote", {"100"}).integer(), 0);
+  EXPECT_FALSE(read("w1"));
+  poll_until("crew_promote", {"100"}, "1");
+  EXPECT_GE(Clock::now() - submitted, 150ms);
+  EXPECT_EQ(job("later")["state"], "waiting");
+  auto delivery = read("w1");
+  ASSERT_TRUE(delivery);
+  EXPECT_EQ(delivery->id, "later");
+  EXPECT_EQ(fcall("crew_promote", {"100"}).integer(), 0);
+}
+
+TEST_F(RedisFunctions, FailRetriesWithExponentialBackoffThenDeadLetters) {
+  ASSERT_EQ(
+      submit({.id = "flaky", .attempts = 3, .backoff = "exponential", .backoff_ms = 100})[0].str(),
+      "created");
+  for (int attempt = 1; attempt <= 3; ++attempt) {
+    SCOPED_TRACE("attempt " + std::to_string(attempt));
+    if (attempt > 1) poll_until("crew_promote", {"100"}, "1");
+    auto delivery = read("w1");
+    ASSERT_TRUE(delivery);
+    Reply run = start(*delivery, "w1");
+    ASSERT_EQ(run[5].integer(), attempt);
+    Reply failed = fcall("crew_fail", {"flaky", run[1].str(), "RemoteError", "boom"});
+    if (attempt < 3) {
+      // 100 ms, then 200 ms: backoff_ms * 2^(attempt-1), no jitter.
+      EXPECT_EQ(failed.describe(), "[\"retry\", " + std::to_string(100 << (attempt - 1)) + "]");
+      EXPECT_EQ(job("flaky")["state"], "delayed");
+      EXPECT_EQ(job("flaky")["error"], "boom");
+      EXPECT_EQ(redis.command({"XLEN", kQueue + "p1"}).integer(), 0);
+      EXPECT_EQ(fcall("crew_promote", {"100"}).integer(), 0);  // not yet due
+    } else {
+      EXPECT_EQ(failed.describe(), R"(["dead"])");
+    }
+  }
+  EXPECT_EQ(job("flaky")["state"], "dead");
+  auto dead = stream("dead");
+  ASSERT_EQ(dead.size(), 1u);
+  EXPECT_EQ(dead[0]["id"], "flaky");
+  EXPECT_EQ(dead[0]["task"], "echo");
+  EXPECT_EQ(dead[0]["error_type"], "RemoteError");
+  EXPECT_EQ(dead[0]["error"], "boom");
+  EXPECT_EQ(dead[0]["attempts"], "3");
+  auto results = stream("results:producer-1");
+  ASSERT_EQ(results.size(), 1u);
+  EXPECT_EQ(results[0]["state"], "dead");
+  EXPECT_EQ(results[0]["error_type"], "RemoteError");
+  EXPECT_EQ(results[0]["error"], "boom");
+  EXPECT_EQ(stat("failed"), 3);
+  EXPECT_EQ(stat("retried"), 2);
+  EXPECT_EQ(stat("dead"), 1);
+  EXPECT_EQ(redis.command({"XLEN", kQueue + "p1"}).integer(), 0);
+}
+
+TEST_F(RedisFunctions, RetryWithoutBackoffGoesStraightBackAndJitterStaysInBounds) {
+  ASSERT_EQ(submit({.id = "now", .attempts = 2})[0].str(), "created");
+  auto delivery = read("w1");
+  ASSERT_TRUE(delivery);
+  Reply failed = fcall("crew_fail", {"now", start(*delivery, "w1")[1].str(), "E", "e"});
+  EXPECT_EQ(failed.describe(), R"(["retry", 0])");
+  EXPECT_EQ(job("now")["state"], "waiting");
+  auto again = read("w2");
+  ASSERT_TRUE(again);
+  EXPECT_NE(again->entry, delivery->entry);
+
+  for (int i = 0; i < 20; ++i) {
+    const std::string id = "jittery-" + std::to_string(i);
+    ASSERT_EQ(submit({.id = id, .priority = 0, .attempts = 2, .backoff_ms = 1000, .jitter = "0.5"})
+                  .describe(),
+              R"(["created", "waiting"])");
+    auto d = read("w1");
+    ASSERT_TRUE(d);
+    ASSERT_EQ(d->id, id);
+    Reply retry = fcall("crew_fail", {id, start(*d, "w1")[1].str(), "E", "e"});
+    EXPECT_GE(retry[1].integer(), 500);
+    EXPECT_LE(retry[1].integer(), 1500);
+  }
+}
+
+TEST_F(RedisFunctions, RenewNeedsTheCurrentLease) {
+  ASSERT_EQ(submit({.id = "j1"})[0].str(), "created");
+  auto delivery = read("w1");
+  ASSERT_TRUE(delivery);
+  const std::string lease = start(*delivery, "w1", 1000)[1].str();
+  const double before = std::stod(redis.command({"ZSCORE", kQueue + "leases", "j1"}).str());
+  EXPECT_EQ(fcall("crew_renew", {"j1", lease, "60000"}).str(), "ok");
+  const double after = std::stod(redis.command({"ZSCORE", kQueue + "leases", "j1"}).str());
+  EXPECT_GE(after - before, 59'000);
+  EXPECT_EQ(fcall("crew_renew", {"j1", lease + "0", "60000"}).str(), "lost");
+  EXPECT_EQ(fcall("crew_renew", {"nothing", lease, "60000"}).str(), "lost");
+  ASSERT_EQ(fcall("crew_complete", {"j1", lease, "r"}).str(), "ok");
+  EXPECT_EQ(fcall("crew_renew", {"j1", lease, "60000"}).str(), "lost");
+}
+
+TEST_F(RedisFunctions, ReclaimRefusesTheLateOwnerAndTheJobCompletesOnce) {
+  ASSERT_EQ(submit({.id = "j1", .attempts = 1})[0].str(), "created");
+  auto first = read("w1");
+  ASSERT_TRUE(first);
+  const std::string old_lease = start(*first, "w1", 100)[1].str();
+
+  poll_until("crew_reclaim", {"10", "3", "0"}, "[1, 0, 0]");
+  EXPECT_EQ(job("j1")["state"], "waiting");
+  EXPECT_EQ(job("j1")["reclaims"], "1");
+  EXPECT_NE(job("j1")["lease"], old_lease);
+  EXPECT_EQ(fcall("crew_complete", {"j1", old_lease, "late"}).str(), "refused");
+  EXPECT_EQ(fcall("crew_renew", {"j1", old_lease, "1000"}).str(), "lost");
+  EXPECT_EQ(fcall("crew_fail", {"j1", old_lease, "E", "late"}).str(), "refused");
+
+  auto second = read("w2");
+  ASSERT_TRUE(second);
+  EXPECT_NE(second->entry, first->entry);
+  Reply run = start(*second, "w2");
+  ASSERT_EQ(run[0].str(), "run");
+  EXPECT_EQ(run[5].integer(), 2);  // an execution started, even if attempts is 1
+  // The old owner wakes up while the job runs again: the token, not the state, refuses it.
+  EXPECT_EQ(fcall("crew_complete", {"j1", old_lease, "late"}).str(), "refused");
+  EXPECT_EQ(fcall("crew_renew", {"j1", old_lease, "1000"}).str(), "lost");
+  EXPECT_EQ(fcall("crew_fail", {"j1", old_lease, "E", "late"}).str(), "refused");
+  EXPECT_EQ(fcall("crew_complete", {"j1", run[1].str(), "on time"}).str(), "ok");
+  EXPECT_EQ(fcall("crew_complete", {"j1", old_lease, "late"}).str(), "refused");
+
+  auto results = stream("results:producer-1");
+  ASSERT_EQ(results.size(), 1u);
+  EXPECT_EQ(results[0]["result"], "on time");
+  EXPECT_EQ(job("j1")["result"], "on time");
+  EXPECT_EQ(redis.command({"XLEN", kQueue + "p1"}).integer(), 0);
+  EXPECT_EQ(stat("reclaimed"), 1);
+  EXPECT_EQ(stat("completed"), 1);
+}
+
+TEST_F(RedisFunctions, ReclaimedTooOftenIsDeadLetteredAsWorkerCrashed) {
+  ASSERT_EQ(submit({.id = "j1"})[0].str(), "created");
+  auto delivery = read("w1");
+  ASSERT_TRUE(delivery);
+  ASSERT_EQ(start(*delivery, "w1", 100)[0].str(), "run");
+  poll_until("crew_reclaim", {"10", "0", "0"}, "[0, 1, 0]");
+  EXPECT_EQ(job("j1")["state"], "dead");
+  auto dead = stream("dead");
+  ASSERT_EQ(dead.size(), 1u);
+  EXPECT_EQ(dead[0]["error_type"], "WorkerCrashed");
+  EXPECT_THAT(dead[0]["error"], HasSubstr("w1"));
+  auto results = stream("results:producer-1");
+  ASSERT_EQ(results.size(), 1u);
+  EXPECT_EQ(results[0]["error_type"], "WorkerCrashed");
+  EXPECT_EQ(redis.command({"XLEN", kQueue + "p1"}).integer(), 0);
+}
+
+TEST_F(RedisFunctions, DeliveryThatNeverStartedIsRedelivered) {
+  ASSERT_EQ(submit({.id = "j1"})[0].str(), "created");
+  auto lost = read("w1");  // w1 dies before crew_start
+  ASSERT_TRUE(lost);
+  EXPECT_EQ(fcall("crew_reclaim", {"10", "3", "60000"}).describe(), "[0, 0, 0]");
+  poll_until("crew_reclaim", {"10", "3", "100"}, "[0, 0, 1]");
+  auto again = read("w2");
+  ASSERT_TRUE(again);
+  EXPECT_NE(again->entry, lost->entry);
+  // w1's old entry is stale now: starting it is skipped, starting the new one runs.
+  EXPECT_EQ(start(*lost, "w1")[0].str(), "skip");
+  EXPECT_EQ(start(*again, "w2")[0].str(), "run");
+  EXPECT_EQ(redis.command({"XLEN", kQueue + "p1"}).integer(), 1);
+}
+
+TEST_F(RedisFunctions, MalformedEntriesAreDeadLettered) {
+  redis.command({"XADD", kQueue + "p1", "*", "junk", "1"});
+  redis.command({"XADD", kQueue + "p1", "*", "id", "ghost"});
+  for (const std::string expected : {"no job id", "names no job"}) {
+    auto delivery = read("w1");
+    ASSERT_TRUE(delivery);
+    Reply skipped = start(*delivery, "w1");
+    EXPECT_EQ(skipped[0].str(), "skip");
+    EXPECT_THAT(skipped[1].str(), HasSubstr(expected));
+  }
+  EXPECT_EQ(redis.command({"XLEN", kQueue + "p1"}).integer(), 0);
+  EXPECT_EQ(redis.command({"XPENDING", kQueue + "p1", "workers"})[0].integer(), 0);
+  auto dead = stream("dead");
+  ASSERT_EQ(dead.size(), 2u);
+  EXPECT_EQ(dead[0]["error_type"], "Malformed");
+  EXPECT_THAT(dead[0]["error"], HasSubstr("no job id"));
+  EXPECT_EQ(dead[1]["id"], "ghost");
+}
+
+TEST_F(RedisFunctions, BadArgumentsAreErrorRepliesNamingTheField) {
+  auto error_of = [](const Reply& reply) { return reply.is_error() ? reply.error() : ""; };
+  EXPECT_THAT(error_of(submit({.id = "j", .priority = 4})), HasSubstr("priority must be"));
+  EXPECT_THAT(error_of(submit({.id = "j", .attempts = 0})), HasSubstr("attempts must be"));
+  EXPECT_THAT(error_of(submit({.id = "j", .backoff = "linear"})), HasSubstr("backoff must be"));
+  EXPECT_THAT(error_of(submit({.id = "j", .jitter = "1.5"})), HasSubstr("jitter must be"));
+  EXPECT_THAT(error_of(submit({.id = ""})), HasSubstr("id must be"));
+  EXPECT_THAT(error_of(redis.command({"FCALL", "crew_promote", "1", "jobs", "1"})),
+              HasSubstr("queue prefix"));
+  EXPECT_THAT(error_of(fcall("crew_start", {"j", "other-stream", "1-0", "w", "100"})),
+              HasSubstr("stream must be"));
+  EXPECT_THAT(error_of(fcall("crew_submit", {"j"})), HasSubstr("expects 12 arguments"));
+  EXPECT_EQ(redis.command({"EXISTS", kQueue + "job:j"}).integer(), 0);
+  EXPECT_EQ(stat("submitted"), 0);
+}
+
+}  // namespace
