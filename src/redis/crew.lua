@@ -208,10 +208,28 @@ local function stream_of(fn, p, value)
     .. tostring(value) .. "'")
 end
 
+-- Why `entry` of `stream` is not the job's current delivery, or nil when it is. A stray entry is
+-- acknowledged and deleted; one naming no job is dead-lettered too.
+local function stray(p, stream, entry, id, job)
+  if not job then
+    local reason = id == '' and 'malformed entry ' .. entry .. ': no job id'
+      or 'entry ' .. entry .. ' names no job'
+    drop_entry(stream, entry)
+    dead_letter(p, id, '', 'Malformed', reason, 0)
+    return reason
+  end
+  if job.stream ~= stream or job.entry ~= entry then
+    drop_entry(stream, entry)
+    return 'stale entry ' .. entry .. ' (job ' .. job.state .. ')'
+  end
+  return nil
+end
+
 -- crew_start(prefix; id, stream, entry, worker, lease_ms)
 --   -> {'run', lease, task, args, timeout_ms, attempt} | {'skip', reason}
--- Called with what XREADGROUP delivered. An entry that is not the job's current delivery is
--- acknowledged and deleted; one naming no job is also dead-lettered.
+-- Called with what XREADGROUP delivered. The entry is acknowledged here: from now on the lease,
+-- not the group's pending list, tracks the job, so the pending list only ever holds deliveries
+-- that never started (see crew_reclaim). The entry itself stays until the job settles.
 local function start(keys, argv)
   local fn = 'crew_start'
   local p = prefix_of(fn, keys)
@@ -222,21 +240,10 @@ local function start(keys, argv)
   local lease_ms = int(fn, 'lease_ms', argv[5], 1)
 
   local job = id ~= '' and load(job_key(p, id)) or nil
-  if not job then
-    drop_entry(stream, entry)
-    local reason = id == '' and 'malformed entry ' .. entry .. ': no job id'
-      or 'entry ' .. entry .. ' names no job'
-    dead_letter(p, id, '', 'Malformed', reason, 0)
-    return {'skip', reason}
-  end
-  if job.stream ~= stream or job.entry ~= entry then
-    drop_entry(stream, entry)
-    return {'skip', 'stale entry ' .. entry .. ' (job ' .. job.state .. ')'}
-  end
-  if job.state ~= 'waiting' then
-    -- Its current delivery, read again (a worker re-reading its pending entries): leave it.
-    return {'skip', 'job is ' .. job.state}
-  end
+  local reason = stray(p, stream, entry, id, job)
+  if reason then return {'skip', reason} end
+  if job.state ~= 'waiting' then return {'skip', 'job is ' .. job.state} end
+  redis.call('XACK', stream, GROUP, entry)
   local lease = next_token(p)
   local attempt = tonumber(job.attempt) + 1
   local now = now_ms()
@@ -325,8 +332,9 @@ local function fail_job(keys, argv)
   return {'retry', delay}
 end
 
--- Entries delivered more than `idle_ms` ago whose job never started: the reader died between
--- XREADGROUP and crew_start. They go back to their stream as a fresh entry.
+-- Entries delivered more than `idle_ms` ago and still pending never started (crew_start
+-- acknowledges): their reader died between XREADGROUP and crew_start. A job's current delivery
+-- goes back to its stream as a fresh entry; a stray one is settled as crew_start would.
 local function redeliver_unstarted(p, limit, idle_ms)
   local count = 0
   for priority = 0, 3 do
@@ -335,10 +343,10 @@ local function redeliver_unstarted(p, limit, idle_ms)
     if type(pending) == 'table' and not pending.err then
       for _, row in ipairs(pending) do
         local entry = row[1]
-        local fields = redis.call('XRANGE', stream, entry, entry)
-        local id = fields[1] and fields[1][2][2] or ''
+        local found = redis.call('XRANGE', stream, entry, entry)[1]
+        local id = found and found[2][1] == 'id' and found[2][2] or ''
         local job = id ~= '' and load(job_key(p, id)) or nil
-        if job and job.state == 'waiting' and job.entry == entry then
+        if not stray(p, stream, entry, id, job) and job.state == 'waiting' then
           drop_entry(stream, entry)
           enqueue(p, id, job.priority)
           count = count + 1

@@ -152,6 +152,9 @@ TEST_F(RedisFunctions, SubmitStartComplete) {
   EXPECT_EQ(run[5].integer(), 1);
   EXPECT_EQ(job("j1")["state"], "active");
   EXPECT_EQ(job("j1")["owner"], "w1");
+  // Acknowledged at start: the lease tracks the job now, the entry stays until it settles.
+  EXPECT_EQ(redis.command({"XPENDING", kQueue + "p2", "workers"})[0].integer(), 0);
+  EXPECT_EQ(redis.command({"XLEN", kQueue + "p2"}).integer(), 1);
   EXPECT_EQ(stats()["active"], 1);
   EXPECT_EQ(stats()["waiting"], 0);
 
@@ -351,9 +354,12 @@ TEST_F(RedisFunctions, ReclaimedTooOftenIsDeadLetteredAsWorkerCrashed) {
 }
 
 TEST_F(RedisFunctions, DeliveryThatNeverStartedIsRedelivered) {
+  redis.command({"XADD", kQueue + "p1", "*", "id", "ghost"});
   ASSERT_EQ(submit({.id = "j1"})[0].str(), "created");
-  auto lost = read("w1");  // w1 dies before crew_start
+  ASSERT_TRUE(read("w1"));  // the ghost entry
+  auto lost = read("w1");   // w1 dies before crew_start
   ASSERT_TRUE(lost);
+  ASSERT_EQ(lost->id, "j1");
   EXPECT_EQ(fcall("crew_reclaim", {"10", "3", "60000"}).describe(), "[0, 0, 0]");
   poll_until("crew_reclaim", {"10", "3", "100"}, "[0, 0, 1]");
   auto again = read("w2");
@@ -363,6 +369,11 @@ TEST_F(RedisFunctions, DeliveryThatNeverStartedIsRedelivered) {
   EXPECT_EQ(start(*lost, "w1")[0].str(), "skip");
   EXPECT_EQ(start(*again, "w2")[0].str(), "run");
   EXPECT_EQ(redis.command({"XLEN", kQueue + "p1"}).integer(), 1);
+  EXPECT_EQ(redis.command({"XPENDING", kQueue + "p1", "workers"})[0].integer(), 0);
+  auto dead = stream("dead");
+  ASSERT_EQ(dead.size(), 1u);
+  EXPECT_EQ(dead[0]["id"], "ghost");
+  EXPECT_EQ(dead[0]["error_type"], "Malformed");
 }
 
 TEST_F(RedisFunctions, MalformedEntriesAreDeadLettered) {
