@@ -195,7 +195,8 @@ long long Connection::functions_version() {
 }
 
 void Connection::load_functions() {
-  checked({"FUNCTION", "LOAD", "REPLACE", detail::kLibrarySource}, "FUNCTION LOAD of crew");
+  checked({"FUNCTION", "LOAD", "REPLACE", detail::kLibrarySource},
+          "FUNCTION LOAD of crew (Redis 7.0 or newer needed)");
 }
 
 std::string Connection::check_noeviction() {

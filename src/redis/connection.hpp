@@ -108,7 +108,8 @@ class Connection {
   /// `budget`; throws the last ConnectionError after it, or crew::Cancelled once `stop` fires.
   void reconnect(std::chrono::milliseconds budget, std::stop_token stop = {});
 
-  /// FUNCTION LOAD REPLACE of the library built into crew.
+  /// FUNCTION LOAD REPLACE of the library built into crew. A Redis that refuses it is of no
+  /// use to crew: ConnectionError, and the connection is broken.
   void load_functions();
   /// The version of the loaded `crew` library, 0 when none is loaded.
   long long functions_version();

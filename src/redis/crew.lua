@@ -15,7 +15,7 @@ local MAX_BACKOFF_MS = 24 * 3600 * 1000
 
 -- A bad argument raises a tagged table; `checked` turns it into a plain error reply (an error
 -- raised from Lua would carry the script's line number instead).
-local function fail(fn, message)
+local function reject(fn, message)
   error({crew_error = 'ERR ' .. fn .. ': ' .. message})
 end
 
@@ -33,22 +33,22 @@ end
 local function prefix_of(fn, keys)
   local p = keys[1]
   if #keys ~= 1 or type(p) ~= 'string' or not string.match(p, '^crew:{[^{}]+}:$') then
-    fail(fn, "expects one key, the queue prefix 'crew:{<queue>}:'")
+    reject(fn, "expects one key, the queue prefix 'crew:{<queue>}:'")
   end
   return p
 end
 
 local function text(fn, name, value, max)
   if type(value) ~= 'string' or #value == 0 or #value > max then
-    fail(fn, name .. ' must be 1..' .. max .. ' bytes')
+    reject(fn, name .. ' must be 1..' .. max .. ' bytes')
   end
   return value
 end
 
 local function int(fn, name, value, min, max)
   local n = tonumber(value)
-  if not n or n ~= math.floor(n) or n < min or (max and n > max) then
-    fail(fn, name .. ' must be an integer in ' .. min .. '..' .. (max or 'inf') .. ", got '"
+  if not n or n ~= math.floor(n) or n < min or n >= math.huge or (max and n > max) then
+    reject(fn, name .. ' must be an integer in ' .. min .. '..' .. (max or 'inf') .. ", got '"
       .. tostring(value) .. "'")
   end
   return n
@@ -61,7 +61,7 @@ end
 
 local function job_key(p, id) return p .. 'job:' .. id end
 
-local function load(key)
+local function load_job(key)
   local flat = redis.call('HGETALL', key)
   if #flat == 0 then return nil end
   local job = {}
@@ -131,7 +131,7 @@ end
 local function submit(keys, argv)
   local fn = 'crew_submit'
   local p = prefix_of(fn, keys)
-  if #argv ~= 12 then fail(fn, 'expects 12 arguments, got ' .. #argv) end
+  if #argv ~= 12 then reject(fn, 'expects 12 arguments, got ' .. #argv) end
   local id = text(fn, 'id', argv[1], 256)
   local producer = text(fn, 'producer', argv[2], 256)
   local task = text(fn, 'task', argv[3], 256)
@@ -140,12 +140,12 @@ local function submit(keys, argv)
   local attempts = int(fn, 'attempts', argv[7], 1)
   local backoff = argv[8]
   if backoff ~= 'fixed' and backoff ~= 'exponential' then
-    fail(fn, "backoff must be 'fixed' or 'exponential', got '" .. tostring(backoff) .. "'")
+    reject(fn, "backoff must be 'fixed' or 'exponential', got '" .. tostring(backoff) .. "'")
   end
   local backoff_ms = int(fn, 'backoff_ms', argv[9], 0)
   local jitter = tonumber(argv[10])
-  if not jitter or jitter < 0 or jitter > 1 then
-    fail(fn, "jitter must be a number in 0..1, got '" .. tostring(argv[10]) .. "'")
+  if not (jitter and jitter >= 0 and jitter <= 1) then  -- NaN fails every comparison
+    reject(fn, "jitter must be a number in 0..1, got '" .. tostring(argv[10]) .. "'")
   end
   local timeout_ms = int(fn, 'timeout_ms', argv[11], 0)
   local retain_ms = int(fn, 'retain_ms', argv[12], 0)
@@ -178,7 +178,7 @@ local function promote(keys, argv)
   local moved = 0
   for _, id in ipairs(ids) do
     redis.call('ZREM', p .. 'delayed', id)
-    local job = load(job_key(p, id))
+    local job = load_job(job_key(p, id))
     if job and job.state == 'delayed' then
       enqueue(p, id, job.priority)
       moved = moved + 1
@@ -204,7 +204,7 @@ local function stream_of(fn, p, value)
   for priority = 0, 3 do
     if value == p .. 'p' .. priority then return value end
   end
-  fail(fn, "stream must be one of the queue's streams " .. p .. "p0..p3, got '"
+  reject(fn, "stream must be one of the queue's streams " .. p .. "p0..p3, got '"
     .. tostring(value) .. "'")
 end
 
@@ -239,7 +239,7 @@ local function start(keys, argv)
   local worker = text(fn, 'worker', argv[4], 256)
   local lease_ms = int(fn, 'lease_ms', argv[5], 1)
 
-  local job = id ~= '' and load(job_key(p, id)) or nil
+  local job = id ~= '' and load_job(job_key(p, id)) or nil
   local reason = stray(p, stream, entry, id, job)
   if reason then return {'skip', reason} end
   if job.state ~= 'waiting' then return {'skip', 'job is ' .. job.state} end
@@ -260,7 +260,7 @@ local function renew(keys, argv)
   local id = text(fn, 'id', argv[1], 256)
   local lease = text(fn, 'lease', argv[2], 64)
   local lease_ms = int(fn, 'lease_ms', argv[3], 1)
-  if not owned(load(job_key(p, id)), lease) then return 'lost' end
+  if not owned(load_job(job_key(p, id)), lease) then return 'lost' end
   redis.call('ZADD', p .. 'leases', 'XX', now_ms() + lease_ms, id)
   return 'ok'
 end
@@ -273,8 +273,8 @@ local function complete(keys, argv)
   local id = text(fn, 'id', argv[1], 256)
   local lease = text(fn, 'lease', argv[2], 64)
   local result = argv[3]
-  if type(result) ~= 'string' then fail(fn, 'expects a result') end
-  local job = load(job_key(p, id))
+  if type(result) ~= 'string' then reject(fn, 'expects a result') end
+  local job = load_job(job_key(p, id))
   if not owned(job, lease) then return 'refused' end
   drop_entry(job.stream, job.entry)
   redis.call('ZREM', p .. 'leases', id)
@@ -310,8 +310,8 @@ local function fail_job(keys, argv)
   local lease = text(fn, 'lease', argv[2], 64)
   local error_type = text(fn, 'error_type', argv[3], 256)
   local message = argv[4]
-  if type(message) ~= 'string' then fail(fn, 'expects an error message') end
-  local job = load(job_key(p, id))
+  if type(message) ~= 'string' then reject(fn, 'expects an error message') end
+  local job = load_job(job_key(p, id))
   if not owned(job, lease) then return 'refused' end
   bump(p, 'failed')
   if tonumber(job.attempt) >= tonumber(job.attempts) then
@@ -345,7 +345,7 @@ local function redeliver_unstarted(p, limit, idle_ms)
         local entry = row[1]
         local found = redis.call('XRANGE', stream, entry, entry)[1]
         local id = found and found[2][1] == 'id' and found[2][2] or ''
-        local job = id ~= '' and load(job_key(p, id)) or nil
+        local job = id ~= '' and load_job(job_key(p, id)) or nil
         if not stray(p, stream, entry, id, job) and job.state == 'waiting' then
           drop_entry(stream, entry)
           enqueue(p, id, job.priority)
@@ -371,14 +371,14 @@ local function reclaim(keys, argv)
   local requeued, dead = 0, 0
   for _, id in ipairs(ids) do
     redis.call('ZREM', p .. 'leases', id)
-    local job = load(job_key(p, id))
+    local job = load_job(job_key(p, id))
     if job and job.state == 'active' then
       local reclaims = tonumber(job.reclaims) + 1
       redis.call('HSET', job_key(p, id), 'lease', next_token(p), 'reclaims', reclaims)
       bump(p, 'reclaimed')
       if reclaims > max_reclaims then
         settle_dead(p, id, job, 'WorkerCrashed', 'worker ' .. tostring(job.owner)
-          .. ' stopped renewing its lease (reclaimed ' .. reclaims .. ' times)')
+          .. ' stopped renewing its lease (reclaims: ' .. reclaims .. ')')
         dead = dead + 1
       else
         drop_entry(job.stream, job.entry)

@@ -95,8 +95,8 @@ TEST(RedisConnection, AuthAndSelectFromTheUrl) {
 TEST(RedisConnection, PausedServerTimesOutThenReconnects) {
   RedisServer server;
   ConnectionOptions options;
-  options.command_timeout = 300ms;
-  options.connect_timeout = 300ms;
+  options.command_timeout = 1s;
+  options.connect_timeout = 1s;
   Connection redis(parse_url(server.url()), options);
   ASSERT_EQ(redis.command({"SET", "k", "v"}).str(), "OK");
 
@@ -108,7 +108,7 @@ TEST(RedisConnection, PausedServerTimesOutThenReconnects) {
   } catch (const ConnectionError& e) {
     EXPECT_THAT(e.what(), HasSubstr("command timeout"));
   }
-  EXPECT_LT(Clock::now() - start, 3s);
+  EXPECT_LT(Clock::now() - start, 5s);
   EXPECT_TRUE(redis.broken());
   EXPECT_THROW(redis.command({"PING"}), ConnectionError);
   // Still paused: a reconnect with a short budget gives up instead of hanging.

@@ -102,6 +102,15 @@ class RedisFunctions : public ::testing::Test {
     return reply.is_nil() ? 0 : std::stoll(reply.str());
   }
 
+  long long redis_now_ms() {
+    const Reply time = redis.command({"TIME"});
+    return std::stoll(time[0].str()) * 1000 + std::stoll(time[1].str()) / 1000;
+  }
+
+  long long due_ms(const std::string& id) {
+    return std::stoll(redis.command({"ZSCORE", kQueue + "delayed", id}).str());
+  }
+
   // crew_stats as name -> value.
   std::map<std::string, long long> stats() {
     const Reply flat = fcall("crew_stats", {});
@@ -206,11 +215,15 @@ TEST_F(RedisFunctions, SubmitWithAnExistingIdAttachesAndNeverRunsAgain) {
 
 TEST_F(RedisFunctions, DelayedJobIsNotDeliveredBeforeItIsDue) {
   const auto submitted = Clock::now();
-  ASSERT_EQ(submit({.id = "later", .delay_ms = 200}).describe(), R"(["created", "delayed"])");
+  const long long before = redis_now_ms();
+  ASSERT_EQ(submit({.id = "later", .delay_ms = 500}).describe(), R"(["created", "delayed"])");
+  const long long after = redis_now_ms();
+  EXPECT_GE(due_ms("later"), before + 500);
+  EXPECT_LE(due_ms("later"), after + 500);
   EXPECT_EQ(fcall("crew_promote", {"100"}).integer(), 0);
   EXPECT_FALSE(read("w1"));
   poll_until("crew_promote", {"100"}, "1");
-  EXPECT_GE(Clock::now() - submitted, 150ms);
+  EXPECT_GE(Clock::now() - submitted, 400ms);
   EXPECT_EQ(job("later")["state"], "waiting");
   auto delivery = read("w1");
   ASSERT_TRUE(delivery);
@@ -220,7 +233,7 @@ TEST_F(RedisFunctions, DelayedJobIsNotDeliveredBeforeItIsDue) {
 
 TEST_F(RedisFunctions, FailRetriesWithExponentialBackoffThenDeadLetters) {
   ASSERT_EQ(
-      submit({.id = "flaky", .attempts = 3, .backoff = "exponential", .backoff_ms = 100})[0].str(),
+      submit({.id = "flaky", .attempts = 3, .backoff = "exponential", .backoff_ms = 300})[0].str(),
       "created");
   for (int attempt = 1; attempt <= 3; ++attempt) {
     SCOPED_TRACE("attempt " + std::to_string(attempt));
@@ -229,10 +242,15 @@ TEST_F(RedisFunctions, FailRetriesWithExponentialBackoffThenDeadLetters) {
     ASSERT_TRUE(delivery);
     Reply run = start(*delivery, "w1");
     ASSERT_EQ(run[5].integer(), attempt);
+    const long long before = redis_now_ms();
     Reply failed = fcall("crew_fail", {"flaky", run[1].str(), "RemoteError", "boom"});
+    const long long after = redis_now_ms();
     if (attempt < 3) {
-      // 100 ms, then 200 ms: backoff_ms * 2^(attempt-1), no jitter.
-      EXPECT_EQ(failed.describe(), "[\"retry\", " + std::to_string(100 << (attempt - 1)) + "]");
+      // 300 ms, then 600 ms: backoff_ms * 2^(attempt-1), no jitter.
+      const int delay = 300 << (attempt - 1);
+      EXPECT_EQ(failed.describe(), "[\"retry\", " + std::to_string(delay) + "]");
+      EXPECT_GE(due_ms("flaky"), before + delay);
+      EXPECT_LE(due_ms("flaky"), after + delay);
       EXPECT_EQ(job("flaky")["state"], "delayed");
       EXPECT_EQ(job("flaky")["error"], "boom");
       EXPECT_EQ(redis.command({"XLEN", kQueue + "p1"}).integer(), 0);
@@ -401,6 +419,8 @@ TEST_F(RedisFunctions, BadArgumentsAreErrorRepliesNamingTheField) {
   EXPECT_THAT(error_of(submit({.id = "j", .attempts = 0})), HasSubstr("attempts must be"));
   EXPECT_THAT(error_of(submit({.id = "j", .backoff = "linear"})), HasSubstr("backoff must be"));
   EXPECT_THAT(error_of(submit({.id = "j", .jitter = "1.5"})), HasSubstr("jitter must be"));
+  EXPECT_THAT(error_of(submit({.id = "j", .jitter = "nan"})), HasSubstr("jitter must be"));
+  EXPECT_THAT(error_of(fcall("crew_promote", {"inf"})), HasSubstr("limit must be"));
   EXPECT_THAT(error_of(submit({.id = ""})), HasSubstr("id must be"));
   EXPECT_THAT(error_of(redis.command({"FCALL", "crew_promote", "1", "jobs", "1"})),
               HasSubstr("queue prefix"));
