@@ -120,8 +120,9 @@ Reply Connection::checked(std::initializer_list<std::string_view> args, std::str
 }
 
 void Connection::broke(std::string_view reason) {
+  ConnectionError error(url_.redacted() + ": " + std::string(reason));  // reason may be errstr
   context_.reset();
-  throw ConnectionError(url_.redacted() + ": " + std::string(reason));
+  throw error;
 }
 
 Reply Connection::run(std::size_t argc, const char** argv, const std::size_t* lengths) {
