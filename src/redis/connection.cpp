@@ -2,6 +2,7 @@
 
 #include <cerrno>
 #include <condition_variable>
+#include <csignal>
 #include <mutex>
 #include <stop_token>
 #include <string>
@@ -11,7 +12,6 @@
 
 #include <hiredis/hiredis.h>
 #include <pthread.h>
-#include <signal.h>
 #include <sys/time.h>
 
 #include "crew_lua.hpp"
@@ -53,8 +53,8 @@ class SigpipeGuard {
   SigpipeGuard& operator=(const SigpipeGuard&) = delete;
 
  private:
-  sigset_t pipe_;
-  sigset_t old_;
+  sigset_t pipe_{};
+  sigset_t old_{};
   bool was_pending_ = false;
 };
 
@@ -120,9 +120,9 @@ Reply Connection::checked(std::initializer_list<std::string_view> args, std::str
 }
 
 void Connection::broke(std::string_view reason) {
-  ConnectionError error(url_.redacted() + ": " + std::string(reason));  // reason may be errstr
+  std::string message = url_.redacted() + ": " + std::string(reason);  // reason may be errstr
   context_.reset();
-  throw error;
+  throw ConnectionError(message);
 }
 
 Reply Connection::run(std::size_t argc, const char** argv, const std::size_t* lengths) {

@@ -58,7 +58,7 @@ class RedisFunctions : public ::testing::Test {
 
   Reply fcall(const std::string& function, std::vector<std::string> args) {
     args.insert(args.begin(), {"FCALL", function, "1", kQueue});
-    return redis.command(args);
+    return redis_.command(args);
   }
 
   Reply submit(const Job& job) {
@@ -71,9 +71,9 @@ class RedisFunctions : public ::testing::Test {
 
   // One entry from the highest-priority stream that has one, as a worker's XREADGROUP sees it.
   std::optional<Delivery> read(const std::string& worker) {
-    Reply reply = redis.command({"XREADGROUP", "GROUP", "workers", worker, "COUNT", "1", "STREAMS",
-                                 kQueue + "p3", kQueue + "p2", kQueue + "p1", kQueue + "p0", ">",
-                                 ">", ">", ">"});
+    Reply reply = redis_.command({"XREADGROUP", "GROUP", "workers", worker, "COUNT", "1", "STREAMS",
+                                  kQueue + "p3", kQueue + "p2", kQueue + "p1", kQueue + "p0", ">",
+                                  ">", ">", ">"});
     if (reply.is_nil()) return std::nullopt;
     const Reply& stream = reply[0];
     const Reply& entry = stream[1][0];
@@ -85,12 +85,12 @@ class RedisFunctions : public ::testing::Test {
   }
 
   Fields job(const std::string& id) {
-    return fields_of(redis.command({"HGETALL", kQueue + "job:" + id}));
+    return fields_of(redis_.command({"HGETALL", kQueue + "job:" + id}));
   }
 
   std::vector<Fields> stream(const std::string& name) {
     std::vector<Fields> out;
-    const Reply entries = redis.command({"XRANGE", kQueue + name, "-", "+"});
+    const Reply entries = redis_.command({"XRANGE", kQueue + name, "-", "+"});
     for (const auto& entry : entries.elements()) {
       out.push_back(fields_of(entry[1]));
     }
@@ -98,17 +98,17 @@ class RedisFunctions : public ::testing::Test {
   }
 
   long long stat(const std::string& name) {
-    Reply reply = redis.command({"HGET", kQueue + "stats", name});
+    Reply reply = redis_.command({"HGET", kQueue + "stats", name});
     return reply.is_nil() ? 0 : std::stoll(reply.str());
   }
 
   long long redis_now_ms() {
-    const Reply time = redis.command({"TIME"});
+    const Reply time = redis_.command({"TIME"});
     return std::stoll(time[0].str()) * 1000 + std::stoll(time[1].str()) / 1000;
   }
 
   long long due_ms(const std::string& id) {
-    return std::stoll(redis.command({"ZSCORE", kQueue + "delayed", id}).str());
+    return std::stoll(redis_.command({"ZSCORE", kQueue + "delayed", id}).str());
   }
 
   // crew_stats as name -> value.
@@ -135,8 +135,8 @@ class RedisFunctions : public ::testing::Test {
     FAIL() << function << " still returns " << last << ", expected " << expected;
   }
 
-  RedisServer server;
-  Connection redis{parse_url(server.url())};
+  RedisServer server_;
+  Connection redis_{parse_url(server_.url())};
 };
 
 TEST_F(RedisFunctions, SubmitStartComplete) {
@@ -162,18 +162,18 @@ TEST_F(RedisFunctions, SubmitStartComplete) {
   EXPECT_EQ(job("j1")["state"], "active");
   EXPECT_EQ(job("j1")["owner"], "w1");
   // Acknowledged at start: the lease tracks the job now, the entry stays until it settles.
-  EXPECT_EQ(redis.command({"XPENDING", kQueue + "p2", "workers"})[0].integer(), 0);
-  EXPECT_EQ(redis.command({"XLEN", kQueue + "p2"}).integer(), 1);
+  EXPECT_EQ(redis_.command({"XPENDING", kQueue + "p2", "workers"})[0].integer(), 0);
+  EXPECT_EQ(redis_.command({"XLEN", kQueue + "p2"}).integer(), 1);
   EXPECT_EQ(stats()["active"], 1);
   EXPECT_EQ(stats()["waiting"], 0);
 
   EXPECT_EQ(fcall("crew_complete", {"j1", lease, result}).str(), "ok");
-  EXPECT_EQ(redis.command({"XLEN", kQueue + "p2"}).integer(), 0);
-  EXPECT_EQ(redis.command({"XPENDING", kQueue + "p2", "workers"})[0].integer(), 0);
-  EXPECT_EQ(redis.command({"ZCARD", kQueue + "leases"}).integer(), 0);
+  EXPECT_EQ(redis_.command({"XLEN", kQueue + "p2"}).integer(), 0);
+  EXPECT_EQ(redis_.command({"XPENDING", kQueue + "p2", "workers"})[0].integer(), 0);
+  EXPECT_EQ(redis_.command({"ZCARD", kQueue + "leases"}).integer(), 0);
   EXPECT_EQ(job("j1")["state"], "completed");
   EXPECT_EQ(job("j1")["result"], result);
-  EXPECT_GT(redis.command({"PTTL", kQueue + "job:j1"}).integer(), 0);
+  EXPECT_GT(redis_.command({"PTTL", kQueue + "job:j1"}).integer(), 0);
   auto results = stream("results:producer-1");
   ASSERT_EQ(results.size(), 1u);
   EXPECT_EQ(results[0]["id"], "j1");
@@ -192,7 +192,7 @@ TEST_F(RedisFunctions, RetainZeroDeletesTheJobOnceTheProducerIsTold) {
   ASSERT_TRUE(delivery);
   const std::string lease = start(*delivery, "w1")[1].str();
   EXPECT_EQ(fcall("crew_complete", {"j1", lease, "r"}).str(), "ok");
-  EXPECT_EQ(redis.command({"EXISTS", kQueue + "job:j1"}).integer(), 0);
+  EXPECT_EQ(redis_.command({"EXISTS", kQueue + "job:j1"}).integer(), 0);
   ASSERT_EQ(stream("results:producer-1").size(), 1u);
   EXPECT_EQ(stream("results:producer-1")[0]["result"], "r");
 }
@@ -200,7 +200,7 @@ TEST_F(RedisFunctions, RetainZeroDeletesTheJobOnceTheProducerIsTold) {
 TEST_F(RedisFunctions, SubmitWithAnExistingIdAttachesAndNeverRunsAgain) {
   ASSERT_EQ(submit({.id = "same"}).describe(), R"(["created", "waiting"])");
   EXPECT_EQ(submit({.id = "same", .task = "other"}).describe(), R"(["exists", "waiting"])");
-  EXPECT_EQ(redis.command({"XLEN", kQueue + "p1"}).integer(), 1);
+  EXPECT_EQ(redis_.command({"XLEN", kQueue + "p1"}).integer(), 1);
   EXPECT_EQ(job("same")["task"], "echo");
 
   auto delivery = read("w1");
@@ -253,7 +253,7 @@ TEST_F(RedisFunctions, FailRetriesWithExponentialBackoffThenDeadLetters) {
       EXPECT_LE(due_ms("flaky"), after + delay);
       EXPECT_EQ(job("flaky")["state"], "delayed");
       EXPECT_EQ(job("flaky")["error"], "boom");
-      EXPECT_EQ(redis.command({"XLEN", kQueue + "p1"}).integer(), 0);
+      EXPECT_EQ(redis_.command({"XLEN", kQueue + "p1"}).integer(), 0);
       EXPECT_EQ(fcall("crew_promote", {"100"}).integer(), 0);  // not yet due
     } else {
       EXPECT_EQ(failed.describe(), R"(["dead"])");
@@ -275,7 +275,7 @@ TEST_F(RedisFunctions, FailRetriesWithExponentialBackoffThenDeadLetters) {
   EXPECT_EQ(stat("failed"), 3);
   EXPECT_EQ(stat("retried"), 2);
   EXPECT_EQ(stat("dead"), 1);
-  EXPECT_EQ(redis.command({"XLEN", kQueue + "p1"}).integer(), 0);
+  EXPECT_EQ(redis_.command({"XLEN", kQueue + "p1"}).integer(), 0);
 }
 
 TEST_F(RedisFunctions, RetryWithoutBackoffGoesStraightBackAndJitterStaysInBounds) {
@@ -308,9 +308,9 @@ TEST_F(RedisFunctions, RenewNeedsTheCurrentLease) {
   auto delivery = read("w1");
   ASSERT_TRUE(delivery);
   const std::string lease = start(*delivery, "w1", 1000)[1].str();
-  const double before = std::stod(redis.command({"ZSCORE", kQueue + "leases", "j1"}).str());
+  const double before = std::stod(redis_.command({"ZSCORE", kQueue + "leases", "j1"}).str());
   EXPECT_EQ(fcall("crew_renew", {"j1", lease, "60000"}).str(), "ok");
-  const double after = std::stod(redis.command({"ZSCORE", kQueue + "leases", "j1"}).str());
+  const double after = std::stod(redis_.command({"ZSCORE", kQueue + "leases", "j1"}).str());
   EXPECT_GE(after - before, 59'000);
   EXPECT_EQ(fcall("crew_renew", {"j1", lease + "0", "60000"}).str(), "lost");
   EXPECT_EQ(fcall("crew_renew", {"nothing", lease, "60000"}).str(), "lost");
@@ -349,7 +349,7 @@ TEST_F(RedisFunctions, ReclaimRefusesTheLateOwnerAndTheJobCompletesOnce) {
   ASSERT_EQ(results.size(), 1u);
   EXPECT_EQ(results[0]["result"], "on time");
   EXPECT_EQ(job("j1")["result"], "on time");
-  EXPECT_EQ(redis.command({"XLEN", kQueue + "p1"}).integer(), 0);
+  EXPECT_EQ(redis_.command({"XLEN", kQueue + "p1"}).integer(), 0);
   EXPECT_EQ(stat("reclaimed"), 1);
   EXPECT_EQ(stat("completed"), 1);
 }
@@ -368,11 +368,11 @@ TEST_F(RedisFunctions, ReclaimedTooOftenIsDeadLetteredAsWorkerCrashed) {
   auto results = stream("results:producer-1");
   ASSERT_EQ(results.size(), 1u);
   EXPECT_EQ(results[0]["error_type"], "WorkerCrashed");
-  EXPECT_EQ(redis.command({"XLEN", kQueue + "p1"}).integer(), 0);
+  EXPECT_EQ(redis_.command({"XLEN", kQueue + "p1"}).integer(), 0);
 }
 
 TEST_F(RedisFunctions, DeliveryThatNeverStartedIsRedelivered) {
-  redis.command({"XADD", kQueue + "p1", "*", "id", "ghost"});
+  redis_.command({"XADD", kQueue + "p1", "*", "id", "ghost"});
   ASSERT_EQ(submit({.id = "j1"})[0].str(), "created");
   ASSERT_TRUE(read("w1"));  // the ghost entry
   auto lost = read("w1");   // w1 dies before crew_start
@@ -386,8 +386,8 @@ TEST_F(RedisFunctions, DeliveryThatNeverStartedIsRedelivered) {
   // w1's old entry is stale now: starting it is skipped, starting the new one runs.
   EXPECT_EQ(start(*lost, "w1")[0].str(), "skip");
   EXPECT_EQ(start(*again, "w2")[0].str(), "run");
-  EXPECT_EQ(redis.command({"XLEN", kQueue + "p1"}).integer(), 1);
-  EXPECT_EQ(redis.command({"XPENDING", kQueue + "p1", "workers"})[0].integer(), 0);
+  EXPECT_EQ(redis_.command({"XLEN", kQueue + "p1"}).integer(), 1);
+  EXPECT_EQ(redis_.command({"XPENDING", kQueue + "p1", "workers"})[0].integer(), 0);
   auto dead = stream("dead");
   ASSERT_EQ(dead.size(), 1u);
   EXPECT_EQ(dead[0]["id"], "ghost");
@@ -395,8 +395,8 @@ TEST_F(RedisFunctions, DeliveryThatNeverStartedIsRedelivered) {
 }
 
 TEST_F(RedisFunctions, MalformedEntriesAreDeadLettered) {
-  redis.command({"XADD", kQueue + "p1", "*", "junk", "1"});
-  redis.command({"XADD", kQueue + "p1", "*", "id", "ghost"});
+  redis_.command({"XADD", kQueue + "p1", "*", "junk", "1"});
+  redis_.command({"XADD", kQueue + "p1", "*", "id", "ghost"});
   for (const std::string expected : {"no job id", "names no job"}) {
     auto delivery = read("w1");
     ASSERT_TRUE(delivery);
@@ -404,8 +404,8 @@ TEST_F(RedisFunctions, MalformedEntriesAreDeadLettered) {
     EXPECT_EQ(skipped[0].str(), "skip");
     EXPECT_THAT(skipped[1].str(), HasSubstr(expected));
   }
-  EXPECT_EQ(redis.command({"XLEN", kQueue + "p1"}).integer(), 0);
-  EXPECT_EQ(redis.command({"XPENDING", kQueue + "p1", "workers"})[0].integer(), 0);
+  EXPECT_EQ(redis_.command({"XLEN", kQueue + "p1"}).integer(), 0);
+  EXPECT_EQ(redis_.command({"XPENDING", kQueue + "p1", "workers"})[0].integer(), 0);
   auto dead = stream("dead");
   ASSERT_EQ(dead.size(), 2u);
   EXPECT_EQ(dead[0]["error_type"], "Malformed");
@@ -422,12 +422,12 @@ TEST_F(RedisFunctions, BadArgumentsAreErrorRepliesNamingTheField) {
   EXPECT_THAT(error_of(submit({.id = "j", .jitter = "nan"})), HasSubstr("jitter must be"));
   EXPECT_THAT(error_of(fcall("crew_promote", {"inf"})), HasSubstr("limit must be"));
   EXPECT_THAT(error_of(submit({.id = ""})), HasSubstr("id must be"));
-  EXPECT_THAT(error_of(redis.command({"FCALL", "crew_promote", "1", "jobs", "1"})),
+  EXPECT_THAT(error_of(redis_.command({"FCALL", "crew_promote", "1", "jobs", "1"})),
               HasSubstr("queue prefix"));
   EXPECT_THAT(error_of(fcall("crew_start", {"j", "other-stream", "1-0", "w", "100"})),
               HasSubstr("stream must be"));
   EXPECT_THAT(error_of(fcall("crew_submit", {"j"})), HasSubstr("expects 12 arguments"));
-  EXPECT_EQ(redis.command({"EXISTS", kQueue + "job:j"}).integer(), 0);
+  EXPECT_EQ(redis_.command({"EXISTS", kQueue + "job:j"}).integer(), 0);
   EXPECT_EQ(stat("submitted"), 0);
 }
 
