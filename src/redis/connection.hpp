@@ -3,8 +3,8 @@
 // A Connection owns a hiredis *blocking* context and is used from one dedicated thread. hiredis
 // 0.14 has no Asio adapter, and its async API would need an event loop of its own; a blocking
 // context on a thread that does nothing else keeps every call's timeout explicit (the socket's
-// send/receive timeout) and the code straight-line. Queue and Worker give each blocking role
-// (submitting, reading a stream, renewing leases) its own thread and Connection.
+// send/receive timeout) and the code straight-line. The plan for Queue and Worker is one thread
+// and one Connection per blocking role (submitting, reading a stream, renewing leases).
 #pragma once
 
 #include <chrono>
