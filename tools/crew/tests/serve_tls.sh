@@ -12,7 +12,7 @@ for tool in openssl curl; do
   command -v "$tool" >/dev/null || { echo "serve_tls.sh: $tool not found (scripts/bootstrap installs it)" >&2; exit 1; }
 done
 work=$(mktemp -d)
-trap 'kill -9 "${pid:-}" "${slow:-}" 2>/dev/null || true; rm -rf "$work"' EXIT
+trap 'kill -9 "${pid:-}" "${slow:-}" "${idle:-}" 2>/dev/null || true; rm -rf "$work"' EXIT
 # shellcheck source=common.bash
 source "$(dirname "${BASH_SOURCE[0]}")/common.bash"
 fail() { echo "serve_tls.sh: FAIL: $*" >&2; exit 1; }
@@ -64,6 +64,16 @@ connects=$(c -o /dev/null -o /dev/null -w '%{num_connects}\n' "$url/healthz" "$u
 [[ $connects == $'1\n0' ]] || fail "two requests did not share one connection: $connects"
 echo "curl over TLS: /healthz, fib(20) = 6765, keep-alive"
 
+# A response larger than the socket's buffers (many TLS records) arrives whole; limits hold.
+seq 1 60000 | paste -sd, - | sed 's/^/{"args":[[/; s/$/]]}/' >"$work/numbers.json"
+r=$(c -H 'Content-Type: application/json' --data-binary @"$work/numbers.json" "$url/v1/tasks/sort_numbers")
+n=$(grep -o '"result":\[[^]]*\]' <<<"$r" | tr ',' '\n' | wc -l)
+[[ $n == 60000 && $r == *',59999,60000]'* ]] || fail "sort_numbers of 60000 numbers: $n numbers back"
+big=$(head -c 20000 /dev/zero | tr '\0' a)
+r=$(c -o /dev/null -w '%{http_code}' -H "X-Big: $big" "$url/healthz")
+[[ $r == 431 ]] || fail "a 20 kB header over TLS: $r, expected 431"
+echo "a 60000-number response arrives whole; --max-header holds (431)"
+
 # Plain HTTP gets no HTTP answer: the handshake fails and the connection is closed at once.
 rc=0
 reply=$(curl -sS --max-time 5 "http://127.0.0.1:$port/healthz" 2>&1) || rc=$?
@@ -81,8 +91,8 @@ echo "plain HTTP and TLS 1.1 refused, TLS 1.2 accepted"
 # Garbage, a connection that sends nothing, and half a ClientHello (a record promising 512
 # bytes): other clients are answered at once while they are open, and the server closes each
 # at the header timeout (1 s).
+t0=$(now_ms)  # before the connections: the server's clock for them starts later
 exec 4<>"/dev/tcp/127.0.0.1/$port" 5<>"/dev/tcp/127.0.0.1/$port" 6<>"/dev/tcp/127.0.0.1/$port"
-t0=$(now_ms)
 head -c 2048 /dev/urandom >&4
 printf '\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03' >&6
 r=$(c -w ' %{time_total}' "$url/healthz")
@@ -131,10 +141,25 @@ done
 [[ $(stat busy) == 0 ]] || fail "a worker is still busy after the hang-up"
 echo "a TLS client that hangs up has its task cancelled"
 
+# Draining closes an idle TLS connection after its grace: SIGTERM still ends the server at once.
+sleep 30 | timeout 20 openssl s_client -quiet -connect "127.0.0.1:$port" -CAfile "$work/a.crt" \
+  >/dev/null 2>"$work/idle.err" &
+idle=$!
+for _ in $(seq 1 1000); do
+  grep -q "verify return:1" "$work/idle.err" && break
+  sleep 0.01
+done
+grep -q "verify return:1" "$work/idle.err" || fail "the idle client's handshake: $(cat "$work/idle.err")"
+t0=$(now_ms)
 kill -TERM "$pid"
 rc=0
 wait "$pid" || rc=$?
 [[ $rc == 0 ]] || fail "exit $rc after SIGTERM: $(cat "$work/log")"
+waited=$(($(now_ms) - t0))
+((waited < 5000)) || fail "SIGTERM with an idle TLS connection open took $waited ms"
+kill "$idle" 2>/dev/null || true
+idle=
+echo "SIGTERM with an idle TLS connection: drained in $waited ms"
 
 # A cluster: every worker builds its own context from the same flags; a SIGHUP reload starts
 # new workers, which read the files again.
