@@ -107,6 +107,13 @@ done
 waited=$(($(now_ms) - t0))
 ((waited >= 900)) || fail "the stalled handshakes were closed after $waited ms, before the header timeout"
 exec 4<&- 5<&- 6<&-
+# Their sessions are gone too: the only connection left is the one asking.
+stat() { c "$url/api/stats" | grep -o "\"$1\":[0-9]*" | head -n1 | cut -d: -f2; }
+for _ in $(seq 1 1000); do
+  [[ $(stat connections) == 1 ]] && break
+  sleep 0.01
+done
+[[ $(stat connections) == 1 ]] || fail "sessions outlived their connections: $(c "$url/api/stats")"
 echo "garbage and stalled handshakes: closed after $waited ms, others served meanwhile"
 
 # Slowloris over TLS: a completed handshake, then the headers trickle. The server answers 408 at
@@ -129,7 +136,6 @@ grep -q "^HTTP/1.1 408" "$work/slow" || fail "the slow client was not cut off wi
 echo "slowloris over TLS: 408 at the header timeout"
 
 # A client that hangs up has its task cancelled: its close shows as the end of its TCP stream.
-stat() { c "$url/api/stats" | grep -o "\"$1\":[0-9]*" | head -n1 | cut -d: -f2; }
 rc=0
 c --max-time 1 -d '{"args":[600000]}' "$url/v1/tasks/sleep_ms" >/dev/null 2>&1 || rc=$?
 [[ $rc == 28 ]] || fail "the ten-minute task did not time out on the client side: curl exit $rc"
