@@ -276,11 +276,14 @@ class Session : public TaskWatch, public std::enable_shared_from_this<Session<Ex
   Socket& socket() { return beast::get_lowest_layer(stream_); }
 
   // The handshake has the header timeout: a client that stalls in it (or sends garbage) costs
-  // its own connection only. A failure is no server error: it is logged at debug level.
+  // its own connection only. A failure is no server error: it is logged at debug level. It is
+  // the start of reading the first request: draining gives it the same short grace.
   void handshake() {
-    arm_deadline(server_.config.header_timeout);
+    arm_deadline(header_timeout());
+    reading_header_ = true;
     stream_.async_handshake(asio::ssl::stream_base::server,
                             [self = shared_from_this()](beast::error_code ec) {
+                              self->reading_header_ = false;
                               self->clear_deadline();
                               if (self->timed_out_) ec = beast::error::timeout;
                               self->on_handshake(ec);
@@ -297,13 +300,17 @@ class Session : public TaskWatch, public std::enable_shared_from_this<Session<Ex
     close();
   }
 
+  std::chrono::milliseconds header_timeout() const {
+    return server_.draining
+               ? std::min(server_.config.header_timeout, std::chrono::milliseconds(kDrainGrace))
+               : server_.config.header_timeout;
+  }
+
   void read_header() {
     parser_.emplace();
     parser_->header_limit(static_cast<std::uint32_t>(server_.config.max_header));
     parser_->body_limit(server_.config.max_body);
-    arm_deadline(server_.draining ? std::min(server_.config.header_timeout,
-                                             std::chrono::milliseconds(kDrainGrace))
-                                  : server_.config.header_timeout);
+    arm_deadline(header_timeout());
     reading_header_ = true;
     http::async_read_header(stream_, buffer_, *parser_,
                             [self = shared_from_this()](beast::error_code ec, std::size_t) {
