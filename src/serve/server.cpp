@@ -1115,7 +1115,7 @@ int run_service(const ServeConfig& config) {
   const bool tls = !config.tls_cert.empty() || !config.tls_key.empty();
   try {
     (void)task_timeout_limit(config);
-    // Here, before a cluster's primary forks: a bad certificate stops it too, not its workers.
+    // Before a cluster's primary starts workers: bad files stop the primary itself, at once.
     if (tls) (void)make_tls_context(config.tls_cert, config.tls_key);
     if (!config.auth_token_file.empty()) {
       const auto tokens = TokenSet::load(config.auth_token_file);
