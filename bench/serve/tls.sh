@@ -49,17 +49,22 @@ run_one() {  # run_one <http|https> <healthz|fib> [server cpus] [wrk cpus] -> re
 median() { sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
 
 report() {  # report <label> <healthz|fib> <server cpus> <wrk cpus>
-  local plain=() tls=() r
+  local plain=() tls=() ratios=() r
   for ((r = 1; r <= rounds; ++r)); do
     plain+=("$(run_one http "$2" "$3" "$4")")
     tls+=("$(run_one https "$2" "$3" "$4")")
-    printf '%s round %d: http %8.0f req/s | https %8.0f req/s\n' "$1" "$r" "${plain[-1]}" "${tls[-1]}"
+    ratios+=("$(awk -v p="${plain[-1]}" -v t="${tls[-1]}" 'BEGIN { printf "%.3f", t / p }')")
+    printf '%s round %d: http %8.0f req/s | https %8.0f req/s | https/http %s\n' "$1" "$r" \
+      "${plain[-1]}" "${tls[-1]}" "${ratios[-1]}"
   done
-  local p t
+  local p t q
   p=$(printf '%s\n' "${plain[@]}" | median)
   t=$(printf '%s\n' "${tls[@]}" | median)
-  awk -v l="$1" -v p="$p" -v t="$t" 'BEGIN {
-    printf "%s medians: http %.0f req/s, https %.0f req/s: https/http %.2f\n", l, p, t, t / p }'
+  q=$(printf '%s\n' "${ratios[@]}" | median)
+  # The median of the rounds' ratios too: each round's pair ran back to back, so it is the figure
+  # a drift of the machine during the run disturbs least.
+  awk -v l="$1" -v p="$p" -v t="$t" -v q="$q" 'BEGIN {
+    printf "%s medians: http %.0f req/s, https %.0f req/s: https/http %.2f (rounds: %.2f)\n", l, p, t, t / p, q }'
 }
 
 summary=()
