@@ -55,7 +55,7 @@ report() {  # report <label> <healthz|fib> <server cpus> <wrk cpus>
     tls+=("$(run_one https "$2" "$3" "$4")")
     ratios+=("$(awk -v p="${plain[-1]}" -v t="${tls[-1]}" 'BEGIN { printf "%.3f", t / p }')")
     printf '%s round %d: http %8.0f req/s | https %8.0f req/s | https/http %s\n' "$1" "$r" \
-      "${plain[-1]}" "${tls[-1]}" "${ratios[-1]}"
+      "${plain[-1]}" "${tls[-1]}" "${ratios[-1]}" >&2
   done
   local p t q
   p=$(printf '%s\n' "${plain[@]}" | median)
@@ -69,9 +69,11 @@ report() {  # report <label> <healthz|fib> <server cpus> <wrk cpus>
 
 summary=()
 for what in healthz fib; do
-  summary+=("$(report "$what, shared cores" "$what" "" "" | tee /dev/stderr | tail -n1)")
+  summary+=("$(report "$what, shared cores" "$what" "" "")")
+  echo "${summary[-1]}" >&2
   if (($(nproc) >= 2)); then
-    summary+=("$(report "$what, server CPU 0, wrk CPU 1" "$what" 0 1 | tee /dev/stderr | tail -n1)")
+    summary+=("$(report "$what, server CPU 0, wrk CPU 1" "$what" 0 1)")
+    echo "${summary[-1]}" >&2
   fi
 done
 printf '\ncrew serve, HTTPS against HTTP (wrk -c32, keep-alive, %s per run, %d rounds)\n' "$duration" "$rounds"
