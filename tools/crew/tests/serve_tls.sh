@@ -159,8 +159,9 @@ wait "$pid" || rc=$?
 pid=$!
 port=$(wait_port "$work/drain" 127.0.0.1 https)
 url="https://127.0.0.1:$port"
-sleep 30 | timeout 20 openssl s_client -quiet -connect "127.0.0.1:$port" -CAfile "$work/a.crt" \
-  >/dev/null 2>"$work/idle.err" &
+# -quiet ignores the end of its input: the connection stays open, idle, until it is closed.
+timeout 20 openssl s_client -quiet -connect "127.0.0.1:$port" -CAfile "$work/a.crt" \
+  </dev/null >/dev/null 2>"$work/idle.err" &
 idle=$!
 exec 7<>"/dev/tcp/127.0.0.1/$port"  # a handshake that never starts
 for _ in $(seq 1 1000); do  # both accepted, the idle one past its handshake (+ the one asking)
