@@ -20,11 +20,14 @@
 #include <utility>
 
 #include <boost/asio.hpp>
+#include <boost/asio/ssl.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
+#include <boost/beast/ssl.hpp>
 #include <fmt/format.h>
 #include <netinet/in.h>
 #include <nlohmann/json.hpp>
+#include <poll.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 #include <sys/resource.h>
@@ -35,6 +38,7 @@
 
 #include "metrics.hpp"
 #include "tasks.hpp"
+#include "tls.hpp"
 
 namespace crew::serve_app {
 
@@ -93,6 +97,7 @@ struct Server::Impl {
   ServeConfig config;
   const std::chrono::milliseconds timeout_limit;  // task_timeout_limit(config)
   Auth auth{config.auth_token_file};
+  std::unique_ptr<asio::ssl::context> tls;  // set by start() with --tls-cert: HTTPS sessions
   std::unique_ptr<Runner> runner;
   std::vector<std::thread> threads;
   std::atomic<bool> started{false};
@@ -183,17 +188,22 @@ constexpr int kMaxJsonDepth = 64;
 
 // `Executor` is the io_context's own executor with one I/O thread and a strand with more. A
 // concrete executor type, and a plain socket rather than beast::tcp_stream (whose timeouts we do
-// not use), keep type-erased executor calls off the per-request path.
-template <class Executor>
-class Session : public TaskWatch, public std::enable_shared_from_this<Session<Executor>> {
+// not use), keep type-erased executor calls off the per-request path. `Tls` picks the stream at
+// compile time, so the plain session has no TLS branch or indirection left in it: with TLS, an
+// ssl_stream over the socket, a handshake first, and every response through async_write.
+template <class Executor, bool Tls>
+class Session : public TaskWatch, public std::enable_shared_from_this<Session<Executor, Tls>> {
   using Socket = asio::basic_stream_socket<tcp, Executor>;
+  using Stream = std::conditional_t<Tls, beast::ssl_stream<Socket>, Socket>;
   using Timer = asio::basic_waitable_timer<Clock, asio::wait_traits<Clock>, Executor>;
   using std::enable_shared_from_this<Session>::shared_from_this;
   using std::enable_shared_from_this<Session>::weak_from_this;
 
  public:
   Session(Socket socket, Server::Impl& server)
-      : stream_(std::move(socket)), deadline_(stream_.get_executor()), server_(server) {
+      : stream_(make_stream(std::move(socket), server)),
+        deadline_(stream_.get_executor()),
+        server_(server) {
     server_.sessions.fetch_add(1);
     if (server_.cluster != nullptr) server_.cluster->connection_opened();
   }
@@ -213,11 +223,19 @@ class Session : public TaskWatch, public std::enable_shared_from_this<Session<Ex
         }
       };
     }
-    // Responses are written at once when they fit (respond_text): the socket must not block.
     beast::error_code ec;
-    stream_.non_blocking(true, ec);
-    if (ec) return close();
-    read_header();
+    if constexpr (Tls) {
+      // A response can take several TLS records, hence several writes: Nagle's algorithm
+      // would hold the last one back until the client acknowledges the others.
+      socket().set_option(tcp::no_delay(true), ec);
+      if (ec) return close();
+      handshake();
+    } else {
+      // Responses are written at once when they fit (respond_text): the socket must not block.
+      stream_.non_blocking(true, ec);
+      if (ec) return close();
+      read_header();
+    }
   }
 
   // Draining: a connection waiting for its next request gets a short grace to send it (it is
@@ -250,17 +268,55 @@ class Session : public TaskWatch, public std::enable_shared_from_this<Session<Ex
       if (Clock::now() < self->deadline_at_) return self->start_timer();
       self->timed_out_ = true;
       beast::error_code ignored;
-      self->stream_.cancel(ignored);
+      self->socket().cancel(ignored);
     });
+  }
+
+  static Stream make_stream(Socket&& socket, Server::Impl& server) {
+    if constexpr (Tls) {
+      return Stream(std::move(socket), *server.tls);
+    } else {
+      return std::move(socket);
+    }
+  }
+  Socket& socket() { return beast::get_lowest_layer(stream_); }
+
+  // The handshake has the header timeout: a client that stalls in it (or sends garbage) costs
+  // its own connection only. A failure is no server error: it is logged at debug level. It is
+  // the start of reading the first request: draining gives it the same short grace.
+  void handshake() {
+    arm_deadline(header_timeout());
+    reading_header_ = true;
+    stream_.async_handshake(asio::ssl::stream_base::server,
+                            [self = shared_from_this()](beast::error_code ec) {
+                              self->reading_header_ = false;
+                              self->clear_deadline();
+                              if (self->timed_out_) ec = beast::error::timeout;
+                              self->on_handshake(ec);
+                            });
+  }
+
+  void on_handshake(beast::error_code ec) {
+    if (!ec) return read_header();
+    if (spdlog::should_log(spdlog::level::debug)) {
+      beast::error_code ignored;
+      spdlog::debug("crew serve: TLS handshake with {} failed: {}",
+                    socket().remote_endpoint(ignored).address().to_string(), ec.message());
+    }
+    close();
+  }
+
+  std::chrono::milliseconds header_timeout() const {
+    return server_.draining
+               ? std::min(server_.config.header_timeout, std::chrono::milliseconds(kDrainGrace))
+               : server_.config.header_timeout;
   }
 
   void read_header() {
     parser_.emplace();
     parser_->header_limit(static_cast<std::uint32_t>(server_.config.max_header));
     parser_->body_limit(server_.config.max_body);
-    arm_deadline(server_.draining ? std::min(server_.config.header_timeout,
-                                             std::chrono::milliseconds(kDrainGrace))
-                                  : server_.config.header_timeout);
+    arm_deadline(header_timeout());
     reading_header_ = true;
     http::async_read_header(stream_, buffer_, *parser_,
                             [self = shared_from_this()](beast::error_code ec, std::size_t) {
@@ -275,6 +331,13 @@ class Session : public TaskWatch, public std::enable_shared_from_this<Session<Ex
     if (ec == http::error::end_of_stream || ec == asio::error::eof ||
         ec == asio::error::connection_reset || ec == asio::error::operation_aborted) {
       return close();
+    }
+    if constexpr (Tls) {
+      // A cut connection or a broken TLS record: nothing could carry an answer.
+      if (ec == asio::ssl::error::stream_truncated ||
+          ec.category() == asio::error::get_ssl_category()) {
+        return close();
+      }
     }
     if (ec == beast::error::timeout) {
       // An idle keep-alive connection just goes; a half-sent request gets its 408.
@@ -538,9 +601,16 @@ class Session : public TaskWatch, public std::enable_shared_from_this<Session<Ex
   }
   void check_hangup() {
     if (!running_ || abandoned_) return;
-    char c = 0;
-    const auto n = ::recv(stream_.native_handle(), &c, 1, MSG_PEEK | MSG_DONTWAIT);
-    if (n > 0 || (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))) return;
+    if constexpr (Tls) {
+      // A TLS client's close_notify alert is bytes to read, so a peek cannot tell a hang-up
+      // from a pipelined request; the end of its half of the TCP stream (POLLRDHUP) can.
+      pollfd p{socket().native_handle(), POLLRDHUP, 0};
+      if (::poll(&p, 1, 0) <= 0 || (p.revents & (POLLRDHUP | POLLHUP | POLLERR)) == 0) return;
+    } else {
+      char c = 0;
+      const auto n = ::recv(stream_.native_handle(), &c, 1, MSG_PEEK | MSG_DONTWAIT);
+      if (n > 0 || (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))) return;
+    }
     abandoned_ = true;
     running_->cancel();
   }
@@ -633,12 +703,16 @@ class Session : public TaskWatch, public std::enable_shared_from_this<Session<Ex
     out += "\r\n";
     out += body;
     log(static_cast<int>(status), body.size());
-    // Most responses fit in the socket's buffer: written now, without an asynchronous operation
-    // or a deadline; only what does not fit goes through async_write.
-    beast::error_code ec;
-    const std::size_t sent = stream_.write_some(asio::buffer(out), ec);
-    if (ec == asio::error::would_block || ec == asio::error::try_again) ec = {};
-    if (ec || sent == out.size()) return written(ec, keep);
+    std::size_t sent = 0;
+    if constexpr (!Tls) {
+      // Most responses fit in the socket's buffer: written now, without an asynchronous
+      // operation or a deadline; only what does not fit goes through async_write. (An SSL
+      // stream has no such write: a record cut short by the socket must be finished later.)
+      beast::error_code ec;
+      sent = stream_.write_some(asio::buffer(out), ec);
+      if (ec == asio::error::would_block || ec == asio::error::try_again) ec = {};
+      if (ec || sent == out.size()) return written(ec, keep);
+    }
     arm_deadline(server_.config.body_timeout);  // a client that does not read its response
     asio::async_write(stream_, asio::buffer(out) + sent,
                       [self = shared_from_this(), keep](beast::error_code e, std::size_t) {
@@ -691,16 +765,18 @@ class Session : public TaskWatch, public std::enable_shared_from_this<Session<Ex
     }
   }
 
+  // With TLS, no close_notify is awaited (a hostile peer could stall it for ever): every
+  // response carries its length, so a client cannot mistake a cut connection for a whole one.
   void close() {
     done_request();
     clear_deadline();
     deadline_.cancel();  // releases this session now rather than when the timer would fire
     beast::error_code ec;
-    stream_.shutdown(tcp::socket::shutdown_both, ec);
-    stream_.close(ec);
+    socket().shutdown(tcp::socket::shutdown_both, ec);
+    socket().close(ec);
   }
 
-  Socket stream_;
+  Stream stream_;
   Timer deadline_;
   Clock::time_point deadline_at_ = Clock::time_point::max();
   int timer_waits_ = 0;
@@ -728,7 +804,11 @@ void Server::Impl::accept() {
   auto on_accept = [this](beast::error_code ec, auto socket) {
     if (ec == asio::error::operation_aborted || !acceptor.is_open()) return;
     using Executor = typename decltype(socket)::executor_type;
-    if (!ec) std::make_shared<Session<Executor>>(std::move(socket), *this)->start();
+    if (!ec && tls) {
+      std::make_shared<Session<Executor, true>>(std::move(socket), *this)->start();
+    } else if (!ec) {
+      std::make_shared<Session<Executor, false>>(std::move(socket), *this)->start();
+    }
     if (cluster != nullptr && cluster->accept_later()) {
       // Another worker holds fewer connections: let it take the next one (ClusterWorker).
       accept_timer.expires_after(kAcceptLater);
@@ -889,6 +969,9 @@ void Server::terminate_tasks() {
 
 void Server::start(int listen_fd) {
   auto& i = *impl_;
+  if (!i.config.tls_cert.empty() || !i.config.tls_key.empty()) {
+    i.tls = make_tls_context(i.config.tls_cert, i.config.tls_key);
+  }
   beast::error_code ec;
   if (listen_fd >= 0) {
     // A cluster worker: the primary bound the socket; every worker accepts on the same one.
@@ -1042,8 +1125,11 @@ std::chrono::milliseconds task_timeout_limit(const ServeConfig& config) {
 }
 
 int run_service(const ServeConfig& config) {
+  const bool tls = !config.tls_cert.empty() || !config.tls_key.empty();
   try {
     (void)task_timeout_limit(config);
+    // Before a cluster's primary starts workers: bad files stop the primary itself, at once.
+    if (tls) (void)make_tls_context(config.tls_cert, config.tls_key);
     if (!config.auth_token_file.empty()) {
       const auto tokens = TokenSet::load(config.auth_token_file);
       spdlog::info("crew serve: access control: {} bearer token{} from {}", tokens.size(),
@@ -1088,8 +1174,9 @@ int run_service(const ServeConfig& config) {
       return 69;  // EX_UNAVAILABLE
     }
     if (cluster->is_primary()) {
-      spdlog::info("crew serve: listening on http://{}:{} (cluster of {} workers, {} isolation)",
-                   config.host, cluster->port(), config.cluster, config.isolation);
+      spdlog::info("crew serve: listening on {}://{}:{} (cluster of {} workers, {} isolation)",
+                   tls ? "https" : "http", config.host, cluster->port(), config.cluster,
+                   config.isolation);
       return cluster->run();
     }
   }
@@ -1136,8 +1223,9 @@ int run_service(const ServeConfig& config) {
     spdlog::info("crew serve: cluster worker {} draining (up to {} ms)", worker->id(),
                  config.shutdown_timeout.count());
   } else {
-    spdlog::info("crew serve: listening on http://{}:{} ({} isolation, {} tasks)", config.host,
-                 server.port(), config.isolation, tasks.size());
+    spdlog::info("crew serve: listening on {}://{}:{} ({} isolation, {} tasks)",
+                 tls ? "https" : "http", config.host, server.port(), config.isolation,
+                 tasks.size());
     int sig = 0;
     while (sigwait(&signals, &sig) == 0 && sig == SIGHUP) {
       if (config.auth_token_file.empty()) {

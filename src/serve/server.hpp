@@ -51,6 +51,9 @@ struct ServeConfig {
   std::string auth_token_file;
   bool metrics_public = false;    ///< /metrics needs no token (for a scraper)
   bool insecure_no_auth = false;  ///< allow a non-loopback --host without a token file
+  /// HTTPS: a PEM certificate (chain) and its private key; both or neither (plain HTTP).
+  std::string tls_cert;
+  std::string tls_key;
 };
 
 /// The timeout limit `config` holds clients to (0: none): max_task_timeout, else task_timeout.

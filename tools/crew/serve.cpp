@@ -136,6 +136,13 @@ Command add_serve_command(CLI::App& app) {
                   "With --auth-token-file: /metrics needs no token (for a scraper)");
   serve->add_flag("--insecure-no-auth", config->insecure_no_auth,
                   "Serve a non-loopback --host without --auth-token-file (refused otherwise)");
+  serve
+      ->add_option("--tls-cert", config->tls_cert,
+                   "Serve HTTPS with this PEM certificate (then any intermediates); needs "
+                   "--tls-key. Read at start (and by each new cluster worker)")
+      ->envname("CREW_TLS_CERT");
+  serve->add_option("--tls-key", config->tls_key, "The PEM private key of --tls-cert")
+      ->envname("CREW_TLS_KEY");
   return {serve, [config, ms, cluster, min_uptime] {
             config->cluster = *cluster == "max" ? default_thread_count()
                                                 : static_cast<std::size_t>(std::stoul(*cluster));
