@@ -37,7 +37,8 @@ void Metrics::fill(json& snapshot) {
   snapshot["http"] = {{"requests", std::move(requests_json)},
                       {"buckets", buckets},
                       {"sum", duration_sum},
-                      {"count", duration_count}};
+                      {"count", duration_count},
+                      {"tls_handshake_failures", tls_handshake_failures.load()}};
   snapshot["tasks"] = outcomes;
   snapshot["lag"] = {{"last_s", static_cast<double>(lag_ns.load()) / 1e9},
                      {"max_s", static_cast<double>(lag_max_ns.load()) / 1e9}};
@@ -79,7 +80,8 @@ json merge_snapshots(const std::vector<json>& snapshots) {
   std::map<std::pair<std::string, int>, std::uint64_t> requests;
   std::vector<std::uint64_t> buckets(kDurationBucketCount + 1, 0);
   double sum = 0, cpu = 0, lag = 0, lag_max = 0, utilization = 0, start = 0, uptime = 0;
-  std::uint64_t count = 0, connections = 0, rss = 0, fds = 0, wait_count = 0, run_count = 0;
+  std::uint64_t count = 0, connections = 0, rss = 0, fds = 0, wait_count = 0, run_count = 0,
+                handshakes_failed = 0;
   std::map<std::string, std::uint64_t> outcomes, pool, stuck_tasks;
   for (const auto& s : snapshots) {
     const json& http = s.at("http");
@@ -92,6 +94,7 @@ json merge_snapshots(const std::vector<json>& snapshots) {
     sum += http.at("sum").get<double>();
     count += http.at("count").get<std::uint64_t>();
     connections += get_or<std::uint64_t>(http, "connections", 0);
+    handshakes_failed += get_or<std::uint64_t>(http, "tls_handshake_failures", 0);
     for (const auto& [name, n] : s.at("tasks").items()) outcomes[name] += n.get<std::uint64_t>();
     const json& p = s.at("pool");
     for (const char* k : kPoolCounters) pool[k] += p.at(k).get<std::uint64_t>();
@@ -120,7 +123,8 @@ json merge_snapshots(const std::vector<json>& snapshots) {
                  {"buckets", buckets},
                  {"sum", sum},
                  {"count", count},
-                 {"connections", connections}};
+                 {"connections", connections},
+                 {"tls_handshake_failures", handshakes_failed}};
   all["tasks"] = outcomes;
   json pool_json = pool;
   pool_json["stuck_tasks"] = stuck_tasks;
@@ -169,6 +173,12 @@ std::string render_prometheus(const std::vector<json>& snapshots, bool per_worke
   }
   gauge("crew_http_connections", "Open client connections.",
         [](const json& s) { return get_or<std::uint64_t>(s.at("http"), "connections", 0); });
+  family("crew_tls_handshake_failures_total", "counter",
+         "TLS handshakes that failed or timed out (with --tls-cert): each cost its connection.");
+  for (const auto& s : series) {
+    out += fmt::format("crew_tls_handshake_failures_total{} {}\n", labels(s),
+                       get_or<std::uint64_t>(s.at("http"), "tls_handshake_failures", 0));
+  }
   family("crew_http_request_duration_seconds", "histogram",
          "Time from request headers to response.");
   for (const auto& s : series) {
@@ -285,7 +295,9 @@ json stats_json(const json& s) {
               {"http",
                {{"requests", std::move(requests)},
                 {"count", s.at("http").at("count")},
-                {"connections", get_or<std::uint64_t>(s.at("http"), "connections", 0)}}},
+                {"connections", get_or<std::uint64_t>(s.at("http"), "connections", 0)},
+                {"tls_handshake_failures",
+                 get_or<std::uint64_t>(s.at("http"), "tls_handshake_failures", 0)}}},
               {"tasks", s.at("tasks")},
               {"process", s.at("process")},
               {"event_loop_lag_ms",

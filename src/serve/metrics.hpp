@@ -33,6 +33,7 @@ struct Metrics {
   std::uint64_t duration_count = 0;
   std::atomic<std::int64_t> lag_ns{0};
   std::atomic<std::int64_t> lag_max_ns{0};
+  std::atomic<std::uint64_t> tls_handshake_failures{0};
 
   void record(const std::string& route, int status, double seconds);
   void outcome(const std::string& name);

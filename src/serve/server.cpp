@@ -298,6 +298,7 @@ class Session : public TaskWatch, public std::enable_shared_from_this<Session<Ex
 
   void on_handshake(beast::error_code ec) {
     if (!ec) return read_header();
+    server_.metrics.tls_handshake_failures.fetch_add(1, std::memory_order_relaxed);
     if (spdlog::should_log(spdlog::level::debug)) {
       beast::error_code ignored;
       spdlog::debug("crew serve: TLS handshake with {} failed: {}",
@@ -341,7 +342,7 @@ class Session : public TaskWatch, public std::enable_shared_from_this<Session<Ex
     }
     if (ec == beast::error::timeout) {
       // An idle keep-alive connection just goes; a half-sent request gets its 408.
-      if (buffer_.size() == 0) return close();
+      if (buffer_.size() == 0 && !parser_->got_some()) return close();
       return fail(http::status::request_timeout, "Timeout",
                   fmt::format("the request headers did not arrive within {} ms",
                               server_.config.header_timeout.count()));

@@ -384,6 +384,13 @@ TEST(Serve, SlowClientsAndGarbageDoNotStopTheServer) {
     EXPECT_EQ(r.status, 408);
   }
   {
+    // A whole request line, then nothing: the parser has taken the line from the buffer, and the
+    // client still gets its 408 rather than a silent close.
+    Client slow(s.port());
+    slow.send_raw("GET /healthz HTTP/1.1\r\n");
+    EXPECT_EQ(slow.read().status, 408);
+  }
+  {
     Client junk(s.port());
     const char bytes[] = "\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 random bytes\r\n\r\n";
     junk.send_raw(std::string(bytes, sizeof bytes - 1));  // a TLS hello, not HTTP

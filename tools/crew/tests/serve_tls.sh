@@ -114,6 +114,11 @@ for _ in $(seq 1 1000); do
   sleep 0.01
 done
 [[ $(stat connections) == 1 ]] || fail "sessions outlived their connections: $(c "$url/api/stats")"
+# Counted: the plain-HTTP client above, the garbage, the silent and the half ClientHello.
+failures=$(stat tls_handshake_failures)
+((failures >= 4)) || fail "tls_handshake_failures is '$failures', expected at least 4"
+grep -q "^crew_tls_handshake_failures_total $failures$" <<<"$(c "$url/metrics")" ||
+  fail "/metrics does not count the failed handshakes"
 echo "garbage and stalled handshakes: closed after $waited ms, others served meanwhile"
 
 # Slowloris over TLS: a completed handshake, then the headers trickle. The server answers 408 at
