@@ -684,7 +684,21 @@ int Cluster::run() {
       const int status = w.child.wait();
       const auto uptime = t - w.started;
       const bool expected = w.draining || w.replaced || stopping;
-      if (WIFEXITED(status) && WEXITSTATUS(status) == 78) {
+      if (WIFEXITED(status) && WEXITSTATUS(status) == 78 && id == reload_waiting_for && !stopping) {
+        // A reload whose new configuration is bad (a broken certificate, say): the old workers
+        // still serve with the one they started with, so they stay, and the reload ends here.
+        if (!to_reload.empty()) {
+          if (auto o = workers.find(to_reload.front()); o != workers.end()) {
+            o->second.replaced = false;
+          }
+        }
+        spdlog::error(
+            "crew cluster: reload aborted: the new worker {} cannot start (configuration, exit "
+            "78); the old workers keep serving. Fix the configuration and send SIGHUP again",
+            id);
+        to_reload.clear();
+        reload_waiting_for = 0;
+      } else if (WIFEXITED(status) && WEXITSTATUS(status) == 78) {
         spdlog::error("crew cluster: worker {} cannot start (configuration, exit 78); stopping",
                       id);
         exit_code = 78;

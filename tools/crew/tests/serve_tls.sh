@@ -212,6 +212,18 @@ for _ in $(seq 1 1000); do
   sleep 0.01
 done
 ((reloaded)) || fail "cluster: a SIGHUP reload did not bring the new certificate: $(cat "$work/cluster")"
+# A reload with a broken pair (the key of another certificate): its new worker exits 78, the
+# reload is aborted and the old workers keep serving with the pair they started with.
+cp "$work/a.key" "$work/live.key"
+kill -HUP "$pid"
+for _ in $(seq 1 3000); do
+  grep -q "reload aborted" "$work/cluster" && break
+  sleep 0.01
+done
+grep -q "reload aborted" "$work/cluster" || fail "cluster: no 'reload aborted': $(cat "$work/cluster")"
+for _ in 1 2 3 4; do
+  served b || fail "cluster: not serving after a reload with a broken pair: $(cat "$work/cluster")"
+done
 kill -TERM "$pid"
 rc=0
 wait "$pid" || rc=$?
