@@ -7,7 +7,7 @@
 -- exactly once however late or repeated a call is. Arguments are checked before the first write:
 -- a function that raises after writing would leave its writes in place.
 
-local VERSION = 1
+local VERSION = 2
 
 local GROUP = 'workers'
 local NOTIFY_MAXLEN = '10000'
@@ -332,6 +332,24 @@ local function fail_job(keys, argv)
   return {'retry', delay}
 end
 
+-- crew_release(prefix; id, lease) -> 'ok' | 'refused'
+-- A stopping worker hands a job it started back at once (no waiting for its lease to expire).
+-- The run it gave up does not count as an attempt.
+local function release(keys, argv)
+  local fn = 'crew_release'
+  local p = prefix_of(fn, keys)
+  local id = text(fn, 'id', argv[1], 256)
+  local lease = text(fn, 'lease', argv[2], 64)
+  local job = load_job(job_key(p, id))
+  if not owned(job, lease) then return 'refused' end
+  drop_entry(job.stream, job.entry)
+  redis.call('ZREM', p .. 'leases', id)
+  redis.call('HSET', job_key(p, id), 'attempt', math.max(tonumber(job.attempt) - 1, 0),
+    'lease', next_token(p))
+  enqueue(p, id, job.priority)
+  return 'ok'
+end
+
 -- Entries delivered more than `idle_ms` ago and still pending never started (crew_start
 -- acknowledges): their reader died between XREADGROUP and crew_start. A job's current delivery
 -- goes back to its stream as a fresh entry; a stray one is settled as crew_start would.
@@ -417,4 +435,5 @@ redis.register_function('crew_renew', checked(renew))
 redis.register_function('crew_complete', checked(complete))
 redis.register_function('crew_fail', checked(fail_job))
 redis.register_function('crew_reclaim', checked(reclaim))
+redis.register_function('crew_release', checked(release))
 redis.register_function{function_name = 'crew_stats', callback = checked(stats), flags = {'no-writes'}}

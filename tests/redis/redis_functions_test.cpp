@@ -354,6 +354,30 @@ TEST_F(RedisFunctions, ReclaimRefusesTheLateOwnerAndTheJobCompletesOnce) {
   EXPECT_EQ(stat("completed"), 1);
 }
 
+TEST_F(RedisFunctions, ReleaseHandsTheJobBackAtOnceWithoutSpendingAnAttempt) {
+  ASSERT_EQ(submit({.id = "j1", .attempts = 1})[0].str(), "created");
+  auto first = read("w1");
+  ASSERT_TRUE(first);
+  const std::string lease = start(*first, "w1", 60'000)[1].str();
+  EXPECT_EQ(fcall("crew_release", {"j1", lease + "0"}).str(), "refused");
+  EXPECT_EQ(fcall("crew_release", {"j1", lease}).str(), "ok");
+  EXPECT_EQ(job("j1")["state"], "waiting");
+  EXPECT_EQ(job("j1")["attempt"], "0");
+  EXPECT_EQ(redis_.command({"ZCARD", kQueue + "leases"}).integer(), 0);
+  EXPECT_EQ(fcall("crew_release", {"j1", lease}).str(), "refused");
+  EXPECT_EQ(fcall("crew_complete", {"j1", lease, "late"}).str(), "refused");
+
+  auto second = read("w2");
+  ASSERT_TRUE(second);
+  EXPECT_NE(second->entry, first->entry);
+  Reply run = start(*second, "w2");
+  ASSERT_EQ(run[0].str(), "run") << run.describe();
+  EXPECT_EQ(run[5].integer(), 1);
+  EXPECT_EQ(fcall("crew_complete", {"j1", run[1].str(), "r"}).str(), "ok");
+  EXPECT_EQ(redis_.command({"XLEN", kQueue + "p1"}).integer(), 0);
+  EXPECT_FALSE(read("w3"));
+}
+
 TEST_F(RedisFunctions, ReclaimedTooOftenIsDeadLetteredAsWorkerCrashed) {
   ASSERT_EQ(submit({.id = "j1"})[0].str(), "created");
   auto delivery = read("w1");
