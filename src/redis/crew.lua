@@ -80,6 +80,14 @@ local function enqueue(p, id, priority)
   redis.call('HSET', job_key(p, id), 'state', 'waiting', 'stream', stream, 'entry', entry)
 end
 
+-- A delayed job also wakes one blocked worker (the `wake` stream is read by the group too), so it
+-- recomputes how long to block (crew_next_due) and promotes the job when it is due. Wake entries
+-- carry nothing and are acknowledged at once, so trimming them loses nothing.
+local function delay_job(p, id, due)
+  redis.call('ZADD', p .. 'delayed', due, id)
+  redis.call('XADD', p .. 'wake', 'MAXLEN', '~', '1000', '*', 'due', due)
+end
+
 -- Streams are never trimmed (Redis 7.0 trims pending entries too): an entry leaves its stream
 -- in the same call that moves its job on.
 local function drop_entry(stream, entry)
@@ -162,7 +170,7 @@ local function submit(keys, argv)
   bump(p, 'submitted')
   if delay > 0 then
     redis.call('HSET', key, 'state', 'delayed')
-    redis.call('ZADD', p .. 'delayed', now + delay, id)
+    delay_job(p, id, now + delay)
     return {'created', 'delayed'}
   end
   enqueue(p, id, priority)
@@ -187,12 +195,21 @@ local function promote(keys, argv)
   return moved
 end
 
--- crew_init(prefix) -> 'ok': the consumer group on every priority stream. From id 0, so jobs
--- submitted before any worker existed are delivered too.
+-- crew_next_due(prefix) -> milliseconds until the earliest delayed job is due (0: due now), or
+-- -1 when none waits. A worker blocks no longer than this, so delayed jobs start on time.
+local function next_due(keys)
+  local p = prefix_of('crew_next_due', keys)
+  local first = redis.call('ZRANGE', p .. 'delayed', 0, 0, 'WITHSCORES')
+  if #first == 0 then return -1 end
+  return math.max(tonumber(first[2]) - now_ms(), 0)
+end
+
+-- crew_init(prefix) -> 'ok': the consumer group on every priority stream and on `wake`. From
+-- id 0, so jobs submitted before any worker existed are delivered too.
 local function init(keys)
   local p = prefix_of('crew_init', keys)
-  for priority = 0, 3 do
-    local ok = redis.pcall('XGROUP', 'CREATE', p .. 'p' .. priority, GROUP, '0', 'MKSTREAM')
+  for _, stream in ipairs({'p0', 'p1', 'p2', 'p3', 'wake'}) do
+    local ok = redis.pcall('XGROUP', 'CREATE', p .. stream, GROUP, '0', 'MKSTREAM')
     if type(ok) == 'table' and ok.err and not string.find(ok.err, 'BUSYGROUP', 1, true) then
       error(ok)
     end
@@ -325,7 +342,7 @@ local function fail_job(keys, argv)
   local delay = backoff_delay(job)
   if delay > 0 then
     redis.call('HSET', job_key(p, id), 'state', 'delayed')
-    redis.call('ZADD', p .. 'delayed', now_ms() + delay, id)
+    delay_job(p, id, now_ms() + delay)
   else
     enqueue(p, id, job.priority)
   end
@@ -430,6 +447,8 @@ redis.register_function{function_name = 'crew_version', callback = function() re
 redis.register_function('crew_init', checked(init))
 redis.register_function('crew_submit', checked(submit))
 redis.register_function('crew_promote', checked(promote))
+redis.register_function{function_name = 'crew_next_due', callback = checked(next_due),
+  flags = {'no-writes'}}
 redis.register_function('crew_start', checked(start))
 redis.register_function('crew_renew', checked(renew))
 redis.register_function('crew_complete', checked(complete))

@@ -216,13 +216,18 @@ TEST_F(RedisFunctions, SubmitWithAnExistingIdAttachesAndNeverRunsAgain) {
 TEST_F(RedisFunctions, DelayedJobIsNotDeliveredBeforeItIsDue) {
   const auto submitted = Clock::now();
   const long long before = redis_now_ms();
+  EXPECT_EQ(fcall("crew_next_due", {}).integer(), -1);
   ASSERT_EQ(submit({.id = "later", .delay_ms = 500}).describe(), R"(["created", "delayed"])");
   const long long after = redis_now_ms();
   EXPECT_GE(due_ms("later"), before + 500);
   EXPECT_LE(due_ms("later"), after + 500);
+  const long long due_in = fcall("crew_next_due", {}).integer();
+  EXPECT_GT(due_in, 0);
+  EXPECT_LE(due_in, 500);
   EXPECT_EQ(fcall("crew_promote", {"100"}).integer(), 0);
   EXPECT_FALSE(read("w1"));
   poll_until("crew_promote", {"100"}, "1");
+  EXPECT_EQ(fcall("crew_next_due", {}).integer(), -1);
   EXPECT_GE(Clock::now() - submitted, 400ms);
   EXPECT_EQ(job("later")["state"], "waiting");
   auto delivery = read("w1");
