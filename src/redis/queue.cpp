@@ -4,6 +4,7 @@
 // notification.
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstdint>
 #include <map>
 #include <mutex>
@@ -32,6 +33,8 @@ using std::chrono::milliseconds;
 
 // How long one reconnect attempt may take before the thread logs and tries again; stoppable.
 constexpr milliseconds kReconnectBudget{10'000};
+// After an error reply, before the results thread asks again.
+constexpr milliseconds kErrorPause{200};
 
 std::string ms_text(milliseconds ms) {
   return std::to_string(ms.count());
@@ -69,6 +72,11 @@ std::optional<detail::JobOutcome> settled_outcome(std::string_view id, const Rep
   return std::nullopt;
 }
 
+// An error reply that says the server cannot serve now (LOADING, BUSY, MISCONF, OOM ...).
+ConnectionError unavailable(const Connection& connection, const Reply& reply) {
+  return ConnectionError(connection.url().redacted() + ": " + reply.error());
+}
+
 }  // namespace
 
 struct Queue::Impl {
@@ -96,6 +104,8 @@ struct Queue::Impl {
   std::unordered_map<std::string, Waiting> waiting;
   std::uint64_t next_token = 0;
 
+  std::mutex pause_mutex;
+  std::condition_variable_any pause_cv;
   std::atomic<long long> reader_client{-1};  // for CLIENT UNBLOCK
   std::jthread reader;
 
@@ -151,8 +161,10 @@ struct Queue::Impl {
   }
 
   Reply job_fields(Connection& connection, const std::string& id) {
-    return connection.command(
+    Reply reply = connection.command(
         {"HMGET", prefix + "job:" + id, "state", "result", "error_type", "error", "producer"});
+    if (reply.is_error()) throw unavailable(connection, reply);
+    return reply;
   }
 
   // Called after submitting to a job that already existed, or to watch one: its notification
@@ -192,6 +204,11 @@ struct Queue::Impl {
     }
   }
 
+  void pause(const std::stop_token& stop) {
+    std::unique_lock lock(pause_mutex);
+    pause_cv.wait_for(lock, stop, kErrorPause, [] { return false; });
+  }
+
   void read_results(const std::stop_token& stop) {
     Connection& connection = reader_connection;
     std::string last = "0-0";
@@ -211,7 +228,7 @@ struct Queue::Impl {
         const Reply reply =
             connection.command({"XREAD", "COUNT", "1000", "BLOCK", ms_text(options.block),
                                 "STREAMS", results_key, last});
-        if (reply.is_error()) throw ConnectionError("XREAD: " + reply.error());
+        if (reply.is_error()) throw unavailable(connection, reply);
         if (reply.is_nil()) continue;
         for (const Reply& entry : reply[0][1].elements()) {
           last = entry[0].str();
@@ -222,6 +239,12 @@ struct Queue::Impl {
       } catch (const ConnectionError& e) {
         logger()->warn("crew::redis::Queue {}: results: {}", options.name, e.what());
         recheck_all = true;
+        // A server that answers with errors (LOADING after a restart) is asked again shortly.
+        if (!connection.broken()) pause(stop);
+      } catch (const std::exception& e) {  // a reply of an unexpected shape
+        logger()->error("crew::redis::Queue {}: results: {}", options.name, e.what());
+        recheck_all = true;
+        pause(stop);
       }
     }
   }
@@ -299,7 +322,13 @@ std::string Queue::enqueue(const JobOptions& options, std::string_view name, std
          options.backoff.kind == BackoffKind::exponential ? "exponential" : "fixed",
          ms_text(options.backoff.delay), fmt::format("{}", options.backoff.jitter),
          ms_text(options.timeout), ms_text(options.retain)});
-    if (reply.is_error()) throw std::invalid_argument("crew::redis::Queue: " + reply.error());
+    if (reply.is_error()) {
+      // crew_submit's own checks say `ERR crew_submit: ...`; anything else is the server's state.
+      if (reply.error().starts_with("ERR crew_submit")) {
+        throw std::invalid_argument("crew::redis::Queue: " + reply.error());
+      }
+      throw unavailable(i.submitter, reply);
+    }
     if (token != 0) {
       if (reply[0].str() == "created") {
         i.mark_submitted(id, true);

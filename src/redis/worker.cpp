@@ -34,8 +34,8 @@ using Clock = std::chrono::steady_clock;
 using std::chrono::milliseconds;
 
 constexpr milliseconds kReconnectBudget{10'000};
-// After an unexpected error reply, before the loop tries again.
-constexpr milliseconds kErrorPause{1'000};
+// After an error reply (LOADING after a restart, say), before the loop tries again.
+constexpr milliseconds kErrorPause{200};
 constexpr std::size_t kErrorTypeMax = 256;
 
 std::string ms_text(milliseconds ms) {
