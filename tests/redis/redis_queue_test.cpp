@@ -57,6 +57,10 @@ const crew::Tasks& test_tasks() {
       throw std::runtime_error("boom");
     });
     t.add("crash", []() -> int { std::abort(); });
+    t.add("sleep_ms", [](int ms) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(ms));
+      return ms;
+    });
     return t;
   }();
   return tasks;
@@ -196,6 +200,17 @@ TEST_F(RedisQueue, CrashingTaskIsRetriedThenDeadLetteredAsWorkerCrashed) {
   EXPECT_EQ(job("crasher")["state"], "dead");
   EXPECT_EQ(dead_letters(), 1);
   EXPECT_TRUE(eventually([&] { return w->stats().failed == 3; })) << w->stats().failed;
+}
+
+TEST_F(RedisQueue, TimeoutKillsTheTaskAndTheFutureGetsTimedOut) {
+  auto w = worker(Isolation::process);
+  const auto submitted = Clock::now();
+  crew::Future<int> slow =
+      queue_.run<int>({.timeout = 200ms, .job_id = "slow"}, "sleep_ms", 60'000);
+  EXPECT_THAT(error_of<crew::TimedOut>([&] { slow.get(); }), HasSubstr("slow"));
+  EXPECT_LT(Clock::now() - submitted, 30s);  // killed, not waited for
+  EXPECT_EQ(job("slow")["error_type"], "TimedOut");
+  EXPECT_EQ(queue_.run<int>("sleep_ms", 1).get(), 1);
 }
 
 TEST_F(RedisQueue, ThrowingTaskRunsExactlyAttemptsTimesWithItsBackoff) {
