@@ -48,8 +48,9 @@ void check_job_options(const JobOptions& o) {
   if (o.delay.count() < 0) bad("delay", "must not be negative");
   if (o.attempts < 1) bad("attempts", "must be at least 1");
   if (o.backoff.delay.count() < 0) bad("backoff.delay", "must not be negative");
-  if (!(o.backoff.jitter >= 0.0 && o.backoff.jitter <= 1.0))
+  if (!(o.backoff.jitter >= 0.0 && o.backoff.jitter <= 1.0)) {  // NaN too
     bad("backoff.jitter", "must be in 0..1");
+  }
   if (o.timeout.count() < 0) bad("timeout", "must not be negative");
   if (o.retain.count() < 0) bad("retain", "must not be negative");
   if (o.job_id.size() > 256) bad("job_id", "must be at most 256 bytes");
