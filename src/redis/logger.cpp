@@ -6,11 +6,11 @@
 namespace crew::inline v0::redis {
 
 std::shared_ptr<spdlog::logger> logger() {
-  static const std::shared_ptr<spdlog::logger> instance = [] {
+  static const std::shared_ptr<spdlog::logger> kLogger = [] {
     auto existing = spdlog::get("crew.redis");
     return existing ? existing : spdlog::stderr_color_mt("crew.redis");
   }();
-  return instance;
+  return kLogger;
 }
 
 }  // namespace crew::inline v0::redis
