@@ -119,10 +119,23 @@ struct Queue::Impl {
         reader_connection(
             url, {options.connect_timeout, options.command_timeout + options.block, false}) {}
 
+  // Runs `call` on the submit connection (the caller holds submit_mutex). A connection that
+  // dropped while idle shows only on its next command, so a ConnectionError is retried once on a
+  // fresh connection: every call made here is idempotent (crew_submit by job id, or a read).
+  template <class Call>
+  auto on_submitter(Call&& call) {
+    if (submitter.broken()) submitter.reconnect(options.command_timeout);
+    try {
+      return call();
+    } catch (const ConnectionError&) {
+      submitter.reconnect(options.command_timeout);
+      return call();
+    }
+  }
+
   Reply fcall(std::string_view function, std::vector<std::string> args) {
     args.insert(args.begin(), {"FCALL", std::string(function), "1", prefix});
-    if (submitter.broken()) submitter.reconnect(options.command_timeout);
-    return submitter.command(args);
+    return on_submitter([&] { return submitter.command(args); });
   }
 
   std::uint64_t add_waiter(const std::string& id, detail::Settle settle) {
@@ -334,7 +347,7 @@ std::string Queue::enqueue(const JobOptions& options, std::string_view name, std
       if (reply[0].str() == "created") {
         i.mark_submitted(id, true);
       } else {
-        i.attach(id);
+        i.on_submitter([&] { i.attach(id); });
       }
     }
   } catch (...) {
@@ -350,8 +363,7 @@ void Queue::watch(std::string_view job_id, detail::Settle settle) {
   const std::uint64_t token = i.add_waiter(id, std::move(settle));
   try {
     std::lock_guard lock(i.submit_mutex);
-    if (i.submitter.broken()) i.submitter.reconnect(i.options.command_timeout);
-    i.attach(id);
+    i.on_submitter([&] { i.attach(id); });
   } catch (...) {
     i.remove_waiter(id, token);
     throw;

@@ -108,6 +108,30 @@ TEST_F(RedisRecovery, JobOfAWorkerThatStoppedRenewingRunsElsewhereAndTheLateResu
   EXPECT_EQ(field("j", "state"), "completed");
 }
 
+TEST_F(RedisRecovery, ALostNotificationIsNotALostResult) {
+  Queue queue({.url = server_.url(), .name = "q"});
+  ASSERT_EQ(fcall("crew_init", {}).str(), "ok");
+  crew::Future<int> sum = queue.run<int>({.job_id = "j"}, "add", 1, 2);
+  const auto delivery = redis_.command(
+      {"XREADGROUP", "GROUP", "workers", "hand", "COUNT", "1", "STREAMS", "crew:{q}:p1", ">"});
+  ASSERT_FALSE(delivery.is_nil());
+  const std::string entry = delivery[0][1][0][0].str();
+  const std::string lease =
+      fcall("crew_start", {"j", "crew:{q}:p1", entry, "hand", "60000"})[1].str();
+  // In one transaction: the result is stored, its notification vanishes, and every other
+  // connection drops (the Queue's among them), as a Redis restart without the stream would do.
+  redis_.command({"MULTI"});
+  redis_.command({"FCALL", "crew_complete", "1", "crew:{q}:", "j", lease, std::string("\x03", 1)});
+  redis_.command({"DEL", "crew:{q}:results:" + queue.producer_id()});
+  redis_.command({"CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"});
+  const auto exec = redis_.command({"EXEC"});
+  ASSERT_EQ(exec[0].str(), "ok") << exec.describe();
+  ASSERT_TRUE(sum.wait_for(60s));
+  EXPECT_EQ(sum.get(), 3);
+  // The submit connection dropped too: the next submission reconnects instead of failing.
+  EXPECT_FALSE(queue.submit("add", 1, 1).empty());
+}
+
 TEST_F(RedisRecovery, LostLeaseStopsTheTaskAndItsOutcomeIsNeverReported) {
   Queue queue({.url = server_.url(), .name = "q"});
   auto w = worker();
