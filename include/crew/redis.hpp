@@ -67,12 +67,20 @@ struct JobOptions {
 
 namespace detail {
 
-/// A settled job as a producer sees it: the packed result, or the error (internal).
+/// A settled job as a producer sees it: the packed result, or the error's type and message
+/// (internal). The error stays a record so that each Future gets an exception object of its own:
+/// one object shared by Futures settled on one thread and consumed on others would be freed by
+/// whichever thread lets go last.
 struct JobOutcome {
+  std::string id;
   std::string result;
-  std::exception_ptr error;
+  std::string error_type;  ///< empty: completed with `result`
+  std::string error;
 };
 using Settle = std::function<void(const JobOutcome&)>;
+
+/// A new exception for a failed outcome: the crew error type its `error_type` names.
+std::exception_ptr job_error(const JobOutcome& outcome);
 
 /// Throws crew::BadArguments naming the job and the expected type.
 [[noreturn]] void throw_result_type(std::string_view expected, const std::exception& cause);
@@ -88,8 +96,8 @@ std::string pack_args(const A&... args) {
 
 template <class R>
 void settle(Promise<R>& promise, const JobOutcome& outcome) {
-  if (outcome.error) {
-    promise.set_exception(outcome.error);
+  if (!outcome.error_type.empty()) {
+    promise.set_exception(job_error(outcome));
     return;
   }
   try {

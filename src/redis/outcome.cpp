@@ -67,6 +67,10 @@ std::string process_unique_id() {
 }
 
 namespace detail {
+std::exception_ptr job_error(const JobOutcome& outcome) {
+  return error_of(outcome.id, {outcome.error_type, outcome.error});
+}
+
 void throw_result_type(std::string_view expected, const std::exception& cause) {
   throw BadArguments(
       fmt::format("crew::redis: a job's result does not decode as {}: {}", expected, cause.what()));

@@ -58,18 +58,14 @@ void check_job_options(const JobOptions& o) {
 
 // The outcome recorded in a job hash (HMGET state result error_type error ...), or nothing while
 // the job has not settled.
-std::optional<detail::JobOutcome> settled_outcome(std::string_view id, const Reply& fields) {
+std::optional<detail::JobOutcome> settled_outcome(const std::string& id, const Reply& fields) {
   const Reply& state = fields[0];
   if (state.is_nil()) {
     return detail::JobOutcome{
-        {},
-        std::make_exception_ptr(BadArguments(fmt::format(
-            "crew::redis: job {} does not exist (never submitted, or its record expired)", id)))};
+        id, {}, "BadArguments", "does not exist (never submitted, or its record expired)"};
   }
-  if (state.str() == "completed") return detail::JobOutcome{fields[1].str(), nullptr};
-  if (state.str() == "dead") {
-    return detail::JobOutcome{{}, error_of(id, {fields[2].str(), fields[3].str()})};
-  }
+  if (state.str() == "completed") return detail::JobOutcome{id, fields[1].str(), {}, {}};
+  if (state.str() == "dead") return detail::JobOutcome{id, {}, fields[2].str(), fields[3].str()};
   return std::nullopt;
 }
 
@@ -212,9 +208,9 @@ struct Queue::Impl {
     }
     const std::string& id = f["id"];
     if (f["state"] == "completed") {
-      settle(id, {f["result"], nullptr});
+      settle(id, {id, f["result"], {}, {}});
     } else if (f["state"] == "dead") {
-      settle(id, {{}, error_of(id, {f["error_type"], f["error"]})});
+      settle(id, {id, {}, f["error_type"], f["error"]});
     }
   }
 
@@ -301,9 +297,7 @@ Queue::~Queue() {
   }
   for (auto& [id, w] : left) {
     const detail::JobOutcome cancelled{
-        {},
-        std::make_exception_ptr(Cancelled(fmt::format(
-            "crew::redis::Queue destroyed before job {} settled (the job carries on)", id)))};
+        id, {}, "Cancelled", "crew::redis::Queue destroyed before it settled (the job carries on)"};
     for (auto& waiter : w.waiters) waiter.settle(cancelled);
   }
   try {
