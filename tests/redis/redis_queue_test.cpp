@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <map>
 #include <mutex>
+#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -13,6 +14,8 @@
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <spdlog/sinks/ostream_sink.h>
+#include <spdlog/spdlog.h>
 
 #include <crew/process/errors.hpp>
 #include <crew/redis.hpp>
@@ -30,6 +33,7 @@ using crew::redis::Worker;
 using crew_test::RedisServer;
 using namespace std::chrono_literals;
 using ::testing::HasSubstr;
+using ::testing::Not;
 using Clock = std::chrono::steady_clock;
 
 // Executions of `counted` in this process (thread isolation), and when each started.
@@ -149,6 +153,22 @@ TEST_F(RedisQueue, UnreachableRedisIsAConnectionErrorNamingTheUrl) {
   EXPECT_THAT(error_of<crew::redis::ConnectionError>(
                   [&] { Worker w(test_tasks(), {.url = url, .isolation = Isolation::thread}); }),
               HasSubstr("127.0.0.1:" + std::to_string(port)));
+}
+
+TEST_F(RedisQueue, WarnsWhenRedisMayEvictQueueKeys) {
+  std::ostringstream log;
+  auto logger = spdlog::get("crew.redis");
+  if (!logger) {
+    logger = std::make_shared<spdlog::logger>("crew.redis");
+    spdlog::register_logger(logger);
+  }
+  logger->sinks().push_back(std::make_shared<spdlog::sinks::ostream_sink_st>(log));
+  { Queue quiet({.url = server_.url(), .name = "q"}); }
+  EXPECT_THAT(log.str(), Not(HasSubstr("maxmemory-policy")));
+  redis_.command({"CONFIG", "SET", "maxmemory-policy", "allkeys-lru"});
+  { Queue warned({.url = server_.url(), .name = "q"}); }
+  logger->sinks().pop_back();
+  EXPECT_THAT(log.str(), HasSubstr("maxmemory-policy 'allkeys-lru'"));
 }
 
 TEST_F(RedisQueue, RoundTripOnThreads) {
