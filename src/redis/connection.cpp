@@ -94,6 +94,7 @@ Connection::~Connection() = default;
 
 void Connection::connect() {
   context_.reset();
+  client_id_ = -1;
   std::unique_ptr<redisContext, Free> context(
       redisConnectWithTimeout(url_.host.c_str(), url_.port, to_timeval(options_.connect_timeout)));
   if (!context) throw ConnectionError(url_.redacted() + ": cannot allocate a hiredis context");
@@ -198,6 +199,15 @@ long long Connection::functions_version() {
 void Connection::load_functions() {
   checked({"FUNCTION", "LOAD", "REPLACE", detail::kLibrarySource},
           "FUNCTION LOAD of crew (Redis 7.0 or newer needed)");
+}
+
+long long Connection::client_id() {
+  if (client_id_ < 0) {
+    const Reply reply = command({"CLIENT", "ID"});
+    if (reply.is_error()) broke("CLIENT ID failed: " + reply.error());
+    client_id_ = reply.integer();
+  }
+  return client_id_;
 }
 
 std::string Connection::check_noeviction() {

@@ -3,8 +3,8 @@
 // A Connection owns a hiredis *blocking* context and is used from one dedicated thread. hiredis
 // 0.14 has no Asio adapter, and its async API would need an event loop of its own; a blocking
 // context on a thread that does nothing else keeps every call's timeout explicit (the socket's
-// send/receive timeout) and the code straight-line. The plan for Queue and Worker is one thread
-// and one Connection per blocking role (submitting, reading a stream, renewing leases).
+// send/receive timeout) and the code straight-line. Queue and Worker use one Connection per
+// blocking role (submitting, reading results, fetching, renewing leases, reporting).
 #pragma once
 
 #include <chrono>
@@ -16,17 +16,11 @@
 #include <vector>
 
 #include <crew/errors.hpp>
+#include <crew/redis/errors.hpp>
 
 struct redisContext;
 
 namespace crew::inline v0::redis {
-
-/// Redis could not be reached, or stopped answering: connect failures, I/O errors, timeouts and
-/// failed AUTH/SELECT. The message names the URL (never its password) and the reason.
-class ConnectionError : public Error {
- public:
-  explicit ConnectionError(const std::string& what) : Error(what) {}
-};
 
 /// `redis://[[user]:password@]host[:port][/db]`.
 struct Url {
@@ -118,6 +112,10 @@ class Connection {
   /// memory pressure (jobs lost silently), so callers warn about it.
   std::string check_noeviction();
 
+  /// This connection's CLIENT ID (asked once per connect), for another connection's
+  /// `CLIENT UNBLOCK` to end a blocking read early.
+  long long client_id();
+
   [[nodiscard]] const Url& url() const noexcept { return url_; }
 
  private:
@@ -133,6 +131,7 @@ class Connection {
   Url url_;
   ConnectionOptions options_;
   std::unique_ptr<redisContext, Free> context_;
+  long long client_id_ = -1;
 };
 
 }  // namespace crew::inline v0::redis

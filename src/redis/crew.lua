@@ -7,7 +7,7 @@
 -- exactly once however late or repeated a call is. Arguments are checked before the first write:
 -- a function that raises after writing would leave its writes in place.
 
-local VERSION = 1
+local VERSION = 2
 
 local GROUP = 'workers'
 local NOTIFY_MAXLEN = '10000'
@@ -78,6 +78,14 @@ local function enqueue(p, id, priority)
   local stream = p .. 'p' .. priority
   local entry = redis.call('XADD', stream, '*', 'id', id)
   redis.call('HSET', job_key(p, id), 'state', 'waiting', 'stream', stream, 'entry', entry)
+end
+
+-- A delayed job also wakes one blocked worker (the `wake` stream is read by the group too), so it
+-- recomputes how long to block (crew_next_due) and promotes the job when it is due. Wake entries
+-- carry nothing and are acknowledged at once, so trimming them loses nothing.
+local function delay_job(p, id, due)
+  redis.call('ZADD', p .. 'delayed', due, id)
+  redis.call('XADD', p .. 'wake', 'MAXLEN', '~', '1000', '*', 'due', due)
 end
 
 -- Streams are never trimmed (Redis 7.0 trims pending entries too): an entry leaves its stream
@@ -162,7 +170,7 @@ local function submit(keys, argv)
   bump(p, 'submitted')
   if delay > 0 then
     redis.call('HSET', key, 'state', 'delayed')
-    redis.call('ZADD', p .. 'delayed', now + delay, id)
+    delay_job(p, id, now + delay)
     return {'created', 'delayed'}
   end
   enqueue(p, id, priority)
@@ -187,12 +195,21 @@ local function promote(keys, argv)
   return moved
 end
 
--- crew_init(prefix) -> 'ok': the consumer group on every priority stream. From id 0, so jobs
--- submitted before any worker existed are delivered too.
+-- crew_next_due(prefix) -> milliseconds until the earliest delayed job is due (0: due now), or
+-- -1 when none waits. A worker blocks no longer than this, so delayed jobs start on time.
+local function next_due(keys)
+  local p = prefix_of('crew_next_due', keys)
+  local first = redis.call('ZRANGE', p .. 'delayed', 0, 0, 'WITHSCORES')
+  if #first == 0 then return -1 end
+  return math.max(tonumber(first[2]) - now_ms(), 0)
+end
+
+-- crew_init(prefix) -> 'ok': the consumer group on every priority stream and on `wake`. From
+-- id 0, so jobs submitted before any worker existed are delivered too.
 local function init(keys)
   local p = prefix_of('crew_init', keys)
-  for priority = 0, 3 do
-    local ok = redis.pcall('XGROUP', 'CREATE', p .. 'p' .. priority, GROUP, '0', 'MKSTREAM')
+  for _, stream in ipairs({'p0', 'p1', 'p2', 'p3', 'wake'}) do
+    local ok = redis.pcall('XGROUP', 'CREATE', p .. stream, GROUP, '0', 'MKSTREAM')
     if type(ok) == 'table' and ok.err and not string.find(ok.err, 'BUSYGROUP', 1, true) then
       error(ok)
     end
@@ -325,11 +342,29 @@ local function fail_job(keys, argv)
   local delay = backoff_delay(job)
   if delay > 0 then
     redis.call('HSET', job_key(p, id), 'state', 'delayed')
-    redis.call('ZADD', p .. 'delayed', now_ms() + delay, id)
+    delay_job(p, id, now_ms() + delay)
   else
     enqueue(p, id, job.priority)
   end
   return {'retry', delay}
+end
+
+-- crew_release(prefix; id, lease) -> 'ok' | 'refused'
+-- A stopping worker hands a job it started back at once (no waiting for its lease to expire).
+-- The run it gave up does not count as an attempt.
+local function release(keys, argv)
+  local fn = 'crew_release'
+  local p = prefix_of(fn, keys)
+  local id = text(fn, 'id', argv[1], 256)
+  local lease = text(fn, 'lease', argv[2], 64)
+  local job = load_job(job_key(p, id))
+  if not owned(job, lease) then return 'refused' end
+  drop_entry(job.stream, job.entry)
+  redis.call('ZREM', p .. 'leases', id)
+  redis.call('HSET', job_key(p, id), 'attempt', math.max(tonumber(job.attempt) - 1, 0),
+    'lease', next_token(p))
+  enqueue(p, id, job.priority)
+  return 'ok'
 end
 
 -- Entries delivered more than `idle_ms` ago and still pending never started (crew_start
@@ -412,9 +447,12 @@ redis.register_function{function_name = 'crew_version', callback = function() re
 redis.register_function('crew_init', checked(init))
 redis.register_function('crew_submit', checked(submit))
 redis.register_function('crew_promote', checked(promote))
+redis.register_function{function_name = 'crew_next_due', callback = checked(next_due),
+  flags = {'no-writes'}}
 redis.register_function('crew_start', checked(start))
 redis.register_function('crew_renew', checked(renew))
 redis.register_function('crew_complete', checked(complete))
 redis.register_function('crew_fail', checked(fail_job))
 redis.register_function('crew_reclaim', checked(reclaim))
+redis.register_function('crew_release', checked(release))
 redis.register_function{function_name = 'crew_stats', callback = checked(stats), flags = {'no-writes'}}

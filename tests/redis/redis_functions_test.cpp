@@ -216,13 +216,18 @@ TEST_F(RedisFunctions, SubmitWithAnExistingIdAttachesAndNeverRunsAgain) {
 TEST_F(RedisFunctions, DelayedJobIsNotDeliveredBeforeItIsDue) {
   const auto submitted = Clock::now();
   const long long before = redis_now_ms();
+  EXPECT_EQ(fcall("crew_next_due", {}).integer(), -1);
   ASSERT_EQ(submit({.id = "later", .delay_ms = 500}).describe(), R"(["created", "delayed"])");
   const long long after = redis_now_ms();
   EXPECT_GE(due_ms("later"), before + 500);
   EXPECT_LE(due_ms("later"), after + 500);
+  const long long due_in = fcall("crew_next_due", {}).integer();
+  EXPECT_GT(due_in, 0);
+  EXPECT_LE(due_in, 500);
   EXPECT_EQ(fcall("crew_promote", {"100"}).integer(), 0);
   EXPECT_FALSE(read("w1"));
   poll_until("crew_promote", {"100"}, "1");
+  EXPECT_EQ(fcall("crew_next_due", {}).integer(), -1);
   EXPECT_GE(Clock::now() - submitted, 400ms);
   EXPECT_EQ(job("later")["state"], "waiting");
   auto delivery = read("w1");
@@ -352,6 +357,30 @@ TEST_F(RedisFunctions, ReclaimRefusesTheLateOwnerAndTheJobCompletesOnce) {
   EXPECT_EQ(redis_.command({"XLEN", kQueue + "p1"}).integer(), 0);
   EXPECT_EQ(stat("reclaimed"), 1);
   EXPECT_EQ(stat("completed"), 1);
+}
+
+TEST_F(RedisFunctions, ReleaseHandsTheJobBackAtOnceWithoutSpendingAnAttempt) {
+  ASSERT_EQ(submit({.id = "j1", .attempts = 1})[0].str(), "created");
+  auto first = read("w1");
+  ASSERT_TRUE(first);
+  const std::string lease = start(*first, "w1", 60'000)[1].str();
+  EXPECT_EQ(fcall("crew_release", {"j1", lease + "0"}).str(), "refused");
+  EXPECT_EQ(fcall("crew_release", {"j1", lease}).str(), "ok");
+  EXPECT_EQ(job("j1")["state"], "waiting");
+  EXPECT_EQ(job("j1")["attempt"], "0");
+  EXPECT_EQ(redis_.command({"ZCARD", kQueue + "leases"}).integer(), 0);
+  EXPECT_EQ(fcall("crew_release", {"j1", lease}).str(), "refused");
+  EXPECT_EQ(fcall("crew_complete", {"j1", lease, "late"}).str(), "refused");
+
+  auto second = read("w2");
+  ASSERT_TRUE(second);
+  EXPECT_NE(second->entry, first->entry);
+  Reply run = start(*second, "w2");
+  ASSERT_EQ(run[0].str(), "run") << run.describe();
+  EXPECT_EQ(run[5].integer(), 1);
+  EXPECT_EQ(fcall("crew_complete", {"j1", run[1].str(), "r"}).str(), "ok");
+  EXPECT_EQ(redis_.command({"XLEN", kQueue + "p1"}).integer(), 0);
+  EXPECT_FALSE(read("w3"));
 }
 
 TEST_F(RedisFunctions, ReclaimedTooOftenIsDeadLetteredAsWorkerCrashed) {

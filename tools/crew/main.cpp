@@ -10,18 +10,21 @@
 #include "server.hpp"
 
 int main(int argc, char** argv) {
-  // `crew serve --isolation process` re-executes this binary for its task workers.
+  // `crew serve --isolation process` and `crew worker` re-execute this binary for their task
+  // workers.
   if (crew::is_worker_process()) return crew::serve_app::run_task_worker();
   CLI::App app{"crew: a Node.js-style concurrency toolbox for C++", "crew"};
   app.set_version_flag("--version", "crew " CREW_VERSION_STRING);
   app.require_subcommand(1);
   app.footer(
       "Exit codes: 0 ok, 1 data error (corrupt input, authentication failure, I/O), 2 usage; "
-      "crew serve: 0 drained, 1 shutdown timeout hit, 69 cannot listen, 78 bad plugin.");
+      "crew serve: 0 drained, 1 shutdown timeout hit, 69 cannot listen, 78 bad plugin; "
+      "crew worker: 0 stopped, 69 Redis unreachable, 78 bad plugin.");
 
   std::vector<crew::tool::Command> commands;
   commands.push_back(crew::tool::add_pipe_command(app));
   commands.push_back(crew::tool::add_serve_command(app));
+  commands.push_back(crew::tool::add_worker_command(app));
 
   try {
     app.parse(argc, argv);

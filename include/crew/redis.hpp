@@ -1,0 +1,207 @@
+// crew::redis — a distributed task queue on Redis 7: Queue submits named tasks (crew::Tasks) and
+// hands their results back as crew::Future<R>; crew::redis::Worker (crew/redis/worker.hpp) runs
+// them on any machine that reaches the same Redis.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <exception>
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <type_traits>
+#include <utility>
+
+#include <msgpack.hpp>
+
+#include <crew/errors.hpp>
+#include <crew/future.hpp>
+#include <crew/process/tasks.hpp>
+#include <crew/redis/errors.hpp>
+
+namespace crew::inline v0::redis {
+
+/// Where a Queue's jobs live.
+struct QueueOptions {
+  /// `redis://[[user]:password@]host[:port][/db]`.
+  std::string url = "redis://127.0.0.1:6379";
+  /// The queue: every key is under `crew:{<name>}:` (one Cluster slot). 1..200 bytes, no braces.
+  std::string name = "default";
+  std::chrono::milliseconds connect_timeout{2'000};
+  /// How long one command may wait for Redis before the connection counts as broken.
+  std::chrono::milliseconds command_timeout{5'000};
+  /// How long the results thread blocks in one XREAD. It bounds how long the destructor waits,
+  /// and how late a result is noticed for a job this Queue did not create (see result()).
+  std::chrono::milliseconds block{1'000};
+};
+
+enum class BackoffKind { fixed, exponential };
+
+/// The wait before a failed job runs again: `delay`, or `delay · 2^(attempt−1)` (capped at
+/// 24 h), times a random factor in `1 ± jitter`.
+struct Backoff {
+  BackoffKind kind = BackoffKind::fixed;
+  std::chrono::milliseconds delay{0};
+  double jitter = 0.0;  ///< 0..1
+};
+
+/// Per-job options; every field has a default.
+struct JobOptions {
+  /// 0..3; a worker takes higher priorities first.
+  int priority = 1;
+  /// Runs no earlier than this after submission (the Redis clock decides).
+  std::chrono::milliseconds delay{0};
+  /// Executions at most, counting the first; a job that still fails is dead-lettered.
+  int attempts = 1;
+  Backoff backoff{};
+  /// One execution's limit; the worker kills (process isolation) or stops it. 0: none.
+  std::chrono::milliseconds timeout{0};
+  /// Empty: a fresh unique id. A job id that exists already attaches to that job: it does not
+  /// run again while its record is retained.
+  std::string job_id{};
+  /// How long the job's record and result stay in Redis after it settled; result() and
+  /// resubmissions of the same job_id see it meanwhile. 0: deleted once its producer is told.
+  std::chrono::milliseconds retain{std::chrono::hours(24)};
+};
+
+namespace detail {
+
+/// A settled job as a producer sees it: the packed result, or the error's type and message
+/// (internal). The error stays a record so that each Future gets an exception object of its own:
+/// one object shared by Futures settled on one thread and consumed on others would be freed by
+/// whichever thread lets go last.
+struct JobOutcome {
+  std::string id;
+  std::string result;
+  std::string error_type;  ///< empty: completed with `result`
+  std::string error;
+};
+using Settle = std::function<void(const JobOutcome&)>;
+
+/// A new exception for a failed outcome: the crew error type its `error_type` names.
+std::exception_ptr job_error(const JobOutcome& outcome);
+
+/// Throws crew::BadArguments naming the job and the expected type.
+[[noreturn]] void throw_result_type(std::string_view expected, const std::exception& cause);
+
+template <class... A>
+std::string pack_args(const A&... args) {
+  msgpack::sbuffer buffer;
+  msgpack::packer<msgpack::sbuffer> packer(buffer);
+  packer.pack_array(sizeof...(A));
+  (packer.pack(args), ...);
+  return {buffer.data(), buffer.size()};
+}
+
+template <class R>
+void settle(Promise<R>& promise, const JobOutcome& outcome) {
+  if (!outcome.error_type.empty()) {
+    promise.set_exception(job_error(outcome));
+    return;
+  }
+  try {
+    if constexpr (std::is_void_v<R>) {
+      promise.set_value();
+    } else if constexpr (std::is_same_v<R, PackedValue>) {
+      promise.set_value(PackedValue{outcome.result});
+    } else {
+      msgpack::object_handle handle = msgpack::unpack(outcome.result.data(), outcome.result.size());
+      try {
+        promise.set_value(handle.get().as<R>());
+      } catch (const std::exception& e) {
+        throw_result_type(crew::detail::type_name<R>(), e);
+      }
+    }
+  } catch (...) {
+    promise.set_exception(std::current_exception());
+  }
+}
+
+template <class R>
+Settle settler(Future<R>& future) {
+  auto promise = std::make_shared<Promise<R>>();
+  future = promise->get_future();
+  return [promise](const JobOutcome& outcome) { settle(*promise, outcome); };
+}
+
+}  // namespace detail
+
+/// The producer side of a queue: submits jobs and settles their Futures with the results.
+///
+///     crew::redis::Queue q({.url = "redis://127.0.0.1:6379", .name = "images"});
+///     crew::Future<long> f = q.run<long>("fib", 30);
+///     crew::Future<long> g = q.run<long>({.attempts = 3, .timeout = 10s}, "fib", 40);
+///     std::string id = q.submit("resize", path);   // fire and forget
+///
+/// Arguments are packed with msgpack as crew::Tasks expects them (crew::Buffer and
+/// crew::SharedBuffer cannot cross Redis). A job runs at least once and may run more than once
+/// (a worker that dies or loses its lease has its job run again elsewhere); its result is
+/// delivered exactly once: each Future settles once, with the value of the execution that Redis
+/// accepted. Errors: crew::WorkerCrashed, crew::TimedOut, crew::BadArguments (unknown task,
+/// arguments or a result that does not fit), crew::RemoteError (the task threw: remote type and
+/// message), crew::MemoryLimitExceeded.
+///
+/// One thread per Queue reads this producer's result notifications; Futures settle (and inline
+/// continuations run) on it. After a reconnect it re-reads every awaited job's record, so a
+/// notification lost with a Redis restart is never a lost result while the record is retained.
+///
+/// Thread safety: run, submit and result may be called from any thread (submissions share one
+/// connection under a mutex). The destructor stops the results thread within about `block` and
+/// settles every Future still waiting with crew::Cancelled; the jobs themselves carry on.
+class Queue {
+ public:
+  /// Connects; throws std::invalid_argument naming a bad option and ConnectionError when Redis
+  /// cannot be reached. Warns (spdlog "crew.redis") when Redis may evict keys under memory
+  /// pressure (maxmemory-policy other than noeviction): jobs would vanish silently.
+  explicit Queue(QueueOptions options);
+  ~Queue();
+  Queue(const Queue&) = delete;
+  Queue& operator=(const Queue&) = delete;
+
+  /// Submits task `name` with `args`; the Future yields its result as an `R`. Throws
+  /// std::invalid_argument for bad options and ConnectionError when Redis does not answer (the
+  /// job may or may not exist then: resubmit with the same job_id to be sure).
+  template <class R, class... A>
+  Future<R> run(std::string_view name, const A&... args) {
+    return run<R>(JobOptions{}, name, args...);
+  }
+  template <class R, class... A>
+  Future<R> run(const JobOptions& options, std::string_view name, const A&... args) {
+    Future<R> future;
+    enqueue(options, name, detail::pack_args(args...), detail::settler(future));
+    return future;
+  }
+
+  /// Fire and forget: submits and returns the job id.
+  template <class... A>
+  std::string submit(std::string_view name, const A&... args) {
+    return submit(JobOptions{}, name, args...);
+  }
+  template <class... A>
+  std::string submit(const JobOptions& options, std::string_view name, const A&... args) {
+    return enqueue(options, name, detail::pack_args(args...), nullptr);
+  }
+
+  /// The result of a job submitted by any producer, while its record is retained. A job that does
+  /// not exist settles the Future with crew::BadArguments. For a job this Queue did not create,
+  /// the result is noticed within about `block` (its notification goes to its own producer).
+  template <class R>
+  Future<R> result(std::string_view job_id) {
+    Future<R> future;
+    watch(job_id, detail::settler(future));
+    return future;
+  }
+
+  /// The id of this producer (its results stream is `results:<producer_id>`).
+  [[nodiscard]] const std::string& producer_id() const noexcept;
+
+ private:
+  struct Impl;
+  std::string enqueue(const JobOptions& options, std::string_view name, std::string args,
+                      detail::Settle settle);
+  void watch(std::string_view job_id, detail::Settle settle);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace crew::inline v0::redis

@@ -1,0 +1,80 @@
+#include "outcome.hpp"
+
+#include <random>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <crew/errors.hpp>
+#include <crew/process/detail/type_name.hpp>
+#include <crew/process/errors.hpp>
+#include <crew/redis.hpp>
+
+namespace crew::inline v0::redis {
+
+ErrorRecord record_of(const std::exception_ptr& error) {
+  try {
+    std::rethrow_exception(error);
+  } catch (const WorkerCrashed& e) {
+    return {"WorkerCrashed", e.what()};
+  } catch (const TimedOut& e) {
+    return {"TimedOut", e.what()};
+  } catch (const BadArguments& e) {
+    return {"BadArguments", e.what()};
+  } catch (const Cancelled& e) {
+    return {"Cancelled", e.what()};
+  } catch (const MemoryLimitExceeded& e) {
+    return {"MemoryLimitExceeded", e.what()};
+  } catch (const RemoteError& e) {
+    return {e.type_name(), e.remote_what()};
+  } catch (const std::exception& e) {
+    return {crew::detail::demangle(typeid(e)), e.what()};
+  } catch (...) {
+    return {"unknown", "a task threw something that is not a std::exception"};
+  }
+}
+
+std::exception_ptr error_of(std::string_view job_id, const ErrorRecord& record) {
+  const std::string what = fmt::format("job {}: {}", job_id, record.message);
+  const std::string_view type = record.type;
+  if (type == "WorkerCrashed")
+    return std::make_exception_ptr(WorkerCrashed(what, "", 0, 0, -1, {}));
+  if (type == "TimedOut") return std::make_exception_ptr(TimedOut(what));
+  if (type == "BadArguments") return std::make_exception_ptr(BadArguments(what));
+  if (type == "Cancelled") return std::make_exception_ptr(Cancelled(what));
+  if (type == "MemoryLimitExceeded") return std::make_exception_ptr(MemoryLimitExceeded(what, 0));
+  return std::make_exception_ptr(
+      RemoteError(fmt::format("job {} threw {}: {}", job_id, record.type, record.message),
+                  record.type, record.message));
+}
+
+std::string queue_prefix(std::string_view name, std::string_view field) {
+  if (name.empty() || name.size() > 200 || name.find_first_of("{}") != std::string_view::npos) {
+    throw std::invalid_argument(
+        fmt::format("crew::redis: {} must be 1..200 bytes without braces, got '{}'", field, name));
+  }
+  return fmt::format("crew:{{{}}}:", name);
+}
+
+std::string process_unique_id() {
+  char host[256] = {};
+  if (::gethostname(host, sizeof host - 1) != 0) host[0] = '\0';
+  thread_local std::mt19937_64 random(std::random_device{}());
+  return fmt::format("{}-{}-{:016x}", host, ::getpid(), random());
+}
+
+namespace detail {
+std::exception_ptr job_error(const JobOutcome& outcome) {
+  return error_of(outcome.id, {outcome.error_type, outcome.error});
+}
+
+void throw_result_type(std::string_view expected, const std::exception& cause) {
+  throw BadArguments(
+      fmt::format("crew::redis: a job's result does not decode as {}: {}", expected, cause.what()));
+}
+}  // namespace detail
+
+}  // namespace crew::inline v0::redis

@@ -1,0 +1,367 @@
+// crew::redis::Queue: submissions on one connection under a mutex; results on a thread of their
+// own that blocks in XREAD on this producer's notification stream and settles the waiting
+// Futures. Waiters are kept per job id, so any number of Futures for one job settle from one
+// notification.
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include <crew/redis.hpp>
+
+#include "connection.hpp"
+#include "logger.hpp"
+#include "outcome.hpp"
+
+namespace crew::inline v0::redis {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using std::chrono::milliseconds;
+
+// How long one reconnect attempt may take before the thread logs and tries again; stoppable.
+constexpr milliseconds kReconnectBudget{10'000};
+// After an error reply, before the results thread asks again.
+constexpr milliseconds kErrorPause{200};
+
+std::string ms_text(milliseconds ms) {
+  return std::to_string(ms.count());
+}
+
+void check_job_options(const JobOptions& o) {
+  auto bad = [](std::string_view field, std::string_view rule) {
+    throw std::invalid_argument(fmt::format("crew::redis::JobOptions: {} {}", field, rule));
+  };
+  if (o.priority < 0 || o.priority > 3) bad("priority", "must be in 0..3");
+  if (o.delay.count() < 0) bad("delay", "must not be negative");
+  if (o.attempts < 1) bad("attempts", "must be at least 1");
+  if (o.backoff.delay.count() < 0) bad("backoff.delay", "must not be negative");
+  if (!(o.backoff.jitter >= 0.0 && o.backoff.jitter <= 1.0)) {  // NaN too
+    bad("backoff.jitter", "must be in 0..1");
+  }
+  if (o.timeout.count() < 0) bad("timeout", "must not be negative");
+  if (o.retain.count() < 0) bad("retain", "must not be negative");
+  if (o.job_id.size() > 256) bad("job_id", "must be at most 256 bytes");
+}
+
+// The outcome recorded in a job hash (HMGET state result error_type error ...), or nothing while
+// the job has not settled.
+std::optional<detail::JobOutcome> settled_outcome(const std::string& id, const Reply& fields) {
+  const Reply& state = fields[0];
+  if (state.is_nil()) {
+    return detail::JobOutcome{
+        id, {}, "BadArguments", "does not exist (never submitted, or its record expired)"};
+  }
+  if (state.str() == "completed") return detail::JobOutcome{id, fields[1].str(), {}, {}};
+  if (state.str() == "dead") return detail::JobOutcome{id, {}, fields[2].str(), fields[3].str()};
+  return std::nullopt;
+}
+
+// An error reply that says the server cannot serve now (LOADING, BUSY, MISCONF, OOM ...).
+ConnectionError unavailable(const Connection& connection, const Reply& reply) {
+  return ConnectionError(connection.url().redacted() + ": " + reply.error());
+}
+
+}  // namespace
+
+struct Queue::Impl {
+  struct Waiter {
+    std::uint64_t token = 0;
+    detail::Settle settle;
+  };
+  struct Waiting {
+    std::vector<Waiter> waiters;
+    bool ours = false;       // created by this producer: its notification comes to us
+    bool submitted = false;  // the job exists in Redis (a missing record means it is gone)
+  };
+
+  QueueOptions options;
+  Url url;
+  std::string prefix;
+  std::string producer = process_unique_id();
+  std::string results_key;
+
+  std::mutex submit_mutex;
+  Connection submitter;
+  Connection reader_connection;
+
+  std::mutex waiting_mutex;
+  std::unordered_map<std::string, Waiting> waiting;
+  std::uint64_t next_token = 0;
+
+  std::mutex pause_mutex;
+  std::condition_variable_any pause_cv;
+  std::atomic<long long> reader_client{-1};  // for CLIENT UNBLOCK
+  std::jthread reader;
+
+  explicit Impl(QueueOptions o)
+      : options(std::move(o)),
+        url(parse_url(options.url)),
+        prefix(queue_prefix(options.name, "QueueOptions::name")),
+        results_key(prefix + "results:" + producer),
+        submitter(url, {options.connect_timeout, options.command_timeout, true}),
+        reader_connection(
+            url, {options.connect_timeout, options.command_timeout + options.block, false}) {}
+
+  // Runs `call` on the submit connection (the caller holds submit_mutex). A connection that
+  // dropped while idle shows only on its next command, so a ConnectionError is retried once on a
+  // fresh connection: every call made here is idempotent (crew_submit by job id, or a read).
+  template <class Call>
+  auto on_submitter(Call&& call) {
+    if (submitter.broken()) submitter.reconnect(options.command_timeout);
+    try {
+      return call();
+    } catch (const ConnectionError&) {
+      submitter.reconnect(options.command_timeout);
+      return call();
+    }
+  }
+
+  Reply fcall(std::string_view function, std::vector<std::string> args) {
+    args.insert(args.begin(), {"FCALL", std::string(function), "1", prefix});
+    return on_submitter([&] { return submitter.command(args); });
+  }
+
+  std::uint64_t add_waiter(const std::string& id, detail::Settle settle) {
+    std::lock_guard lock(waiting_mutex);
+    const std::uint64_t token = ++next_token;
+    waiting[id].waiters.push_back({token, std::move(settle)});
+    return token;
+  }
+
+  void remove_waiter(const std::string& id, std::uint64_t token) {
+    std::lock_guard lock(waiting_mutex);
+    auto it = waiting.find(id);
+    if (it == waiting.end()) return;
+    std::erase_if(it->second.waiters, [&](const Waiter& w) { return w.token == token; });
+    if (it->second.waiters.empty()) waiting.erase(it);
+  }
+
+  void mark_submitted(const std::string& id, bool ours) {
+    std::lock_guard lock(waiting_mutex);
+    auto it = waiting.find(id);
+    if (it == waiting.end()) return;  // settled already
+    it->second.submitted = true;
+    it->second.ours = it->second.ours || ours;
+  }
+
+  // Settles every Future waiting for `id`, outside the lock (continuations run inline).
+  void settle(const std::string& id, const detail::JobOutcome& outcome) {
+    std::vector<Waiter> waiters;
+    {
+      std::lock_guard lock(waiting_mutex);
+      auto it = waiting.find(id);
+      if (it == waiting.end()) return;
+      waiters = std::move(it->second.waiters);
+      waiting.erase(it);
+    }
+    for (auto& w : waiters) w.settle(outcome);
+  }
+
+  Reply job_fields(Connection& connection, const std::string& id) {
+    Reply reply = connection.command(
+        {"HMGET", prefix + "job:" + id, "state", "result", "error_type", "error", "producer"});
+    if (reply.is_error()) throw unavailable(connection, reply);
+    return reply;
+  }
+
+  // Called after submitting to a job that already existed, or to watch one: its notification
+  // goes to the producer that created it, so its record says whether it has settled.
+  void attach(const std::string& id) {
+    const Reply fields = job_fields(submitter, id);
+    if (auto outcome = settled_outcome(id, fields)) {
+      settle(id, *outcome);
+      return;
+    }
+    mark_submitted(id, !fields[4].is_nil() && fields[4].str() == producer);
+  }
+
+  void recheck(Connection& connection, bool all) {
+    std::vector<std::string> ids;
+    {
+      std::lock_guard lock(waiting_mutex);
+      for (const auto& [id, w] : waiting) {
+        if (w.submitted && (all || !w.ours)) ids.push_back(id);
+      }
+    }
+    for (const auto& id : ids) {
+      if (auto outcome = settled_outcome(id, job_fields(connection, id))) settle(id, *outcome);
+    }
+  }
+
+  void on_notification(const Reply& fields) {
+    std::map<std::string, std::string> f;
+    for (std::size_t i = 0; i + 1 < fields.elements().size(); i += 2) {
+      f[fields[i].str()] = fields[i + 1].str();
+    }
+    const std::string& id = f["id"];
+    if (f["state"] == "completed") {
+      settle(id, {id, f["result"], {}, {}});
+    } else if (f["state"] == "dead") {
+      settle(id, {id, {}, f["error_type"], f["error"]});
+    }
+  }
+
+  void pause(const std::stop_token& stop) {
+    std::unique_lock lock(pause_mutex);
+    pause_cv.wait_for(lock, stop, kErrorPause, [] { return false; });
+  }
+
+  void read_results(const std::stop_token& stop) {
+    Connection& connection = reader_connection;
+    std::string last = "0-0";
+    bool recheck_all = false;
+    auto next_foreign_check = Clock::now();
+    while (!stop.stop_requested()) {
+      try {
+        if (connection.broken()) {
+          connection.reconnect(kReconnectBudget, stop);
+          recheck_all = true;
+        }
+        if (recheck_all || Clock::now() >= next_foreign_check) {
+          recheck(connection, recheck_all);
+          recheck_all = false;
+          next_foreign_check = Clock::now() + options.block;
+        }
+        const Reply reply =
+            connection.command({"XREAD", "COUNT", "1000", "BLOCK", ms_text(options.block),
+                                "STREAMS", results_key, last});
+        if (reply.is_error()) throw unavailable(connection, reply);
+        if (reply.is_nil()) continue;
+        for (const Reply& entry : reply[0][1].elements()) {
+          last = entry[0].str();
+          on_notification(entry[1]);
+        }
+      } catch (const Cancelled&) {
+        return;
+      } catch (const ConnectionError& e) {
+        logger()->warn("crew::redis::Queue {}: results: {}", options.name, e.what());
+        recheck_all = true;
+        // A server that answers with errors (LOADING after a restart) is asked again shortly.
+        if (!connection.broken()) pause(stop);
+      } catch (const std::exception& e) {  // a reply of an unexpected shape
+        logger()->error("crew::redis::Queue {}: results: {}", options.name, e.what());
+        recheck_all = true;
+        pause(stop);
+      }
+    }
+  }
+};
+
+Queue::Queue(QueueOptions options) : impl_(std::make_unique<Impl>(std::move(options))) {
+  Impl& i = *impl_;
+  if (i.options.block.count() < 1) {
+    throw std::invalid_argument("crew::redis::QueueOptions: block must be at least 1 ms");
+  }
+  const std::string policy = i.submitter.check_noeviction();
+  if (policy != "noeviction") {
+    logger()->warn(
+        "crew::redis::Queue {}: {} has maxmemory-policy '{}': under memory pressure Redis may "
+        "evict queue keys and lose jobs silently; set it to 'noeviction'",
+        i.options.name, i.url.redacted(), policy);
+  }
+  i.reader = std::jthread([&i](const std::stop_token& stop) { i.read_results(stop); });
+}
+
+Queue::~Queue() {
+  Impl& i = *impl_;
+  i.reader.request_stop();
+  {
+    // Ends the results thread's XREAD BLOCK now rather than after `block`.
+    std::lock_guard lock(i.submit_mutex);
+    try {
+      if (!i.submitter.broken() && i.reader_client >= 0) {
+        i.submitter.command({"CLIENT", "UNBLOCK", std::to_string(i.reader_client.load())});
+      }
+    } catch (const ConnectionError&) {
+      // The thread notices the stop after its block time instead.
+    }
+  }
+  i.reader.join();
+  std::unordered_map<std::string, Impl::Waiting> left;
+  {
+    std::lock_guard lock(i.waiting_mutex);
+    left.swap(i.waiting);
+  }
+  for (auto& [id, w] : left) {
+    const detail::JobOutcome cancelled{
+        id, {}, "Cancelled", "crew::redis::Queue destroyed before it settled (the job carries on)"};
+    for (auto& waiter : w.waiters) waiter.settle(cancelled);
+  }
+  try {
+    if (!i.submitter.broken()) i.submitter.command({"DEL", i.results_key});
+  } catch (const ConnectionError&) {
+    // The notification stream is only clutter now; MAXLEN bounds it.
+  }
+}
+
+const std::string& Queue::producer_id() const noexcept {
+  return impl_->producer;
+}
+
+std::string Queue::enqueue(const JobOptions& options, std::string_view name, std::string args,
+                           detail::Settle settle) {
+  check_job_options(options);
+  if (name.empty() || name.size() > 256) {
+    throw std::invalid_argument("crew::redis::Queue: the task name must be 1..256 bytes");
+  }
+  Impl& i = *impl_;
+  std::string id = options.job_id.empty() ? process_unique_id() : options.job_id;
+  // Registered before submitting: the notification may arrive before crew_submit returns.
+  const std::uint64_t token = settle ? i.add_waiter(id, std::move(settle)) : 0;
+  try {
+    std::lock_guard lock(i.submit_mutex);
+    const Reply reply = i.fcall(
+        "crew_submit",
+        {id, i.producer, std::string(name), std::move(args), std::to_string(options.priority),
+         ms_text(options.delay), std::to_string(options.attempts),
+         options.backoff.kind == BackoffKind::exponential ? "exponential" : "fixed",
+         ms_text(options.backoff.delay), fmt::format("{}", options.backoff.jitter),
+         ms_text(options.timeout), ms_text(options.retain)});
+    if (reply.is_error()) {
+      // crew_submit's own checks say `ERR crew_submit: ...`; anything else is the server's state.
+      if (reply.error().starts_with("ERR crew_submit")) {
+        throw std::invalid_argument("crew::redis::Queue: " + reply.error());
+      }
+      throw unavailable(i.submitter, reply);
+    }
+    if (token != 0) {
+      if (reply[0].str() == "created") {
+        i.mark_submitted(id, true);
+      } else {
+        i.on_submitter([&] { i.attach(id); });
+      }
+    }
+  } catch (...) {
+    if (token != 0) i.remove_waiter(id, token);
+    throw;
+  }
+  return id;
+}
+
+void Queue::watch(std::string_view job_id, detail::Settle settle) {
+  Impl& i = *impl_;
+  const std::string id(job_id);
+  const std::uint64_t token = i.add_waiter(id, std::move(settle));
+  try {
+    std::lock_guard lock(i.submit_mutex);
+    i.on_submitter([&] { i.attach(id); });
+  } catch (...) {
+    i.remove_waiter(id, token);
+    throw;
+  }
+}
+
+}  // namespace crew::inline v0::redis

@@ -1,0 +1,454 @@
+// crew::redis::Worker: the fetch, lease and report threads around one pool (process or thread).
+// A running job is keyed by its lease token (unique for ever), so a job that comes back to this
+// worker after it lost the lease is a different entry from the stale run.
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <stdexcept>
+#include <stop_token>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include <crew/pool.hpp>
+#include <crew/process/pool.hpp>
+#include <crew/redis/worker.hpp>
+
+#include "connection.hpp"
+#include "logger.hpp"
+#include "outcome.hpp"
+
+namespace crew::inline v0::redis {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using std::chrono::milliseconds;
+
+constexpr milliseconds kReconnectBudget{10'000};
+// After an error reply (LOADING after a restart, say), before the loop tries again.
+constexpr milliseconds kErrorPause{200};
+constexpr std::size_t kErrorTypeMax = 256;
+
+std::string ms_text(milliseconds ms) {
+  return std::to_string(ms.count());
+}
+
+struct Running {
+  std::string id;
+  std::string lease;
+  std::stop_source stop;
+  // The lease was lost or the job handed back: its outcome must never be reported.
+  std::atomic<bool> abandoned{false};
+  std::atomic<bool> finished{false};
+};
+
+struct Outcome {
+  std::shared_ptr<Running> job;
+  std::string result;
+  std::optional<ErrorRecord> error;
+};
+
+WorkerOptions checked(WorkerOptions o) {
+  if (o.lease < milliseconds(1'000)) {
+    throw std::invalid_argument("crew::redis::WorkerOptions: lease must be at least 1 s");
+  }
+  if (o.max_reclaims < 0) {
+    throw std::invalid_argument("crew::redis::WorkerOptions: max_reclaims must not be negative");
+  }
+  if (o.block.count() < 1) {
+    throw std::invalid_argument("crew::redis::WorkerOptions: block must be at least 1 ms");
+  }
+  if (o.concurrency == 0) o.concurrency = default_thread_count();
+  return o;
+}
+
+}  // namespace
+
+struct Worker::Impl {
+  const Tasks& tasks;
+  WorkerOptions options;
+  Url url;
+  std::string prefix;
+  std::string id = process_unique_id();
+  Connection fetch_connection;
+  Connection lease_connection;
+  Connection report_connection;
+  std::unique_ptr<ProcessPool> processes;
+  std::unique_ptr<ThreadPool> threads;
+
+  mutable std::mutex mutex;
+  std::condition_variable_any changed;
+  std::map<std::string, std::shared_ptr<Running>> running;  // by lease token
+  std::deque<Outcome> outcomes;
+  WorkerStats counters;
+
+  std::mutex stop_mutex;
+  bool stopped = false;
+  std::atomic<long long> fetch_client{-1};  // for CLIENT UNBLOCK
+  std::jthread fetcher, leaser, reporter;
+
+  Impl(const Tasks& t, WorkerOptions o)
+      : tasks(t),
+        options(checked(std::move(o))),
+        url(parse_url(options.url)),
+        prefix(queue_prefix(options.queue, "WorkerOptions::queue")),
+        fetch_connection(url,
+                         {options.connect_timeout, options.command_timeout + options.block, true}),
+        lease_connection(url, {options.connect_timeout, options.command_timeout, false}),
+        report_connection(url, {options.connect_timeout, options.command_timeout, false}) {
+    if (options.isolation == Isolation::process) {
+      ProcessPoolOptions p;
+      p.tasks = options.executable.empty() ? &tasks : nullptr;
+      p.max_workers = options.concurrency;
+      p.name = "crew-redis";
+      p.executable = options.executable;
+      p.args = options.args;
+      p.env = options.env;
+      processes = std::make_unique<ProcessPool>(std::move(p));
+    } else {
+      PoolOptions p;
+      p.max_threads = options.concurrency;
+      threads = std::make_unique<ThreadPool>(p);
+    }
+  }
+
+  Reply fcall(Connection& connection, std::string_view function, std::vector<std::string> args) {
+    args.insert(args.begin(), {"FCALL", std::string(function), "1", prefix});
+    return connection.command(args);
+  }
+
+  // Waits `d` or until `stop` fires.
+  void pause(const std::stop_token& stop, milliseconds d) {
+    std::unique_lock lock(mutex);
+    changed.wait_for(lock, stop, d, [] { return false; });
+  }
+
+  // One turn of a thread's loop: reconnects first when needed; a connection error is logged and
+  // the next turn reconnects; another error pauses the loop. False once `stop` fired.
+  template <class Body>
+  bool turn(Connection& connection, const std::stop_token& stop, const char* role, Body&& body) {
+    try {
+      if (connection.broken()) connection.reconnect(kReconnectBudget, stop);
+      body();
+    } catch (const Cancelled&) {
+      return false;
+    } catch (const ConnectionError& e) {
+      logger()->warn("crew::redis::Worker {} ({}): {}", options.queue, role, e.what());
+    } catch (const std::exception& e) {
+      logger()->error("crew::redis::Worker {} ({}): {}", options.queue, role, e.what());
+      pause(stop, kErrorPause);
+    }
+    return !stop.stop_requested();
+  }
+
+  // --- fetch thread ---
+
+  void fetch_loop(const std::stop_token& stop) {
+    for (;;) {
+      std::size_t free = 0;
+      {
+        std::unique_lock lock(mutex);
+        if (!changed.wait(lock, stop, [&] { return running.size() < options.concurrency; })) {
+          return;
+        }
+        free = options.concurrency - running.size();
+      }
+      if (!turn(fetch_connection, stop, "fetch", [&] { fetch(free); })) return;
+    }
+  }
+
+  void fetch(std::size_t free) {
+    const Reply promoted = fcall(fetch_connection, "crew_promote", {"100"});
+    if (promoted.is_error()) throw std::runtime_error("crew_promote: " + promoted.error());
+    // Block no longer than until the next delayed job is due (BLOCK 0 would mean for ever).
+    const Reply due = fcall(fetch_connection, "crew_next_due", {});
+    if (due.is_error()) throw std::runtime_error("crew_next_due: " + due.error());
+    milliseconds block = options.block;
+    if (due.integer() >= 0) block = std::clamp(milliseconds(due.integer()), milliseconds(1), block);
+    // COUNT applies per stream: with work in several priorities this takes up to 4 x `free`
+    // jobs; the extra ones wait in the pool's queue with their leases renewed.
+    fetch_client = fetch_connection.client_id();
+    const Reply reply = fetch_connection.command(
+        {"XREADGROUP", "GROUP", "workers", id, "COUNT", std::to_string(free), "BLOCK",
+         ms_text(block), "STREAMS", prefix + "p3", prefix + "p2", prefix + "p1", prefix + "p0",
+         prefix + "wake", ">", ">", ">", ">", ">"});
+    if (reply.is_error()) {
+      if (!reply.error().starts_with("NOGROUP")) {
+        throw std::runtime_error("XREADGROUP: " + reply.error());
+      }
+      const Reply init = fcall(fetch_connection, "crew_init", {});
+      if (init.is_error()) throw std::runtime_error("crew_init: " + init.error());
+      return;
+    }
+    if (reply.is_nil()) return;
+    for (const Reply& stream : reply.elements()) {
+      const std::string& name = stream[0].str();
+      for (const Reply& entry : stream[1].elements()) {
+        if (name == prefix + "wake") {
+          // Only a reason to look at crew_next_due again (next turn).
+          fetch_connection.command({"XACK", name, "workers", entry[0].str()});
+          continue;
+        }
+        std::string job_id;
+        const Reply& fields = entry[1];
+        if (fields.type() == Reply::Type::array && fields.elements().size() >= 2 &&
+            fields[0].str() == "id") {
+          job_id = fields[1].str();
+        }
+        start(name, entry[0].str(), job_id);
+      }
+    }
+  }
+
+  void start(const std::string& stream, const std::string& entry, const std::string& job_id) {
+    const Reply reply =
+        fcall(fetch_connection, "crew_start", {job_id, stream, entry, id, ms_text(options.lease)});
+    if (reply.is_error()) throw std::runtime_error("crew_start: " + reply.error());
+    if (reply[0].str() != "run") return;  // a stale or malformed entry, settled by crew_start
+    auto job = std::make_shared<Running>();
+    job->id = job_id;
+    job->lease = reply[1].str();
+    {
+      std::lock_guard lock(mutex);
+      running[job->lease] = job;
+      ++counters.started;
+    }
+    launch(job, reply[2].str(), reply[3].str(), milliseconds(reply[4].integer()));
+  }
+
+  void launch(const std::shared_ptr<Running>& job, const std::string& task, std::string args,
+              milliseconds timeout) {
+    RunOptions run{.timeout = timeout, .stop = job->stop.get_token()};
+    Future<PackedValue> future;
+    try {
+      if (processes) {
+        future = processes->run_packed(run, task, std::move(args));
+      } else {
+        future = threads->run(run, [this, task, args = std::move(args)](std::stop_token token) {
+          const this_task::StopScope scope(std::move(token));
+          return tasks.invoke_packed(task, args);
+        });
+      }
+    } catch (...) {
+      finish({job, {}, record_of(std::current_exception())});
+      return;
+    }
+    (void)std::move(future).then([this, job](Future<PackedValue> settled) {
+      try {
+        finish({job, std::move(settled.get().bytes), std::nullopt});
+      } catch (...) {
+        finish({job, {}, record_of(std::current_exception())});
+      }
+    });
+  }
+
+  void finish(Outcome outcome) {
+    outcome.job->finished = true;
+    {
+      std::lock_guard lock(mutex);
+      outcomes.push_back(std::move(outcome));
+    }
+    changed.notify_all();
+  }
+
+  // --- report thread ---
+
+  void report_loop(const std::stop_token& stop) {
+    for (;;) {
+      Outcome outcome;
+      {
+        std::unique_lock lock(mutex);
+        if (!changed.wait(lock, stop, [&] { return !outcomes.empty(); })) return;
+        outcome = std::move(outcomes.front());
+        outcomes.pop_front();
+      }
+      if (!outcome.job->abandoned) report(outcome, stop);
+      {
+        std::lock_guard lock(mutex);
+        running.erase(outcome.job->lease);
+      }
+      changed.notify_all();
+    }
+  }
+
+  // Retries through reconnects: a repeated report is refused by its lease token, never doubled.
+  void report(const Outcome& o, const std::stop_token& stop) {
+    for (bool done = false; !done;) {
+      const bool go_on = turn(report_connection, stop, "report", [&] {
+        Reply reply;
+        if (o.error) {
+          std::string type = o.error->type.empty() ? "unknown" : o.error->type;
+          type.resize(std::min(type.size(), kErrorTypeMax));
+          reply = fcall(report_connection, "crew_fail",
+                        {o.job->id, o.job->lease, type, o.error->message});
+        } else {
+          reply = fcall(report_connection, "crew_complete", {o.job->id, o.job->lease, o.result});
+        }
+        done = true;
+        count(o, reply);
+      });
+      if (!go_on) return;
+    }
+  }
+
+  void count(const Outcome& o, const Reply& reply) {
+    std::lock_guard lock(mutex);
+    if (reply.is_error()) {
+      logger()->error("crew::redis::Worker {}: job {}: {}", options.queue, o.job->id,
+                      reply.error());
+    } else if (reply.type() != Reply::Type::array && reply.str() == "refused") {
+      ++counters.refused;
+    } else if (o.error) {
+      ++counters.failed;
+    } else {
+      ++counters.completed;
+    }
+  }
+
+  // --- lease thread ---
+
+  void lease_loop(const std::stop_token& stop) {
+    auto next_reclaim = Clock::now();
+    for (;;) {
+      pause(stop, options.lease / 3);
+      if (stop.stop_requested()) return;
+      if (!turn(lease_connection, stop, "lease", [&] {
+            renew_all();
+            if (Clock::now() >= next_reclaim) {
+              const Reply reply =
+                  fcall(lease_connection, "crew_reclaim",
+                        {"100", std::to_string(options.max_reclaims), ms_text(options.lease)});
+              if (reply.is_error()) throw std::runtime_error("crew_reclaim: " + reply.error());
+              next_reclaim = Clock::now() + options.lease / 2;
+            }
+          })) {
+        return;
+      }
+    }
+  }
+
+  void renew_all() {
+    std::vector<std::shared_ptr<Running>> jobs;
+    {
+      std::lock_guard lock(mutex);
+      for (const auto& [lease, job] : running) {
+        if (!job->abandoned && !job->finished) jobs.push_back(job);
+      }
+    }
+    for (const auto& job : jobs) {
+      const Reply reply =
+          fcall(lease_connection, "crew_renew", {job->id, job->lease, ms_text(options.lease)});
+      if (reply.is_error()) throw std::runtime_error("crew_renew: " + reply.error());
+      if (reply.str() == "lost" && !job->finished) {
+        job->abandoned = true;
+        job->stop.request_stop();  // process isolation: kills the task's process
+        logger()->warn("crew::redis::Worker {}: lost the lease of job {}; stopped it",
+                       options.queue, job->id);
+        std::lock_guard lock(mutex);
+        ++counters.lost;
+      }
+    }
+  }
+
+  // --- stop ---
+
+  void release(const std::vector<std::shared_ptr<Running>>& jobs) {
+    for (const auto& job : jobs) {
+      try {
+        if (lease_connection.broken()) lease_connection.reconnect(options.command_timeout);
+        const Reply reply = fcall(lease_connection, "crew_release", {job->id, job->lease});
+        if (!reply.is_error() && reply.str() == "ok") {
+          std::lock_guard lock(mutex);
+          ++counters.released;
+        }
+      } catch (const ConnectionError& e) {
+        // Its lease expires instead, and crew_reclaim hands it to another worker.
+        logger()->warn("crew::redis::Worker {}: job {} not handed back: {}", options.queue, job->id,
+                       e.what());
+      }
+    }
+  }
+
+  // Ends the fetch thread's XREADGROUP BLOCK now rather than after `block`; the other
+  // connections belong to running threads, so this takes one of its own.
+  void unblock_fetcher() {
+    if (fetch_client < 0) return;
+    try {
+      Connection connection(url, {options.connect_timeout, options.command_timeout, false});
+      connection.command({"CLIENT", "UNBLOCK", std::to_string(fetch_client.load())});
+    } catch (const ConnectionError&) {
+      // The thread notices the stop after its block time instead.
+    }
+  }
+
+  void stop(milliseconds deadline) {
+    std::lock_guard guard(stop_mutex);
+    if (stopped) return;
+    stopped = true;
+    fetcher.request_stop();
+    unblock_fetcher();
+    fetcher.join();
+    std::vector<std::shared_ptr<Running>> left;
+    {
+      std::unique_lock lock(mutex);
+      changed.wait_for(lock, deadline, [&] { return running.empty(); });
+      for (const auto& [lease, job] : running) left.push_back(job);
+    }
+    leaser.request_stop();
+    leaser.join();
+    for (const auto& job : left) {
+      job->abandoned = true;
+      job->stop.request_stop();
+    }
+    reporter.request_stop();
+    reporter.join();
+    release(left);
+    processes.reset();
+    threads.reset();
+  }
+};
+
+Worker::Worker(const Tasks& tasks, WorkerOptions options)
+    : impl_(std::make_unique<Impl>(tasks, std::move(options))) {
+  Impl& i = *impl_;
+  const std::string policy = i.fetch_connection.check_noeviction();
+  if (policy != "noeviction") {
+    logger()->warn(
+        "crew::redis::Worker {}: {} has maxmemory-policy '{}': Redis may evict queue keys and "
+        "lose jobs silently; set it to 'noeviction'",
+        i.options.queue, i.url.redacted(), policy);
+  }
+  const Reply init = i.fcall(i.fetch_connection, "crew_init", {});
+  if (init.is_error()) throw ConnectionError("crew_init: " + init.error());
+  i.reporter = std::jthread([&i](const std::stop_token& stop) { i.report_loop(stop); });
+  i.leaser = std::jthread([&i](const std::stop_token& stop) { i.lease_loop(stop); });
+  i.fetcher = std::jthread([&i](const std::stop_token& stop) { i.fetch_loop(stop); });
+}
+
+Worker::~Worker() {
+  stop(milliseconds(0));
+}
+
+void Worker::stop(milliseconds deadline) {
+  impl_->stop(deadline);
+}
+
+WorkerStats Worker::stats() const {
+  std::lock_guard lock(impl_->mutex);
+  return impl_->counters;
+}
+
+const std::string& Worker::id() const noexcept {
+  return impl_->id;
+}
+
+}  // namespace crew::inline v0::redis

@@ -1,0 +1,317 @@
+// Queue and Worker end to end on a real redis-server: round trips in both isolations, errors,
+// retries, dead letters, idempotent job ids, delays. This executable is also its own task worker
+// program (process isolation): main() serves test_tasks() when a ProcessPool started it.
+#include <atomic>
+#include <chrono>
+#include <cstdlib>
+#include <map>
+#include <mutex>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <spdlog/sinks/ostream_sink.h>
+#include <spdlog/spdlog.h>
+
+#include <crew/process/errors.hpp>
+#include <crew/redis.hpp>
+#include <crew/redis/worker.hpp>
+
+#include "connection.hpp"
+#include "redis/redis_server.hpp"
+
+namespace {
+
+using crew::redis::Isolation;
+using crew::redis::JobOptions;
+using crew::redis::Queue;
+using crew::redis::Worker;
+using crew_test::RedisServer;
+using namespace std::chrono_literals;
+using ::testing::HasSubstr;
+using ::testing::Not;
+using Clock = std::chrono::steady_clock;
+
+// Executions of `counted` in this process (thread isolation), and when each started.
+std::atomic<int> g_counted{0};
+std::atomic<int> g_throws{0};
+std::mutex g_times_mutex;
+std::vector<Clock::time_point> g_throw_times;
+
+const crew::Tasks& test_tasks() {
+  static const crew::Tasks tasks = [] {
+    crew::Tasks t;
+    t.add("add", [](int a, int b) { return a + b; });
+    t.add("echo", [](const std::string& s) { return s; });
+    t.add("nothing", [] {});
+    t.add("counted", [](int v) {
+      ++g_counted;
+      return v * 2;
+    });
+    t.add("throws", []() -> int {
+      ++g_throws;
+      {
+        std::lock_guard lock(g_times_mutex);
+        g_throw_times.push_back(Clock::now());
+      }
+      throw std::runtime_error("boom");
+    });
+    t.add("crash", []() -> int { std::abort(); });
+    t.add("sleep_ms", [](int ms) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(ms));
+      return ms;
+    });
+    return t;
+  }();
+  return tasks;
+}
+
+template <class F>
+bool eventually(F&& done, std::chrono::milliseconds limit = 60s) {
+  const auto deadline = Clock::now() + limit;
+  while (Clock::now() < deadline) {
+    if (done()) return true;
+    std::this_thread::sleep_for(5ms);
+  }
+  return done();
+}
+
+class RedisQueue : public ::testing::Test {
+ protected:
+  std::unique_ptr<Worker> worker(Isolation isolation, std::size_t concurrency = 2) {
+    return std::make_unique<Worker>(test_tasks(),
+                                    crew::redis::WorkerOptions{.url = server_.url(),
+                                                               .queue = "q",
+                                                               .concurrency = concurrency,
+                                                               .isolation = isolation});
+  }
+
+  std::map<std::string, std::string> job(const std::string& id) {
+    const auto flat = redis_.command({"HGETALL", "crew:{q}:job:" + id});
+    std::map<std::string, std::string> out;
+    for (std::size_t i = 0; i + 1 < flat.elements().size(); i += 2) {
+      out[flat[i].str()] = flat[i + 1].str();
+    }
+    return out;
+  }
+
+  long long dead_letters() { return redis_.command({"XLEN", "crew:{q}:dead"}).integer(); }
+
+  RedisServer server_;
+  crew::redis::Connection redis_{crew::redis::parse_url(server_.url())};
+  Queue queue_{{.url = server_.url(), .name = "q"}};
+};
+
+template <class E, class F>
+std::string error_of(F&& get) {
+  try {
+    get();
+  } catch (const E& e) {
+    return e.what();
+  } catch (const std::exception& e) {
+    return std::string("wrong exception: ") + e.what();
+  }
+  return "no exception";
+}
+
+TEST_F(RedisQueue, OptionsAreValidatedNamingTheField) {
+  EXPECT_THAT(error_of<std::invalid_argument>([] { Queue q({.url = "http://x"}); }),
+              HasSubstr("redis://"));
+  EXPECT_THAT(
+      error_of<std::invalid_argument>([&] { Queue q({.url = server_.url(), .name = "a{b}"}); }),
+      HasSubstr("name"));
+  auto bad = [&](JobOptions o) {
+    return error_of<std::invalid_argument>([&] { queue_.submit(o, "add", 1, 2); });
+  };
+  EXPECT_THAT(bad({.priority = 4}), HasSubstr("priority"));
+  EXPECT_THAT(bad({.delay = -1ms}), HasSubstr("delay"));
+  EXPECT_THAT(bad({.attempts = 0}), HasSubstr("attempts"));
+  EXPECT_THAT(bad({.backoff = {.jitter = 1.5}}), HasSubstr("jitter"));
+  EXPECT_THAT(bad({.backoff = {.delay = -5ms}}), HasSubstr("backoff.delay"));
+  EXPECT_THAT(bad({.timeout = -1ms}), HasSubstr("timeout"));
+  EXPECT_THAT(bad({.job_id = std::string(300, 'x')}), HasSubstr("job_id"));
+  EXPECT_THAT(bad({.retain = -1ms}), HasSubstr("retain"));
+  EXPECT_THAT(error_of<std::invalid_argument>(
+                  [&] { Worker w(test_tasks(), {.url = server_.url(), .lease = 500ms}); }),
+              HasSubstr("lease"));
+}
+
+TEST_F(RedisQueue, UnreachableRedisIsAConnectionErrorNamingTheUrl) {
+  // A port that just closed: nothing listens there.
+  int port = 0;
+  {
+    RedisServer gone;
+    port = gone.port();
+  }
+  const std::string url = "redis://127.0.0.1:" + std::to_string(port);
+  EXPECT_THAT(error_of<crew::redis::ConnectionError>([&] { Queue q({.url = url}); }),
+              HasSubstr("127.0.0.1:" + std::to_string(port)));
+  EXPECT_THAT(error_of<crew::redis::ConnectionError>(
+                  [&] { Worker w(test_tasks(), {.url = url, .isolation = Isolation::thread}); }),
+              HasSubstr("127.0.0.1:" + std::to_string(port)));
+}
+
+TEST_F(RedisQueue, WarnsWhenRedisMayEvictQueueKeys) {
+  std::ostringstream log;
+  auto logger = spdlog::get("crew.redis");
+  if (!logger) {
+    logger = std::make_shared<spdlog::logger>("crew.redis");
+    spdlog::register_logger(logger);
+  }
+  logger->sinks().push_back(std::make_shared<spdlog::sinks::ostream_sink_st>(log));
+  { Queue quiet({.url = server_.url(), .name = "q"}); }
+  EXPECT_THAT(log.str(), Not(HasSubstr("maxmemory-policy")));
+  redis_.command({"CONFIG", "SET", "maxmemory-policy", "allkeys-lru"});
+  { Queue warned({.url = server_.url(), .name = "q"}); }
+  logger->sinks().pop_back();
+  EXPECT_THAT(log.str(), HasSubstr("maxmemory-policy 'allkeys-lru'"));
+}
+
+TEST_F(RedisQueue, RoundTripOnThreads) {
+  auto w = worker(Isolation::thread);
+  crew::Future<int> sum = queue_.run<int>("add", 2, 3);
+  crew::Future<std::string> echo =
+      queue_.run<std::string>({.priority = 3}, "echo", std::string("hi"));
+  crew::Future<void> nothing = queue_.run<void>("nothing");
+  EXPECT_EQ(sum.get(), 5);
+  EXPECT_EQ(echo.get(), "hi");
+  EXPECT_NO_THROW(nothing.get());
+
+  // Fire and forget, then the result from another producer (it is not told: it reads the record).
+  const std::string id = queue_.submit("add", 20, 22);
+  Queue other({.url = server_.url(), .name = "q"});
+  EXPECT_EQ(other.result<int>(id).get(), 42);
+  EXPECT_EQ(queue_.result<int>(id).get(), 42);
+  EXPECT_THAT(error_of<crew::BadArguments>([&] { queue_.result<int>("no-such-job").get(); }),
+              HasSubstr("no-such-job"));
+  // A result of another type than the task's.
+  EXPECT_THAT(error_of<crew::BadArguments>([&] { queue_.result<std::string>(id).get(); }),
+              HasSubstr("does not decode"));
+  EXPECT_TRUE(eventually([&] { return w->stats().completed == 4; })) << w->stats().completed;
+}
+
+TEST_F(RedisQueue, UnknownTaskIsBadArgumentsInBothIsolations) {
+  for (Isolation isolation : {Isolation::thread, Isolation::process}) {
+    auto w = worker(isolation);
+    crew::Future<int> f = queue_.run<int>("no_such_task", 1);
+    EXPECT_THAT(error_of<crew::BadArguments>([&] { f.get(); }), HasSubstr("no_such_task"));
+  }
+}
+
+TEST_F(RedisQueue, RoundTripInWorkerProcesses) {
+  auto w = worker(Isolation::process);
+  std::vector<crew::Future<int>> sums;
+  for (int i = 0; i < 20; ++i) sums.push_back(queue_.run<int>("add", i, 1000));
+  for (int i = 0; i < 20; ++i) EXPECT_EQ(sums[i].get(), i + 1000);
+}
+
+TEST_F(RedisQueue, CrashingTaskIsRetriedThenDeadLetteredAsWorkerCrashed) {
+  auto w = worker(Isolation::process);
+  const JobOptions options{.attempts = 3, .backoff = {.delay = 100ms}, .job_id = "crasher"};
+  crew::Future<int> crash = queue_.run<int>(options, "crash");
+  crew::Future<int> fine = queue_.run<int>("add", 1, 1);
+  EXPECT_THAT(error_of<crew::WorkerCrashed>([&] { crash.get(); }), HasSubstr("crasher"));
+  EXPECT_EQ(fine.get(), 2);
+  EXPECT_EQ(job("crasher")["attempt"], "3");
+  EXPECT_EQ(job("crasher")["state"], "dead");
+  EXPECT_EQ(dead_letters(), 1);
+  EXPECT_TRUE(eventually([&] { return w->stats().failed == 3; })) << w->stats().failed;
+}
+
+TEST_F(RedisQueue, TimeoutKillsTheTaskAndTheFutureGetsTimedOut) {
+  auto w = worker(Isolation::process);
+  const auto submitted = Clock::now();
+  crew::Future<int> slow =
+      queue_.run<int>({.timeout = 200ms, .job_id = "slow"}, "sleep_ms", 60'000);
+  EXPECT_THAT(error_of<crew::TimedOut>([&] { slow.get(); }), HasSubstr("slow"));
+  EXPECT_LT(Clock::now() - submitted, 30s);  // killed, not waited for
+  EXPECT_EQ(job("slow")["error_type"], "TimedOut");
+  EXPECT_EQ(queue_.run<int>("sleep_ms", 1).get(), 1);
+}
+
+TEST_F(RedisQueue, ThrowingTaskRunsExactlyAttemptsTimesWithItsBackoff) {
+  g_throws = 0;
+  g_throw_times.clear();
+  auto w = worker(Isolation::thread);
+  const JobOptions options{.attempts = 3, .backoff = {.delay = 100ms}, .job_id = "thrower"};
+  crew::Future<int> throws = queue_.run<int>(options, "throws");
+  crew::Future<int> fine = queue_.run<int>("add", 2, 2);
+  try {
+    throws.get();
+    ADD_FAILURE() << "no exception";
+  } catch (const crew::RemoteError& e) {
+    EXPECT_EQ(e.type_name(), "std::runtime_error");
+    EXPECT_EQ(e.remote_what(), "boom");
+  }
+  EXPECT_EQ(fine.get(), 4);
+  EXPECT_EQ(g_throws.load(), 3);
+  EXPECT_EQ(job("thrower")["attempt"], "3");
+  EXPECT_EQ(dead_letters(), 1);
+  std::lock_guard lock(g_times_mutex);
+  ASSERT_EQ(g_throw_times.size(), 3u);
+  for (std::size_t i = 1; i < g_throw_times.size(); ++i) {
+    EXPECT_GE(g_throw_times[i] - g_throw_times[i - 1], 95ms) << "retry " << i << " came early";
+  }
+}
+
+TEST_F(RedisQueue, OneJobIdFromManyThreadsRunsOnceAndSettlesEveryFuture) {
+  g_counted = 0;
+  auto w = worker(Isolation::thread);
+  constexpr int kThreads = 4;
+  constexpr int kEach = 250;
+  std::vector<std::vector<crew::Future<int>>> futures(kThreads);
+  std::vector<std::thread> producers;
+  for (int t = 0; t < kThreads; ++t) {
+    producers.emplace_back([&, t] {
+      for (int i = 0; i < kEach; ++i) {
+        futures[t].push_back(queue_.run<int>({.job_id = "once"}, "counted", 21));
+      }
+    });
+  }
+  for (auto& p : producers) p.join();
+  int settled = 0;
+  for (auto& list : futures) {
+    for (auto& f : list) {
+      EXPECT_EQ(f.get(), 42);
+      ++settled;
+    }
+  }
+  EXPECT_EQ(settled, kThreads * kEach);
+  EXPECT_EQ(g_counted.load(), 1);
+  EXPECT_EQ(job("once")["attempt"], "1");
+}
+
+TEST_F(RedisQueue, DelayedJobRunsNeverEarlyAndNotMuchLate) {
+  auto w = worker(Isolation::thread);
+  constexpr auto kDelay = 500ms;
+  EXPECT_EQ(queue_.run<int>({.delay = kDelay, .job_id = "later"}, "add", 1, 2).get(), 3);
+  // Both stamps come from the Redis clock.
+  auto fields = job("later");
+  const long long waited = std::stoll(fields["started_ms"]) - std::stoll(fields["created_ms"]);
+  std::printf("delayed job: due after %lld ms, started after %lld ms (late by %lld ms)\n",
+              static_cast<long long>(kDelay.count()), waited,
+              waited - static_cast<long long>(kDelay.count()));
+  EXPECT_GE(waited, kDelay.count());
+  EXPECT_LT(waited, kDelay.count() + 2'000);
+}
+
+TEST_F(RedisQueue, DestroyingTheQueueCancelsWaitingFutures) {
+  crew::Future<int> f;
+  {
+    Queue q({.url = server_.url(), .name = "q"});
+    f = q.run<int>("add", 1, 2);  // no worker: it never runs
+  }
+  EXPECT_THAT(error_of<crew::Cancelled>([&] { f.get(); }), HasSubstr("destroyed"));
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (crew::is_worker_process()) return crew::serve(test_tasks());
+  ::testing::InitGoogleTest(&argc, argv);
+  return RUN_ALL_TESTS();
+}

@@ -1,0 +1,203 @@
+// Queue and Worker when things go wrong: a worker that stopped renewing its lease, a lease lost
+// while the task runs, a worker stopping with jobs in flight, Redis killed and restarted in the
+// middle of a batch. Thread isolation: the tasks count their executions in this process.
+#include <atomic>
+#include <chrono>
+#include <map>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include <crew/process/tasks.hpp>
+#include <crew/redis.hpp>
+#include <crew/redis/worker.hpp>
+
+#include "connection.hpp"
+#include "redis/redis_server.hpp"
+
+namespace {
+
+using crew::redis::Isolation;
+using crew::redis::Queue;
+using crew::redis::Worker;
+using crew_test::RedisServer;
+using namespace std::chrono_literals;
+using Clock = std::chrono::steady_clock;
+
+std::atomic<int> g_executions{0};
+
+// The first execution holds on until it is told to stop (then returns -1, which must never be
+// reported); every later one returns its argument.
+const crew::Tasks& test_tasks() {
+  static const crew::Tasks tasks = [] {
+    crew::Tasks t;
+    t.add("add", [](int a, int b) {
+      ++g_executions;
+      return a + b;
+    });
+    t.add("first_holds", [](int v) {
+      if (g_executions++ > 0) return v;
+      const auto limit = Clock::now() + 60s;
+      while (!crew::this_task::stop_requested() && Clock::now() < limit) {
+        std::this_thread::sleep_for(1ms);
+      }
+      return -1;
+    });
+    return t;
+  }();
+  return tasks;
+}
+
+template <class F>
+bool eventually(F&& done, std::chrono::milliseconds limit = 60s) {
+  const auto deadline = Clock::now() + limit;
+  while (Clock::now() < deadline) {
+    if (done()) return true;
+    std::this_thread::sleep_for(5ms);
+  }
+  return done();
+}
+
+class RedisRecovery : public ::testing::Test {
+ protected:
+  void SetUp() override { g_executions = 0; }
+
+  std::unique_ptr<Worker> worker(std::size_t concurrency = 2) {
+    return std::make_unique<Worker>(test_tasks(),
+                                    crew::redis::WorkerOptions{.url = server_.url(),
+                                                               .queue = "q",
+                                                               .concurrency = concurrency,
+                                                               .lease = 1s,
+                                                               .isolation = Isolation::thread});
+  }
+
+  crew::redis::Reply fcall(const std::string& function, std::vector<std::string> args) {
+    args.insert(args.begin(), {"FCALL", function, "1", "crew:{q}:"});
+    return redis_.command(args);
+  }
+
+  std::string field(const std::string& id, const std::string& name) {
+    const auto reply = redis_.command({"HGET", "crew:{q}:job:" + id, name});
+    return reply.is_nil() ? "" : reply.str();
+  }
+
+  RedisServer server_{{.appendonly = true}};
+  crew::redis::Connection redis_{crew::redis::parse_url(server_.url())};
+};
+
+TEST_F(RedisRecovery, JobOfAWorkerThatStoppedRenewingRunsElsewhereAndTheLateResultIsRefused) {
+  Queue queue({.url = server_.url(), .name = "q"});
+  ASSERT_EQ(fcall("crew_init", {}).str(), "ok");
+  crew::Future<int> sum = queue.run<int>({.job_id = "j"}, "add", 1, 2);
+  // This test is the first worker: it takes the job, starts it, and then goes silent.
+  const auto delivery = redis_.command(
+      {"XREADGROUP", "GROUP", "workers", "ghost", "COUNT", "1", "STREAMS", "crew:{q}:p1", ">"});
+  ASSERT_FALSE(delivery.is_nil());
+  const std::string entry = delivery[0][1][0][0].str();
+  const auto run = fcall("crew_start", {"j", "crew:{q}:p1", entry, "ghost", "1000"});
+  ASSERT_EQ(run[0].str(), "run") << run.describe();
+  const std::string ghost_lease = run[1].str();
+
+  auto w = worker();  // reclaims the job once the ghost's lease expired, and runs it
+  EXPECT_EQ(sum.get(), 3);
+  EXPECT_EQ(g_executions.load(), 1);
+  EXPECT_EQ(field("j", "reclaims"), "1");
+  EXPECT_EQ(fcall("crew_complete", {"j", ghost_lease, "late"}).str(), "refused");
+  EXPECT_EQ(field("j", "state"), "completed");
+}
+
+TEST_F(RedisRecovery, ALostNotificationIsNotALostResult) {
+  Queue queue({.url = server_.url(), .name = "q"});
+  ASSERT_EQ(fcall("crew_init", {}).str(), "ok");
+  crew::Future<int> sum = queue.run<int>({.job_id = "j"}, "add", 1, 2);
+  const auto delivery = redis_.command(
+      {"XREADGROUP", "GROUP", "workers", "hand", "COUNT", "1", "STREAMS", "crew:{q}:p1", ">"});
+  ASSERT_FALSE(delivery.is_nil());
+  const std::string entry = delivery[0][1][0][0].str();
+  const std::string lease =
+      fcall("crew_start", {"j", "crew:{q}:p1", entry, "hand", "60000"})[1].str();
+  // In one transaction: the result is stored, its notification vanishes, and every other
+  // connection drops (the Queue's among them), as a Redis restart without the stream would do.
+  redis_.command({"MULTI"});
+  redis_.command({"FCALL", "crew_complete", "1", "crew:{q}:", "j", lease, std::string("\x03", 1)});
+  redis_.command({"DEL", "crew:{q}:results:" + queue.producer_id()});
+  redis_.command({"CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"});
+  const auto exec = redis_.command({"EXEC"});
+  ASSERT_EQ(exec[0].str(), "ok") << exec.describe();
+  ASSERT_TRUE(sum.wait_for(60s));
+  EXPECT_EQ(sum.get(), 3);
+  // The submit connection dropped too: the next submission reconnects instead of failing.
+  EXPECT_FALSE(queue.submit("add", 1, 1).empty());
+}
+
+TEST_F(RedisRecovery, LostLeaseStopsTheTaskAndItsOutcomeIsNeverReported) {
+  Queue queue({.url = server_.url(), .name = "q"});
+  auto w = worker();
+  crew::Future<int> f = queue.run<int>({.job_id = "j"}, "first_holds", 7);
+  ASSERT_TRUE(eventually([&] { return field("j", "state") == "active"; }));
+  // As if this worker had been silent past its lease: expire it now and reclaim.
+  redis_.command({"ZADD", "crew:{q}:leases", "XX", "0", "j"});
+  const auto reclaimed = fcall("crew_reclaim", {"10", "3", "0"});
+  ASSERT_EQ(reclaimed.describe(), "[1, 0, 0]");
+  EXPECT_EQ(f.get(), 7);
+  EXPECT_EQ(g_executions.load(), 2);
+  EXPECT_TRUE(eventually([&] { return w->stats().lost == 1; })) << w->stats().lost;
+  EXPECT_EQ(w->stats().completed, 1u);
+  EXPECT_EQ(w->stats().refused, 0u);  // the stale run's -1 was never sent
+  EXPECT_EQ(field("j", "result"), std::string("\x07", 1));
+}
+
+TEST_F(RedisRecovery, StopHandsRunningJobsBackAtOnce) {
+  Queue queue({.url = server_.url(), .name = "q"});
+  auto first = worker();
+  crew::Future<int> f = queue.run<int>({.job_id = "j"}, "first_holds", 9);
+  ASSERT_TRUE(eventually([&] { return field("j", "state") == "active"; }));
+  const auto stopping = Clock::now();
+  first->stop(0ms);
+  std::printf("stop(0) took %lld ms\n", static_cast<long long>((Clock::now() - stopping) / 1ms));
+  EXPECT_EQ(first->stats().released, 1u);
+  EXPECT_EQ(field("j", "state"), "waiting");
+  EXPECT_EQ(field("j", "attempt"), "0");
+  auto second = worker();
+  EXPECT_EQ(f.get(), 9);
+  EXPECT_EQ(g_executions.load(), 2);
+  EXPECT_EQ(field("j", "attempt"), "1");
+}
+
+TEST_F(RedisRecovery, StopLetsRunningJobsFinishWithinTheDeadline) {
+  Queue queue({.url = server_.url(), .name = "q"});
+  auto w = worker();
+  std::vector<crew::Future<int>> sums;
+  for (int i = 0; i < 20; ++i) sums.push_back(queue.run<int>("add", i, i));
+  ASSERT_TRUE(eventually([&] { return w->stats().started > 0; }));
+  w->stop(30s);
+  const auto s = w->stats();
+  EXPECT_EQ(s.released, 0u);
+  EXPECT_EQ(s.completed, s.started);
+  // What it did not take waits for the next worker.
+  auto next = worker();
+  for (int i = 0; i < 20; ++i) EXPECT_EQ(sums[i].get(), 2 * i);
+}
+
+TEST_F(RedisRecovery, RedisKilledAndRestartedMidwayEveryFutureSettlesOnceWithItsValue) {
+  Queue queue({.url = server_.url(), .name = "q"});
+  auto w = worker(4);
+  constexpr int kJobs = 500;
+  std::vector<crew::Future<int>> sums;
+  for (int i = 0; i < kJobs; ++i) sums.push_back(queue.run<int>("add", i, 1'000'000));
+  ASSERT_TRUE(eventually([&] { return g_executions.load() >= 50; }));
+  const int before = g_executions.load();
+  server_.kill9();
+  server_.restart();
+  std::printf("killed Redis after %d of %d executions\n", before, kJobs);
+  for (int i = 0; i < kJobs; ++i) {
+    ASSERT_TRUE(sums[i].wait_for(120s)) << "job " << i << " never settled";
+    EXPECT_EQ(sums[i].get(), i + 1'000'000);
+  }
+  EXPECT_GE(g_executions.load(), kJobs);
+  std::printf("%d executions for %d jobs\n", g_executions.load(), kJobs);
+}
+
+}  // namespace

@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# crew worker end to end with a redis-server of its own (temp dir, free port): Redis unreachable
+# exits 69 naming the URL; a job submitted with FCALL crew_submit runs in a task process (fib(10)
+# = 55); an unknown task is dead-lettered as BadArguments; SIGTERM stops the worker with exit 0.
+#
+#   worker.sh <path-to-crew>
+set -euo pipefail
+crew=$1
+work=$(mktemp -d)
+trap 'kill -9 "${pid:-}" 2>/dev/null || true; redis-cli -p "${port:-0}" shutdown nosave >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
+fail() { echo "worker.sh: FAIL: $*" >&2; exit 1; }
+
+command -v redis-server >/dev/null || fail "redis-server not found: run scripts/bootstrap"
+
+# A port nothing listens on: the worker must fail at start, naming the URL.
+closed=$((20000 + RANDOM % 20000))
+set +e
+"$crew" worker --redis "redis://127.0.0.1:$closed" --queue t >"$work/unreachable" 2>&1
+rc=$?
+set -e
+[[ $rc -eq 69 ]] || fail "unreachable Redis: exit $rc, expected 69: $(cat "$work/unreachable")"
+grep -q "127.0.0.1:$closed" "$work/unreachable" || fail "no URL in: $(cat "$work/unreachable")"
+
+for _ in $(seq 1 20); do
+  port=$((20000 + RANDOM % 20000))
+  redis-server --port "$port" --bind 127.0.0.1 --dir "$work" --save '' --daemonize yes \
+    --logfile "$work/redis.log" >/dev/null
+  for _ in $(seq 1 200); do
+    redis-cli -p "$port" ping 2>/dev/null | grep -q PONG && break 2
+    sleep 0.01
+  done
+done
+redis-cli -p "$port" ping | grep -q PONG || fail "redis-server did not start"
+
+"$crew" worker --redis "redis://127.0.0.1:$port" --queue t --concurrency 2 >"$work/out" 2>&1 &
+pid=$!
+for _ in $(seq 1 3000); do  # up to 30 s: sanitizer builds start slowly
+  grep -q "queue 't'" "$work/out" && break
+  kill -0 "$pid" 2>/dev/null || fail "crew worker exited early: $(cat "$work/out")"
+  sleep 0.01
+done
+grep -q "queue 't'" "$work/out" || fail "no start line: $(cat "$work/out")"
+
+submit() {  # submit <id> <task> <msgpack args as \x escapes>
+  printf 'FCALL crew_submit 1 crew:{t}: %s script %s "%s" 1 0 1 fixed 0 0 0 600000\n' "$1" "$2" "$3" |
+    redis-cli -p "$port" >/dev/null
+}
+state_of() { redis-cli -p "$port" HGET "crew:{t}:job:$1" state; }
+wait_state() {  # wait_state <id> <state>
+  for _ in $(seq 1 6000); do  # up to 60 s
+    [[ $(state_of "$1") == "$2" ]] && return 0
+    sleep 0.01
+  done
+  fail "job $1 is '$(state_of "$1")', expected $2; worker: $(cat "$work/out")"
+}
+
+submit j1 fib '\x91\x0a'
+wait_state j1 completed
+[[ $(redis-cli -p "$port" HGET 'crew:{t}:job:j1' result) == 7 ]] || fail "fib(10) is not 55 (msgpack '7')"
+
+submit j2 no_such_task '\x90'
+wait_state j2 dead
+[[ $(redis-cli -p "$port" HGET 'crew:{t}:job:j2' error_type) == BadArguments ]] ||
+  fail "unknown task: $(redis-cli -p "$port" HGETALL 'crew:{t}:job:j2')"
+
+kill -TERM "$pid"
+set +e
+wait "$pid"
+rc=$?
+set -e
+pid=
+[[ $rc -eq 0 ]] || fail "SIGTERM: exit $rc: $(cat "$work/out")"
+grep -q "stopped; 1 completed" "$work/out" || fail "no summary: $(cat "$work/out")"
+echo "worker.sh: ok"

@@ -1,0 +1,131 @@
+// `crew worker`: runs the jobs of a Redis queue (crew::redis::Worker) with the tasks `crew serve`
+// offers: the built-in ones and those of --plugin libraries. Process isolation re-executes this
+// binary as the task worker (main.cpp: run_task_worker), with the plugin list in the same
+// environment variable `crew serve` uses, so both commands share that path.
+#include <chrono>
+#include <csignal>
+#include <cstdint>
+#include <cstdio>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include <pthread.h>
+#include <spdlog/spdlog.h>
+
+#include <crew/process/tasks.hpp>
+#include <crew/redis/worker.hpp>
+
+#include "commands.hpp"
+#include "tasks.hpp"
+
+namespace crew::tool {
+namespace {
+
+constexpr int kExitUnavailable = 69;  // EX_UNAVAILABLE: Redis cannot be reached
+constexpr int kExitConfig = 78;       // EX_CONFIG: a plugin that does not load
+
+struct WorkerConfig {
+  std::string url = "redis://127.0.0.1:6379";
+  std::string queue = "default";
+  std::vector<std::string> plugins;
+  std::size_t concurrency = 0;
+  std::string isolation = "process";
+  std::int64_t lease_ms = 30'000;
+  std::int64_t shutdown_ms = 10'000;
+};
+
+int run_worker(const WorkerConfig& config) {
+  Tasks tasks;
+  try {
+    serve_app::add_builtin_tasks(tasks);
+    serve_app::load_plugins(config.plugins, tasks);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "crew worker: %s\n", e.what());
+    return kExitConfig;
+  }
+  // Blocked before any thread exists, so only the sigwait below takes them.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  redis::WorkerOptions options{.url = config.url,
+                               .queue = config.queue,
+                               .concurrency = config.concurrency,
+                               .lease = std::chrono::milliseconds(config.lease_ms),
+                               .isolation = config.isolation == "thread"
+                                                ? redis::Isolation::thread
+                                                : redis::Isolation::process};
+  std::string list;
+  for (const auto& p : config.plugins) list += (list.empty() ? "" : ":") + p;
+  options.env["CREW_SERVE_PLUGINS"] = list;
+  std::unique_ptr<redis::Worker> worker;
+  try {
+    worker = std::make_unique<redis::Worker>(tasks, options);
+  } catch (const redis::ConnectionError& e) {
+    std::fprintf(stderr, "crew worker: cannot reach Redis: %s\n", e.what());
+    return kExitUnavailable;
+  } catch (const std::invalid_argument& e) {
+    std::fprintf(stderr, "crew worker: %s\n", e.what());
+    return kExitUsage;
+  }
+  spdlog::info("crew worker {}: queue '{}', {} tasks, {} isolation", worker->id(), config.queue,
+               tasks.size(), config.isolation);
+  int sig = 0;
+  sigwait(&signals, &sig);
+  spdlog::info(
+      "crew worker: signal {}: stopping (running jobs get {} ms, then go back to the "
+      "queue)",
+      sig, config.shutdown_ms);
+  worker->stop(std::chrono::milliseconds(config.shutdown_ms));
+  const auto s = worker->stats();
+  spdlog::info("crew worker: stopped; {} completed, {} failed, {} handed back", s.completed,
+               s.failed, s.released);
+  return kExitOk;
+}
+
+}  // namespace
+
+Command add_worker_command(CLI::App& app) {
+  CLI::App* cmd = app.add_subcommand(
+      "worker",
+      "Run jobs from a Redis queue (crew::redis::Queue) with the built-in and plugin tasks. "
+      "SIGINT/SIGTERM: stop taking jobs, finish running ones within --shutdown-timeout-ms, hand "
+      "the rest back, exit 0.");
+  auto config = std::make_shared<WorkerConfig>();
+  cmd->add_option("--redis", config->url, "redis://[[user]:password@]host[:port][/db]")
+      ->envname("CREW_REDIS_URL")
+      ->capture_default_str();
+  cmd->add_option("--queue", config->queue, "Queue name (keys under crew:{<name>}:)")
+      ->envname("CREW_QUEUE")
+      ->capture_default_str();
+  cmd->add_option("--plugin", config->plugins,
+                  "Shared library exporting `extern \"C\" void crew_register_tasks(crew::Tasks&)`"
+                  " (repeatable)")
+      ->envname("CREW_PLUGINS")
+      ->delimiter(':');
+  cmd->add_option("--concurrency", config->concurrency, "Jobs at once (0: one per core)")
+      ->envname("CREW_CONCURRENCY")
+      ->capture_default_str();
+  cmd->add_option("--isolation", config->isolation,
+                  "Where tasks run: process (a ProcessPool) or thread (a ThreadPool)")
+      ->envname("CREW_ISOLATION")
+      ->check(CLI::IsMember({"thread", "process"}))
+      ->capture_default_str();
+  cmd->add_option("--lease-ms", config->lease_ms,
+                  "A running job's lease: a worker silent this long loses its jobs to others")
+      ->envname("CREW_LEASE_MS")
+      ->check(CLI::Range(std::int64_t{1'000}, std::int64_t{24} * 3'600'000))
+      ->capture_default_str();
+  cmd->add_option("--shutdown-timeout-ms", config->shutdown_ms,
+                  "How long SIGTERM lets running jobs finish before handing them back")
+      ->envname("CREW_SHUTDOWN_TIMEOUT_MS")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  return {cmd, [config] { return run_worker(*config); }};
+}
+
+}  // namespace crew::tool
