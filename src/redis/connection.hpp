@@ -83,6 +83,17 @@ struct ConnectionOptions {
   bool functions = true;
 };
 
+/// How long one reconnect attempt of a Queue's or a Worker's thread may take before the thread
+/// logs and tries again (stoppable).
+inline constexpr std::chrono::milliseconds kReconnectBudget{10'000};
+/// After an error reply (LOADING after a restart, say), before a thread asks again.
+inline constexpr std::chrono::milliseconds kErrorPause{200};
+
+/// A duration as a command argument: whole milliseconds.
+inline std::string ms_text(std::chrono::milliseconds ms) {
+  return std::to_string(ms.count());
+}
+
 class Connection {
  public:
   /// Connects (AUTH, SELECT, the function library); throws ConnectionError.

@@ -31,15 +31,6 @@ namespace {
 using Clock = std::chrono::steady_clock;
 using std::chrono::milliseconds;
 
-// How long one reconnect attempt may take before the thread logs and tries again; stoppable.
-constexpr milliseconds kReconnectBudget{10'000};
-// After an error reply, before the results thread asks again.
-constexpr milliseconds kErrorPause{200};
-
-std::string ms_text(milliseconds ms) {
-  return std::to_string(ms.count());
-}
-
 void check_job_options(const JobOptions& o) {
   auto bad = [](std::string_view field, std::string_view rule) {
     throw std::invalid_argument(fmt::format("crew::redis::JobOptions: {} {}", field, rule));

@@ -33,14 +33,7 @@ namespace {
 using Clock = std::chrono::steady_clock;
 using std::chrono::milliseconds;
 
-constexpr milliseconds kReconnectBudget{10'000};
-// After an error reply (LOADING after a restart, say), before the loop tries again.
-constexpr milliseconds kErrorPause{200};
 constexpr std::size_t kErrorTypeMax = 256;
-
-std::string ms_text(milliseconds ms) {
-  return std::to_string(ms.count());
-}
 
 struct Running {
   std::string id;

@@ -24,6 +24,7 @@ using crew::redis::Queue;
 using crew::redis::Worker;
 using crew_test::RedisServer;
 using namespace std::chrono_literals;
+using crew_test::eventually;
 using Clock = std::chrono::steady_clock;
 
 std::atomic<int> g_executions{0};
@@ -48,16 +49,6 @@ const crew::Tasks& test_tasks() {
     return t;
   }();
   return tasks;
-}
-
-template <class F>
-bool eventually(F&& done, std::chrono::milliseconds limit = 60s) {
-  const auto deadline = Clock::now() + limit;
-  while (Clock::now() < deadline) {
-    if (done()) return true;
-    std::this_thread::sleep_for(5ms);
-  }
-  return done();
 }
 
 class RedisRecovery : public ::testing::Test {

@@ -189,4 +189,16 @@ class RedisServer {
   pid_t pid_ = -1;
 };
 
+/// Polls `done` every 5 ms until it holds or `limit` passes (the figures a test waits for
+/// change on other threads and processes, with nothing to wait on); true when it held.
+template <class F>
+bool eventually(F&& done, std::chrono::milliseconds limit = std::chrono::seconds(60)) {
+  const auto deadline = std::chrono::steady_clock::now() + limit;
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (done()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return done();
+}
+
 }  // namespace crew_test
