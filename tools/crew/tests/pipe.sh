@@ -138,9 +138,16 @@ expect_exit 2 "too many positionals" "$crew" pipe a b c
 
 # A signal cancels the run: exit 128+N, no OUT and no temporary file (stdin stays open, so the
 # pipeline is still waiting for input when the signal arrives).
-"$crew" pipe --gzip - sig.gz < <(echo partial; exec sleep 5 2>/dev/null) 2>sig.txt &
+"$crew" pipe --gzip - sig.gz < <(echo partial; exec sleep 10 2>/dev/null) 2>sig.txt &
 pid=$!
-sleep 0.5
+# Signalled once it has blocked SIGTERM for its watcher (bit 15 of SigBlk), not after a guess at
+# its start-up time: a sanitizer build can take longer than any guess, and a SIGTERM before that
+# ends it with no message.
+for _ in $(seq 1 3000); do
+  blocked=$(awk '/^SigBlk:/ { print $2 }' "/proc/$pid/status" 2>/dev/null || true)
+  [[ -n $blocked ]] && (((16#$blocked >> 14) & 1)) && break
+  sleep 0.01
+done
 kill -TERM "$pid"
 wait "$pid"
 rc=$?
