@@ -941,6 +941,10 @@ json Server::Impl::render_stats() {
 
 Server::Server(ServeConfig config, std::unique_ptr<Runner> runner)
     : impl_(std::make_unique<Impl>(std::move(config), std::move(runner))) {
+  // spdlog creates its registry on first use. Create it here, before the I/O threads start, so
+  // that its construction happens-before every log call from them and from the pool's threads
+  // (ThreadSanitizer cannot see the guard of a static inside the uninstrumented libspdlog).
+  spdlog::default_logger_raw();
   if (impl_->config.log_format != "off") {
     impl_->access = spdlog::get("crew.access");
     if (!impl_->access) {

@@ -20,7 +20,7 @@ errors() {
 }
 ready() {  # waits until n children answer
   for _ in $(seq 1 500); do
-    [[ $(children | wc -l) -ge $1 ]] && healthz | grep -q 200 && return 0
+    [[ $(children | wc -l) -ge $1 ]] && grep -q 200 <<<"$(healthz)" && return 0
     sleep 0.01
   done
   return 1
@@ -41,7 +41,7 @@ lua=$(dirname "$0")/../../../bench/serve/post.lua
 # 0. /metrics on any worker answers for the whole cluster: one series per worker plus totals.
 get() { (exec 3<>"/dev/tcp/127.0.0.1/$port" && printf 'GET %s HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n' "$1" >&3 && cat <&3) 2>/dev/null || true; }
 post_fib() { (exec 3<>"/dev/tcp/127.0.0.1/$port" && printf 'POST /v1/tasks/fib HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: 12\r\n\r\n{"args":[9]}' >&3 && head -n1 <&3) 2>/dev/null; }
-for _ in $(seq 1 10); do post_fib | grep -q '^HTTP/1.1 200' || fail "POST /v1/tasks/fib failed"; done
+for _ in $(seq 1 10); do grep -q '^HTTP/1.1 200' <<<"$(post_fib)" || fail "POST /v1/tasks/fib failed"; done
 whole=0
 for _ in $(seq 1 500); do  # workers publish every 500 ms
   m=$(get /metrics)
@@ -64,7 +64,7 @@ victim=$(children | head -n1)
 kill -9 "$victim"
 killed=$(date +%s%N)
 for _ in $(seq 1 200); do
-  [[ $(children | wc -l) -ge 2 ]] && ! children | grep -qx "$victim" && break
+  [[ $(children | wc -l) -ge 2 ]] && ! grep -qx "$victim" <<<"$(children)" && break
   sleep 0.005
 done
 replaced_ms=$((($(date +%s%N) - killed) / 1000000))

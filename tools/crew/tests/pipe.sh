@@ -79,7 +79,7 @@ fi
 # Chained round trip: --gzip --encrypt, then --decrypt --gunzip; hex and raw key files.
 for key in key.raw key.hex; do
   expect_exit 0 "gzip+encrypt ($key)" "$crew" pipe --gzip --encrypt "$key" input.bin sealed.bin
-  head -c 8 sealed.bin | grep -q CREWAEAD && pass "encrypted output starts with the magic" ||
+  grep -q CREWAEAD <<<"$(head -c 8 sealed.bin)" && pass "encrypted output starts with the magic" ||
     fail "encrypted magic"
   expect_exit 0 "decrypt+gunzip ($key)" "$crew" pipe --decrypt "$key" --gunzip sealed.bin back.bin
   cmp -s back.bin input.bin && pass "round trip through gzip+encrypt ($key)" ||
@@ -124,7 +124,7 @@ expect_exit 1 "not gzip" "$crew" pipe --gunzip input.bin n.out
 echo keep >existing.out
 expect_exit 1 "failure keeps an existing OUT" "$crew" pipe --gunzip corrupt.gz existing.out
 [[ $(cat existing.out) == keep ]] && pass "existing OUT untouched" || fail "existing OUT clobbered"
-ls -a | grep -q "crew-tmp\\|\\.crew-" && fail "temporary files left behind" || pass "no temp files left"
+grep -q "crew-tmp\\|\\.crew-" <<<"$(ls -a)" && fail "temporary files left behind" || pass "no temp files left"
 
 # Usage errors: exit 2.
 expect_exit 2 "unknown flag" "$crew" pipe --bogus
@@ -153,7 +153,7 @@ wait "$pid"
 rc=$?
 [[ $rc == 143 ]] && pass "SIGTERM cancels with exit 143" || fail "SIGTERM exit $rc, expected 143"
 grep -q "interrupted by signal" sig.txt && pass "signal message" || fail "signal message"
-[[ ! -e sig.gz ]] && ! ls -a | grep -q "sig.gz.crew" && pass "no output after a signal" ||
+[[ ! -e sig.gz ]] && ! grep -q "sig.gz.crew" <<<"$(ls -a)" && pass "no output after a signal" ||
   fail "output left after a signal"
 
 # Progress: forced with --progress (stderr is a file here); silent otherwise.

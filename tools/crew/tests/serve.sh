@@ -28,7 +28,7 @@ for _ in $(seq 1 3000); do  # up to 30 s: sanitizer builds start slowly
 done
 [[ -n ${port:-} ]] || fail "no 'listening on' line: $(cat "$work/out")"
 
-http "$port" GET /healthz | grep -q '^HTTP/1.1 200' || fail "/healthz is not 200"
+grep -q '^HTTP/1.1 200' <<<"$(http "$port" GET /healthz)" || fail "/healthz is not 200"
 reply=$(http "$port" POST /v1/tasks/sum_range '{"args": [100000]}')
 grep -q '"result":4999950000' <<<"$reply" || fail "sum_range: $reply"
 reply=$(http "$port" POST /v1/tasks/fib '{"args": ["x"]}')
@@ -42,8 +42,8 @@ nices() {  # nices <thread-name-glob>: the nice value of each such thread
     if [[ $(cat "$t/comm") == $1 ]]; then awk '{print $19}' "$t/stat"; fi
   done
 }
-nices 'crew-task*' | grep -qx 7 || fail "no task thread at nice 7: $(nices 'crew-task*')"
-nices crew | grep -qx 0 || fail "no I/O thread at nice 0: $(nices crew)"
+grep -qx 7 <<<"$(nices 'crew-task*')" || fail "no task thread at nice 7: $(nices 'crew-task*')"
+grep -qx 0 <<<"$(nices crew)" || fail "no I/O thread at nice 0: $(nices crew)"
 
 kill -TERM "$pid"
 rc=0

@@ -57,7 +57,7 @@ url="https://127.0.0.1:$port"
 c() { curl -sS --max-time 10 --cacert "$work/a.crt" "$@"; }
 
 [[ $(c "$url/healthz") == '{"status":"ok"}' ]] || fail "GET /healthz over TLS"
-c "$url/v1/tasks" | grep -q '"name":"fib"' || fail "GET /v1/tasks does not list fib"
+grep -q '"name":"fib"' <<<"$(c "$url/v1/tasks")" || fail "GET /v1/tasks does not list fib"
 r=$(c -w ' %{http_code}' -d '{"args":[20]}' "$url/v1/tasks/fib")
 [[ $r == *'"result":6765'*' 200' ]] || fail "POST /v1/tasks/fib [20]: $r"
 connects=$(c -o /dev/null -o /dev/null -w '%{num_connects}\n' "$url/healthz" "$url/v1/tasks")
@@ -85,7 +85,7 @@ reply=$(curl -sS --max-time 5 "http://127.0.0.1:$port/healthz" 2>&1) || rc=$?
 tls() { timeout 10 openssl s_client -connect "127.0.0.1:$port" -cipher 'DEFAULT@SECLEVEL=0' "$@" </dev/null 2>&1; }
 if out=$(tls -tls1_1); then fail "TLS 1.1 was accepted: $out"; fi
 grep -q "alert protocol version" <<<"$out" || fail "TLS 1.1 not refused by the server: $out"
-tls -tls1_2 | grep -q "Protocol *: TLSv1.2" || fail "TLS 1.2 was refused"
+grep -q "Protocol *: TLSv1.2" <<<"$(tls -tls1_2)" || fail "TLS 1.2 was refused"
 echo "plain HTTP and TLS 1.1 refused, TLS 1.2 accepted"
 
 # Garbage, a connection that sends nothing, and half a ClientHello (a record promising 512
@@ -200,7 +200,7 @@ for _ in 1 2 3 4; do
   r=$(c -w ' %{http_code}' -H 'Connection: close' -d '{"args":[20]}' "$url/v1/tasks/fib")
   [[ $r == *'"result":6765'*' 200' ]] || fail "cluster: POST /v1/tasks/fib [20]: $r"
 done
-served() { tls -CAfile "$work/$1.crt" -verify_return_error | grep -q "Verify return code: 0"; }
+served() { grep -q "Verify return code: 0" <<<"$(tls -CAfile "$work/$1.crt" -verify_return_error)"; }
 served a || fail "cluster: not serving the first certificate"
 cp "$work/b.crt" "$work/live.crt"
 cp "$work/b.key" "$work/live.key"

@@ -26,11 +26,11 @@ for _ in $(seq 1 20); do
   redis-server --port "$port" --bind 127.0.0.1 --dir "$work" --save '' --daemonize yes \
     --logfile "$work/redis.log" >/dev/null
   for _ in $(seq 1 200); do
-    redis-cli -p "$port" ping 2>/dev/null | grep -q PONG && break 2
+    grep -q PONG <<<"$(redis-cli -p "$port" ping 2>/dev/null)" && break 2
     sleep 0.01
   done
 done
-redis-cli -p "$port" ping | grep -q PONG || fail "redis-server did not start"
+grep -q PONG <<<"$(redis-cli -p "$port" ping)" || fail "redis-server did not start"
 
 "$crew" worker --redis "redis://127.0.0.1:$port" --queue t --concurrency 2 >"$work/out" 2>&1 &
 pid=$!
