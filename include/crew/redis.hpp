@@ -19,6 +19,7 @@
 #include <crew/future.hpp>
 #include <crew/process/tasks.hpp>
 #include <crew/redis/errors.hpp>
+#include <crew/redis/stats.hpp>
 
 namespace crew::inline v0::redis {
 
@@ -192,6 +193,9 @@ class Queue {
     watch(job_id, detail::settler(future));
     return future;
   }
+
+  /// A snapshot of the whole queue: every producer's and worker's jobs. Throws ConnectionError.
+  [[nodiscard]] QueueStats stats();
 
   /// The id of this producer (its results stream is `results:<producer_id>`).
   [[nodiscard]] const std::string& producer_id() const noexcept;

@@ -7,11 +7,15 @@
 -- exactly once however late or repeated a call is. Arguments are checked before the first write:
 -- a function that raises after writing would leave its writes in place.
 
-local VERSION = 2
+local VERSION = 3
 
 local GROUP = 'workers'
 local NOTIFY_MAXLEN = '10000'
 local MAX_BACKOFF_MS = 24 * 3600 * 1000
+-- Upper bounds (ms) of the end-to-end latency histogram's buckets; a last bucket takes the rest.
+-- Fixed, so that every worker and producer adds into the same buckets.
+local LATENCY_BOUNDS = {1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000,
+  300000}
 
 -- A bad argument raises a tagged table; `checked` turns it into a plain error reply (an error
 -- raised from Lua would carry the script's line number instead).
@@ -70,6 +74,24 @@ local function load_job(key)
 end
 
 local function bump(p, counter) redis.call('HINCRBY', p .. 'stats', counter, 1) end
+
+-- Counts a completed job's end-to-end latency, from when it could first run (submission, or the
+-- end of its delay) to its result, in the queue's histogram hash: bucket `le:<ms>` (`le:inf` for
+-- the rest), plus `count` and `sum_ms`. Redis time on both ends: no client clock is involved.
+local function observe_latency(p, job, now)
+  local ms = math.max(0, now - tonumber(job.ready_ms or job.created_ms))
+  local bucket = 'le:inf'
+  for _, bound in ipairs(LATENCY_BOUNDS) do
+    if ms <= bound then
+      bucket = 'le:' .. bound
+      break
+    end
+  end
+  local key = p .. 'latency'
+  redis.call('HINCRBY', key, bucket, 1)
+  redis.call('HINCRBY', key, 'count', 1)
+  redis.call('HINCRBY', key, 'sum_ms', ms)
+end
 
 -- A lease token is never reused: each start and reclaim takes the next number.
 local function next_token(p) return tostring(redis.call('INCR', p .. 'seq')) end
@@ -166,7 +188,7 @@ local function submit(keys, argv)
   redis.call('HSET', key, 'task', task, 'args', argv[4], 'producer', producer, 'priority',
     priority, 'attempts', attempts, 'attempt', 0, 'backoff', backoff, 'backoff_ms', backoff_ms,
     'jitter', argv[10], 'timeout_ms', timeout_ms, 'retain_ms', retain_ms, 'created_ms', now,
-    'reclaims', 0)
+    'ready_ms', now + delay, 'reclaims', 0)
   bump(p, 'submitted')
   if delay > 0 then
     redis.call('HSET', key, 'state', 'delayed')
@@ -295,10 +317,11 @@ local function complete(keys, argv)
   if not owned(job, lease) then return 'refused' end
   drop_entry(job.stream, job.entry)
   redis.call('ZREM', p .. 'leases', id)
-  redis.call('HSET', job_key(p, id), 'state', 'completed', 'result', result, 'finished_ms',
-    now_ms())
+  local now = now_ms()
+  redis.call('HSET', job_key(p, id), 'state', 'completed', 'result', result, 'finished_ms', now)
   notify(p, id, job, {'state', 'completed', 'result', result})
   bump(p, 'completed')
+  observe_latency(p, job, now)
   retain(p, id, job)
   return 'ok'
 end
@@ -426,7 +449,8 @@ local function reclaim(keys, argv)
   return {requeued, dead, redelivered}
 end
 
--- crew_stats(prefix) -> {name, value, ...}: jobs by state, then the counters.
+-- crew_stats(prefix) -> {name, value, ...}: jobs by state, the counters, then the latency
+-- histogram's fields prefixed `latency:` (`latency:le:<ms>`, `latency:count`, `latency:sum_ms`).
 local function stats(keys)
   local p = prefix_of('crew_stats', keys)
   local active = redis.call('ZCARD', p .. 'leases')
@@ -438,6 +462,11 @@ local function stats(keys)
   for i = 1, #counters, 2 do
     out[#out + 1] = counters[i]
     out[#out + 1] = tonumber(counters[i + 1])
+  end
+  local latency = redis.call('HGETALL', p .. 'latency')
+  for i = 1, #latency, 2 do
+    out[#out + 1] = 'latency:' .. latency[i]
+    out[#out + 1] = tonumber(latency[i + 1])
   end
   return out
 end

@@ -24,6 +24,7 @@
 #include "connection.hpp"
 #include "logger.hpp"
 #include "outcome.hpp"
+#include "stats_reader.hpp"
 
 namespace crew::inline v0::redis {
 namespace {
@@ -296,6 +297,12 @@ Queue::~Queue() {
   } catch (const ConnectionError&) {
     // The notification stream is only clutter now; MAXLEN bounds it.
   }
+}
+
+QueueStats Queue::stats() {
+  Impl& i = *impl_;
+  std::lock_guard lock(i.submit_mutex);
+  return i.on_submitter([&] { return read_queue_stats(i.submitter, i.prefix); });
 }
 
 const std::string& Queue::producer_id() const noexcept {

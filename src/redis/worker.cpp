@@ -26,6 +26,7 @@
 #include "connection.hpp"
 #include "logger.hpp"
 #include "outcome.hpp"
+#include "stats_reader.hpp"
 
 namespace crew::inline v0::redis {
 namespace {
@@ -83,6 +84,10 @@ struct Worker::Impl {
   std::map<std::string, std::shared_ptr<Running>> running;  // by lease token
   std::deque<Outcome> outcomes;
   WorkerStats counters;
+
+  // queue_stats(): its own connection, made on first use.
+  mutable std::mutex stats_mutex;
+  mutable std::unique_ptr<Connection> stats_connection;
 
   std::mutex stop_mutex;
   bool stopped = false;
@@ -438,6 +443,18 @@ void Worker::stop(milliseconds deadline) {
 WorkerStats Worker::stats() const {
   std::lock_guard lock(impl_->mutex);
   return impl_->counters;
+}
+
+QueueStats Worker::queue_stats() const {
+  Impl& i = *impl_;
+  std::lock_guard lock(i.stats_mutex);
+  if (!i.stats_connection) {
+    i.stats_connection = std::make_unique<Connection>(
+        i.url, ConnectionOptions{i.options.connect_timeout, i.options.command_timeout, false});
+  } else if (i.stats_connection->broken()) {
+    i.stats_connection->reconnect(i.options.command_timeout);
+  }
+  return read_queue_stats(*i.stats_connection, i.prefix);
 }
 
 const std::string& Worker::id() const noexcept {

@@ -12,6 +12,7 @@
 
 #include "connection.hpp"
 #include "redis/redis_server.hpp"
+#include "stats_reader.hpp"
 
 namespace {
 
@@ -184,6 +185,47 @@ TEST_F(RedisFunctions, SubmitStartComplete) {
 
   EXPECT_EQ(fcall("crew_complete", {"j1", lease, "again"}).str(), "refused");
   EXPECT_EQ(stream("results:producer-1").size(), 1u);
+}
+
+// End-to-end latency is counted from when a job could first run: its delay is not latency.
+TEST_F(RedisFunctions, LatencyHistogramCountsCompletedJobsFromWhenTheyCouldRun) {
+  auto run_to_completion = [&](const std::string& id) {
+    auto delivery = read("w1");
+    ASSERT_TRUE(delivery);
+    ASSERT_EQ(delivery->id, id);
+    const std::string lease = start(*delivery, "w1")[1].str();
+    ASSERT_EQ(fcall("crew_complete", {id, lease, "r"}).str(), "ok");
+  };
+  ASSERT_EQ(submit({.id = "now"})[0].str(), "created");
+  run_to_completion("now");
+  ASSERT_EQ(submit({.id = "later", .delay_ms = 1'000})[0].str(), "created");
+  poll_until("crew_promote", {"10"}, "1");
+  run_to_completion("later");
+
+  auto s = stats();
+  EXPECT_EQ(s["latency:count"], 2);
+  long long in_buckets = 0;
+  for (const auto& [name, n] : s) {
+    if (name.starts_with("latency:le:")) in_buckets += n;
+  }
+  EXPECT_EQ(in_buckets, 2);
+  // Two jobs each completed within moments of becoming runnable; the 1 s delay would show.
+  EXPECT_LT(s["latency:sum_ms"], 1'000);
+
+  const crew::redis::QueueStats q = crew::redis::parse_queue_stats(fcall("crew_stats", {}));
+  EXPECT_EQ(q.submitted, 2u);
+  EXPECT_EQ(q.completed, 2u);
+  EXPECT_EQ(q.latency.count, 2u);
+  ASSERT_EQ(q.latency.buckets.size(), 17u);
+  EXPECT_EQ(q.latency.buckets.back().le, std::chrono::milliseconds::max());
+  EXPECT_LE(q.latency.quantile(0.99), 1'000ms);
+  EXPECT_LE(q.latency.quantile(0.5), q.latency.quantile(0.99));
+  EXPECT_THROW((void)q.latency.quantile(1.5), std::invalid_argument);
+  const std::string text = crew::redis::prometheus_text(q, "q");
+  EXPECT_THAT(text, HasSubstr("crew_queue_jobs_total{queue=\"q\",outcome=\"completed\"} 2\n"));
+  EXPECT_THAT(text, HasSubstr("crew_queue_latency_seconds_bucket{queue=\"q\",le=\"+Inf\"} 2\n"));
+  EXPECT_THAT(text, HasSubstr("crew_queue_latency_seconds_count{queue=\"q\"} 2\n"));
+  EXPECT_THAT(text, HasSubstr("crew_queue_jobs{queue=\"q\",state=\"waiting\"} 0\n"));
 }
 
 TEST_F(RedisFunctions, RetainZeroDeletesTheJobOnceTheProducerIsTold) {

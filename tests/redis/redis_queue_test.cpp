@@ -183,6 +183,14 @@ TEST_F(RedisQueue, RoundTripOnThreads) {
   EXPECT_THAT(error_of<crew::BadArguments>([&] { queue_.result<std::string>(id).get(); }),
               HasSubstr("does not decode"));
   EXPECT_TRUE(eventually([&] { return w->stats().completed == 4; })) << w->stats().completed;
+
+  // The queue's own numbers agree, seen by a producer and by the worker alike.
+  const crew::redis::QueueStats q = queue_.stats();
+  EXPECT_EQ(q.submitted, 4u);
+  EXPECT_EQ(q.completed, 4u);
+  EXPECT_EQ(q.waiting + q.active + q.delayed, 0u);
+  EXPECT_EQ(q.latency.count, 4u);
+  EXPECT_EQ(w->queue_stats().completed, 4u);
 }
 
 TEST_F(RedisQueue, UnknownTaskIsBadArgumentsInBothIsolations) {

@@ -12,6 +12,7 @@
 
 #include <crew/process/tasks.hpp>
 #include <crew/redis/errors.hpp>
+#include <crew/redis/stats.hpp>
 
 namespace crew::inline v0::redis {
 
@@ -74,7 +75,7 @@ struct WorkerStats {
 /// late or repeated outcome is refused). Each thread reconnects with backoff when Redis goes away.
 /// A job runs at least once: one whose outcome was lost with its worker runs again elsewhere.
 ///
-/// Thread safety: stop() and stats() may be called from any thread.
+/// Thread safety: stop(), stats() and queue_stats() may be called from any thread.
 class Worker {
  public:
   /// Connects and starts; throws std::invalid_argument naming a bad option and ConnectionError
@@ -92,6 +93,9 @@ class Worker {
   void stop(std::chrono::milliseconds deadline);
 
   [[nodiscard]] WorkerStats stats() const;
+  /// A snapshot of the whole queue (every producer's and worker's jobs), read on a connection
+  /// of its own, so a scrape never waits behind this worker's threads. Throws ConnectionError.
+  [[nodiscard]] QueueStats queue_stats() const;
   /// `<host>-<pid>-<random>`: the consumer name in the group and the `owner` of its jobs.
   [[nodiscard]] const std::string& id() const noexcept;
 
