@@ -9,15 +9,20 @@
 #include <memory>
 #include <stdexcept>
 #include <string>
+#include <system_error>
+#include <utility>
 #include <vector>
 
+#include <fmt/format.h>
 #include <pthread.h>
 #include <spdlog/spdlog.h>
 
 #include <crew/process/tasks.hpp>
+#include <crew/redis/stats.hpp>
 #include <crew/redis/worker.hpp>
 
 #include "commands.hpp"
+#include "metrics_http.hpp"
 #include "tasks.hpp"
 
 namespace crew::tool {
@@ -34,7 +39,34 @@ struct WorkerConfig {
   std::string isolation = "process";
   std::int64_t lease_ms = 30'000;
   std::int64_t shutdown_ms = 10'000;
+  std::string metrics_host = "127.0.0.1";
+  int metrics_port = -1;  // -1: no metrics endpoint
 };
+
+// One scrape: this worker's counters, then the queue's (when Redis answers).
+std::string worker_metrics(const redis::Worker& worker, const std::string& queue) {
+  const redis::WorkerStats w = worker.stats();
+  std::string out =
+      "# HELP crew_worker_jobs_total Executions of this worker by outcome.\n"
+      "# TYPE crew_worker_jobs_total counter\n";
+  for (const auto& [outcome, n] :
+       {std::pair{"started", w.started}, std::pair{"completed", w.completed},
+        std::pair{"failed", w.failed}, std::pair{"lost", w.lost}, std::pair{"released", w.released},
+        std::pair{"refused", w.refused}}) {
+    out += fmt::format("crew_worker_jobs_total{{outcome=\"{}\"}} {}\n", outcome, n);
+  }
+  out +=
+      "# HELP crew_queue_up Whether Redis answered this scrape's queue query.\n"
+      "# TYPE crew_queue_up gauge\n";
+  try {
+    const std::string queue_text = redis::prometheus_text(worker.queue_stats(), queue);
+    out += "crew_queue_up 1\n" + queue_text;
+  } catch (const std::exception& e) {
+    spdlog::warn("crew worker: /metrics: the queue's numbers are unavailable: {}", e.what());
+    out += "crew_queue_up 0\n";
+  }
+  return out;
+}
 
 int run_worker(const WorkerConfig& config) {
   Tasks tasks;
@@ -74,12 +106,27 @@ int run_worker(const WorkerConfig& config) {
   }
   spdlog::info("crew worker {}: queue '{}', {} tasks, {} isolation", worker->id(), config.queue,
                tasks.size(), config.isolation);
+  std::unique_ptr<MetricsEndpoint> metrics;
+  if (config.metrics_port >= 0) {
+    try {
+      metrics = std::make_unique<MetricsEndpoint>(
+          config.metrics_host, static_cast<std::uint16_t>(config.metrics_port),
+          [&worker, &config] { return worker_metrics(*worker, config.queue); });
+    } catch (const std::system_error& e) {
+      std::fprintf(stderr, "crew worker: %s (--metrics-host/--metrics-port)\n", e.what());
+      worker->stop(std::chrono::milliseconds(0));
+      return kExitUsage;
+    }
+    spdlog::info("crew worker: metrics on http://{}:{}/metrics", config.metrics_host,
+                 metrics->port());
+  }
   int sig = 0;
   sigwait(&signals, &sig);
   spdlog::info(
       "crew worker: signal {}: stopping (running jobs get {} ms, then go back to the "
       "queue)",
       sig, config.shutdown_ms);
+  metrics.reset();
   worker->stop(std::chrono::milliseconds(config.shutdown_ms));
   const auto s = worker->stats();
   spdlog::info("crew worker: stopped; {} completed, {} failed, {} handed back", s.completed,
@@ -124,6 +171,15 @@ Command add_worker_command(CLI::App& app) {
                   "How long SIGTERM lets running jobs finish before handing them back")
       ->envname("CREW_SHUTDOWN_TIMEOUT_MS")
       ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  cmd->add_option("--metrics-port", config->metrics_port,
+                  "Serve GET /metrics (Prometheus) and /healthz on this port (0: any free port; "
+                  "default: none)")
+      ->envname("CREW_METRICS_PORT")
+      ->check(CLI::Range(0, 65535));
+  cmd->add_option("--metrics-host", config->metrics_host,
+                  "Address of the metrics endpoint (numeric; it has no authentication)")
+      ->envname("CREW_METRICS_HOST")
       ->capture_default_str();
   return {cmd, [config] { return run_worker(*config); }};
 }

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # crew worker end to end with a redis-server of its own (temp dir, free port): Redis unreachable
 # exits 69 naming the URL; a job submitted with FCALL crew_submit runs in a task process (fib(10)
-# = 55); an unknown task is dead-lettered as BadArguments; SIGTERM stops the worker with exit 0.
+# = 55); an unknown task is dead-lettered as BadArguments; --metrics-port serves the worker's and
+# the queue's numbers; SIGTERM stops the worker with exit 0.
 #
 #   worker.sh <path-to-crew>
 set -euo pipefail
@@ -32,7 +33,8 @@ for _ in $(seq 1 20); do
 done
 grep -q PONG <<<"$(redis-cli -p "$port" ping)" || fail "redis-server did not start"
 
-"$crew" worker --redis "redis://127.0.0.1:$port" --queue t --concurrency 2 >"$work/out" 2>&1 &
+"$crew" worker --redis "redis://127.0.0.1:$port" --queue t --concurrency 2 \
+  --metrics-port 0 >"$work/out" 2>&1 &
 pid=$!
 for _ in $(seq 1 3000); do  # up to 30 s: sanitizer builds start slowly
   grep -q "queue 't'" "$work/out" && break
@@ -40,6 +42,8 @@ for _ in $(seq 1 3000); do  # up to 30 s: sanitizer builds start slowly
   sleep 0.01
 done
 grep -q "queue 't'" "$work/out" || fail "no start line: $(cat "$work/out")"
+metrics=$(grep -o 'http://127.0.0.1:[0-9]*/metrics' "$work/out" | head -n1 || true)
+[[ -n $metrics ]] || fail "no metrics line: $(cat "$work/out")"
 
 submit() {  # submit <id> <task> <msgpack args as \x escapes>
   printf 'FCALL crew_submit 1 crew:{t}: %s script %s "%s" 1 0 1 fixed 0 0 0 600000\n' "$1" "$2" "$3" |
@@ -62,6 +66,25 @@ submit j2 no_such_task '\x90'
 wait_state j2 dead
 [[ $(redis-cli -p "$port" HGET 'crew:{t}:job:j2' error_type) == BadArguments ]] ||
   fail "unknown task: $(redis-cli -p "$port" HGETALL 'crew:{t}:job:j2')"
+
+# The worker's own counters, and the queue's as Redis counts them; a client that connects and
+# says nothing holds up no one.
+mport=${metrics#http://127.0.0.1:}
+mport=${mport%/metrics}
+exec 4<>"/dev/tcp/127.0.0.1/$mport"
+scrape=$(curl -sS --max-time 30 "$metrics") || fail "GET $metrics failed"
+for line in 'crew_worker_jobs_total{outcome="completed"} 1' 'crew_queue_up 1' \
+  'crew_queue_jobs_total{queue="t",outcome="submitted"} 2' \
+  'crew_queue_jobs_total{queue="t",outcome="dead"} 1' 'crew_queue_dead_letters{queue="t"} 1' \
+  'crew_queue_latency_seconds_count{queue="t"} 1' \
+  'crew_queue_latency_seconds_bucket{queue="t",le="+Inf"} 1'; do
+  grep -qxF "$line" <<<"$scrape" || fail "no '$line' in /metrics: $scrape"
+done
+[[ $(curl -s -o /dev/null -w '%{http_code}' --max-time 30 "${metrics%/metrics}/healthz") == 200 ]] ||
+  fail "/healthz is not 200"
+[[ $(curl -s -o /dev/null -w '%{http_code}' --max-time 30 -X POST "$metrics") == 405 ]] ||
+  fail "POST /metrics is not 405"
+exec 4<&-
 
 kill -TERM "$pid"
 set +e
