@@ -1,4 +1,5 @@
-// Submits fib jobs to the queue "examples" and prints the results as workers deliver them.
+// Submits fib jobs to the queue "examples", prints the results as workers deliver them, then
+// the queue's numbers.
 //
 //   example_redis_producer [redis://127.0.0.1:6379]
 #include <chrono>
@@ -21,5 +22,11 @@ int main(int argc, char** argv) {
   int n = 20;
   for (auto& f : results) std::printf("fib(%d) = %ld\n", n++, f.get());
   std::printf("fib(35) = %ld = %ld\n", once.get(), again.get());
+  // The queue's own numbers, the same for every producer and worker of it.
+  const crew::redis::QueueStats s = queue.stats();
+  std::printf("queue: %llu completed, %llu waiting, p99 <= %lld ms\n",
+              static_cast<unsigned long long>(s.completed),
+              static_cast<unsigned long long>(s.waiting),
+              static_cast<long long>(s.latency.quantile(0.99).count()));
   return 0;
 }
