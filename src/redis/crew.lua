@@ -342,7 +342,8 @@ end
 
 -- crew_fail(prefix; id, lease, error_type, error) -> {'retry', delay_ms} | {'dead'} | 'refused'
 -- With attempts left the job waits out its backoff in the delayed zset (or goes straight back to
--- its stream when the backoff is 0); after the last attempt it is dead-lettered.
+-- its stream when the backoff is 0); after the last attempt, or for BadArguments, it is
+-- dead-lettered.
 local function fail_job(keys, argv)
   local fn = 'crew_fail'
   local p = prefix_of(fn, keys)
@@ -354,7 +355,9 @@ local function fail_job(keys, argv)
   local job = load_job(job_key(p, id))
   if not owned(job, lease) then return 'refused' end
   bump(p, 'failed')
-  if tonumber(job.attempt) >= tonumber(job.attempts) then
+  -- BadArguments (an unknown task, arguments or a result that do not fit) would fail the same
+  -- way again: no attempt is spent on it, as in a local ProcessPool.
+  if error_type == 'BadArguments' or tonumber(job.attempt) >= tonumber(job.attempts) then
     settle_dead(p, id, job, error_type, message)
     return {'dead'}
   end

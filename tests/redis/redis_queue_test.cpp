@@ -3,6 +3,7 @@
 // program (process isolation): main() serves test_tasks() when a ProcessPool started it.
 #include <atomic>
 #include <chrono>
+#include <cstdint>
 #include <cstdlib>
 #include <map>
 #include <mutex>
@@ -193,11 +194,17 @@ TEST_F(RedisQueue, RoundTripOnThreads) {
   EXPECT_EQ(w->queue_stats().completed, 4u);
 }
 
-TEST_F(RedisQueue, UnknownTaskIsBadArgumentsInBothIsolations) {
+// BadArguments would fail the same way again: no attempt is spent on a retry.
+TEST_F(RedisQueue, UnknownTaskIsBadArgumentsInBothIsolationsAndNeverRetried) {
+  std::uint64_t dead = 0;
   for (Isolation isolation : {Isolation::thread, Isolation::process}) {
     auto w = worker(isolation);
-    crew::Future<int> f = queue_.run<int>("no_such_task", 1);
+    crew::Future<int> f = queue_.run<int>({.attempts = 3}, "no_such_task", 1);
     EXPECT_THAT(error_of<crew::BadArguments>([&] { f.get(); }), HasSubstr("no_such_task"));
+    const crew::redis::QueueStats s = queue_.stats();
+    EXPECT_EQ(s.dead, ++dead);
+    EXPECT_EQ(s.failed, dead);
+    EXPECT_EQ(s.retried, 0u);
   }
 }
 
