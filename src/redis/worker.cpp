@@ -172,25 +172,42 @@ struct Worker::Impl {
     if (due.is_error()) throw std::runtime_error("crew_next_due: " + due.error());
     milliseconds block = options.block;
     if (due.integer() >= 0) block = std::clamp(milliseconds(due.integer()), milliseconds(1), block);
-    // COUNT applies per stream: with work in several priorities this takes up to 4 x `free`
-    // jobs; the extra ones wait in the pool's queue with their leases renewed.
+    // COUNT applies to each stream of an XREADGROUP, so one read of all four would take up to
+    // 4 x `free` jobs: work other workers could run now, and lower priorities before higher
+    // ones. Instead take from each stream in priority order, without blocking, until the free
+    // slots are filled; only when every stream is empty block on all of them (and `wake`),
+    // for one entry each.
+    std::size_t taken = 0;
+    for (const char* priority : {"p3", "p2", "p1", "p0"}) {
+      if (taken == free) return;
+      taken += read_entries(fetch_connection.command({"XREADGROUP", "GROUP", "workers", id, "COUNT",
+                                                      std::to_string(free - taken), "STREAMS",
+                                                      prefix + priority, ">"}));
+    }
+    if (taken > 0) return;
     fetch_client = fetch_connection.client_id();
-    const Reply reply = fetch_connection.command(
-        {"XREADGROUP", "GROUP", "workers", id, "COUNT", std::to_string(free), "BLOCK",
-         ms_text(block), "STREAMS", prefix + "p3", prefix + "p2", prefix + "p1", prefix + "p0",
-         prefix + "wake", ">", ">", ">", ">", ">"});
+    read_entries(fetch_connection.command({"XREADGROUP", "GROUP", "workers", id, "COUNT", "1",
+                                           "BLOCK", ms_text(block), "STREAMS", prefix + "p3",
+                                           prefix + "p2", prefix + "p1", prefix + "p0",
+                                           prefix + "wake", ">", ">", ">", ">", ">"}));
+  }
+
+  // Starts the jobs of one XREADGROUP reply; returns how many entries it held.
+  std::size_t read_entries(const Reply& reply) {
     if (reply.is_error()) {
       if (!reply.error().starts_with("NOGROUP")) {
         throw std::runtime_error("XREADGROUP: " + reply.error());
       }
       const Reply init = fcall(fetch_connection, "crew_init", {});
       if (init.is_error()) throw std::runtime_error("crew_init: " + init.error());
-      return;
+      return 0;
     }
-    if (reply.is_nil()) return;
+    if (reply.is_nil()) return 0;
+    std::size_t n = 0;
     for (const Reply& stream : reply.elements()) {
       const std::string& name = stream[0].str();
       for (const Reply& entry : stream[1].elements()) {
+        ++n;
         if (name == prefix + "wake") {
           // Only a reason to look at crew_next_due again (next turn).
           fetch_connection.command({"XACK", name, "workers", entry[0].str()});
@@ -205,6 +222,7 @@ struct Worker::Impl {
         start(name, entry[0].str(), job_id);
       }
     }
+    return n;
   }
 
   void start(const std::string& stream, const std::string& entry, const std::string& job_id) {
