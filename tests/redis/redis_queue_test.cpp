@@ -3,6 +3,7 @@
 // program (process isolation): main() serves test_tasks() when a ProcessPool started it.
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstdint>
 #include <cstdlib>
 #include <map>
@@ -44,6 +45,13 @@ std::atomic<int> g_throws{0};
 std::mutex g_times_mutex;
 std::vector<Clock::time_point> g_throw_times;
 
+struct Gate {
+  std::mutex mutex;
+  std::condition_variable changed;
+  std::vector<int> order;    // the argument of each `gate` job, in the order they started
+  std::size_t released = 0;  // jobs let go so far
+} g_gate;
+
 const crew::Tasks& test_tasks() {
   static const crew::Tasks tasks = [] {
     crew::Tasks t;
@@ -63,6 +71,15 @@ const crew::Tasks& test_tasks() {
       throw std::runtime_error("boom");
     });
     t.add("crash", []() -> int { std::abort(); });
+    // Holds its thread until the test lets it go; records the order in which jobs ran.
+    t.add("gate", [](int v) {
+      std::unique_lock lock(g_gate.mutex);
+      g_gate.order.push_back(v);
+      const std::size_t me = g_gate.order.size();
+      g_gate.changed.notify_all();
+      g_gate.changed.wait(lock, [&] { return g_gate.released >= me; });
+      return v;
+    });
     t.add("sleep_ms", [](int ms) {
       std::this_thread::sleep_for(std::chrono::milliseconds(ms));
       return ms;
@@ -206,6 +223,26 @@ TEST_F(RedisQueue, UnknownTaskIsBadArgumentsInBothIsolationsAndNeverRetried) {
     EXPECT_EQ(s.failed, dead);
     EXPECT_EQ(s.retried, 0u);
   }
+}
+
+// A worker takes no more jobs than it has free slots, highest priority first: one XREADGROUP
+// over the four priority streams would take a job from each.
+TEST_F(RedisQueue, AWorkerTakesOnlyWhatItsSlotsHoldHighestPriorityFirst) {
+  std::vector<crew::Future<int>> jobs;
+  for (int priority = 0; priority <= 3; ++priority) {
+    jobs.push_back(queue_.run<int>({.priority = priority}, "gate", priority));
+  }
+  auto w = worker(Isolation::thread, 1);
+  for (std::size_t k = 1; k <= jobs.size(); ++k) {
+    std::unique_lock lock(g_gate.mutex);
+    ASSERT_TRUE(g_gate.changed.wait_for(lock, 60s, [&] { return g_gate.order.size() == k; }))
+        << "job " << k << " never started";
+    EXPECT_EQ(w->stats().started, k);
+    g_gate.released = k;
+    g_gate.changed.notify_all();
+  }
+  for (int priority = 0; priority <= 3; ++priority) EXPECT_EQ(jobs[priority].get(), priority);
+  EXPECT_EQ(g_gate.order, (std::vector<int>{3, 2, 1, 0}));
 }
 
 TEST_F(RedisQueue, RoundTripInWorkerProcesses) {
