@@ -29,6 +29,12 @@ else()
   set(CREW_HAS_STREAM OFF)
 endif()
 
+if(TARGET crew_redis)
+  set(CREW_HAS_REDIS ON)
+else()
+  set(CREW_HAS_REDIS OFF)
+endif()
+
 install(EXPORT crewTargets
   NAMESPACE crew::
   FILE crewTargets.cmake

@@ -55,7 +55,14 @@ step "CMake consumer: find_package(crew)"
 crew_dir=$(sed -n 's/^crew_DIR:PATH=//p' "$work_dir/cmake-build/CMakeCache.txt")
 [[ $crew_dir == "$prefix"/* ]] || fail "find_package(crew) found '$crew_dir', not the scratch prefix"
 "$cmake_exe" --build "$work_dir/cmake-build" -j 2
-timeout 60 "$work_dir/cmake-build/crew_consumer"
+out=$(timeout 60 "$work_dir/cmake-build/crew_consumer") || fail "crew_consumer failed: $out"
+echo "$out"
+# Each layer the tree installed must have been linked and run, not silently left out.
+for layer in process stream redis; do
+  if compgen -G "$prefix/$libdir/libcrew_$layer.*" >/dev/null; then
+    grep -q "crew::$layer" <<<"$out" || fail "libcrew_$layer is installed but crew::$layer was not used"
+  fi
+done
 
 step "pkg-config consumer: $cxx -std=c++20 main.cpp \$(pkg-config --cflags --libs crew)"
 export PKG_CONFIG_PATH="$prefix/$libdir/pkgconfig${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}"

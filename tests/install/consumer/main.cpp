@@ -11,6 +11,11 @@
 #ifdef CREW_CONSUMER_STREAM
 #include <crew/stream.hpp>
 #endif
+#ifdef CREW_CONSUMER_REDIS
+#include <stdexcept>
+
+#include <crew/redis.hpp>
+#endif
 
 int main() {
   try {
@@ -41,6 +46,16 @@ int main() {
       return 1;
     }
     std::puts("crew consumer: ok (crew::stream pipeline)");
+#endif
+#ifdef CREW_CONSUMER_REDIS
+    // No Redis here: a bad URL is refused before any connection, which proves the link.
+    try {
+      crew::redis::Queue queue({.url = "http://not-redis"});
+      std::fputs("crew consumer: crew::redis accepted an http:// URL\n", stderr);
+      return 1;
+    } catch (const std::invalid_argument& e) {
+      std::printf("crew consumer: ok (crew::redis linked: %s)\n", e.what());
+    }
 #endif
     return 0;
   } catch (const std::exception& e) {
