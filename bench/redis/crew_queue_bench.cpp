@@ -23,14 +23,16 @@
 #include <crew/redis.hpp>
 #include <crew/redis/worker.hpp>
 
+#include "bench_common.hpp"
 // Internal, as in tests/redis: a plain connection for INFO, outside the measured clients.
 #include "connection.hpp"
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
 using namespace std::chrono_literals;
 using crew::redis::Isolation;
+using crew_bench::Clock;
+using crew_bench::seconds_since;
 
 // The same small argument BullMQ gets as JSON {n, s}.
 const std::string kPayload = "payload-0123456789";
@@ -47,10 +49,6 @@ crew::Tasks& tasks() {
     return x;
   }();
   return t;
-}
-
-double seconds_since(Clock::time_point t) {
-  return std::chrono::duration<double>(Clock::now() - t).count();
 }
 
 void emit(const std::string& key, double value) {
@@ -135,7 +133,7 @@ struct Bench {
 
   using Producers = std::vector<std::unique_ptr<crew::redis::Queue>>;
 
-  Producers producers(const std::string& queue) {
+  Producers make_producers(const std::string& queue) {
     Producers out;
     for (int p = 0; p < kBulkProducers; ++p) {
       out.push_back(std::make_unique<crew::redis::Queue>(
@@ -160,7 +158,7 @@ struct Bench {
   }
 
   void enqueue_bulk(const std::string& workload, const std::string& queue) {
-    Producers p = producers(queue);
+    Producers p = make_producers(queue);
     double s = 0;
     probe.measure(workload, jobs, [&] { s = submit_from_threads(p); });
     emit(workload + ".rate", jobs / s);
@@ -168,7 +166,7 @@ struct Bench {
 
   // A backlog for a processing run, not measured.
   void fill(const std::string& queue) {
-    Producers p = producers(queue);
+    Producers p = make_producers(queue);
     (void)submit_from_threads(p);
   }
 
@@ -244,12 +242,12 @@ int main(int argc, char** argv) {
       url = argv[++i];
     } else {
       std::fprintf(stderr, "usage: crew_queue_bench --url redis://HOST:PORT [--quick]\n");
-      return a == "--help" ? 0 : 64;
+      return a == "--help" ? 0 : crew_bench::kUsageError;
     }
   }
   if (url.empty()) {
     std::fprintf(stderr, "crew_queue_bench: --url is required\n");
-    return 64;
+    return crew_bench::kUsageError;
   }
   try {
     Bench b{.url = url, .jobs = quick ? 2'000 : 20'000, .round_trips = quick ? 500 : 5'000};
