@@ -100,8 +100,10 @@ verdict() { awk -v a="$2" -v b="$3" "BEGIN { r = b > 0 ? a / b : -1; print (r >=
 row() {
   local c=${v[crew.$2]:-} b=${v[bull.$2]:-} t=""
   [[ -n ${4:-} ]] && t="$4: $(verdict "$5" "$c" "$b")"
-  printf '%-44s %12s %12s %9s  %s\n' "$1" "$(printf "%.${3}f" "$c")" \
-    "$([[ -n $b ]] && printf "%.${3}f" "$b" || echo -)" "$(ratio "$c" "$b")" "$t"
+  local line
+  line=$(printf '%-44s %12s %12s %9s  %s' "$1" "$(printf "%.${3}f" "$c")" \
+    "$([[ -n $b ]] && printf "%.${3}f" "$b" || echo -)" "$(ratio "$c" "$b")" "$t")
+  echo "${line%"${line##*[! ]}"}"
 }
 
 printf '\ncrew::redis vs BullMQ 6.7.6 + ioredis 6.0.0%s: redis-server %s, clients %s\n' \
