@@ -8,6 +8,7 @@
 #include <exception>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <type_traits>
@@ -64,6 +65,45 @@ struct JobOptions {
   /// How long the job's record and result stay in Redis after it settled; result() and
   /// resubmissions of the same job_id see it meanwhile. 0: deleted once its producer is told.
   std::chrono::milliseconds retain{std::chrono::hours(24)};
+};
+
+/// Where a job is in its life.
+enum class JobState {
+  unknown,    ///< no such job: never submitted, or its record expired (JobOptions::retain)
+  waiting,    ///< in its priority's stream, for the next free worker
+  delayed,    ///< waiting out JobOptions::delay or a retry's backoff
+  active,     ///< running on a worker
+  completed,  ///< settled with a result
+  dead,       ///< settled with an error after its last attempt (dead-lettered)
+};
+
+/// "unknown", "waiting", "delayed", "active", "completed" or "dead".
+const char* to_string(JobState state) noexcept;
+
+/// A job as its record in Redis shows it (Queue::status). Times are the Redis clock's.
+struct JobStatus {
+  using Time = std::chrono::system_clock::time_point;
+
+  std::string id;
+  JobState state = JobState::unknown;
+  std::string task;
+  int priority = 0;
+  int attempt = 0;   ///< executions started so far (one whose worker was lost counts too)
+  int attempts = 0;  ///< the most executions allowed (JobOptions::attempts)
+  Time created{};
+  std::optional<Time> started;   ///< when the latest execution started
+  std::optional<Time> finished;  ///< completed or dead
+  std::optional<Time> due;       ///< delayed: when it may run
+  std::string result;            ///< completed: the result, msgpack-encoded
+  /// The latest failed execution's error type and message (a dead job's: why it died); empty
+  /// while no execution failed.
+  std::string error_type;
+  std::string error;
+
+  /// The exception the job's Futures settle with when it is dead (crew::TimedOut,
+  /// crew::WorkerCrashed, crew::RemoteError, ...): that of error_type and error, naming the job.
+  /// Null while error_type is empty.
+  [[nodiscard]] std::exception_ptr exception() const;
 };
 
 namespace detail {
@@ -147,8 +187,8 @@ Settle settler(Future<R>& future) {
 /// continuations run) on it. After a reconnect it re-reads every awaited job's record, so a
 /// notification lost with a Redis restart is never a lost result while the record is retained.
 ///
-/// Thread safety: run, submit and result may be called from any thread (submissions share one
-/// connection under a mutex). The destructor stops the results thread within about `block` and
+/// Thread safety: every member but the destructor may be called from any thread (submissions share
+/// one connection under a mutex). The destructor stops the results thread within about `block` and
 /// settles every Future still waiting with crew::Cancelled; the jobs themselves carry on.
 class Queue {
  public:
@@ -184,6 +224,13 @@ class Queue {
     return enqueue(options, name, detail::pack_args(args...), nullptr);
   }
 
+  /// run() and submit() for arguments already packed as a msgpack array (what bridges that do
+  /// not know a task's C++ types hold, such as `crew serve`'s JSON routes): the result comes back
+  /// packed. Throws std::invalid_argument when `args` is not one msgpack array.
+  Future<PackedValue> run_packed(const JobOptions& options, std::string_view name,
+                                 std::string args);
+  std::string submit_packed(const JobOptions& options, std::string_view name, std::string args);
+
   /// The result of a job submitted by any producer, while its record is retained. A job that does
   /// not exist settles the Future with crew::BadArguments. For a job this Queue did not create,
   /// the result is noticed within about `block` (its notification goes to its own producer).
@@ -196,6 +243,12 @@ class Queue {
 
   /// A snapshot of the whole queue: every producer's and worker's jobs. Throws ConnectionError.
   [[nodiscard]] QueueStats stats();
+
+  /// A job's state and record, read in one step (any producer's job). A job that does not exist
+  /// (never submitted, or its record expired) has state JobState::unknown. Throws
+  /// std::invalid_argument for an id that is empty or over 256 bytes, and ConnectionError when
+  /// Redis does not answer.
+  JobStatus status(std::string_view job_id);
 
   /// The id of this producer (its results stream is `results:<producer_id>`).
   [[nodiscard]] const std::string& producer_id() const noexcept;

@@ -474,6 +474,34 @@ local function stats(keys)
   return out
 end
 
+-- crew_job(prefix; id) -> {name, value, ...} | nil (no such job): a job's record as its status
+-- shows it (without the arguments, which may be large), and when a delayed job is due, read in one
+-- step. Absent fields are left out.
+local JOB_FIELDS = {'state', 'task', 'priority', 'attempt', 'attempts', 'created_ms', 'started_ms',
+  'finished_ms', 'result', 'error_type', 'error'}
+local function job(keys, argv)
+  local fn = 'crew_job'
+  local p = prefix_of(fn, keys)
+  local id = text(fn, 'id', argv[1], 256)
+  local values = redis.call('HMGET', job_key(p, id), unpack(JOB_FIELDS))
+  if not values[1] then return false end
+  local out = {}
+  for i, name in ipairs(JOB_FIELDS) do
+    if values[i] then
+      out[#out + 1] = name
+      out[#out + 1] = values[i]
+    end
+  end
+  if values[1] == 'delayed' then
+    local due = redis.call('ZSCORE', p .. 'delayed', id)
+    if due then
+      out[#out + 1] = 'due_ms'
+      out[#out + 1] = due
+    end
+  end
+  return out
+end
+
 redis.register_function{function_name = 'crew_version', callback = function() return VERSION end,
   flags = {'no-writes'}}
 redis.register_function('crew_init', checked(init))
@@ -488,3 +516,4 @@ redis.register_function('crew_fail', checked(fail_job))
 redis.register_function('crew_reclaim', checked(reclaim))
 redis.register_function('crew_release', checked(release))
 redis.register_function{function_name = 'crew_stats', callback = checked(stats), flags = {'no-writes'}}
+redis.register_function{function_name = 'crew_job', callback = checked(job), flags = {'no-writes'}}

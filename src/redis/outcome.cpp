@@ -66,6 +66,29 @@ std::string process_unique_id() {
   return fmt::format("{}-{}-{:016x}", host, ::getpid(), random());
 }
 
+const char* to_string(JobState state) noexcept {
+  switch (state) {
+    case JobState::waiting:
+      return "waiting";
+    case JobState::delayed:
+      return "delayed";
+    case JobState::active:
+      return "active";
+    case JobState::completed:
+      return "completed";
+    case JobState::dead:
+      return "dead";
+    case JobState::unknown:
+      break;
+  }
+  return "unknown";
+}
+
+std::exception_ptr JobStatus::exception() const {
+  if (error_type.empty()) return nullptr;
+  return error_of(id, {error_type, error});
+}
+
 namespace detail {
 std::exception_ptr job_error(const JobOutcome& outcome) {
   return error_of(outcome.id, {outcome.error_type, outcome.error});

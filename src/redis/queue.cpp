@@ -61,6 +61,36 @@ std::optional<detail::JobOutcome> settled_outcome(const std::string& id, const R
   return std::nullopt;
 }
 
+// Throws std::invalid_argument unless `args` is exactly one msgpack array.
+void check_packed_args(std::string_view args) {
+  try {
+    std::size_t offset = 0;
+    const msgpack::object_handle handle = msgpack::unpack(args.data(), args.size(), offset);
+    if (handle.get().type == msgpack::type::ARRAY && offset == args.size()) return;
+  } catch (const std::exception&) {
+    // Not msgpack at all: the same answer.
+  }
+  throw std::invalid_argument(
+      "crew::redis::Queue: packed arguments must be one msgpack array (the task's arguments in "
+      "order)");
+}
+
+std::optional<JobStatus::Time> time_of(const std::map<std::string, std::string>& fields,
+                                       const std::string& name) {
+  auto it = fields.find(name);
+  if (it == fields.end() || it->second.empty()) return std::nullopt;
+  // A zset score (due_ms) may come back in floating-point notation.
+  return JobStatus::Time(milliseconds(static_cast<long long>(std::stod(it->second))));
+}
+
+JobState state_of(const std::string& name) {
+  for (JobState s : {JobState::waiting, JobState::delayed, JobState::active, JobState::completed,
+                     JobState::dead}) {
+    if (name == to_string(s)) return s;
+  }
+  throw BadArguments("crew::redis: a job record has the unexpected state '" + name + "'");
+}
+
 // An error reply that says the server cannot serve now (LOADING, BUSY, MISCONF, OOM ...).
 ConnectionError unavailable(const Connection& connection, const Reply& reply) {
   return ConnectionError(connection.url().redacted() + ": " + reply.error());
@@ -347,6 +377,60 @@ std::string Queue::enqueue(const JobOptions& options, std::string_view name, std
     throw;
   }
   return id;
+}
+
+Future<PackedValue> Queue::run_packed(const JobOptions& options, std::string_view name,
+                                      std::string args) {
+  check_packed_args(args);
+  Future<PackedValue> future;
+  enqueue(options, name, std::move(args), detail::settler(future));
+  return future;
+}
+
+std::string Queue::submit_packed(const JobOptions& options, std::string_view name,
+                                 std::string args) {
+  check_packed_args(args);
+  return enqueue(options, name, std::move(args), nullptr);
+}
+
+JobStatus Queue::status(std::string_view job_id) {
+  if (job_id.empty() || job_id.size() > 256) {
+    throw std::invalid_argument(fmt::format(
+        "crew::redis::Queue::status: job_id must be 1..256 bytes, got {}", job_id.size()));
+  }
+  Impl& i = *impl_;
+  JobStatus out;
+  out.id = job_id;
+  Reply reply;
+  {
+    std::lock_guard lock(i.submit_mutex);
+    reply = i.on_submitter([&] {
+      return i.submitter.command({"FCALL_RO", "crew_job", "1", i.prefix, job_id});
+    });
+  }
+  if (reply.is_error()) throw unavailable(i.submitter, reply);
+  if (reply.is_nil()) return out;
+  std::map<std::string, std::string> f;
+  for (std::size_t k = 0; k + 1 < reply.elements().size(); k += 2) {
+    f[reply[k].str()] = reply[k + 1].str();
+  }
+  auto number = [&](const std::string& name) {
+    auto it = f.find(name);
+    return it == f.end() ? 0 : std::stoi(it->second);
+  };
+  out.state = state_of(f["state"]);
+  out.task = f["task"];
+  out.priority = number("priority");
+  out.attempt = number("attempt");
+  out.attempts = number("attempts");
+  out.created = time_of(f, "created_ms").value_or(JobStatus::Time{});
+  out.started = time_of(f, "started_ms");
+  out.finished = time_of(f, "finished_ms");
+  out.due = time_of(f, "due_ms");
+  out.result = std::move(f["result"]);
+  out.error_type = std::move(f["error_type"]);
+  out.error = std::move(f["error"]);
+  return out;
 }
 
 void Queue::watch(std::string_view job_id, detail::Settle settle) {

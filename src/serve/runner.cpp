@@ -25,7 +25,24 @@ void set_task_priority_once(int nice) {
   ::setpriority(PRIO_PROCESS, static_cast<id_t>(::gettid()), nice);
 }
 
-class ThreadRunner final : public Runner {
+// Tasks that run here, in this process or its workers: a request waits for its task, and there
+// is no job to come back to.
+class LocalRunner : public Runner {
+ public:
+  Future<Submitted> submit(std::string_view /*task*/, std::string /*args*/,
+                           RunOptions /*options*/) override {
+    throw BadArguments(
+        "?wait=false needs a queue backend: start crew serve with --backend redis://HOST:PORT; "
+        "this one runs tasks locally and answers when they finish");
+  }
+  Future<redis::JobStatus> status(std::string /*job_id*/) override {
+    throw BadArguments(
+        "/v1/jobs needs a queue backend: start crew serve with --backend redis://HOST:PORT; this "
+        "one runs tasks locally and keeps no jobs");
+  }
+};
+
+class ThreadRunner final : public LocalRunner {
  public:
   ThreadRunner(const Tasks& tasks, const ThreadRunnerOptions& o)
       : tasks_(tasks),
@@ -174,7 +191,7 @@ class ThreadRunner final : public Runner {
   std::uint64_t next_watch_ = 0;
 };
 
-class ProcessRunner final : public Runner {
+class ProcessRunner final : public LocalRunner {
  public:
   explicit ProcessRunner(const Tasks& tasks, ProcessPoolOptions options)
       : tasks_(tasks), pool_(std::move(options)) {}

@@ -1,6 +1,6 @@
-// Where `crew serve` runs tasks: a ThreadPool in this process or a ProcessPool of workers. Both
-// take packed msgpack arguments and give back a packed result, so the HTTP layer never needs a
-// task's C++ types.
+// Where `crew serve` runs tasks: a ThreadPool in this process, a ProcessPool of workers, or a
+// Redis queue that `crew worker`s run. All take packed msgpack arguments and give back a packed
+// result, so the HTTP layer never needs a task's C++ types.
 #pragma once
 
 #include <map>
@@ -11,6 +11,7 @@
 
 #include <crew/pool.hpp>
 #include <crew/process.hpp>
+#include <crew/redis.hpp>
 
 namespace crew::serve_app {
 
@@ -27,11 +28,25 @@ struct RunnerStats {
   std::map<std::string, std::size_t> stuck_tasks;  ///< stuck now, by task name
 };
 
+/// What `?wait=false` answers: the job's id and its state just after submission.
+struct Submitted {
+  std::string job_id;
+  std::string state;
+};
+
 /// Thread safety: every member may be called from any thread.
 class Runner {
  public:
   virtual ~Runner() = default;
   virtual Future<PackedValue> run(std::string_view task, std::string args, RunOptions options) = 0;
+  /// `?wait=false`: submits the task as a job and settles once the job exists, not once it ran.
+  /// Only a queue backend has jobs to come back to: the others throw BadArguments naming
+  /// --backend.
+  virtual Future<Submitted> submit(std::string_view task, std::string args, RunOptions options) = 0;
+  /// `GET /v1/jobs/{id}`: the job's status (JobState::unknown: no such job). Same rule.
+  virtual Future<redis::JobStatus> status(std::string job_id) = 0;
+  /// The priority of a task whose request names none.
+  [[nodiscard]] virtual int default_priority() const noexcept { return 0; }
   [[nodiscard]] virtual const Tasks& tasks() const noexcept = 0;
   [[nodiscard]] virtual RunnerStats stats() const = 0;
   [[nodiscard]] virtual const char* isolation() const noexcept = 0;
@@ -60,5 +75,22 @@ struct ThreadRunnerOptions {
 std::unique_ptr<Runner> make_thread_runner(const Tasks& tasks, ThreadRunnerOptions options);
 /// Tasks run in worker processes re-executing this program with `worker_args`.
 std::unique_ptr<Runner> make_process_runner(const Tasks& tasks, ProcessPoolOptions options);
+
+/// How a Redis runner is set up (`crew serve --backend redis://…`).
+struct RedisRunnerOptions {
+  std::string url;                ///< --backend: redis://[[user]:password@]host[:port][/db]
+  std::string queue = "default";  ///< --queue, as `crew worker --queue`
+  /// Submissions waiting for the thread that hands them to Redis; beyond it: QueueFull (429).
+  std::size_t max_queue = 1024;
+};
+
+/// Tasks become jobs of a crew::redis::Queue, run by `crew worker`s on any machine; `tasks` (the
+/// same built-ins and plugins) only says which names the routes accept. A job keeps running when
+/// its request is cancelled (the client hung up): a remote execution cannot be stopped from here,
+/// and its result is kept (JobOptions::retain). Connects at once: throws std::invalid_argument
+/// naming --backend or --queue, and redis::ConnectionError naming the URL when Redis cannot be
+/// reached. Afterwards a thread probes Redis every second: while it is unreachable
+/// unready_reason() says so and tasks are refused at once with that ConnectionError.
+std::unique_ptr<Runner> make_redis_runner(const Tasks& tasks, RedisRunnerOptions options);
 
 }  // namespace crew::serve_app

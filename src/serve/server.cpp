@@ -72,6 +72,68 @@ json error_body(std::string_view type, std::string_view message) {
   return json{{"error", {{"type", type}, {"message", message}}}};
 }
 
+// How a task's error is answered: the same on POST /v1/tasks/{name} and in GET /v1/jobs/{id}.
+struct TaskError {
+  http::status status;
+  const char* outcome;  // the crew_tasks_total label
+  std::string type;
+  std::string message;
+  bool retry_later = false;  // Retry-After: 1
+};
+
+// `source` names what threw, for an exception of no type crew knows: "task 'fib'".
+TaskError task_error(const std::exception_ptr& error, std::string_view source) {
+  try {
+    std::rethrow_exception(error);
+  } catch (const BadArguments& e) {
+    return {http::status::bad_request, "bad_arguments", "BadArguments", e.what()};
+  } catch (const QueueFull& e) {
+    return {http::status::too_many_requests, "rejected", "QueueFull", e.what(), true};
+  } catch (const TimedOut& e) {
+    return {http::status::gateway_timeout, "timed_out", "TimedOut", e.what()};
+  } catch (const PoolClosed& e) {
+    return {http::status::service_unavailable, "rejected", "PoolClosed", e.what()};
+  } catch (const Cancelled& e) {
+    return {http::status::service_unavailable, "cancelled", "Cancelled", e.what()};
+  } catch (const WorkerCrashed& e) {
+    return {http::status::internal_server_error, "crashed", "WorkerCrashed", e.what()};
+  } catch (const MemoryLimitExceeded& e) {
+    return {http::status::internal_server_error, "crashed", "MemoryLimitExceeded", e.what()};
+  } catch (const RemoteError& e) {
+    return {http::status::internal_server_error, "failed", e.type_name(), e.remote_what()};
+  } catch (const redis::ConnectionError& e) {  // --backend redis://…
+    return {http::status::service_unavailable, "rejected", "ConnectionError", e.what(), true};
+  } catch (const std::exception& e) {
+    return {http::status::internal_server_error, "failed", detail::demangle(typeid(e)),
+            fmt::format("{} threw: {}", source, e.what())};
+  }
+}
+
+// GET /v1/jobs/{id} for a job that exists. Times are Unix milliseconds of the Redis clock.
+json job_json(const redis::JobStatus& job) {
+  auto ms = [](redis::JobStatus::Time t) {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(t.time_since_epoch()).count();
+  };
+  json out{{"job_id", job.id},
+           {"task", job.task},
+           {"state", redis::to_string(job.state)},
+           {"priority", job.priority},
+           {"attempt", job.attempt},
+           {"attempts", job.attempts},
+           {"created_ms", ms(job.created)}};
+  if (job.started) out["started_ms"] = ms(*job.started);
+  if (job.finished) out["finished_ms"] = ms(*job.finished);
+  if (job.due) out["due_ms"] = ms(*job.due);
+  if (job.state == redis::JobState::completed) out["result"] = json::from_msgpack(job.result);
+  if (!job.error_type.empty()) {
+    // A dead job's error is its answer; any other's is an attempt that will be, or was, retried.
+    const TaskError e = task_error(job.exception(), fmt::format("task '{}'", job.task));
+    out[job.state == redis::JobState::dead ? "error" : "last_error"] = {{"type", e.type},
+                                                                        {"message", e.message}};
+  }
+  return out;
+}
+
 }  // namespace
 
 // What the server's tick needs of a session whose task is in flight.
@@ -447,11 +509,15 @@ class Session : public TaskWatch, public std::enable_shared_from_this<Session<Ex
     } else if (path.starts_with("/v1/tasks/")) {
       route_ = "/v1/tasks/:name";
       if (only(http::verb::post, "POST")) run_task(std::string(path.substr(10)));
+    } else if (path.starts_with("/v1/jobs/")) {
+      route_ = "/v1/jobs/:id";
+      if (only(http::verb::get, "GET")) show_job(std::string(path.substr(9)));
     } else {
       route_ = "other";
       respond(http::status::not_found,
               error_body("NotFound", fmt::format("no route for {}; see GET /v1/tasks, "
-                                                 "/healthz, /readyz, /metrics, /api/stats",
+                                                 "/v1/jobs/{{id}}, /healthz, /readyz, /metrics, "
+                                                 "/api/stats",
                                                  path)));
     }
   }
@@ -534,6 +600,7 @@ class Session : public TaskWatch, public std::enable_shared_from_this<Session<Ex
     }
     RunOptions options;
     options.timeout = server_.config.task_timeout;
+    options.priority = server_.runner->default_priority();
     for (const auto& [key, header, set_timeout] : {std::tuple{"timeout_ms", "X-Timeout-Ms", true},
                                                    std::tuple{"priority", "X-Priority", false}}) {
       std::string value = query_param(query_, key);
@@ -568,27 +635,58 @@ class Session : public TaskWatch, public std::enable_shared_from_this<Session<Ex
         options.priority = static_cast<int>(n);
       }
     }
+    const std::string wait = query_param(query_, "wait");
+    if (!wait.empty() && wait != "true" && wait != "false") {
+      return respond(
+          http::status::bad_request,
+          error_body("BadArguments", fmt::format("wait must be true or false, not '{}'", wait)));
+    }
     const auto started = Clock::now();
     task_ = std::move(name);
     try {
+      if (wait == "false") {
+        return when_ready(server_.runner->submit(task_, std::move(args), std::move(options)),
+                          [](Session& self, Future<Submitted> submitted) {
+                            self.finish_submit(std::move(submitted));
+                          });
+      }
       auto future = server_.runner->run(task_, std::move(args), std::move(options));
       // A reference of our own, to cancel the task if the client hangs up before its answer.
       future.raw_state()->add_ref();
       running_ = detail::Ref<detail::StateBase>(future.raw_state());
       server_.watch(this, this->weak_from_this());
-      // The thread that settles the task (a pool thread, a process pool's supervisor) only hands
-      // the result over; the response is built and written on this connection's I/O thread.
-      detail::hand_off(std::move(future), [self = shared_from_this(),
-                                           started](Future<PackedValue> result) mutable noexcept {
-        auto executor = self->stream_.get_executor();
-        asio::post(executor,
-                   [self = std::move(self), started, result = std::move(result)]() mutable {
-                     self->finish_task(std::move(result), started);
-                   });
+      when_ready(std::move(future), [started](Session& self, Future<PackedValue> result) {
+        self.finish_task(std::move(result), started);
       });
     } catch (...) {
       finish_error(std::current_exception(), task_);
     }
+  }
+
+  void show_job(std::string id) {
+    job_ = id;
+    try {
+      when_ready(server_.runner->status(std::move(id)),
+                 [](Session& self, Future<redis::JobStatus> status) {
+                   self.finish_job(std::move(status));
+                 });
+    } catch (...) {
+      respond_error(task_error(std::current_exception(), fmt::format("looking up job '{}'", job_)));
+    }
+  }
+
+  // Runs `then(*this, future)` on this connection's I/O thread once `future` settles: the thread
+  // that settles it (a pool thread, a process pool's supervisor, the Redis queue's results
+  // thread) only hands it over.
+  template <class T, class Then>
+  void when_ready(Future<T> future, Then then) {
+    detail::hand_off(std::move(future), [self = shared_from_this(), then = std::move(then)](
+                                            Future<T> result) mutable noexcept {
+      auto executor = self->stream_.get_executor();
+      asio::post(executor,
+                 [self = std::move(self), then = std::move(then),
+                  result = std::move(result)]() mutable { then(*self, std::move(result)); });
+    });
   }
 
   // While its task runs, a connection is not read, so a hang-up shows only to a look at the
@@ -643,35 +741,45 @@ class Session : public TaskWatch, public std::enable_shared_from_this<Session<Ex
     }
   }
 
-  void finish_error(std::exception_ptr error, const std::string& task) {
-    auto reply = [&](http::status status, const char* outcome, std::string_view type,
-                     std::string_view message) {
-      server_.metrics.outcome(outcome);
-      respond(status, error_body(type, message));
-    };
+  void finish_submit(Future<Submitted> submitted) {
     try {
-      std::rethrow_exception(error);
-    } catch (const BadArguments& e) {
-      reply(http::status::bad_request, "bad_arguments", "BadArguments", e.what());
-    } catch (const QueueFull& e) {
-      extra_ = {http::field::retry_after, "1"};
-      reply(http::status::too_many_requests, "rejected", "QueueFull", e.what());
-    } catch (const TimedOut& e) {
-      reply(http::status::gateway_timeout, "timed_out", "TimedOut", e.what());
-    } catch (const PoolClosed& e) {
-      reply(http::status::service_unavailable, "rejected", "PoolClosed", e.what());
-    } catch (const Cancelled& e) {
-      reply(http::status::service_unavailable, "cancelled", "Cancelled", e.what());
-    } catch (const WorkerCrashed& e) {
-      reply(http::status::internal_server_error, "crashed", "WorkerCrashed", e.what());
-    } catch (const MemoryLimitExceeded& e) {
-      reply(http::status::internal_server_error, "crashed", "MemoryLimitExceeded", e.what());
-    } catch (const RemoteError& e) {
-      reply(http::status::internal_server_error, "failed", e.type_name(), e.remote_what());
-    } catch (const std::exception& e) {
-      reply(http::status::internal_server_error, "failed", detail::demangle(typeid(e)),
-            fmt::format("task '{}' threw: {}", task, e.what()));
+      const Submitted job = submitted.get();
+      const std::string location = "/v1/jobs/" + job.job_id;
+      extra_ = {http::field::location, location};
+      server_.metrics.outcome("submitted");
+      respond(http::status::accepted,
+              json{{"job_id", job.job_id}, {"state", job.state}, {"location", location}});
+    } catch (...) {
+      finish_error(std::current_exception(), task_);
     }
+  }
+
+  void finish_job(Future<redis::JobStatus> status) {
+    try {
+      const redis::JobStatus job = status.get();
+      if (job.state == redis::JobState::unknown) {
+        return respond(
+            http::status::not_found,
+            error_body("NotFound", fmt::format("no job '{}': never submitted, or its record "
+                                               "expired (kept 24 h after it settled)",
+                                               job.id)));
+      }
+      respond(http::status::ok, job_json(job));
+    } catch (...) {
+      // A failed look-up, not a task's outcome: not counted in crew_tasks_total.
+      respond_error(task_error(std::current_exception(), fmt::format("looking up job '{}'", job_)));
+    }
+  }
+
+  void finish_error(const std::exception_ptr& error, const std::string& task) {
+    const TaskError e = task_error(error, fmt::format("task '{}'", task));
+    server_.metrics.outcome(e.outcome);
+    respond_error(e);
+  }
+
+  void respond_error(const TaskError& e) {
+    if (e.retry_later) extra_ = {http::field::retry_after, "1"};
+    respond(e.status, error_body(e.type, e.message));
   }
 
   void respond(http::status status, const json& body) {
@@ -790,6 +898,7 @@ class Session : public TaskWatch, public std::enable_shared_from_this<Session<Ex
   std::string query_;
   std::string route_ = "other";
   std::string task_;
+  std::string job_;  // GET /v1/jobs/{id}
   std::optional<std::pair<http::field, std::string>> extra_;
   std::string out_;  // the response being written
   Clock::time_point start_ = Clock::now();
@@ -1129,6 +1238,24 @@ std::chrono::milliseconds task_timeout_limit(const ServeConfig& config) {
   return limit;
 }
 
+namespace {
+// The Redis backend's runner in `out`, or the exit code when there is none.
+int make_backend(const ServeConfig& config, const Tasks& tasks, std::unique_ptr<Runner>& out) {
+  try {
+    out = make_redis_runner(
+        tasks, RedisRunnerOptions{
+                   .url = config.backend, .queue = config.queue, .max_queue = config.max_queue});
+    return 0;
+  } catch (const redis::ConnectionError& e) {
+    std::fprintf(stderr, "crew serve: cannot reach Redis (--backend): %s\n", e.what());
+    return 69;  // EX_UNAVAILABLE, as crew worker
+  } catch (const std::invalid_argument& e) {
+    std::fprintf(stderr, "crew serve: %s\n", e.what());
+    return 2;  // usage, as a flag CLI11 refuses
+  }
+}
+}  // namespace
+
 int run_service(const ServeConfig& config) {
   const bool tls = !config.tls_cert.empty() || !config.tls_key.empty();
   try {
@@ -1162,6 +1289,13 @@ int run_service(const ServeConfig& config) {
     std::fprintf(stderr, "crew serve: %s\n", e.what());
     return 78;  // EX_CONFIG
   }
+  const bool local = config.backend == "local";
+  if (!local && config.cluster > 0) {
+    // Checked by the primary before any worker starts; each worker then connects on its own.
+    std::unique_ptr<Runner> check;
+    if (const int rc = make_backend(config, tasks, check); rc != 0) return rc;
+    check->close();
+  }
   std::unique_ptr<Cluster> cluster;
   if (config.cluster > 0) {
     // The primary only supervises; each worker is this same command, serving on the socket.
@@ -1179,9 +1313,9 @@ int run_service(const ServeConfig& config) {
       return 69;  // EX_UNAVAILABLE
     }
     if (cluster->is_primary()) {
-      spdlog::info("crew serve: listening on {}://{}:{} (cluster of {} workers, {} isolation)",
+      spdlog::info("crew serve: listening on {}://{}:{} (cluster of {} workers, {})",
                    tls ? "https" : "http", config.host, cluster->port(), config.cluster,
-                   config.isolation);
+                   local ? config.isolation + " isolation" : "Redis queue '" + config.queue + "'");
       return cluster->run();
     }
   }
@@ -1195,7 +1329,9 @@ int run_service(const ServeConfig& config) {
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
   std::unique_ptr<Runner> runner;
-  if (config.isolation == "process") {
+  if (!local) {
+    if (const int rc = make_backend(config, tasks, runner); rc != 0) return rc;
+  } else if (config.isolation == "process") {
     ProcessPoolOptions o;
     o.max_workers = config.workers;
     o.min_workers = config.workers == 0 ? default_thread_count() : config.workers;
@@ -1228,8 +1364,9 @@ int run_service(const ServeConfig& config) {
     spdlog::info("crew serve: cluster worker {} draining (up to {} ms)", worker->id(),
                  config.shutdown_timeout.count());
   } else {
-    spdlog::info("crew serve: listening on {}://{}:{} ({} isolation, {} tasks)",
-                 tls ? "https" : "http", config.host, server.port(), config.isolation,
+    spdlog::info("crew serve: listening on {}://{}:{} ({}, {} tasks)", tls ? "https" : "http",
+                 config.host, server.port(),
+                 local ? config.isolation + " isolation" : "Redis queue '" + config.queue + "'",
                  tasks.size());
     int sig = 0;
     while (sigwait(&signals, &sig) == 0 && sig == SIGHUP) {

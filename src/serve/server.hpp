@@ -1,5 +1,6 @@
 // `crew serve`: the HTTP/1.1 compute service on Boost.Beast. I/O threads parse requests and write
-// responses; tasks run on a Runner (ThreadPool or ProcessPool), never on an I/O thread.
+// responses; tasks run on a Runner (ThreadPool, ProcessPool or Redis queue), never on an I/O
+// thread.
 #pragma once
 
 #include <atomic>
@@ -22,7 +23,11 @@ namespace crew::serve_app {
 struct ServeConfig {
   std::string host = "127.0.0.1";
   std::uint16_t port = 8080;
-  std::string isolation = "thread";  ///< "thread" or "process"
+  /// Where tasks run: "local" (this server's pool, `isolation`) or the URL of a Redis queue,
+  /// redis://[[user]:password@]host[:port][/db], whose `crew worker`s run them.
+  std::string backend = "local";
+  std::string queue = "default";     ///< the Redis queue's name (a Redis backend only)
+  std::string isolation = "thread";  ///< "thread" or "process" (the local backend)
   std::size_t workers = 0;           ///< pool threads or processes; 0: one per core
   std::size_t io_threads = 1;
   std::size_t max_queue = 1024;                      ///< tasks waiting; beyond it: 429

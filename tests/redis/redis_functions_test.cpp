@@ -484,6 +484,82 @@ TEST_F(RedisFunctions, MalformedEntriesAreDeadLettered) {
   EXPECT_EQ(dead[1]["id"], "ghost");
 }
 
+TEST_F(RedisFunctions, JobShowsTheRecordWithoutArgumentsAndWritesNothing) {
+  // FCALL_RO: Redis itself refuses a function without the no-writes flag there.
+  auto job_of = [&](const std::string& id) {
+    return fields_of(redis_.command({"FCALL_RO", "crew_job", "1", kQueue, id}));
+  };
+  EXPECT_TRUE(redis_.command({"FCALL_RO", "crew_job", "1", kQueue, "nothing"}).is_nil());
+  EXPECT_EQ(redis_.command({"EXISTS", kQueue + "job:nothing"}).integer(), 0);
+
+  const long long before = redis_now_ms();
+  ASSERT_EQ(submit({.id = "j1", .args = "secret", .priority = 2, .attempts = 2})[0].str(),
+            "created");
+  Fields waiting = job_of("j1");
+  EXPECT_EQ(waiting["state"], "waiting");
+  EXPECT_EQ(waiting["task"], "echo");
+  EXPECT_EQ(waiting["priority"], "2");
+  EXPECT_EQ(waiting["attempt"], "0");
+  EXPECT_EQ(waiting["attempts"], "2");
+  EXPECT_GE(std::stoll(waiting["created_ms"]), before);
+  for (const char* absent : {"args", "started_ms", "finished_ms", "result", "error", "due_ms"}) {
+    EXPECT_EQ(waiting.count(absent), 0u) << absent;
+  }
+
+  auto delivery = read("w1");
+  ASSERT_TRUE(delivery);
+  Reply run = start(*delivery, "w1");
+  Fields active = job_of("j1");
+  EXPECT_EQ(active["state"], "active");
+  EXPECT_EQ(active["attempt"], "1");
+  EXPECT_GE(std::stoll(active["started_ms"]), std::stoll(active["created_ms"]));
+
+  // A failed attempt with one left: back to waiting, the error kept as the last one.
+  ASSERT_EQ(fcall("crew_fail", {"j1", run[1].str(), "TimedOut", "too slow"}).describe(),
+            R"(["retry", 0])");
+  Fields retrying = job_of("j1");
+  EXPECT_EQ(retrying["state"], "waiting");
+  EXPECT_EQ(retrying["error_type"], "TimedOut");
+  EXPECT_EQ(retrying["error"], "too slow");
+
+  delivery = read("w1");
+  ASSERT_TRUE(delivery);
+  run = start(*delivery, "w1");
+  const std::string result("\x00\x37", 2);
+  ASSERT_EQ(fcall("crew_complete", {"j1", run[1].str(), result}).str(), "ok");
+  Fields completed = job_of("j1");
+  EXPECT_EQ(completed["state"], "completed");
+  EXPECT_EQ(completed["result"], result);
+  EXPECT_EQ(completed["attempt"], "2");
+  EXPECT_GE(std::stoll(completed["finished_ms"]), std::stoll(completed["started_ms"]));
+
+  ASSERT_EQ(submit({.id = "later", .delay_ms = 60'000})[0].str(), "created");
+  Fields delayed = job_of("later");
+  EXPECT_EQ(delayed["state"], "delayed");
+  EXPECT_EQ(std::stoll(delayed["due_ms"]), due_ms("later"));
+
+  ASSERT_EQ(submit({.id = "doomed"})[0].str(), "created");
+  delivery = read("w1");
+  ASSERT_TRUE(delivery);
+  ASSERT_EQ(fcall("crew_fail", {"doomed", start(*delivery, "w1")[1].str(), "RemoteError", "boom"})
+                .describe(),
+            R"(["dead"])");
+  Fields dead = job_of("doomed");
+  EXPECT_EQ(dead["state"], "dead");
+  EXPECT_EQ(dead["error_type"], "RemoteError");
+  EXPECT_EQ(dead["error"], "boom");
+  EXPECT_EQ(dead.count("finished_ms"), 1u);
+
+  auto error_of = [](const Reply& reply) { return reply.is_error() ? reply.error() : ""; };
+  EXPECT_THAT(error_of(redis_.command({"FCALL_RO", "crew_job", "1", kQueue, ""})),
+              HasSubstr("id must be"));
+  EXPECT_THAT(
+      error_of(redis_.command({"FCALL_RO", "crew_job", "1", kQueue, std::string(257, 'x')})),
+      HasSubstr("id must be"));
+  EXPECT_THAT(error_of(redis_.command({"FCALL_RO", "crew_job", "1", "jobs", "j1"})),
+              HasSubstr("queue prefix"));
+}
+
 TEST_F(RedisFunctions, BadArgumentsAreErrorRepliesNamingTheField) {
   auto error_of = [](const Reply& reply) { return reply.is_error() ? reply.error() : ""; };
   EXPECT_THAT(error_of(submit({.id = "j", .priority = 4})), HasSubstr("priority must be"));

@@ -342,6 +342,89 @@ TEST_F(RedisQueue, DelayedJobRunsNeverEarlyAndNotMuchLate) {
   EXPECT_LT(waited, kDelay.count() + 2'000);
 }
 
+TEST_F(RedisQueue, StatusFollowsAJobFromWaitingToItsOutcome) {
+  using crew::redis::JobState;
+  const auto submitted = std::chrono::system_clock::now();
+  const std::string id = queue_.submit({.priority = 2, .attempts = 2}, "add", 20, 22);
+  crew::redis::JobStatus s = queue_.status(id);
+  EXPECT_EQ(s.id, id);
+  EXPECT_EQ(s.state, JobState::waiting);
+  EXPECT_STREQ(crew::redis::to_string(s.state), "waiting");
+  EXPECT_EQ(s.task, "add");
+  EXPECT_EQ(s.priority, 2);
+  EXPECT_EQ(s.attempt, 0);
+  EXPECT_EQ(s.attempts, 2);
+  // The Redis clock and this one are the same machine's: an order of magnitude, not a bound.
+  EXPECT_LT(s.created - submitted, 60s);
+  EXPECT_GT(s.created - submitted, -60s);
+  EXPECT_FALSE(s.started);
+  EXPECT_FALSE(s.finished);
+  EXPECT_EQ(s.exception(), nullptr);
+
+  const std::string later = queue_.submit({.delay = 1h}, "add", 1, 1);
+  s = queue_.status(later);
+  EXPECT_EQ(s.state, JobState::delayed);
+  ASSERT_TRUE(s.due);
+  EXPECT_GE(*s.due - s.created, 1h);
+
+  auto w = worker(Isolation::thread);
+  EXPECT_EQ(queue_.result<int>(id).get(), 42);
+  s = queue_.status(id);
+  EXPECT_EQ(s.state, JobState::completed);
+  EXPECT_EQ(s.attempt, 1);
+  ASSERT_TRUE(s.started);
+  ASSERT_TRUE(s.finished);
+  EXPECT_GE(*s.finished, *s.started);
+  EXPECT_GE(*s.started, s.created);
+  EXPECT_EQ(msgpack::unpack(s.result.data(), s.result.size()).get().as<int>(), 42);
+
+  // A thread cannot be killed: the sleep keeps its thread past the timeout, and the worker's stop
+  // waits for it, so it is short.
+  crew::Future<int> slow =
+      queue_.run<int>({.timeout = 100ms, .job_id = "slow"}, "sleep_ms", 2'000);
+  EXPECT_THROW(slow.get(), crew::TimedOut);
+  s = queue_.status("slow");
+  EXPECT_EQ(s.state, JobState::dead);
+  EXPECT_EQ(s.error_type, "TimedOut");
+  EXPECT_TRUE(s.result.empty());
+  // The same exception the job's Futures get.
+  EXPECT_THAT(error_of<crew::TimedOut>([&] { std::rethrow_exception(s.exception()); }),
+              HasSubstr("slow"));
+
+  s = queue_.status("no-such-job");
+  EXPECT_EQ(s.state, JobState::unknown);
+  EXPECT_STREQ(crew::redis::to_string(s.state), "unknown");
+  EXPECT_EQ(s.id, "no-such-job");
+  EXPECT_THAT(error_of<std::invalid_argument>([&] { (void)queue_.status(""); }),
+              HasSubstr("job_id"));
+  EXPECT_THAT(error_of<std::invalid_argument>([&] { (void)queue_.status(std::string(257, 'x')); }),
+              HasSubstr("job_id"));
+}
+
+TEST_F(RedisQueue, PackedArgumentsRunAsTheyAreAndMustBeOneArray) {
+  auto w = worker(Isolation::thread);
+  const std::string args = crew::redis::detail::pack_args(40, 2);
+  crew::PackedValue sum = queue_.run_packed({}, "add", args).get();
+  EXPECT_EQ(msgpack::unpack(sum.bytes.data(), sum.bytes.size()).get().as<int>(), 42);
+  const std::string id = queue_.submit_packed({}, "add", args);
+  EXPECT_EQ(queue_.result<int>(id).get(), 42);
+  for (const std::string& bad : {std::string("\x01"), std::string(""), args + "\x01"}) {
+    EXPECT_THAT(error_of<std::invalid_argument>([&] { (void)queue_.run_packed({}, "add", bad); }),
+                HasSubstr("one msgpack array"));
+    EXPECT_THAT(
+        error_of<std::invalid_argument>([&] { (void)queue_.submit_packed({}, "add", bad); }),
+        HasSubstr("one msgpack array"));
+  }
+}
+
+TEST_F(RedisQueue, StatusOfAnUnreachableRedisIsAConnectionErrorNamingTheUrl) {
+  RedisServer gone;
+  Queue q({.url = gone.url(), .name = "q", .connect_timeout = 500ms, .command_timeout = 500ms});
+  gone.stop();
+  EXPECT_THAT(error_of<crew::redis::ConnectionError>([&] { (void)q.status("j"); }),
+              HasSubstr("127.0.0.1:" + std::to_string(gone.port())));
+}
+
 TEST_F(RedisQueue, DestroyingTheQueueCancelsWaitingFutures) {
   crew::Future<int> f;
   {

@@ -32,6 +32,7 @@
 #include <unistd.h>
 
 #include "auth.hpp"
+#include "http_client.hpp"
 #include "metrics.hpp"
 #include "process/observe.hpp"
 #include "server.hpp"
@@ -49,57 +50,8 @@ using crew::serve_app::ServeConfig;
 using ::testing::HasSubstr;
 using ::testing::Not;
 
-struct Reply {
-  int status = 0;
-  std::string body;
-  http::response<http::string_body> raw;
-  json js() const { return json::parse(body); }
-};
-
-class Client {
- public:
-  explicit Client(std::uint16_t port) : socket_(ioc_) {
-    socket_.connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), port));
-  }
-  Reply request(http::verb verb, const std::string& target, const std::string& body = "",
-                const std::string& type = "application/json",
-                std::vector<std::pair<std::string, std::string>> headers = {}) {
-    http::request<http::string_body> req(verb, target, 11);
-    req.set(http::field::host, "127.0.0.1");
-    if (!body.empty()) req.set(http::field::content_type, type);
-    for (auto& [k, v] : headers) req.set(k, v);
-    req.body() = body;
-    req.prepare_payload();
-    http::write(socket_, req);
-    return read();
-  }
-  Reply read() {
-    Reply r;
-    beast::flat_buffer buffer;
-    http::read(socket_, buffer, r.raw);
-    r.status = static_cast<int>(r.raw.result_int());
-    r.body = r.raw.body();
-    return r;
-  }
-  void send_raw(const std::string& bytes) { asio::write(socket_, asio::buffer(bytes)); }
-  // A read that waits longer fails (the test then fails instead of hanging until CTest's guard).
-  void read_timeout(std::chrono::seconds limit) {
-    const timeval tv{.tv_sec = static_cast<time_t>(limit.count()), .tv_usec = 0};
-    ::setsockopt(socket_.native_handle(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-  }
-  // True when the server closed the connection (read returns EOF or reset).
-  bool closed_by_server() {
-    char c;
-    beast::error_code ec;
-    socket_.read_some(asio::buffer(&c, 1), ec);
-    return ec == asio::error::eof || ec == asio::error::connection_reset;
-  }
-  tcp::socket& socket() { return socket_; }
-
- private:
-  asio::io_context ioc_;
-  tcp::socket socket_;
-};
+using crew_test::Client;
+using crew_test::Reply;
 
 // A task that runs until the test opens its gate: a request stays in flight (or a task
 // outlives its timeout) for as long as the test needs, however slow or busy the machine. The

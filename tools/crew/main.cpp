@@ -18,7 +18,8 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   app.footer(
       "Exit codes: 0 ok, 1 data error (corrupt input, authentication failure, I/O), 2 usage; "
-      "crew serve: 0 drained, 1 shutdown timeout hit, 69 cannot listen, 78 bad plugin; "
+      "crew serve: 0 drained, 1 shutdown timeout hit, 69 cannot listen or reach Redis, 78 bad "
+      "plugin; "
       "crew worker: 0 stopped, 69 Redis unreachable, 78 bad plugin.");
 
   std::vector<crew::tool::Command> commands;

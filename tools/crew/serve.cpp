@@ -16,7 +16,8 @@ Command add_serve_command(CLI::App& app) {
   CLI::App* serve = app.add_subcommand(
       "serve",
       "Run the HTTP compute service: POST /v1/tasks/{name} with {\"args\": [...]}; GET /v1/tasks, "
-      "/healthz, /readyz, /metrics (Prometheus), /api/stats. SIGINT/SIGTERM drain and exit 0.");
+      "/v1/jobs/{id} (--backend redis://…), /healthz, /readyz, /metrics (Prometheus), "
+      "/api/stats. SIGINT/SIGTERM drain and exit 0.");
   auto config = std::make_shared<serve_app::ServeConfig>();
   struct Millis {
     std::int64_t header = 10'000, body = 30'000, task = 30'000, max_task = 0, shutdown = 10'000;
@@ -28,6 +29,22 @@ Command add_serve_command(CLI::App& app) {
       ->capture_default_str();
   serve->add_option("--port", config->port, "TCP port (0: any free port)")
       ->envname("CREW_PORT")
+      ->capture_default_str();
+  serve
+      ->add_option("--backend", config->backend,
+                   "Where tasks run: local (this server's pool, see --isolation) or a Redis "
+                   "queue, redis://[[user]:password@]HOST[:PORT][/DB], whose `crew worker`s run "
+                   "them (then ?wait=false and GET /v1/jobs/{id} work too)")
+      ->envname("CREW_BACKEND")
+      ->check([](const std::string& v) -> std::string {
+        if (v == "local" || v.starts_with("redis://")) return {};
+        return "must be 'local' or a Redis URL redis://HOST[:PORT][/DB], not '" + v + "'";
+      })
+      ->capture_default_str();
+  serve
+      ->add_option("--queue", config->queue,
+                   "With --backend redis://…: the queue's name, as `crew worker --queue`")
+      ->envname("CREW_QUEUE")
       ->capture_default_str();
   serve
       ->add_option("--isolation", config->isolation,
