@@ -1,7 +1,8 @@
 // `crew serve --backend redis://…`: tasks become jobs of a crew::redis::Queue that `crew worker`s
 // run. Every call to Redis blocks for a round trip (for a command timeout when Redis stalls), so
 // none is made on an I/O thread: submissions and look-ups run on one thread of this runner (the
-// Queue serialises them on one connection anyway), and a probe thread keeps /readyz current.
+// Queue serialises them on one connection anyway), and a probe thread keeps /readyz and the
+// queue's numbers for /metrics current.
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -17,6 +18,7 @@
 #include <spdlog/spdlog.h>
 
 #include <crew/redis.hpp>
+#include <crew/redis/stats.hpp>
 
 #include "connection.hpp"
 #include "outcome.hpp"
@@ -31,15 +33,16 @@ constexpr std::chrono::milliseconds kProbePeriod{1'000};
 // A probe that has not come back for this long says Redis stalls (SIGSTOP, a long fork): each
 // command's own timeout is several seconds.
 constexpr std::chrono::milliseconds kProbeStall{2'000};
-// The probe asks for a job that never exists: the same round trip as GET /v1/jobs/{id}, through
-// the function library, on the connection that submits.
-constexpr std::string_view kProbeJob = "crew-serve-readiness-probe";
+constexpr std::string_view kQueueUpHelp =
+    "# HELP crew_queue_up Whether Redis answered the last look at the queue (once a second).\n"
+    "# TYPE crew_queue_up gauge\n";
 
 class RedisRunner final : public Runner {
  public:
   RedisRunner(const Tasks& tasks, const RedisRunnerOptions& o, std::string shown_url)
       : tasks_(tasks),
         shown_url_(std::move(shown_url)),
+        queue_name_(o.queue),
         queue_(std::make_unique<redis::Queue>(redis::QueueOptions{.url = o.url, .name = o.queue})),
         pool_(PoolOptions{.max_threads = 1, .max_queue = o.max_queue, .name = "crew-redis"}),
         probe_([this](const std::stop_token& stop) { probe(stop); }) {}
@@ -112,6 +115,12 @@ class RedisRunner final : public Runner {
   }
   const char* isolation() const noexcept override { return "redis"; }
 
+  std::string backend_metrics() const override {
+    std::lock_guard lock(health_mutex_);
+    return std::string(kQueueUpHelp) +
+           (unreachable_.empty() ? "crew_queue_up 1\n" + queue_text_ : "crew_queue_up 0\n");
+  }
+
   std::string unready_reason() const override {
     const auto since = probe_since_.load();
     if (since != 0 && Clock::now().time_since_epoch().count() - since >
@@ -164,9 +173,12 @@ class RedisRunner final : public Runner {
     std::condition_variable_any wake;
     while (!stop.stop_requested()) {
       probe_since_ = Clock::now().time_since_epoch().count();
+      // The queue's numbers: one read-only round trip through the function library, on the
+      // connection that submits, so it also proves that submissions can go through.
       std::string error;
+      std::string text;
       try {
-        (void)queue_->status(kProbeJob);
+        text = redis::prometheus_text(queue_->stats(), queue_name_);
       } catch (const std::exception& e) {
         error = e.what();
       }
@@ -176,6 +188,7 @@ class RedisRunner final : public Runner {
         std::lock_guard lock(health_mutex_);
         changed = unreachable_.empty() != error.empty();
         unreachable_ = error;
+        if (error.empty()) queue_text_ = std::move(text);
       }
       if (changed && !error.empty()) {
         spdlog::error(
@@ -197,10 +210,12 @@ class RedisRunner final : public Runner {
 
   const Tasks& tasks_;
   const std::string shown_url_;  // without its password
+  const std::string queue_name_;
   std::unique_ptr<redis::Queue> queue_;
   mutable ThreadPool pool_;
   mutable std::mutex health_mutex_;
   std::string unreachable_;                 // the probe's last error; empty while Redis answers
+  std::string queue_text_;                  // the queue's numbers the probe last read
   std::atomic<Clock::rep> probe_since_{0};  // when the probe in flight began; 0: none
   std::jthread probe_;                      // last: it uses every member above
 };

@@ -53,6 +53,9 @@ class Runner {
   /// Why the runner cannot take more work although it is open (empty: it can): every
   /// replacement for stuck threads is in use.
   [[nodiscard]] virtual std::string unready_reason() const { return {}; }
+  /// Prometheus text about the backend beyond the pool (a Redis queue's numbers), appended to
+  /// /metrics. Never blocks: a backend that must ask elsewhere returns its last answer.
+  [[nodiscard]] virtual std::string backend_metrics() const { return {}; }
   /// Logs tasks that became stuck since the last call (called periodically by the server).
   virtual void report_stuck() {}
   /// Finishes running tasks and stops the pool.

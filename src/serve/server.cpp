@@ -1028,8 +1028,11 @@ std::vector<json> cluster_snapshots(json own, const ClusterWorker& worker) {
 }  // namespace
 
 std::string Server::Impl::render_metrics() {
-  if (cluster == nullptr) return render_prometheus({snapshot()}, false);
-  return render_prometheus(cluster_snapshots(snapshot(), *cluster), true);
+  // The backend's numbers are the same from every cluster worker (a Redis queue is shared), so
+  // they appear once, from this one.
+  if (cluster == nullptr) return render_prometheus({snapshot()}, false) + runner->backend_metrics();
+  return render_prometheus(cluster_snapshots(snapshot(), *cluster), true) +
+         runner->backend_metrics();
 }
 
 json Server::Impl::render_stats() {

@@ -97,6 +97,18 @@ grep -q '"type":"TimedOut"' <<<"$reply" || fail "the timed-out job's status: $re
 
 grep -q '^HTTP/1.1 200' <<<"$(http GET /readyz)" || fail "/readyz is not 200"
 
+# /metrics carries the queue's numbers, read once a second off the I/O threads: two jobs
+# completed (fib 30 and 20), two dead of their timeouts.
+deadline=$((SECONDS + 30))
+until metrics=$(http GET /metrics) &&
+  grep -qF 'crew_queue_jobs_total{queue="s",outcome="completed"} 2' <<<"$metrics" &&
+  grep -qF 'crew_queue_jobs_total{queue="s",outcome="dead"} 2' <<<"$metrics"; do
+  ((SECONDS < deadline)) || fail "/metrics lacks the queue's numbers: $metrics"
+  sleep 0.01
+done
+grep -qx 'crew_queue_up 1' <<<"$(tr -d '\r' <<<"$metrics")" || fail "crew_queue_up is not 1: $metrics"
+grep -qF 'crew_queue_latency_seconds_count{queue="s"} 2' <<<"$metrics" || fail "no latency count: $metrics"
+
 kill -TERM "$pid"
 rc=0
 wait "$pid" || rc=$?
