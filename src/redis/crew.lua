@@ -73,6 +73,22 @@ local function load_job(key)
   return job
 end
 
+-- The named fields of a job hash (`state` first), or nil when there is no such job. The hot paths
+-- read only what they use: turning a whole hash into Lua strings costs more than the HGETALL.
+local function load_fields(key, names)
+  local values = redis.call('HMGET', key, unpack(names))
+  if not values[1] then return nil end
+  local job = {}
+  for i, name in ipairs(names) do
+    if values[i] then job[name] = values[i] end
+  end
+  return job
+end
+
+local START_FIELDS = {'state', 'stream', 'entry', 'attempt', 'task', 'args', 'timeout_ms'}
+local COMPLETE_FIELDS = {'state', 'lease', 'stream', 'entry', 'producer', 'ready_ms', 'created_ms',
+  'retain_ms'}
+
 local function bump(p, counter) redis.call('HINCRBY', p .. 'stats', counter, 1) end
 
 -- Counter increments gathered over one call and written at its end with one HINCRBY per field:
@@ -173,28 +189,27 @@ end
 
 -- The 12 arguments of one submission from argv[at] on, checked (see crew_submit).
 local function submission(fn, argv, at)
-  local a = function(i) return argv[at + i - 1] end
   local job = {
-    id = text(fn, 'id', a(1), 256),
-    producer = text(fn, 'producer', a(2), 256),
-    task = text(fn, 'task', a(3), 256),
-    args = a(4),
-    priority = int(fn, 'priority', a(5), 0, 3),
-    delay = int(fn, 'delay_ms', a(6), 0),
-    attempts = int(fn, 'attempts', a(7), 1),
-    backoff = a(8),
+    id = text(fn, 'id', argv[at], 256),
+    producer = text(fn, 'producer', argv[at + 1], 256),
+    task = text(fn, 'task', argv[at + 2], 256),
+    args = argv[at + 3],
+    priority = int(fn, 'priority', argv[at + 4], 0, 3),
+    delay = int(fn, 'delay_ms', argv[at + 5], 0),
+    attempts = int(fn, 'attempts', argv[at + 6], 1),
+    backoff = argv[at + 7],
+    backoff_ms = int(fn, 'backoff_ms', argv[at + 8], 0),
+    jitter = argv[at + 9],
+    timeout_ms = int(fn, 'timeout_ms', argv[at + 10], 0),
+    retain_ms = int(fn, 'retain_ms', argv[at + 11], 0),
   }
   if job.backoff ~= 'fixed' and job.backoff ~= 'exponential' then
     reject(fn, "backoff must be 'fixed' or 'exponential', got '" .. tostring(job.backoff) .. "'")
   end
-  job.backoff_ms = int(fn, 'backoff_ms', a(9), 0)
-  local jitter = tonumber(a(10))
+  local jitter = tonumber(job.jitter)
   if not (jitter and jitter >= 0 and jitter <= 1) then  -- NaN fails every comparison
-    reject(fn, "jitter must be a number in 0..1, got '" .. tostring(a(10)) .. "'")
+    reject(fn, "jitter must be a number in 0..1, got '" .. tostring(job.jitter) .. "'")
   end
-  job.jitter = a(10)
-  job.timeout_ms = int(fn, 'timeout_ms', a(11), 0)
-  job.retain_ms = int(fn, 'retain_ms', a(12), 0)
   return job
 end
 
@@ -204,23 +219,19 @@ local function create(p, tally, now, job)
   local key = job_key(p, job.id)
   local state = redis.call('HGET', key, 'state')
   if state then return {'exists', state} end
-  local fields = {'HSET', key, 'task', job.task, 'args', job.args, 'producer', job.producer,
-    'priority', job.priority, 'attempts', job.attempts, 'attempt', 0, 'backoff', job.backoff,
-    'backoff_ms', job.backoff_ms, 'jitter', job.jitter, 'timeout_ms', job.timeout_ms,
-    'retain_ms', job.retain_ms, 'created_ms', now, 'ready_ms', now + job.delay, 'reclaims', 0}
-  local function also(...)
-    for _, v in ipairs({...}) do fields[#fields + 1] = v end
-  end
   add(tally, 'stats', 'submitted', 1)
+  local common = {'task', job.task, 'args', job.args, 'producer', job.producer, 'priority',
+    job.priority, 'attempts', job.attempts, 'attempt', 0, 'backoff', job.backoff, 'backoff_ms',
+    job.backoff_ms, 'jitter', job.jitter, 'timeout_ms', job.timeout_ms, 'retain_ms',
+    job.retain_ms, 'created_ms', now, 'ready_ms', now + job.delay, 'reclaims', 0}
   if job.delay > 0 then
-    also('state', 'delayed')
-    redis.call(unpack(fields))
+    redis.call('HSET', key, 'state', 'delayed', unpack(common))
     delay_job(p, job.id, now + job.delay)
     return {'created', 'delayed'}
   end
   local stream = p .. 'p' .. job.priority
-  also('state', 'waiting', 'stream', stream, 'entry', redis.call('XADD', stream, '*', 'id', job.id))
-  redis.call(unpack(fields))
+  local entry = redis.call('XADD', stream, '*', 'id', job.id)
+  redis.call('HSET', key, 'state', 'waiting', 'stream', stream, 'entry', entry, unpack(common))
   return {'created', 'waiting'}
 end
 
@@ -238,8 +249,8 @@ local function submit(keys, argv)
   return reply
 end
 
-local function promote_due(p, limit)
-  local ids = redis.call('ZRANGEBYSCORE', p .. 'delayed', '-inf', now_ms(), 'LIMIT', 0, limit)
+local function promote_due(p, limit, now)
+  local ids = redis.call('ZRANGEBYSCORE', p .. 'delayed', '-inf', now, 'LIMIT', 0, limit)
   local moved = 0
   for _, id in ipairs(ids) do
     redis.call('ZREM', p .. 'delayed', id)
@@ -256,19 +267,19 @@ end
 local function promote(keys, argv)
   local fn = 'crew_promote'
   local p = prefix_of(fn, keys)
-  return promote_due(p, int(fn, 'limit', argv[1], 1))
+  return promote_due(p, int(fn, 'limit', argv[1], 1), now_ms())
 end
 
-local function due_in(p)
+local function due_in(p, now)
   local first = redis.call('ZRANGE', p .. 'delayed', 0, 0, 'WITHSCORES')
   if #first == 0 then return -1 end
-  return math.max(tonumber(first[2]) - now_ms(), 0)
+  return math.max(tonumber(first[2]) - now, 0)
 end
 
 -- crew_next_due(prefix) -> milliseconds until the earliest delayed job is due (0: due now), or
 -- -1 when none waits. A worker blocks no longer than this, so delayed jobs start on time.
 local function next_due(keys)
-  return due_in(prefix_of('crew_next_due', keys))
+  return due_in(prefix_of('crew_next_due', keys), now_ms())
 end
 
 -- crew_init(prefix) -> 'ok': the consumer group on every priority stream and on `wake`. From
@@ -317,15 +328,16 @@ end
 -- The entry is acknowledged here: from now on the lease, not the group's pending list, tracks the
 -- job, so the pending list only ever holds deliveries that never started (see crew_reclaim). The
 -- entry itself stays until the job settles.
-local function start_entry(p, stream, entry, id, worker, lease_ms)
-  local job = id ~= '' and load_job(job_key(p, id)) or nil
+-- `now` and `token` (a function giving the next lease token) come from the caller, so that a
+-- batch asks for the time and for tokens once.
+local function start_entry(p, stream, entry, id, worker, lease_ms, now, token)
+  local job = id ~= '' and load_fields(job_key(p, id), START_FIELDS) or nil
   local reason = stray(p, stream, entry, id, job)
   if reason then return {'skip', reason} end
   if job.state ~= 'waiting' then return {'skip', 'job is ' .. job.state} end
   redis.call('XACK', stream, GROUP, entry)
-  local lease = next_token(p)
+  local lease = token()
   local attempt = tonumber(job.attempt) + 1
-  local now = now_ms()
   redis.call('HSET', job_key(p, id), 'state', 'active', 'owner', worker, 'lease', lease,
     'attempt', attempt, 'started_ms', now)
   redis.call('ZADD', p .. 'leases', now + lease_ms, id)
@@ -343,7 +355,8 @@ local function start(keys, argv)
   local entry = text(fn, 'entry', argv[3], 64)
   local worker = text(fn, 'worker', argv[4], 256)
   local lease_ms = int(fn, 'lease_ms', argv[5], 1)
-  return start_entry(p, stream, entry, id, worker, lease_ms)
+  return start_entry(p, stream, entry, id, worker, lease_ms, now_ms(),
+    function() return next_token(p) end)
 end
 
 -- crew_renew(prefix; id, lease, lease_ms) -> 'ok' | 'lost' (the worker must stop the task).
@@ -361,11 +374,12 @@ end
 -- A job kept for 0 ms is deleted at once: its result travels in the notification only, so the
 -- hash is not written first.
 local function complete_one(p, tally, now, id, lease, result)
-  local job = load_job(job_key(p, id))
+  local job = load_fields(job_key(p, id), COMPLETE_FIELDS)
   if not owned(job, lease) then return 'refused' end
   delete_entry(job.stream, job.entry)
   redis.call('ZREM', p .. 'leases', id)
-  notify(p, id, job, {'state', 'completed', 'result', result})
+  redis.call('XADD', p .. 'results:' .. job.producer, 'MAXLEN', '~', NOTIFY_MAXLEN, '*', 'id', id,
+    'state', 'completed', 'result', result)
   add(tally, 'stats', 'completed', 1)
   observe_latency(tally, job, now)
   if tonumber(job.retain_ms) == 0 then
@@ -569,8 +583,15 @@ end
 -- When nothing started the caller blocks next: old `wake` entries (a delayed job was submitted)
 -- are skipped, since due_ms already accounts for every delayed job, and would only end its
 -- block at once.
-local function take_jobs(p, worker, count, lease_ms)
-  promote_due(p, 100)
+local function take_jobs(p, worker, count, lease_ms, now)
+  promote_due(p, 100, now)
+  -- Lease tokens must never repeat, not be consecutive: one INCRBY reserves enough for the call.
+  local last, given = nil, 0
+  local function token()
+    if not last then last = redis.call('INCRBY', p .. 'seq', count) end
+    given = given + 1
+    return tostring(last - count + given)
+  end
   local out = {0}
   for priority = 3, 0, -1 do
     local stream = p .. 'p' .. priority
@@ -580,7 +601,7 @@ local function take_jobs(p, worker, count, lease_ms)
       for _, e in ipairs(entries) do
         local fields = e[2]
         local id = type(fields) == 'table' and fields[1] == 'id' and fields[2] or ''
-        local started = start_entry(p, stream, e[1], id, worker, lease_ms)
+        local started = start_entry(p, stream, e[1], id, worker, lease_ms, now, token)
         if started[1] == 'run' then
           out[#out + 1] = {id, started[2], started[3], started[4], started[5], started[6]}
         end
@@ -589,7 +610,7 @@ local function take_jobs(p, worker, count, lease_ms)
     end
   end
   if #out == 1 then redis.pcall('XGROUP', 'SETID', p .. 'wake', GROUP, '$') end
-  out[1] = due_in(p)
+  out[1] = due_in(p, now)
   return out
 end
 
@@ -602,7 +623,7 @@ local function take(keys, argv)
   local worker = text(fn, 'worker', argv[1], 256)
   local count = int(fn, 'count', argv[2], 1, 10000)
   local lease_ms = int(fn, 'lease_ms', argv[3], 1)
-  return take_jobs(p, worker, count, lease_ms)
+  return take_jobs(p, worker, count, lease_ms, now_ms())
 end
 
 -- crew_report(prefix; worker, take, lease_ms, n, {kind, id, lease, a, b} x n)
@@ -647,7 +668,7 @@ local function report(keys, argv)
   end
   flush(p, tally)
   if count == 0 then return {statuses} end
-  return {statuses, take_jobs(p, worker, count, lease_ms)}
+  return {statuses, take_jobs(p, worker, count, lease_ms, now)}
 end
 
 -- crew_renew_many(prefix; lease_ms, {id, lease} x n) -> the leases of the jobs no longer this
