@@ -130,7 +130,8 @@ struct Queue::Impl {
 
   // Runs `call` on the submit connection (the caller holds submit_mutex). A connection that
   // dropped while idle shows only on its next command, so a ConnectionError is retried once on a
-  // fresh connection: every call made here is idempotent (crew_submit by job id, or a read).
+  // fresh connection: every call made here is idempotent (crew_submit_many by job id, or a
+  // read).
   template <class Call>
   auto on_submitter(Call&& call) {
     if (submitter.broken()) submitter.reconnect(options.command_timeout);
@@ -140,11 +141,6 @@ struct Queue::Impl {
       submitter.reconnect(options.command_timeout);
       return call();
     }
-  }
-
-  Reply fcall(std::string_view function, std::vector<std::string> args) {
-    args.insert(args.begin(), {"FCALL", std::string(function), "1", prefix});
-    return on_submitter([&] { return submitter.command(args); });
   }
 
   // Sends `batch` as one crew_submit_many and gives each submission its reply (or the error).

@@ -657,6 +657,49 @@ TEST_F(RedisFunctions, RenewManyRenewsOwnedLeasesAndReturnsTheLostOnes) {
   EXPECT_THAT(fcall("crew_renew_many", {"60000", a}).error(), HasSubstr("pairs"));
 }
 
+TEST_F(RedisFunctions, SubmitManyAnswersEachSubmissionAndARepeatAttaches) {
+  auto args_of = [](const Job& j) {
+    return std::vector<std::string>{j.id,
+                                    "producer-1",
+                                    j.task,
+                                    j.args,
+                                    std::to_string(j.priority),
+                                    std::to_string(j.delay_ms),
+                                    std::to_string(j.attempts),
+                                    j.backoff,
+                                    std::to_string(j.backoff_ms),
+                                    j.jitter,
+                                    std::to_string(j.timeout_ms),
+                                    std::to_string(j.retain_ms)};
+  };
+  std::vector<std::string> args = {"3"};
+  for (const Job& j : {Job{.id = "a"}, Job{.id = "bad", .priority = 9},
+                       Job{.id = "later", .priority = 2, .delay_ms = 60'000}}) {
+    const auto one = args_of(j);
+    args.insert(args.end(), one.begin(), one.end());
+  }
+  const Reply first = fcall("crew_submit_many", args);
+  ASSERT_EQ(first.elements().size(), 3u) << first.describe();
+  EXPECT_EQ(first[0].describe(), R"(["created", "waiting"])");
+  ASSERT_TRUE(first[1].is_error());
+  EXPECT_THAT(first[1].error(), HasSubstr("priority must be"));
+  EXPECT_EQ(first[2].describe(), R"(["created", "delayed"])");
+  EXPECT_EQ(job("a")["stream"], kQueue + "p1");
+  EXPECT_EQ(job("a")["state"], "waiting");
+  EXPECT_EQ(job("later")["state"], "delayed");
+  EXPECT_EQ(redis_.command({"EXISTS", kQueue + "job:bad"}).integer(), 0);
+  EXPECT_EQ(stat("submitted"), 2);
+
+  // The same call again (its reply was lost): it attaches, nothing is submitted twice.
+  const Reply again = fcall("crew_submit_many", args);
+  EXPECT_EQ(again[0].describe(), R"(["exists", "waiting"])");
+  EXPECT_EQ(again[2].describe(), R"(["exists", "delayed"])");
+  EXPECT_EQ(redis_.command({"XLEN", kQueue + "p1"}).integer(), 1);
+  EXPECT_EQ(stat("submitted"), 2);
+  EXPECT_EQ(ids_of(take("w1", 5)), (std::vector<std::string>{"a"}));
+  EXPECT_THAT(fcall("crew_submit_many", {"2", "a"}).error(), HasSubstr("arguments"));
+}
+
 TEST_F(RedisFunctions, BadArgumentsAreErrorRepliesNamingTheField) {
   auto error_of = [](const Reply& reply) { return reply.is_error() ? reply.error() : ""; };
   EXPECT_THAT(error_of(submit({.id = "j", .priority = 4})), HasSubstr("priority must be"));
