@@ -52,6 +52,12 @@ void check_job_options(const JobOptions& o) {
   if (o.job_id.size() > 256) bad("job_id", "must be at most 256 bytes");
 }
 
+void check_task_name(std::string_view name) {
+  if (name.empty() || name.size() > 256) {
+    throw std::invalid_argument("crew::redis::Queue: the task name must be 1..256 bytes");
+  }
+}
+
 // The outcome recorded in a job hash (HMGET state result error_type error ...), or nothing while
 // the job has not settled.
 std::optional<detail::JobOutcome> settled_outcome(const std::string& id, const Reply& fields) {
@@ -364,16 +370,6 @@ QueueStats Queue::stats() {
 const std::string& Queue::producer_id() const noexcept {
   return impl_->producer;
 }
-
-namespace {
-
-void check_task_name(std::string_view name) {
-  if (name.empty() || name.size() > 256) {
-    throw std::invalid_argument("crew::redis::Queue: the task name must be 1..256 bytes");
-  }
-}
-
-}  // namespace
 
 std::vector<std::string> Queue::enqueue_many(const JobOptions& options, std::string_view name,
                                              std::vector<std::string> args,
