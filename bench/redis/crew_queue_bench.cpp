@@ -12,11 +12,11 @@
 #include <cstdint>
 #include <cstdio>
 #include <map>
-#include <memory>
 #include <sstream>
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include <crew/process.hpp>
@@ -38,9 +38,8 @@ using crew_bench::seconds_since;
 const std::string kPayload = "payload-0123456789";
 // Results removed on completion, as BullMQ's removeOnComplete: true.
 const crew::redis::JobOptions kRemoved{.retain = 0ms};
-// Many submitting threads, each with a Queue of its own: one Queue sends on one connection
-// under a mutex, so threads sharing it would take turns. crew has no batch submit.
-constexpr int kBulkProducers = 8;
+// Queue::submit_many in batches of this many jobs, one batch after the other, as BullMQ's addBulk.
+constexpr int kBatch = 1'000;
 
 crew::Tasks& tasks() {
   static crew::Tasks t = [] {
@@ -131,43 +130,28 @@ struct Bench {
     emit(workload + ".rate", jobs / s);
   }
 
-  using Producers = std::vector<std::unique_ptr<crew::redis::Queue>>;
-
-  Producers make_producers(const std::string& queue) {
-    Producers out;
-    for (int p = 0; p < kBulkProducers; ++p) {
-      out.push_back(std::make_unique<crew::redis::Queue>(
-          crew::redis::QueueOptions{.url = url, .name = queue}));
-    }
-    return out;
-  }
-
-  // Submits `jobs` jobs, one producer per thread; returns the seconds it took.
-  double submit_from_threads(Producers& producers) {
+  // Submits `jobs` jobs with submit_many; returns the seconds it took.
+  double submit_batches(crew::redis::Queue& q) {
     const auto t = Clock::now();
-    std::vector<std::jthread> threads;
-    for (int p = 0; p < kBulkProducers; ++p) {
-      threads.emplace_back([&, p] {
-        for (int i = p; i < jobs; i += kBulkProducers) {
-          (void)producers[p]->submit(kRemoved, "noop", i, kPayload);
-        }
-      });
+    for (int first = 0; first < jobs; first += kBatch) {
+      std::vector<std::tuple<int, std::string>> batch;
+      for (int i = first; i < std::min(first + kBatch, jobs); ++i) batch.emplace_back(i, kPayload);
+      (void)q.submit_many(kRemoved, "noop", batch);
     }
-    threads.clear();  // joins
     return seconds_since(t);
   }
 
   void enqueue_bulk(const std::string& workload, const std::string& queue) {
-    Producers p = make_producers(queue);
+    crew::redis::Queue q({.url = url, .name = queue});
     double s = 0;
-    probe.measure(workload, jobs, [&] { s = submit_from_threads(p); });
+    probe.measure(workload, jobs, [&] { s = submit_batches(q); });
     emit(workload + ".rate", jobs / s);
   }
 
   // A backlog for a processing run, not measured.
   void fill(const std::string& queue) {
-    Producers p = make_producers(queue);
-    (void)submit_from_threads(p);
+    crew::redis::Queue q({.url = url, .name = queue});
+    (void)submit_batches(q);
   }
 
   // Times a worker through `jobs` waiting jobs, from its construction to the last result Redis

@@ -7,7 +7,7 @@
 -- exactly once however late or repeated a call is. Arguments are checked before the first write:
 -- a function that raises after writing would leave its writes in place.
 
-local VERSION = 3
+local VERSION = 4
 
 local GROUP = 'workers'
 local NOTIFY_MAXLEN = '10000'
@@ -73,12 +73,40 @@ local function load_job(key)
   return job
 end
 
+-- The named fields of a job hash (`state` first), or nil when there is no such job. The hot paths
+-- read only what they use: turning a whole hash into Lua strings costs more than the HGETALL.
+local function load_fields(key, names)
+  local values = redis.call('HMGET', key, unpack(names))
+  if not values[1] then return nil end
+  local job = {}
+  for i, name in ipairs(names) do
+    if values[i] then job[name] = values[i] end
+  end
+  return job
+end
+
+local START_FIELDS = {'state', 'stream', 'entry', 'attempt', 'task', 'args', 'timeout_ms'}
+local COMPLETE_FIELDS = {'state', 'lease', 'stream', 'entry', 'producer', 'ready_ms', 'created_ms',
+  'retain_ms'}
+
 local function bump(p, counter) redis.call('HINCRBY', p .. 'stats', counter, 1) end
+
+-- Counter increments gathered over one call and written at its end with one HINCRBY per field:
+-- the outcomes of a batch add into the same few fields of `stats` and `latency`.
+local function new_tally() return {stats = {}, latency = {}} end
+
+local function add(tally, hash, field, n) tally[hash][field] = (tally[hash][field] or 0) + n end
+
+local function flush(p, tally)
+  for hash, fields in pairs(tally) do
+    for field, n in pairs(fields) do redis.call('HINCRBY', p .. hash, field, n) end
+  end
+end
 
 -- Counts a completed job's end-to-end latency, from when it could first run (submission, or the
 -- end of its delay) to its result, in the queue's histogram hash: bucket `le:<ms>` (`le:inf` for
 -- the rest), plus `count` and `sum_ms`. Redis time on both ends: no client clock is involved.
-local function observe_latency(p, job, now)
+local function observe_latency(tally, job, now)
   local ms = math.max(0, now - tonumber(job.ready_ms or job.created_ms))
   local bucket = 'le:inf'
   for _, bound in ipairs(LATENCY_BOUNDS) do
@@ -87,10 +115,9 @@ local function observe_latency(p, job, now)
       break
     end
   end
-  local key = p .. 'latency'
-  redis.call('HINCRBY', key, bucket, 1)
-  redis.call('HINCRBY', key, 'count', 1)
-  redis.call('HINCRBY', key, 'sum_ms', ms)
+  add(tally, 'latency', bucket, 1)
+  add(tally, 'latency', 'count', 1)
+  add(tally, 'latency', 'sum_ms', ms)
 end
 
 -- A lease token is never reused: each start and reclaim takes the next number.
@@ -117,6 +144,11 @@ local function drop_entry(stream, entry)
     redis.call('XACK', stream, GROUP, entry)
     redis.call('XDEL', stream, entry)
   end
+end
+
+-- The entry of a job that started: crew_start acknowledged it already.
+local function delete_entry(stream, entry)
+  if stream and entry and entry ~= '' then redis.call('XDEL', stream, entry) end
 end
 
 local function notify(p, id, job, fields)
@@ -155,6 +187,54 @@ local function owned(job, lease)
   return job and job.state == 'active' and job.lease == lease
 end
 
+-- The 12 arguments of one submission from argv[at] on, checked (see crew_submit).
+local function submission(fn, argv, at)
+  local job = {
+    id = text(fn, 'id', argv[at], 256),
+    producer = text(fn, 'producer', argv[at + 1], 256),
+    task = text(fn, 'task', argv[at + 2], 256),
+    args = argv[at + 3],
+    priority = int(fn, 'priority', argv[at + 4], 0, 3),
+    delay = int(fn, 'delay_ms', argv[at + 5], 0),
+    attempts = int(fn, 'attempts', argv[at + 6], 1),
+    backoff = argv[at + 7],
+    backoff_ms = int(fn, 'backoff_ms', argv[at + 8], 0),
+    jitter = argv[at + 9],
+    timeout_ms = int(fn, 'timeout_ms', argv[at + 10], 0),
+    retain_ms = int(fn, 'retain_ms', argv[at + 11], 0),
+  }
+  if job.backoff ~= 'fixed' and job.backoff ~= 'exponential' then
+    reject(fn, "backoff must be 'fixed' or 'exponential', got '" .. tostring(job.backoff) .. "'")
+  end
+  local jitter = tonumber(job.jitter)
+  if not (jitter and jitter >= 0 and jitter <= 1) then  -- NaN fails every comparison
+    reject(fn, "jitter must be a number in 0..1, got '" .. tostring(job.jitter) .. "'")
+  end
+  return job
+end
+
+-- Creates a checked submission's job, or attaches to the job of that id: -> {'created'|'exists',
+-- state}. A job that can run now gets its stream entry first, so that one HSET writes its hash.
+local function create(p, tally, now, job)
+  local key = job_key(p, job.id)
+  local state = redis.call('HGET', key, 'state')
+  if state then return {'exists', state} end
+  add(tally, 'stats', 'submitted', 1)
+  local common = {'task', job.task, 'args', job.args, 'producer', job.producer, 'priority',
+    job.priority, 'attempts', job.attempts, 'attempt', 0, 'backoff', job.backoff, 'backoff_ms',
+    job.backoff_ms, 'jitter', job.jitter, 'timeout_ms', job.timeout_ms, 'retain_ms',
+    job.retain_ms, 'created_ms', now, 'ready_ms', now + job.delay, 'reclaims', 0}
+  if job.delay > 0 then
+    redis.call('HSET', key, 'state', 'delayed', unpack(common))
+    delay_job(p, job.id, now + job.delay)
+    return {'created', 'delayed'}
+  end
+  local stream = p .. 'p' .. job.priority
+  local entry = redis.call('XADD', stream, '*', 'id', job.id)
+  redis.call('HSET', key, 'state', 'waiting', 'stream', stream, 'entry', entry, unpack(common))
+  return {'created', 'waiting'}
+end
+
 -- crew_submit(prefix; id, producer, task, args, priority, delay_ms, attempts, backoff,
 -- backoff_ms, jitter, timeout_ms, retain_ms) -> {'created'|'exists', state}
 -- A job id that exists already attaches to that job: it never runs twice.
@@ -162,49 +242,15 @@ local function submit(keys, argv)
   local fn = 'crew_submit'
   local p = prefix_of(fn, keys)
   if #argv ~= 12 then reject(fn, 'expects 12 arguments, got ' .. #argv) end
-  local id = text(fn, 'id', argv[1], 256)
-  local producer = text(fn, 'producer', argv[2], 256)
-  local task = text(fn, 'task', argv[3], 256)
-  local priority = int(fn, 'priority', argv[5], 0, 3)
-  local delay = int(fn, 'delay_ms', argv[6], 0)
-  local attempts = int(fn, 'attempts', argv[7], 1)
-  local backoff = argv[8]
-  if backoff ~= 'fixed' and backoff ~= 'exponential' then
-    reject(fn, "backoff must be 'fixed' or 'exponential', got '" .. tostring(backoff) .. "'")
-  end
-  local backoff_ms = int(fn, 'backoff_ms', argv[9], 0)
-  local jitter = tonumber(argv[10])
-  if not (jitter and jitter >= 0 and jitter <= 1) then  -- NaN fails every comparison
-    reject(fn, "jitter must be a number in 0..1, got '" .. tostring(argv[10]) .. "'")
-  end
-  local timeout_ms = int(fn, 'timeout_ms', argv[11], 0)
-  local retain_ms = int(fn, 'retain_ms', argv[12], 0)
-
-  local key = job_key(p, id)
-  local state = redis.call('HGET', key, 'state')
-  if state then return {'exists', state} end
-
-  local now = now_ms()
-  redis.call('HSET', key, 'task', task, 'args', argv[4], 'producer', producer, 'priority',
-    priority, 'attempts', attempts, 'attempt', 0, 'backoff', backoff, 'backoff_ms', backoff_ms,
-    'jitter', argv[10], 'timeout_ms', timeout_ms, 'retain_ms', retain_ms, 'created_ms', now,
-    'ready_ms', now + delay, 'reclaims', 0)
-  bump(p, 'submitted')
-  if delay > 0 then
-    redis.call('HSET', key, 'state', 'delayed')
-    delay_job(p, id, now + delay)
-    return {'created', 'delayed'}
-  end
-  enqueue(p, id, priority)
-  return {'created', 'waiting'}
+  local job = submission(fn, argv, 1)
+  local tally = new_tally()
+  local reply = create(p, tally, now_ms(), job)
+  flush(p, tally)
+  return reply
 end
 
--- crew_promote(prefix; limit) -> number of delayed jobs now due and back in their streams.
-local function promote(keys, argv)
-  local fn = 'crew_promote'
-  local p = prefix_of(fn, keys)
-  local limit = int(fn, 'limit', argv[1], 1)
-  local ids = redis.call('ZRANGEBYSCORE', p .. 'delayed', '-inf', now_ms(), 'LIMIT', 0, limit)
+local function promote_due(p, limit, now)
+  local ids = redis.call('ZRANGEBYSCORE', p .. 'delayed', '-inf', now, 'LIMIT', 0, limit)
   local moved = 0
   for _, id in ipairs(ids) do
     redis.call('ZREM', p .. 'delayed', id)
@@ -217,25 +263,38 @@ local function promote(keys, argv)
   return moved
 end
 
+-- crew_promote(prefix; limit) -> number of delayed jobs now due and back in their streams.
+local function promote(keys, argv)
+  local fn = 'crew_promote'
+  local p = prefix_of(fn, keys)
+  return promote_due(p, int(fn, 'limit', argv[1], 1), now_ms())
+end
+
+local function due_in(p, now)
+  local first = redis.call('ZRANGE', p .. 'delayed', 0, 0, 'WITHSCORES')
+  if #first == 0 then return -1 end
+  return math.max(tonumber(first[2]) - now, 0)
+end
+
 -- crew_next_due(prefix) -> milliseconds until the earliest delayed job is due (0: due now), or
 -- -1 when none waits. A worker blocks no longer than this, so delayed jobs start on time.
 local function next_due(keys)
-  local p = prefix_of('crew_next_due', keys)
-  local first = redis.call('ZRANGE', p .. 'delayed', 0, 0, 'WITHSCORES')
-  if #first == 0 then return -1 end
-  return math.max(tonumber(first[2]) - now_ms(), 0)
+  return due_in(prefix_of('crew_next_due', keys), now_ms())
 end
 
 -- crew_init(prefix) -> 'ok': the consumer group on every priority stream and on `wake`. From
 -- id 0, so jobs submitted before any worker existed are delivered too.
-local function init(keys)
-  local p = prefix_of('crew_init', keys)
+local function create_groups(p)
   for _, stream in ipairs({'p0', 'p1', 'p2', 'p3', 'wake'}) do
     local ok = redis.pcall('XGROUP', 'CREATE', p .. stream, GROUP, '0', 'MKSTREAM')
     if type(ok) == 'table' and ok.err and not string.find(ok.err, 'BUSYGROUP', 1, true) then
       error(ok)
     end
   end
+end
+
+local function init(keys)
+  create_groups(prefix_of('crew_init', keys))
   return 'ok'
 end
 
@@ -264,11 +323,30 @@ local function stray(p, stream, entry, id, job)
   return nil
 end
 
+-- Starts the job named by `entry` of `stream` for `worker`:
+--   {'run', lease, task, args, timeout_ms, attempt} | {'skip', reason}
+-- The entry is acknowledged here: from now on the lease, not the group's pending list, tracks the
+-- job, so the pending list only ever holds deliveries that never started (see crew_reclaim). The
+-- entry itself stays until the job settles.
+-- `now` and `token` (a function giving the next lease token) come from the caller, so that a
+-- batch asks for the time and for tokens once.
+local function start_entry(p, stream, entry, id, worker, lease_ms, now, token)
+  local job = id ~= '' and load_fields(job_key(p, id), START_FIELDS) or nil
+  local reason = stray(p, stream, entry, id, job)
+  if reason then return {'skip', reason} end
+  if job.state ~= 'waiting' then return {'skip', 'job is ' .. job.state} end
+  redis.call('XACK', stream, GROUP, entry)
+  local lease = token()
+  local attempt = tonumber(job.attempt) + 1
+  redis.call('HSET', job_key(p, id), 'state', 'active', 'owner', worker, 'lease', lease,
+    'attempt', attempt, 'started_ms', now)
+  redis.call('ZADD', p .. 'leases', now + lease_ms, id)
+  return {'run', lease, job.task, job.args, tonumber(job.timeout_ms), attempt}
+end
+
 -- crew_start(prefix; id, stream, entry, worker, lease_ms)
 --   -> {'run', lease, task, args, timeout_ms, attempt} | {'skip', reason}
--- Called with what XREADGROUP delivered. The entry is acknowledged here: from now on the lease,
--- not the group's pending list, tracks the job, so the pending list only ever holds deliveries
--- that never started (see crew_reclaim). The entry itself stays until the job settles.
+-- Called with what a blocking XREADGROUP delivered (see start_entry).
 local function start(keys, argv)
   local fn = 'crew_start'
   local p = prefix_of(fn, keys)
@@ -277,19 +355,8 @@ local function start(keys, argv)
   local entry = text(fn, 'entry', argv[3], 64)
   local worker = text(fn, 'worker', argv[4], 256)
   local lease_ms = int(fn, 'lease_ms', argv[5], 1)
-
-  local job = id ~= '' and load_job(job_key(p, id)) or nil
-  local reason = stray(p, stream, entry, id, job)
-  if reason then return {'skip', reason} end
-  if job.state ~= 'waiting' then return {'skip', 'job is ' .. job.state} end
-  redis.call('XACK', stream, GROUP, entry)
-  local lease = next_token(p)
-  local attempt = tonumber(job.attempt) + 1
-  local now = now_ms()
-  redis.call('HSET', job_key(p, id), 'state', 'active', 'owner', worker, 'lease', lease,
-    'attempt', attempt, 'started_ms', now)
-  redis.call('ZADD', p .. 'leases', now + lease_ms, id)
-  return {'run', lease, job.task, job.args, tonumber(job.timeout_ms), attempt}
+  return start_entry(p, stream, entry, id, worker, lease_ms, now_ms(),
+    function() return next_token(p) end)
 end
 
 -- crew_renew(prefix; id, lease, lease_ms) -> 'ok' | 'lost' (the worker must stop the task).
@@ -304,6 +371,26 @@ local function renew(keys, argv)
   return 'ok'
 end
 
+-- A job kept for 0 ms is deleted at once: its result travels in the notification only, so the
+-- hash is not written first.
+local function complete_one(p, tally, now, id, lease, result)
+  local job = load_fields(job_key(p, id), COMPLETE_FIELDS)
+  if not owned(job, lease) then return 'refused' end
+  delete_entry(job.stream, job.entry)
+  redis.call('ZREM', p .. 'leases', id)
+  redis.call('XADD', p .. 'results:' .. job.producer, 'MAXLEN', '~', NOTIFY_MAXLEN, '*', 'id', id,
+    'state', 'completed', 'result', result)
+  add(tally, 'stats', 'completed', 1)
+  observe_latency(tally, job, now)
+  if tonumber(job.retain_ms) == 0 then
+    redis.call('DEL', job_key(p, id))
+  else
+    redis.call('HSET', job_key(p, id), 'state', 'completed', 'result', result, 'finished_ms', now)
+    redis.call('PEXPIRE', job_key(p, id), job.retain_ms)
+  end
+  return 'ok'
+end
+
 -- crew_complete(prefix; id, lease, result) -> 'ok' | 'refused' (the lease is no longer this
 -- caller's: the job was reclaimed, or settled already).
 local function complete(keys, argv)
@@ -313,17 +400,10 @@ local function complete(keys, argv)
   local lease = text(fn, 'lease', argv[2], 64)
   local result = argv[3]
   if type(result) ~= 'string' then reject(fn, 'expects a result') end
-  local job = load_job(job_key(p, id))
-  if not owned(job, lease) then return 'refused' end
-  drop_entry(job.stream, job.entry)
-  redis.call('ZREM', p .. 'leases', id)
-  local now = now_ms()
-  redis.call('HSET', job_key(p, id), 'state', 'completed', 'result', result, 'finished_ms', now)
-  notify(p, id, job, {'state', 'completed', 'result', result})
-  bump(p, 'completed')
-  observe_latency(p, job, now)
-  retain(p, id, job)
-  return 'ok'
+  local tally = new_tally()
+  local reply = complete_one(p, tally, now_ms(), id, lease, result)
+  flush(p, tally)
+  return reply
 end
 
 local function backoff_delay(job)
@@ -340,6 +420,31 @@ local function backoff_delay(job)
   return math.floor(math.min(delay, MAX_BACKOFF_MS))
 end
 
+-- -> {'retry', delay_ms} | {'dead'} | 'refused' (see crew_fail)
+local function fail_one(p, tally, id, lease, error_type, message)
+  local job = load_job(job_key(p, id))
+  if not owned(job, lease) then return 'refused' end
+  add(tally, 'stats', 'failed', 1)
+  -- BadArguments (an unknown task, arguments or a result that do not fit) would fail the same
+  -- way again: no attempt is spent on it, as in a local ProcessPool.
+  if error_type == 'BadArguments' or tonumber(job.attempt) >= tonumber(job.attempts) then
+    settle_dead(p, id, job, error_type, message)
+    return {'dead'}
+  end
+  delete_entry(job.stream, job.entry)
+  redis.call('ZREM', p .. 'leases', id)
+  redis.call('HSET', job_key(p, id), 'error_type', error_type, 'error', message, 'entry', '')
+  add(tally, 'stats', 'retried', 1)
+  local delay = backoff_delay(job)
+  if delay > 0 then
+    redis.call('HSET', job_key(p, id), 'state', 'delayed')
+    delay_job(p, id, now_ms() + delay)
+  else
+    enqueue(p, id, job.priority)
+  end
+  return {'retry', delay}
+end
+
 -- crew_fail(prefix; id, lease, error_type, error) -> {'retry', delay_ms} | {'dead'} | 'refused'
 -- With attempts left the job waits out its backoff in the delayed zset (or goes straight back to
 -- its stream when the backoff is 0); after the last attempt, or for BadArguments, it is
@@ -352,27 +457,10 @@ local function fail_job(keys, argv)
   local error_type = text(fn, 'error_type', argv[3], 256)
   local message = argv[4]
   if type(message) ~= 'string' then reject(fn, 'expects an error message') end
-  local job = load_job(job_key(p, id))
-  if not owned(job, lease) then return 'refused' end
-  bump(p, 'failed')
-  -- BadArguments (an unknown task, arguments or a result that do not fit) would fail the same
-  -- way again: no attempt is spent on it, as in a local ProcessPool.
-  if error_type == 'BadArguments' or tonumber(job.attempt) >= tonumber(job.attempts) then
-    settle_dead(p, id, job, error_type, message)
-    return {'dead'}
-  end
-  drop_entry(job.stream, job.entry)
-  redis.call('ZREM', p .. 'leases', id)
-  redis.call('HSET', job_key(p, id), 'error_type', error_type, 'error', message, 'entry', '')
-  bump(p, 'retried')
-  local delay = backoff_delay(job)
-  if delay > 0 then
-    redis.call('HSET', job_key(p, id), 'state', 'delayed')
-    delay_job(p, id, now_ms() + delay)
-  else
-    enqueue(p, id, job.priority)
-  end
-  return {'retry', delay}
+  local tally = new_tally()
+  local reply = fail_one(p, tally, id, lease, error_type, message)
+  flush(p, tally)
+  return reply
 end
 
 -- crew_release(prefix; id, lease) -> 'ok' | 'refused'
@@ -502,6 +590,170 @@ local function job(keys, argv)
   return out
 end
 
+-- New entries of one priority stream for `worker`, at most `count`. No BLOCK: a function must not
+-- wait. A group that is gone (the stream was deleted) is created again, as crew_init would.
+local function read_new(p, stream, worker, count)
+  local args = {'XREADGROUP', 'GROUP', GROUP, worker, 'COUNT', count, 'STREAMS', stream, '>'}
+  local reply = redis.pcall(unpack(args))
+  if type(reply) == 'table' and reply.err then
+    if not string.find(reply.err, 'NOGROUP', 1, true) then error(reply) end
+    create_groups(p)
+    reply = redis.call(unpack(args))
+  end
+  if not reply then return {} end
+  return reply[1][2]
+end
+
+-- Promotes due delayed jobs, then starts up to `count` jobs for `worker`, highest priority first
+-- (COUNT applies per stream, so the streams are read one by one with what is still wanted).
+-- A stale or malformed entry is settled as crew_start would and does not count.
+--   -> {due_ms, {id, lease, task, args, timeout_ms, attempt}...}, due_ms as crew_next_due's
+-- When nothing started the caller blocks next: old `wake` entries (a delayed job was submitted)
+-- are skipped, since due_ms already accounts for every delayed job, and would only end its
+-- block at once.
+local function take_jobs(p, worker, count, lease_ms, now)
+  promote_due(p, 100, now)
+  -- Lease tokens must never repeat, not be consecutive: one INCRBY reserves enough for the call.
+  local last, given = nil, 0
+  local function token()
+    if not last then last = redis.call('INCRBY', p .. 'seq', count) end
+    given = given + 1
+    return tostring(last - count + given)
+  end
+  local out = {0}
+  for priority = 3, 0, -1 do
+    local stream = p .. 'p' .. priority
+    while #out - 1 < count do
+      local wanted = count - (#out - 1)
+      local entries = read_new(p, stream, worker, wanted)
+      for _, e in ipairs(entries) do
+        local fields = e[2]
+        local id = type(fields) == 'table' and fields[1] == 'id' and fields[2] or ''
+        local started = start_entry(p, stream, e[1], id, worker, lease_ms, now, token)
+        if started[1] == 'run' then
+          out[#out + 1] = {id, started[2], started[3], started[4], started[5], started[6]}
+        end
+      end
+      if #entries < wanted then break end
+    end
+  end
+  if #out == 1 then redis.pcall('XGROUP', 'SETID', p .. 'wake', GROUP, '$') end
+  out[1] = due_in(p, now)
+  return out
+end
+
+-- crew_take(prefix; worker, count, lease_ms) -> {due_ms, {id, lease, task, args, timeout_ms,
+-- attempt}...}: a worker's one call per turn for work (see take_jobs). A repeated call (its reply
+-- was lost) starts other jobs; the ones it started first are reclaimed when their lease ends.
+local function take(keys, argv)
+  local fn = 'crew_take'
+  local p = prefix_of(fn, keys)
+  local worker = text(fn, 'worker', argv[1], 256)
+  local count = int(fn, 'count', argv[2], 1, 10000)
+  local lease_ms = int(fn, 'lease_ms', argv[3], 1)
+  return take_jobs(p, worker, count, lease_ms, now_ms())
+end
+
+-- crew_report(prefix; worker, take, lease_ms, n, {kind, id, lease, a, b} x n)
+--   -> {{status x n}} when take is 0, else {{status x n}, crew_take's reply}
+-- A worker's outcomes in one call: kind 'complete' (a: the result, b unused) answers 'ok' or
+-- 'refused' as crew_complete; kind 'fail' (a: error_type, b: the error) answers 'retry', 'dead'
+-- or 'refused' as crew_fail. Then, with take > 0, it starts up to `take` jobs as crew_take, so
+-- that finishing a job hands back the next. Each outcome is checked by its lease, so a repeated
+-- call (its reply was lost) is refused for every outcome and settles nothing twice.
+local function report(keys, argv)
+  local fn = 'crew_report'
+  local p = prefix_of(fn, keys)
+  local worker = text(fn, 'worker', argv[1], 256)
+  local count = int(fn, 'take', argv[2], 0, 10000)
+  local lease_ms = int(fn, 'lease_ms', argv[3], 1)
+  local n = int(fn, 'n', argv[4], 0, 10000)
+  if #argv ~= 4 + 5 * n then
+    reject(fn, 'expects 4 + 5 x ' .. n .. ' arguments, got ' .. #argv)
+  end
+  for i = 0, n - 1 do
+    local at = 5 + 5 * i
+    local kind = argv[at]
+    if kind ~= 'complete' and kind ~= 'fail' then
+      reject(fn, "kind must be 'complete' or 'fail', got '" .. tostring(kind) .. "'")
+    end
+    text(fn, 'id', argv[at + 1], 256)
+    text(fn, 'lease', argv[at + 2], 64)
+    if kind == 'fail' then text(fn, 'error_type', argv[at + 3], 256) end
+  end
+  local tally = new_tally()
+  local now = now_ms()
+  local statuses = {}
+  for i = 0, n - 1 do
+    local at = 5 + 5 * i
+    local id, lease = argv[at + 1], argv[at + 2]
+    if argv[at] == 'complete' then
+      statuses[#statuses + 1] = complete_one(p, tally, now, id, lease, argv[at + 3])
+    else
+      local r = fail_one(p, tally, id, lease, argv[at + 3], argv[at + 4])
+      statuses[#statuses + 1] = type(r) == 'table' and r[1] or r
+    end
+  end
+  flush(p, tally)
+  if count == 0 then return {statuses} end
+  return {statuses, take_jobs(p, worker, count, lease_ms, now)}
+end
+
+-- crew_renew_many(prefix; lease_ms, {id, lease} x n) -> the leases of the jobs no longer this
+-- caller's (the worker must stop them); the others' deadlines move to now + lease_ms.
+local function renew_many(keys, argv)
+  local fn = 'crew_renew_many'
+  local p = prefix_of(fn, keys)
+  local lease_ms = int(fn, 'lease_ms', argv[1], 1)
+  if #argv % 2 ~= 1 then reject(fn, 'expects lease_ms and {id, lease} pairs') end
+  for i = 2, #argv, 2 do
+    text(fn, 'id', argv[i], 256)
+    text(fn, 'lease', argv[i + 1], 64)
+  end
+  local deadline = now_ms() + lease_ms
+  local lost, renewed = {}, {'ZADD', p .. 'leases', 'XX'}
+  for i = 2, #argv, 2 do
+    local id, lease = argv[i], argv[i + 1]
+    local job = redis.call('HMGET', job_key(p, id), 'state', 'lease')
+    if job[1] == 'active' and job[2] == lease then
+      renewed[#renewed + 1] = deadline
+      renewed[#renewed + 1] = id
+    else
+      lost[#lost + 1] = lease
+    end
+  end
+  if #renewed > 3 then redis.call(unpack(renewed)) end
+  return lost
+end
+
+-- crew_submit_many(prefix; n, {the 12 arguments of crew_submit} x n) -> one reply per
+-- submission: crew_submit's, or an error reply naming the bad field (that submission alone is
+-- left out). Several producers' threads' submissions in one call; each is idempotent by its id,
+-- so a repeated call (its reply was lost) attaches instead of submitting twice.
+local function submit_many(keys, argv)
+  local fn = 'crew_submit_many'
+  local p = prefix_of(fn, keys)
+  local n = int(fn, 'n', argv[1], 1, 10000)
+  if #argv ~= 1 + 12 * n then
+    reject(fn, 'expects 1 + 12 x ' .. n .. ' arguments, got ' .. #argv)
+  end
+  local tally = new_tally()
+  local now = now_ms()
+  local out = {}
+  for i = 0, n - 1 do
+    local ok, job = pcall(submission, fn, argv, 2 + 12 * i)
+    if ok then
+      out[#out + 1] = create(p, tally, now, job)
+    elseif type(job) == 'table' and job.crew_error then
+      out[#out + 1] = redis.error_reply(job.crew_error)
+    else
+      error(job)
+    end
+  end
+  flush(p, tally)
+  return out
+end
+
 redis.register_function{function_name = 'crew_version', callback = function() return VERSION end,
   flags = {'no-writes'}}
 redis.register_function('crew_init', checked(init))
@@ -517,3 +769,7 @@ redis.register_function('crew_reclaim', checked(reclaim))
 redis.register_function('crew_release', checked(release))
 redis.register_function{function_name = 'crew_stats', callback = checked(stats), flags = {'no-writes'}}
 redis.register_function{function_name = 'crew_job', callback = checked(job), flags = {'no-writes'}}
+redis.register_function('crew_take', checked(take))
+redis.register_function('crew_report', checked(report))
+redis.register_function('crew_renew_many', checked(renew_many))
+redis.register_function('crew_submit_many', checked(submit_many))

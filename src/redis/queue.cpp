@@ -1,11 +1,15 @@
-// crew::redis::Queue: submissions on one connection under a mutex; results on a thread of their
-// own that blocks in XREAD on this producer's notification stream and settles the waiting
-// Futures. Waiters are kept per job id, so any number of Futures for one job settle from one
+// crew::redis::Queue: submissions on one connection, group-committed: a submitting thread that
+// finds no call in flight sends everything queued meanwhile as one crew_submit_many (a lone
+// caller sends its own at once), the others wait for its reply. Results on a thread of their own
+// that blocks in XREAD on this producer's notification stream and settles the waiting Futures.
+// Waiters are kept per job id, so any number of Futures for one job settle from one
 // notification.
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <exception>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -46,6 +50,12 @@ void check_job_options(const JobOptions& o) {
   if (o.timeout.count() < 0) bad("timeout", "must not be negative");
   if (o.retain.count() < 0) bad("retain", "must not be negative");
   if (o.job_id.size() > 256) bad("job_id", "must be at most 256 bytes");
+}
+
+void check_task_name(std::string_view name) {
+  if (name.empty() || name.size() > 256) {
+    throw std::invalid_argument("crew::redis::Queue: the task name must be 1..256 bytes");
+  }
 }
 
 // The outcome recorded in a job hash (HMGET state result error_type error ...), or nothing while
@@ -91,6 +101,17 @@ JobState state_of(const std::string& name) {
   throw BadArguments("crew::redis: a job record has the unexpected state '" + name + "'");
 }
 
+// Submissions sent in one crew_submit_many at most: bounds the call's time in Redis.
+constexpr std::size_t kBatchMax = 1'000;
+
+// One job's crew_submit arguments and, once its batch was sent, its reply or the exception.
+struct Submission {
+  std::vector<std::string> args;
+  Reply reply;
+  std::exception_ptr error;
+  bool done = false;
+};
+
 // An error reply that says the server cannot serve now (LOADING, BUSY, MISCONF, OOM ...).
 ConnectionError unavailable(const Connection& connection, const Reply& reply) {
   return ConnectionError(connection.url().redacted() + ": " + reply.error());
@@ -115,8 +136,14 @@ struct Queue::Impl {
   std::string producer = process_unique_id();
   std::string results_key;
 
-  std::mutex submit_mutex;
+  std::mutex submit_mutex;  // the submitter connection
   Connection submitter;
+
+  // Group commit: submissions wait here until a thread sends them.
+  std::mutex batch_mutex;
+  std::condition_variable batch_done;
+  std::vector<Submission*> queued;
+  bool sending = false;
   Connection reader_connection;
 
   std::mutex waiting_mutex;
@@ -139,7 +166,8 @@ struct Queue::Impl {
 
   // Runs `call` on the submit connection (the caller holds submit_mutex). A connection that
   // dropped while idle shows only on its next command, so a ConnectionError is retried once on a
-  // fresh connection: every call made here is idempotent (crew_submit by job id, or a read).
+  // fresh connection: every call made here is idempotent (crew_submit_many by job id, or a
+  // read).
   template <class Call>
   auto on_submitter(Call&& call) {
     if (submitter.broken()) submitter.reconnect(options.command_timeout);
@@ -151,9 +179,43 @@ struct Queue::Impl {
     }
   }
 
-  Reply fcall(std::string_view function, std::vector<std::string> args) {
-    args.insert(args.begin(), {"FCALL", std::string(function), "1", prefix});
-    return on_submitter([&] { return submitter.command(args); });
+  // Sends `batch` as one crew_submit_many and gives each submission its reply (or the error).
+  void send(const std::vector<Submission*>& batch) {
+    std::vector<std::string> args{"FCALL", "crew_submit_many", "1", prefix,
+                                  std::to_string(batch.size())};
+    for (const Submission* s : batch) args.insert(args.end(), s->args.begin(), s->args.end());
+    try {
+      std::lock_guard lock(submit_mutex);
+      const Reply reply = on_submitter([&] { return submitter.command(args); });
+      for (std::size_t i = 0; i < batch.size(); ++i) {
+        batch[i]->reply = reply.is_error() ? reply : reply[i];
+      }
+    } catch (...) {
+      for (Submission* s : batch) s->error = std::current_exception();
+    }
+  }
+
+  // Queues `mine` and returns once they were sent: by this thread when no call is in flight
+  // (with whatever else is queued), or by the thread whose call is.
+  void commit(const std::vector<Submission*>& mine) {
+    std::unique_lock lock(batch_mutex);
+    queued.insert(queued.end(), mine.begin(), mine.end());
+    while (!std::ranges::all_of(mine, &Submission::done)) {
+      if (sending) {
+        batch_done.wait(lock);
+        continue;
+      }
+      sending = true;
+      const std::size_t n = std::min(queued.size(), kBatchMax);
+      std::vector<Submission*> batch(queued.begin(), queued.begin() + static_cast<long>(n));
+      queued.erase(queued.begin(), queued.begin() + static_cast<long>(n));
+      lock.unlock();
+      send(batch);
+      lock.lock();
+      for (Submission* s : batch) s->done = true;
+      sending = false;
+      batch_done.notify_all();
+    }
   }
 
   std::uint64_t add_waiter(const std::string& id, detail::Settle settle) {
@@ -339,44 +401,88 @@ const std::string& Queue::producer_id() const noexcept {
   return impl_->producer;
 }
 
-std::string Queue::enqueue(const JobOptions& options, std::string_view name, std::string args,
-                           detail::Settle settle) {
+std::vector<std::string> Queue::enqueue_many(const JobOptions& options, std::string_view name,
+                                             std::vector<std::string> args,
+                                             std::vector<detail::Settle> settles) {
   check_job_options(options);
-  if (name.empty() || name.size() > 256) {
-    throw std::invalid_argument("crew::redis::Queue: the task name must be 1..256 bytes");
+  check_task_name(name);
+  if (args.size() > 1 && !options.job_id.empty()) {
+    throw std::invalid_argument(
+        "crew::redis::Queue: job_id names one job; submit_many gives each job an id of its own");
   }
   Impl& i = *impl_;
-  std::string id = options.job_id.empty() ? process_unique_id() : options.job_id;
-  // Registered before submitting: the notification may arrive before crew_submit returns.
-  const std::uint64_t token = settle ? i.add_waiter(id, std::move(settle)) : 0;
+  const std::vector<std::string> fixed = {
+      i.producer,
+      std::string(name),
+      "",  // the job's arguments
+      std::to_string(options.priority),
+      ms_text(options.delay),
+      std::to_string(options.attempts),
+      options.backoff.kind == BackoffKind::exponential ? "exponential" : "fixed",
+      ms_text(options.backoff.delay),
+      fmt::format("{}", options.backoff.jitter),
+      ms_text(options.timeout),
+      ms_text(options.retain)};
+  std::vector<std::string> ids;
+  std::vector<Submission> submissions(args.size());
+  std::vector<Submission*> mine;
+  std::vector<std::uint64_t> tokens(args.size(), 0);
+  for (std::size_t n = 0; n < args.size(); ++n) {
+    ids.push_back(options.job_id.empty() ? process_unique_id() : options.job_id);
+    // Registered before submitting: the notification may arrive before crew_submit_many returns.
+    if (settles[n]) tokens[n] = i.add_waiter(ids[n], std::move(settles[n]));
+    Submission& s = submissions[n];
+    s.args.reserve(12);
+    s.args.push_back(ids[n]);
+    s.args.insert(s.args.end(), fixed.begin(), fixed.end());
+    s.args[3] = std::move(args[n]);
+    mine.push_back(&s);
+  }
+  auto forget = [&](std::size_t from) {
+    for (std::size_t n = from; n < ids.size(); ++n) {
+      if (tokens[n] != 0) i.remove_waiter(ids[n], tokens[n]);
+    }
+  };
   try {
-    std::lock_guard lock(i.submit_mutex);
-    const Reply reply = i.fcall(
-        "crew_submit",
-        {id, i.producer, std::string(name), std::move(args), std::to_string(options.priority),
-         ms_text(options.delay), std::to_string(options.attempts),
-         options.backoff.kind == BackoffKind::exponential ? "exponential" : "fixed",
-         ms_text(options.backoff.delay), fmt::format("{}", options.backoff.jitter),
-         ms_text(options.timeout), ms_text(options.retain)});
-    if (reply.is_error()) {
-      // crew_submit's own checks say `ERR crew_submit: ...`; anything else is the server's state.
-      if (reply.error().starts_with("ERR crew_submit")) {
-        throw std::invalid_argument("crew::redis::Queue: " + reply.error());
-      }
-      throw unavailable(i.submitter, reply);
-    }
-    if (token != 0) {
-      if (reply[0].str() == "created") {
-        i.mark_submitted(id, true);
-      } else {
-        i.on_submitter([&] { i.attach(id); });
-      }
-    }
+    i.commit(mine);
   } catch (...) {
-    if (token != 0) i.remove_waiter(id, token);
+    forget(0);
     throw;
   }
-  return id;
+  for (std::size_t n = 0; n < ids.size(); ++n) {
+    try {
+      const Submission& s = submissions[n];
+      if (s.error) std::rethrow_exception(s.error);
+      if (s.reply.is_error()) {
+        // crew_submit_many's own checks say `ERR crew_submit_many: ...`; anything else is the
+        // server's state.
+        if (s.reply.error().starts_with("ERR crew_submit")) {
+          throw std::invalid_argument("crew::redis::Queue: " + s.reply.error());
+        }
+        throw unavailable(i.submitter, s.reply);
+      }
+      if (tokens[n] == 0) continue;
+      if (s.reply[0].str() == "created") {
+        i.mark_submitted(ids[n], true);
+      } else {
+        std::lock_guard lock(i.submit_mutex);
+        i.on_submitter([&] { i.attach(ids[n]); });
+      }
+    } catch (...) {
+      forget(n);
+      throw;
+    }
+  }
+  return ids;
+}
+
+std::string Queue::enqueue(const JobOptions& options, std::string_view name, std::string args,
+                           detail::Settle settle) {
+  std::vector<std::string> one;
+  one.push_back(std::move(args));
+  std::vector<detail::Settle> settles;
+  settles.push_back(std::move(settle));
+  return std::move(enqueue_many(options, name, std::move(one), std::move(settles)).front());
 }
 
 Future<PackedValue> Queue::run_packed(const JobOptions& options, std::string_view name,

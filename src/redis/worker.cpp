@@ -35,6 +35,11 @@ using Clock = std::chrono::steady_clock;
 using std::chrono::milliseconds;
 
 constexpr std::size_t kErrorTypeMax = 256;
+// Bounds on one call's work, so that no function call keeps Redis busy for long: jobs started by
+// one crew_take or crew_report, outcomes in one crew_report, leases in one crew_renew_many.
+constexpr std::size_t kTakeMax = 1'000;
+constexpr std::size_t kReportMax = 1'000;
+constexpr std::size_t kRenewMax = 500;
 
 struct Running {
   std::string id;
@@ -44,6 +49,22 @@ struct Running {
   std::atomic<bool> abandoned{false};
   std::atomic<bool> finished{false};
 };
+
+// What a crew_report that started nothing said about the next delayed job: crew_next_due's answer
+// (-1: none waits) and when it was given.
+struct IdleHint {
+  Clock::time_point at;
+  long long due_ms = -1;
+};
+
+// crew_next_due's answer now, from a hint; nothing once the delayed job is due (then crew_take
+// must promote it).
+std::optional<long long> due_from(const IdleHint& hint) {
+  if (hint.due_ms < 0) return -1;
+  const auto left = hint.at + milliseconds(hint.due_ms) - Clock::now();
+  if (left <= milliseconds(0)) return std::nullopt;
+  return std::chrono::duration_cast<milliseconds>(left).count();
+}
 
 struct Outcome {
   std::shared_ptr<Running> job;
@@ -82,6 +103,12 @@ struct Worker::Impl {
   mutable std::mutex mutex;
   std::condition_variable_any changed;
   std::map<std::string, std::shared_ptr<Running>> running;  // by lease token
+  // Slots promised to a crew_take or crew_report in flight: with `running`, never more than
+  // `concurrency`, though the fetch and report threads both start jobs.
+  std::size_t reserved = 0;
+  // Set by the report thread when its crew_report started nothing: the fetch thread may then
+  // block at once instead of asking crew_take first.
+  std::optional<IdleHint> idle_hint;
   std::deque<Outcome> outcomes;
   WorkerStats counters;
 
@@ -91,6 +118,7 @@ struct Worker::Impl {
 
   std::mutex stop_mutex;
   bool stopped = false;
+  std::atomic<bool> taking{true};           // false once stop() began: no more jobs are started
   std::atomic<long long> fetch_client{-1};  // for CLIENT UNBLOCK
   std::jthread fetcher, leaser, reporter;
 
@@ -153,38 +181,46 @@ struct Worker::Impl {
   void fetch_loop(const std::stop_token& stop) {
     for (;;) {
       std::size_t free = 0;
+      std::optional<IdleHint> hint;
       {
         std::unique_lock lock(mutex);
-        if (!changed.wait(lock, stop, [&] { return running.size() < options.concurrency; })) {
+        if (!changed.wait(lock, stop,
+                          [&] { return running.size() + reserved < options.concurrency; })) {
           return;
         }
-        free = options.concurrency - running.size();
+        free = std::min(options.concurrency - running.size() - reserved, kTakeMax);
+        reserved += free;
+        hint = std::exchange(idle_hint, std::nullopt);
       }
-      if (!turn(fetch_connection, stop, "fetch", [&] { fetch(free); })) return;
+      const bool go_on = turn(fetch_connection, stop, "fetch", [&] { fetch(free, hint); });
+      {
+        std::lock_guard lock(mutex);
+        reserved -= free;
+        // A hint given while this turn was in Redis may be older than a `wake` entry the turn
+        // consumed: a delayed job it does not know of. Only a crew_take can tell now.
+        idle_hint.reset();
+      }
+      changed.notify_all();
+      if (!go_on) return;
     }
   }
 
-  void fetch(std::size_t free) {
-    const Reply promoted = fcall(fetch_connection, "crew_promote", {"100"});
-    if (promoted.is_error()) throw std::runtime_error("crew_promote: " + promoted.error());
-    // Block no longer than until the next delayed job is due (BLOCK 0 would mean for ever).
-    const Reply due = fcall(fetch_connection, "crew_next_due", {});
-    if (due.is_error()) throw std::runtime_error("crew_next_due: " + due.error());
-    milliseconds block = options.block;
-    if (due.integer() >= 0) block = std::clamp(milliseconds(due.integer()), milliseconds(1), block);
-    // COUNT applies to each stream of an XREADGROUP, so one read of all four would take up to
-    // 4 x `free` jobs: work other workers could run now, and lower priorities before higher
-    // ones. Instead take from each stream in priority order, without blocking, until the free
-    // slots are filled; only when every stream is empty block on all of them (and `wake`),
-    // for one entry each.
-    std::size_t taken = 0;
-    for (const char* priority : {"p3", "p2", "p1", "p0"}) {
-      if (taken == free) return;
-      taken += read_entries(fetch_connection.command({"XREADGROUP", "GROUP", "workers", id, "COUNT",
-                                                      std::to_string(free - taken), "STREAMS",
-                                                      prefix + priority, ">"}));
+  // One crew_take for up to `free` jobs (it promotes due delayed jobs and starts the jobs,
+  // highest priority first); only when it started nothing, one blocking XREADGROUP for the next
+  // entry of any stream, or of `wake` (a delayed job was submitted), which crew_start then
+  // starts. A `hint` from a crew_report that started nothing stands for the crew_take.
+  void fetch(std::size_t free, const std::optional<IdleHint>& hint) {
+    std::optional<long long> due = hint ? due_from(*hint) : std::nullopt;
+    if (!due) {
+      const Reply taken =
+          fcall(fetch_connection, "crew_take", {id, std::to_string(free), ms_text(options.lease)});
+      if (taken.is_error()) throw std::runtime_error("crew_take: " + taken.error());
+      if (start_taken(taken) > 0) return;
+      due = taken[0].integer();
     }
-    if (taken > 0) return;
+    // Block no longer than until the next delayed job is due (BLOCK 0 would mean for ever).
+    milliseconds block = options.block;
+    if (*due >= 0) block = std::clamp(milliseconds(*due), milliseconds(1), block);
     fetch_client = fetch_connection.client_id();
     read_entries(fetch_connection.command({"XREADGROUP", "GROUP", "workers", id, "COUNT", "1",
                                            "BLOCK", ms_text(block), "STREAMS", prefix + "p3",
@@ -192,24 +228,22 @@ struct Worker::Impl {
                                            prefix + "wake", ">", ">", ">", ">", ">"}));
   }
 
-  // Starts the jobs of one XREADGROUP reply; returns how many entries it held.
-  std::size_t read_entries(const Reply& reply) {
+  // Starts the jobs of one blocking XREADGROUP reply.
+  void read_entries(const Reply& reply) {
     if (reply.is_error()) {
       if (!reply.error().starts_with("NOGROUP")) {
         throw std::runtime_error("XREADGROUP: " + reply.error());
       }
       const Reply init = fcall(fetch_connection, "crew_init", {});
       if (init.is_error()) throw std::runtime_error("crew_init: " + init.error());
-      return 0;
+      return;
     }
-    if (reply.is_nil()) return 0;
-    std::size_t n = 0;
+    if (reply.is_nil()) return;
     for (const Reply& stream : reply.elements()) {
       const std::string& name = stream[0].str();
       for (const Reply& entry : stream[1].elements()) {
-        ++n;
         if (name == prefix + "wake") {
-          // Only a reason to look at crew_next_due again (next turn).
+          // Only a reason to call crew_take again (next turn).
           fetch_connection.command({"XACK", name, "workers", entry[0].str()});
           continue;
         }
@@ -222,7 +256,6 @@ struct Worker::Impl {
         start(name, entry[0].str(), job_id);
       }
     }
-    return n;
   }
 
   void start(const std::string& stream, const std::string& entry, const std::string& job_id) {
@@ -230,15 +263,31 @@ struct Worker::Impl {
         fcall(fetch_connection, "crew_start", {job_id, stream, entry, id, ms_text(options.lease)});
     if (reply.is_error()) throw std::runtime_error("crew_start: " + reply.error());
     if (reply[0].str() != "run") return;  // a stale or malformed entry, settled by crew_start
+    begin(job_id, reply[1].str(), reply[2].str(), reply[3].str(), milliseconds(reply[4].integer()));
+  }
+
+  // Starts the jobs of a crew_take reply ({due_ms, {id, lease, task, args, timeout_ms,
+  // attempt}...}); returns how many.
+  std::size_t start_taken(const Reply& taken) {
+    const auto& elements = taken.elements();
+    for (std::size_t i = 1; i < elements.size(); ++i) {
+      const Reply& job = elements[i];
+      begin(job[0].str(), job[1].str(), job[2].str(), job[3].str(), milliseconds(job[4].integer()));
+    }
+    return elements.size() - 1;
+  }
+
+  void begin(const std::string& job_id, const std::string& lease, const std::string& task,
+             std::string args, milliseconds timeout) {
     auto job = std::make_shared<Running>();
     job->id = job_id;
-    job->lease = reply[1].str();
+    job->lease = lease;
     {
       std::lock_guard lock(mutex);
       running[job->lease] = job;
       ++counters.started;
     }
-    launch(job, reply[2].str(), reply[3].str(), milliseconds(reply[4].integer()));
+    launch(job, task, std::move(args), timeout);
   }
 
   void launch(const std::shared_ptr<Running>& job, const std::string& task, std::string args,
@@ -278,55 +327,88 @@ struct Worker::Impl {
 
   // --- report thread ---
 
+  // Reports every queued outcome in one crew_report, which also starts up to as many jobs as the
+  // reported ones free slots: at steady state one round trip finishes jobs and takes the next.
   void report_loop(const std::stop_token& stop) {
     for (;;) {
-      Outcome outcome;
+      std::vector<Outcome> batch;
+      std::size_t take = 0;
       {
         std::unique_lock lock(mutex);
         if (!changed.wait(lock, stop, [&] { return !outcomes.empty(); })) return;
-        outcome = std::move(outcomes.front());
-        outcomes.pop_front();
+        while (!outcomes.empty() && batch.size() < kReportMax) {
+          batch.push_back(std::move(outcomes.front()));
+          outcomes.pop_front();
+        }
+        // The batch's jobs leave `running` after the call, so their slots are free for it.
+        const std::size_t busy = running.size() - batch.size() + reserved;
+        if (taking && busy < options.concurrency) {
+          take = std::min(options.concurrency - busy, kTakeMax);
+          reserved += take;
+        }
       }
-      if (!outcome.job->abandoned) report(outcome, stop);
+      report(batch, take, stop);
       {
         std::lock_guard lock(mutex);
-        running.erase(outcome.job->lease);
+        for (const Outcome& o : batch) running.erase(o.job->lease);
+        reserved -= take;
       }
       changed.notify_all();
     }
   }
 
-  // Retries through reconnects: a repeated report is refused by its lease token, never doubled.
-  void report(const Outcome& o, const std::stop_token& stop) {
-    for (bool done = false; !done;) {
+  // Retries through reconnects: a repeated report is refused by its lease tokens, never doubled.
+  // A retry takes no jobs: the ones a call whose reply was lost started are reclaimed when their
+  // leases end, and the fetch thread takes work meanwhile.
+  void report(const std::vector<Outcome>& batch, std::size_t take, const std::stop_token& stop) {
+    std::vector<const Outcome*> reported;
+    std::vector<std::string> args{id, "", ms_text(options.lease), ""};
+    for (const Outcome& o : batch) {
+      if (o.job->abandoned) continue;
+      reported.push_back(&o);
+      if (o.error) {
+        std::string type = o.error->type.empty() ? "unknown" : o.error->type;
+        type.resize(std::min(type.size(), kErrorTypeMax));
+        args.insert(args.end(), {"fail", o.job->id, o.job->lease, type, o.error->message});
+      } else {
+        args.insert(args.end(), {"complete", o.job->id, o.job->lease, o.result, ""});
+      }
+    }
+    if (reported.empty()) return;  // the fetch thread fills the slots
+    args[3] = std::to_string(reported.size());
+    for (bool first = true, done = false; !done; first = false) {
+      args[1] = std::to_string(first ? take : 0);
       const bool go_on = turn(report_connection, stop, "report", [&] {
-        Reply reply;
-        if (o.error) {
-          std::string type = o.error->type.empty() ? "unknown" : o.error->type;
-          type.resize(std::min(type.size(), kErrorTypeMax));
-          reply = fcall(report_connection, "crew_fail",
-                        {o.job->id, o.job->lease, type, o.error->message});
-        } else {
-          reply = fcall(report_connection, "crew_complete", {o.job->id, o.job->lease, o.result});
-        }
+        const Reply reply = fcall(report_connection, "crew_report", args);
         done = true;
-        count(o, reply);
+        count(reported, reply);
+        if (reply.is_error() || reply.elements().size() < 2) return;
+        const Reply& taken = reply[1];
+        if (start_taken(taken) == 0) {
+          std::lock_guard lock(mutex);
+          idle_hint = IdleHint{Clock::now(), taken[0].integer()};
+        }
       });
       if (!go_on) return;
     }
   }
 
-  void count(const Outcome& o, const Reply& reply) {
+  void count(const std::vector<const Outcome*>& reported, const Reply& reply) {
     std::lock_guard lock(mutex);
     if (reply.is_error()) {
-      logger()->error("crew::redis::Worker {}: job {}: {}", options.queue, o.job->id,
+      logger()->error("crew::redis::Worker {}: {} outcomes: {}", options.queue, reported.size(),
                       reply.error());
-    } else if (reply.type() != Reply::Type::array && reply.str() == "refused") {
-      ++counters.refused;
-    } else if (o.error) {
-      ++counters.failed;
-    } else {
-      ++counters.completed;
+      return;
+    }
+    const Reply& statuses = reply[0];
+    for (std::size_t i = 0; i < reported.size(); ++i) {
+      if (statuses[i].str() == "refused") {
+        ++counters.refused;
+      } else if (reported[i]->error) {
+        ++counters.failed;
+      } else {
+        ++counters.completed;
+      }
     }
   }
 
@@ -353,18 +435,24 @@ struct Worker::Impl {
   }
 
   void renew_all() {
-    std::vector<std::shared_ptr<Running>> jobs;
+    std::map<std::string, std::shared_ptr<Running>> jobs;  // by lease token
     {
       std::lock_guard lock(mutex);
       for (const auto& [lease, job] : running) {
-        if (!job->abandoned && !job->finished) jobs.push_back(job);
+        if (!job->abandoned && !job->finished) jobs.emplace(lease, job);
       }
     }
-    for (const auto& job : jobs) {
-      const Reply reply =
-          fcall(lease_connection, "crew_renew", {job->id, job->lease, ms_text(options.lease)});
-      if (reply.is_error()) throw std::runtime_error("crew_renew: " + reply.error());
-      if (reply.str() == "lost" && !job->finished) {
+    std::vector<std::string> args{ms_text(options.lease)};
+    for (auto it = jobs.begin(); it != jobs.end();) {
+      args.resize(1);
+      for (std::size_t n = 0; it != jobs.end() && n < kRenewMax; ++it, ++n) {
+        args.insert(args.end(), {it->second->id, it->first});
+      }
+      const Reply reply = fcall(lease_connection, "crew_renew_many", args);
+      if (reply.is_error()) throw std::runtime_error("crew_renew_many: " + reply.error());
+      for (const Reply& lease : reply.elements()) {
+        const auto& job = jobs.at(lease.str());
+        if (job->finished) continue;
         job->abandoned = true;
         job->stop.request_stop();  // process isolation: kills the task's process
         logger()->warn("crew::redis::Worker {}: lost the lease of job {}; stopped it",
@@ -410,23 +498,29 @@ struct Worker::Impl {
     std::lock_guard guard(stop_mutex);
     if (stopped) return;
     stopped = true;
+    taking = false;
     fetcher.request_stop();
     unblock_fetcher();
     fetcher.join();
-    std::vector<std::shared_ptr<Running>> left;
     {
       std::unique_lock lock(mutex);
       changed.wait_for(lock, deadline, [&] { return running.empty(); });
-      for (const auto& [lease, job] : running) left.push_back(job);
     }
     leaser.request_stop();
     leaser.join();
+    // Outcomes still queued are not reported: their jobs are handed back with the rest. After the
+    // join no crew_report is in flight, so `running` holds every job this worker started.
+    reporter.request_stop();
+    reporter.join();
+    std::vector<std::shared_ptr<Running>> left;
+    {
+      std::lock_guard lock(mutex);
+      for (const auto& [lease, job] : running) left.push_back(job);
+    }
     for (const auto& job : left) {
       job->abandoned = true;
       job->stop.request_stop();
     }
-    reporter.request_stop();
-    reporter.join();
     release(left);
     processes.reset();
     threads.reset();

@@ -8,10 +8,12 @@
 #include <cstdlib>
 #include <map>
 #include <mutex>
+#include <set>
 #include <sstream>
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include <gmock/gmock.h>
@@ -109,6 +111,15 @@ class RedisQueue : public ::testing::Test {
   }
 
   long long dead_letters() { return redis_.command({"XLEN", "crew:{q}:dead"}).integer(); }
+
+  // FCALLs Redis has run so far (commandstats), each a round trip of some client.
+  long long fcalls() {
+    std::istringstream info(redis_.command({"INFO", "commandstats"}).str());
+    for (std::string line; std::getline(info, line);) {
+      if (line.starts_with("cmdstat_fcall:calls=")) return std::stoll(line.substr(20));
+    }
+    return 0;
+  }
 
   RedisServer server_;
   crew::redis::Connection redis_{crew::redis::parse_url(server_.url())};
@@ -326,6 +337,50 @@ TEST_F(RedisQueue, OneJobIdFromManyThreadsRunsOnceAndSettlesEveryFuture) {
   EXPECT_EQ(settled, kThreads * kEach);
   EXPECT_EQ(g_counted.load(), 1);
   EXPECT_EQ(job("once")["attempt"], "1");
+}
+
+TEST_F(RedisQueue, ManyThreadsSubmittingOnOneQueueShareRoundTripsAndEverySettles) {
+  constexpr int kThreads = 8;
+  constexpr int kEach = 100;
+  std::vector<std::vector<crew::Future<int>>> futures(kThreads);
+  const long long before = fcalls();
+  // Redis holds the first submission for a moment, so the other threads' queue up behind it
+  // and go out together: the group commit, made certain rather than likely.
+  redis_.command({"CLIENT", "PAUSE", "500", "WRITE"});
+  std::vector<std::thread> producers;
+  for (int t = 0; t < kThreads; ++t) {
+    producers.emplace_back([&, t] {
+      for (int i = 0; i < kEach; ++i) futures[t].push_back(queue_.run<int>("add", t, i));
+    });
+  }
+  for (auto& p : producers) p.join();
+  const long long calls = fcalls() - before;
+  std::printf("%d submissions from %d threads in %lld calls\n", kThreads * kEach, kThreads, calls);
+  EXPECT_LT(calls, kThreads * kEach);
+  auto w = worker(Isolation::thread, 4);
+  for (int t = 0; t < kThreads; ++t) {
+    for (int i = 0; i < kEach; ++i) EXPECT_EQ(futures[t][i].get(), t + i);
+  }
+}
+
+TEST_F(RedisQueue, SubmitManySendsOneCallAndEveryJobRuns) {
+  std::vector<std::tuple<int, int>> jobs;
+  for (int i = 0; i < 500; ++i) jobs.emplace_back(i, 1);
+  const long long before = fcalls();
+  const std::vector<std::string> ids = queue_.submit_many({}, "add", jobs);
+  EXPECT_EQ(fcalls() - before, 1);
+  ASSERT_EQ(ids.size(), jobs.size());
+  EXPECT_EQ(std::set<std::string>(ids.begin(), ids.end()).size(), ids.size());
+  EXPECT_EQ(queue_.stats().waiting, 500u);
+  auto w = worker(Isolation::thread, 8);
+  for (int i = 0; i < 500; ++i) EXPECT_EQ(queue_.result<int>(ids[i]).get(), i + 1);
+  EXPECT_TRUE(queue_.submit_many({}, "add", std::vector<std::tuple<int, int>>{}).empty());
+  EXPECT_THAT(error_of<std::invalid_argument>(
+                  [&] { (void)queue_.submit_many({.job_id = "same"}, "add", jobs); }),
+              HasSubstr("job_id"));
+  EXPECT_THAT(error_of<std::invalid_argument>(
+                  [&] { (void)queue_.submit_many({.priority = 9}, "add", jobs); }),
+              HasSubstr("priority"));
 }
 
 TEST_F(RedisQueue, DelayedJobRunsNeverEarlyAndNotMuchLate) {

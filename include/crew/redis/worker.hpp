@@ -68,11 +68,13 @@ struct WorkerStats {
 ///     ...  // until asked to stop
 ///     worker.stop(10s);
 ///
-/// Three threads, each with its own connection: fetch (promote due delayed jobs, XREADGROUP as
-/// many jobs as there are free slots, highest priority first, start them), lease (renew every
-/// running job's lease every lease/3, stop a job whose lease was lost, and every lease/2 reclaim
-/// jobs of workers that stopped renewing), report (tell Redis each outcome, by lease token: a
-/// late or repeated outcome is refused). Each thread reconnects with backoff when Redis goes away.
+/// Three threads, each with its own connection: fetch (one call promotes due delayed jobs and
+/// starts as many jobs as there are free slots, highest priority first; it blocks only when there
+/// were none), lease (renew every running job's lease every lease/3 in one call, stop a job whose
+/// lease was lost, and every lease/2 reclaim jobs of workers that stopped renewing), report (tell
+/// Redis the outcomes queued so far in one call, by lease token: a late or repeated outcome is
+/// refused; the same call starts the next jobs for the slots they free). Each thread reconnects
+/// with backoff when Redis goes away.
 /// A job runs at least once: one whose outcome was lost with its worker runs again elsewhere.
 ///
 /// Thread safety: stop(), stats() and queue_stats() may be called from any thread.
