@@ -579,223 +579,222 @@ TEST_F(RedisFunctions, JobShowsTheRecordWithoutArgumentsAndWritesNothing) {
       HasSubstr("id must be"));
   EXPECT_THAT(error_of(redis_.command({"FCALL_RO", "crew_job", "1", "jobs", "j1"})),
               HasSubstr("queue prefix"));
+}
 
-  TEST_F(RedisFunctions, TakeStartsUpToCountJobsHighestPriorityFirst) {
-    for (int priority = 0; priority <= 3; ++priority) {
-      for (int i = 0; i < 2; ++i) {
-        std::string id = "p";  // built by appending: GCC 12 warns falsely on "p" + std::string
-        id += std::to_string(priority) + "-" + std::to_string(i);
-        ASSERT_EQ(submit({.id = id, .priority = priority})[0].str(), "created");
-      }
+TEST_F(RedisFunctions, TakeStartsUpToCountJobsHighestPriorityFirst) {
+  for (int priority = 0; priority <= 3; ++priority) {
+    for (int i = 0; i < 2; ++i) {
+      std::string id = "p";  // built by appending: GCC 12 warns falsely on "p" + std::string
+      id += std::to_string(priority) + "-" + std::to_string(i);
+      ASSERT_EQ(submit({.id = id, .priority = priority})[0].str(), "created");
     }
-    const Reply first = fcall("crew_take", {"w1", "3", "10000"});
-    ASSERT_EQ(first.elements().size(), 4u) << first.describe();
-    EXPECT_EQ(first[0].integer(), -1);  // no delayed job
-    const Reply& started = first[1];    // {id, lease, task, args, timeout_ms, attempt}
-    EXPECT_EQ(started[0].str(), "p3-0");
-    EXPECT_EQ(started[2].str(), "echo");
-    EXPECT_EQ(started[3].str(), "args");
-    EXPECT_EQ(started[4].integer(), 0);
-    EXPECT_EQ(started[5].integer(), 1);
-    EXPECT_EQ(job("p3-0")["state"], "active");
-    EXPECT_EQ(job("p3-0")["owner"], "w1");
-    EXPECT_EQ(job("p3-0")["lease"], started[1].str());
-    EXPECT_EQ(ids_of(taken_of(first)), (std::vector<std::string>{"p3-0", "p3-1", "p2-0"}));
-    EXPECT_EQ(redis_.command({"ZCARD", kQueue + "leases"}).integer(), 3);
-    // Started jobs are acknowledged: the pending lists hold nothing.
-    for (const char* stream : {"p3", "p2"}) {
-      EXPECT_EQ(redis_.command({"XPENDING", kQueue + stream, "workers"})[0].integer(), 0);
-    }
-    EXPECT_EQ(ids_of(take("w2", 4)), (std::vector<std::string>{"p2-1", "p1-0", "p1-1", "p0-0"}));
-    EXPECT_EQ(ids_of(take("w1", 4)), (std::vector<std::string>{"p0-1"}));
-    EXPECT_TRUE(take("w1", 4).jobs.empty());
-    EXPECT_EQ(stats()["active"], 8);
   }
-
-  TEST_F(RedisFunctions, TakePromotesDueDelayedJobsNeverEarly) {
-    ASSERT_EQ(submit({.id = "later", .delay_ms = 300})[0].str(), "created");
-    const long long due = due_ms("later");
-    Taken t = take("w1", 1);
-    EXPECT_TRUE(t.jobs.empty());
-    EXPECT_GT(t.due_ms, 0);
-    EXPECT_LE(t.due_ms, 300);
-    // The submission's `wake` entry is skipped: the caller is about to block for due_ms itself.
-    EXPECT_TRUE(redis_
-                    .command({"XREADGROUP", "GROUP", "workers", "w1", "COUNT", "1", "STREAMS",
-                              kQueue + "wake", ">"})
-                    .is_nil());
-    const auto deadline = Clock::now() + 10s;
-    while (t.jobs.empty() && Clock::now() < deadline) {
-      std::this_thread::sleep_for(10ms);
-      t = take("w1", 1);
-    }
-    ASSERT_EQ(ids_of(t), (std::vector<std::string>{"later"}));
-    EXPECT_GE(std::stoll(job("later")["started_ms"]), due);
-    EXPECT_EQ(t.due_ms, -1);
+  const Reply first = fcall("crew_take", {"w1", "3", "10000"});
+  ASSERT_EQ(first.elements().size(), 4u) << first.describe();
+  EXPECT_EQ(first[0].integer(), -1);  // no delayed job
+  const Reply& started = first[1];    // {id, lease, task, args, timeout_ms, attempt}
+  EXPECT_EQ(started[0].str(), "p3-0");
+  EXPECT_EQ(started[2].str(), "echo");
+  EXPECT_EQ(started[3].str(), "args");
+  EXPECT_EQ(started[4].integer(), 0);
+  EXPECT_EQ(started[5].integer(), 1);
+  EXPECT_EQ(job("p3-0")["state"], "active");
+  EXPECT_EQ(job("p3-0")["owner"], "w1");
+  EXPECT_EQ(job("p3-0")["lease"], started[1].str());
+  EXPECT_EQ(ids_of(taken_of(first)), (std::vector<std::string>{"p3-0", "p3-1", "p2-0"}));
+  EXPECT_EQ(redis_.command({"ZCARD", kQueue + "leases"}).integer(), 3);
+  // Started jobs are acknowledged: the pending lists hold nothing.
+  for (const char* stream : {"p3", "p2"}) {
+    EXPECT_EQ(redis_.command({"XPENDING", kQueue + stream, "workers"})[0].integer(), 0);
   }
+  EXPECT_EQ(ids_of(take("w2", 4)), (std::vector<std::string>{"p2-1", "p1-0", "p1-1", "p0-0"}));
+  EXPECT_EQ(ids_of(take("w1", 4)), (std::vector<std::string>{"p0-1"}));
+  EXPECT_TRUE(take("w1", 4).jobs.empty());
+  EXPECT_EQ(stats()["active"], 8);
+}
 
-  TEST_F(RedisFunctions, TakeSettlesStaleAndMalformedEntriesWithoutCountingThem) {
-    redis_.command({"XADD", kQueue + "p1", "*", "junk", "1"});
-    redis_.command({"XADD", kQueue + "p1", "*", "id", "ghost"});
-    ASSERT_EQ(submit({.id = "j1"})[0].str(), "created");
-    redis_.command({"XADD", kQueue + "p1", "*", "id", "j1"});  // a second, stale entry of j1
-    ASSERT_EQ(submit({.id = "j2"})[0].str(), "created");
-    EXPECT_EQ(ids_of(take("w1", 1)), (std::vector<std::string>{"j1"}));
-    EXPECT_EQ(ids_of(take("w1", 5)), (std::vector<std::string>{"j2"}));
-    EXPECT_EQ(redis_.command({"XLEN", kQueue + "p1"}).integer(), 2);  // j1's and j2's own
-    EXPECT_EQ(redis_.command({"XPENDING", kQueue + "p1", "workers"})[0].integer(), 0);
-    auto dead = stream("dead");
-    ASSERT_EQ(dead.size(), 2u);
-    EXPECT_EQ(dead[0]["error_type"], "Malformed");
-    EXPECT_THAT(dead[0]["error"], HasSubstr("no job id"));
-    EXPECT_EQ(dead[1]["id"], "ghost");
+TEST_F(RedisFunctions, TakePromotesDueDelayedJobsNeverEarly) {
+  ASSERT_EQ(submit({.id = "later", .delay_ms = 300})[0].str(), "created");
+  const long long due = due_ms("later");
+  Taken t = take("w1", 1);
+  EXPECT_TRUE(t.jobs.empty());
+  EXPECT_GT(t.due_ms, 0);
+  EXPECT_LE(t.due_ms, 300);
+  // The submission's `wake` entry is skipped: the caller is about to block for due_ms itself.
+  EXPECT_TRUE(redis_
+                  .command({"XREADGROUP", "GROUP", "workers", "w1", "COUNT", "1", "STREAMS",
+                            kQueue + "wake", ">"})
+                  .is_nil());
+  const auto deadline = Clock::now() + 10s;
+  while (t.jobs.empty() && Clock::now() < deadline) {
+    std::this_thread::sleep_for(10ms);
+    t = take("w1", 1);
   }
+  ASSERT_EQ(ids_of(t), (std::vector<std::string>{"later"}));
+  EXPECT_GE(std::stoll(job("later")["started_ms"]), due);
+  EXPECT_EQ(t.due_ms, -1);
+}
 
-  TEST_F(RedisFunctions, TakeCreatesTheGroupsAgainWhenAStreamWasDeleted) {
-    redis_.command({"DEL", kQueue + "p1"});
-    ASSERT_EQ(submit({.id = "j1"})[0].str(), "created");
-    EXPECT_EQ(ids_of(take("w1", 1)), (std::vector<std::string>{"j1"}));
+TEST_F(RedisFunctions, TakeSettlesStaleAndMalformedEntriesWithoutCountingThem) {
+  redis_.command({"XADD", kQueue + "p1", "*", "junk", "1"});
+  redis_.command({"XADD", kQueue + "p1", "*", "id", "ghost"});
+  ASSERT_EQ(submit({.id = "j1"})[0].str(), "created");
+  redis_.command({"XADD", kQueue + "p1", "*", "id", "j1"});  // a second, stale entry of j1
+  ASSERT_EQ(submit({.id = "j2"})[0].str(), "created");
+  EXPECT_EQ(ids_of(take("w1", 1)), (std::vector<std::string>{"j1"}));
+  EXPECT_EQ(ids_of(take("w1", 5)), (std::vector<std::string>{"j2"}));
+  EXPECT_EQ(redis_.command({"XLEN", kQueue + "p1"}).integer(), 2);  // j1's and j2's own
+  EXPECT_EQ(redis_.command({"XPENDING", kQueue + "p1", "workers"})[0].integer(), 0);
+  auto dead = stream("dead");
+  ASSERT_EQ(dead.size(), 2u);
+  EXPECT_EQ(dead[0]["error_type"], "Malformed");
+  EXPECT_THAT(dead[0]["error"], HasSubstr("no job id"));
+  EXPECT_EQ(dead[1]["id"], "ghost");
+}
+
+TEST_F(RedisFunctions, TakeCreatesTheGroupsAgainWhenAStreamWasDeleted) {
+  redis_.command({"DEL", kQueue + "p1"});
+  ASSERT_EQ(submit({.id = "j1"})[0].str(), "created");
+  EXPECT_EQ(ids_of(take("w1", 1)), (std::vector<std::string>{"j1"}));
+}
+
+TEST_F(RedisFunctions, ReportSettlesABatchThenTakesTheNextJobs) {
+  ASSERT_EQ(submit({.id = "a", .priority = 2})[0].str(), "created");
+  ASSERT_EQ(submit({.id = "b"})[0].str(), "created");
+  ASSERT_EQ(submit({.id = "c", .attempts = 2})[0].str(), "created");
+  ASSERT_EQ(submit({.id = "d", .priority = 0})[0].str(), "created");
+  ASSERT_EQ(submit({.id = "e"})[0].str(), "created");
+  const Taken t = take("w1", 3);
+  ASSERT_EQ(ids_of(t), (std::vector<std::string>{"a", "b", "c"}));
+  const std::vector<std::string> outcomes = {
+      "complete", "a", t.jobs[0].second, "ra", "",     //
+      "fail",     "b", t.jobs[1].second, "E",  "eb",   // the last attempt: dead
+      "fail",     "c", t.jobs[2].second, "E",  "ec"};  // goes straight back to p1
+  std::vector<std::string> args = {"w1", "2", "10000", "3"};
+  args.insert(args.end(), outcomes.begin(), outcomes.end());
+  const Reply reply = fcall("crew_report", args);
+  ASSERT_EQ(reply.elements().size(), 2u) << reply.describe();
+  EXPECT_EQ(reply[0].describe(), R"(["ok", "dead", "retry"])");
+  // p1 before p0: e, then c's new entry (behind e), not d.
+  EXPECT_EQ(ids_of(taken_of(reply[1])), (std::vector<std::string>{"e", "c"}));
+  EXPECT_EQ(job("c")["attempt"], "2");
+  EXPECT_EQ(job("a")["state"], "completed");
+  EXPECT_EQ(job("b")["state"], "dead");
+  EXPECT_EQ(stat("completed"), 1);
+  EXPECT_EQ(stat("failed"), 2);
+  EXPECT_EQ(stat("retried"), 1);
+  EXPECT_EQ(stat("dead"), 1);
+  EXPECT_EQ(stats()["latency:count"], 1);
+
+  // The same call again (its reply was lost): every outcome is refused, nothing settles twice.
+  args[1] = "0";
+  EXPECT_EQ(fcall("crew_report", args).describe(), R"([["refused", "refused", "refused"]])");
+  EXPECT_EQ(stream("results:producer-1").size(), 2u);
+  EXPECT_EQ(stat("completed"), 1);
+  EXPECT_EQ(stats()["latency:count"], 1);
+  EXPECT_EQ(job("c")["state"], "active");
+  EXPECT_EQ(stats()["waiting"], 1);  // d
+}
+
+TEST_F(RedisFunctions, ReportChecksEveryOutcomeBeforeSettlingAny) {
+  ASSERT_EQ(submit({.id = "a"})[0].str(), "created");
+  const Taken t = take("w1", 1);
+  ASSERT_EQ(t.jobs.size(), 1u);
+  const Reply bad = fcall("crew_report", {"w1", "1", "10000", "2", "complete", "a",
+                                          t.jobs[0].second, "r", "", "finish", "a", "1", "r", ""});
+  ASSERT_TRUE(bad.is_error());
+  EXPECT_THAT(bad.error(), HasSubstr("kind must be"));
+  EXPECT_EQ(job("a")["state"], "active");
+  const Reply short_args = fcall("crew_report", {"w1", "0", "10000", "2", "complete", "a"});
+  ASSERT_TRUE(short_args.is_error());
+  EXPECT_THAT(short_args.error(), HasSubstr("arguments"));
+  EXPECT_EQ(fcall("crew_report", {"w1", "0", "10000", "0"}).describe(), "[[]]");
+}
+
+TEST_F(RedisFunctions, RenewManyRenewsOwnedLeasesAndReturnsTheLostOnes) {
+  for (const char* id : {"a", "b", "c"}) ASSERT_EQ(submit({.id = id})[0].str(), "created");
+  const Taken t = take("w1", 3, 1'000);
+  ASSERT_EQ(t.jobs.size(), 3u);
+  const auto& [a, lease_a] = t.jobs[0];
+  const auto& [b, lease_b] = t.jobs[1];
+  const auto& [c, lease_c] = t.jobs[2];
+  ASSERT_EQ(fcall("crew_complete", {c, lease_c, "r"}).str(), "ok");
+  const double before = std::stod(redis_.command({"ZSCORE", kQueue + "leases", a}).str());
+  const Reply lost =
+      fcall("crew_renew_many", {"60000", a, lease_a, b, lease_b + "0", c, lease_c, "none", "1"});
+  std::vector<std::string> lost_leases;
+  for (const Reply& lease : lost.elements()) lost_leases.push_back(lease.str());
+  EXPECT_EQ(lost_leases, (std::vector<std::string>{lease_b + "0", lease_c, "1"}));
+  EXPECT_GE(std::stod(redis_.command({"ZSCORE", kQueue + "leases", a}).str()) - before, 59'000);
+  // A lost lease's job keeps its deadline, and a settled one gets no entry in the lease zset.
+  EXPECT_LT(std::stod(redis_.command({"ZSCORE", kQueue + "leases", b}).str()) - before, 1'000);
+  EXPECT_TRUE(redis_.command({"ZSCORE", kQueue + "leases", c}).is_nil());
+  EXPECT_EQ(fcall("crew_renew_many", {"60000"}).describe(), "[]");
+  EXPECT_THAT(fcall("crew_renew_many", {"60000", a}).error(), HasSubstr("pairs"));
+}
+
+TEST_F(RedisFunctions, SubmitManyAnswersEachSubmissionAndARepeatAttaches) {
+  auto args_of = [](const Job& j) {
+    return std::vector<std::string>{j.id,
+                                    "producer-1",
+                                    j.task,
+                                    j.args,
+                                    std::to_string(j.priority),
+                                    std::to_string(j.delay_ms),
+                                    std::to_string(j.attempts),
+                                    j.backoff,
+                                    std::to_string(j.backoff_ms),
+                                    j.jitter,
+                                    std::to_string(j.timeout_ms),
+                                    std::to_string(j.retain_ms)};
+  };
+  std::vector<std::string> args = {"3"};
+  for (const Job& j : {Job{.id = "a"}, Job{.id = "bad", .priority = 9},
+                       Job{.id = "later", .priority = 2, .delay_ms = 60'000}}) {
+    const auto one = args_of(j);
+    args.insert(args.end(), one.begin(), one.end());
   }
+  const Reply first = fcall("crew_submit_many", args);
+  ASSERT_EQ(first.elements().size(), 3u) << first.describe();
+  EXPECT_EQ(first[0].describe(), R"(["created", "waiting"])");
+  ASSERT_TRUE(first[1].is_error());
+  EXPECT_THAT(first[1].error(), HasSubstr("priority must be"));
+  EXPECT_EQ(first[2].describe(), R"(["created", "delayed"])");
+  EXPECT_EQ(job("a")["stream"], kQueue + "p1");
+  EXPECT_EQ(job("a")["state"], "waiting");
+  EXPECT_EQ(job("later")["state"], "delayed");
+  EXPECT_EQ(redis_.command({"EXISTS", kQueue + "job:bad"}).integer(), 0);
+  EXPECT_EQ(stat("submitted"), 2);
 
-  TEST_F(RedisFunctions, ReportSettlesABatchThenTakesTheNextJobs) {
-    ASSERT_EQ(submit({.id = "a", .priority = 2})[0].str(), "created");
-    ASSERT_EQ(submit({.id = "b"})[0].str(), "created");
-    ASSERT_EQ(submit({.id = "c", .attempts = 2})[0].str(), "created");
-    ASSERT_EQ(submit({.id = "d", .priority = 0})[0].str(), "created");
-    ASSERT_EQ(submit({.id = "e"})[0].str(), "created");
-    const Taken t = take("w1", 3);
-    ASSERT_EQ(ids_of(t), (std::vector<std::string>{"a", "b", "c"}));
-    const std::vector<std::string> outcomes = {
-        "complete", "a", t.jobs[0].second, "ra", "",     //
-        "fail",     "b", t.jobs[1].second, "E",  "eb",   // the last attempt: dead
-        "fail",     "c", t.jobs[2].second, "E",  "ec"};  // goes straight back to p1
-    std::vector<std::string> args = {"w1", "2", "10000", "3"};
-    args.insert(args.end(), outcomes.begin(), outcomes.end());
-    const Reply reply = fcall("crew_report", args);
-    ASSERT_EQ(reply.elements().size(), 2u) << reply.describe();
-    EXPECT_EQ(reply[0].describe(), R"(["ok", "dead", "retry"])");
-    // p1 before p0: e, then c's new entry (behind e), not d.
-    EXPECT_EQ(ids_of(taken_of(reply[1])), (std::vector<std::string>{"e", "c"}));
-    EXPECT_EQ(job("c")["attempt"], "2");
-    EXPECT_EQ(job("a")["state"], "completed");
-    EXPECT_EQ(job("b")["state"], "dead");
-    EXPECT_EQ(stat("completed"), 1);
-    EXPECT_EQ(stat("failed"), 2);
-    EXPECT_EQ(stat("retried"), 1);
-    EXPECT_EQ(stat("dead"), 1);
-    EXPECT_EQ(stats()["latency:count"], 1);
+  // The same call again (its reply was lost): it attaches, nothing is submitted twice.
+  const Reply again = fcall("crew_submit_many", args);
+  EXPECT_EQ(again[0].describe(), R"(["exists", "waiting"])");
+  EXPECT_EQ(again[2].describe(), R"(["exists", "delayed"])");
+  EXPECT_EQ(redis_.command({"XLEN", kQueue + "p1"}).integer(), 1);
+  EXPECT_EQ(stat("submitted"), 2);
+  EXPECT_EQ(ids_of(take("w1", 5)), (std::vector<std::string>{"a"}));
+  EXPECT_THAT(fcall("crew_submit_many", {"2", "a"}).error(), HasSubstr("arguments"));
+}
 
-    // The same call again (its reply was lost): every outcome is refused, nothing settles twice.
-    args[1] = "0";
-    EXPECT_EQ(fcall("crew_report", args).describe(), R"([["refused", "refused", "refused"]])");
-    EXPECT_EQ(stream("results:producer-1").size(), 2u);
-    EXPECT_EQ(stat("completed"), 1);
-    EXPECT_EQ(stats()["latency:count"], 1);
-    EXPECT_EQ(job("c")["state"], "active");
-    EXPECT_EQ(stats()["waiting"], 1);  // d
-  }
-
-  TEST_F(RedisFunctions, ReportChecksEveryOutcomeBeforeSettlingAny) {
-    ASSERT_EQ(submit({.id = "a"})[0].str(), "created");
-    const Taken t = take("w1", 1);
-    ASSERT_EQ(t.jobs.size(), 1u);
-    const Reply bad =
-        fcall("crew_report", {"w1", "1", "10000", "2", "complete", "a", t.jobs[0].second, "r", "",
-                              "finish", "a", "1", "r", ""});
-    ASSERT_TRUE(bad.is_error());
-    EXPECT_THAT(bad.error(), HasSubstr("kind must be"));
-    EXPECT_EQ(job("a")["state"], "active");
-    const Reply short_args = fcall("crew_report", {"w1", "0", "10000", "2", "complete", "a"});
-    ASSERT_TRUE(short_args.is_error());
-    EXPECT_THAT(short_args.error(), HasSubstr("arguments"));
-    EXPECT_EQ(fcall("crew_report", {"w1", "0", "10000", "0"}).describe(), "[[]]");
-  }
-
-  TEST_F(RedisFunctions, RenewManyRenewsOwnedLeasesAndReturnsTheLostOnes) {
-    for (const char* id : {"a", "b", "c"}) ASSERT_EQ(submit({.id = id})[0].str(), "created");
-    const Taken t = take("w1", 3, 1'000);
-    ASSERT_EQ(t.jobs.size(), 3u);
-    const auto& [a, lease_a] = t.jobs[0];
-    const auto& [b, lease_b] = t.jobs[1];
-    const auto& [c, lease_c] = t.jobs[2];
-    ASSERT_EQ(fcall("crew_complete", {c, lease_c, "r"}).str(), "ok");
-    const double before = std::stod(redis_.command({"ZSCORE", kQueue + "leases", a}).str());
-    const Reply lost =
-        fcall("crew_renew_many", {"60000", a, lease_a, b, lease_b + "0", c, lease_c, "none", "1"});
-    std::vector<std::string> lost_leases;
-    for (const Reply& lease : lost.elements()) lost_leases.push_back(lease.str());
-    EXPECT_EQ(lost_leases, (std::vector<std::string>{lease_b + "0", lease_c, "1"}));
-    EXPECT_GE(std::stod(redis_.command({"ZSCORE", kQueue + "leases", a}).str()) - before, 59'000);
-    // A lost lease's job keeps its deadline, and a settled one gets no entry in the lease zset.
-    EXPECT_LT(std::stod(redis_.command({"ZSCORE", kQueue + "leases", b}).str()) - before, 1'000);
-    EXPECT_TRUE(redis_.command({"ZSCORE", kQueue + "leases", c}).is_nil());
-    EXPECT_EQ(fcall("crew_renew_many", {"60000"}).describe(), "[]");
-    EXPECT_THAT(fcall("crew_renew_many", {"60000", a}).error(), HasSubstr("pairs"));
-  }
-
-  TEST_F(RedisFunctions, SubmitManyAnswersEachSubmissionAndARepeatAttaches) {
-    auto args_of = [](const Job& j) {
-      return std::vector<std::string>{j.id,
-                                      "producer-1",
-                                      j.task,
-                                      j.args,
-                                      std::to_string(j.priority),
-                                      std::to_string(j.delay_ms),
-                                      std::to_string(j.attempts),
-                                      j.backoff,
-                                      std::to_string(j.backoff_ms),
-                                      j.jitter,
-                                      std::to_string(j.timeout_ms),
-                                      std::to_string(j.retain_ms)};
-    };
-    std::vector<std::string> args = {"3"};
-    for (const Job& j : {Job{.id = "a"}, Job{.id = "bad", .priority = 9},
-                         Job{.id = "later", .priority = 2, .delay_ms = 60'000}}) {
-      const auto one = args_of(j);
-      args.insert(args.end(), one.begin(), one.end());
-    }
-    const Reply first = fcall("crew_submit_many", args);
-    ASSERT_EQ(first.elements().size(), 3u) << first.describe();
-    EXPECT_EQ(first[0].describe(), R"(["created", "waiting"])");
-    ASSERT_TRUE(first[1].is_error());
-    EXPECT_THAT(first[1].error(), HasSubstr("priority must be"));
-    EXPECT_EQ(first[2].describe(), R"(["created", "delayed"])");
-    EXPECT_EQ(job("a")["stream"], kQueue + "p1");
-    EXPECT_EQ(job("a")["state"], "waiting");
-    EXPECT_EQ(job("later")["state"], "delayed");
-    EXPECT_EQ(redis_.command({"EXISTS", kQueue + "job:bad"}).integer(), 0);
-    EXPECT_EQ(stat("submitted"), 2);
-
-    // The same call again (its reply was lost): it attaches, nothing is submitted twice.
-    const Reply again = fcall("crew_submit_many", args);
-    EXPECT_EQ(again[0].describe(), R"(["exists", "waiting"])");
-    EXPECT_EQ(again[2].describe(), R"(["exists", "delayed"])");
-    EXPECT_EQ(redis_.command({"XLEN", kQueue + "p1"}).integer(), 1);
-    EXPECT_EQ(stat("submitted"), 2);
-    EXPECT_EQ(ids_of(take("w1", 5)), (std::vector<std::string>{"a"}));
-    EXPECT_THAT(fcall("crew_submit_many", {"2", "a"}).error(), HasSubstr("arguments"));
-  }
-
-  TEST_F(RedisFunctions, BadArgumentsAreErrorRepliesNamingTheField) {
-    auto error_of = [](const Reply& reply) { return reply.is_error() ? reply.error() : ""; };
-    EXPECT_THAT(error_of(submit({.id = "j", .priority = 4})), HasSubstr("priority must be"));
-    EXPECT_THAT(error_of(submit({.id = "j", .attempts = 0})), HasSubstr("attempts must be"));
-    EXPECT_THAT(error_of(submit({.id = "j", .backoff = "linear"})), HasSubstr("backoff must be"));
-    EXPECT_THAT(error_of(submit({.id = "j", .jitter = "1.5"})), HasSubstr("jitter must be"));
-    EXPECT_THAT(error_of(submit({.id = "j", .jitter = "nan"})), HasSubstr("jitter must be"));
-    EXPECT_THAT(error_of(fcall("crew_promote", {"inf"})), HasSubstr("limit must be"));
-    EXPECT_THAT(error_of(submit({.id = ""})), HasSubstr("id must be"));
-    EXPECT_THAT(error_of(redis_.command({"FCALL", "crew_promote", "1", "jobs", "1"})),
-                HasSubstr("queue prefix"));
-    EXPECT_THAT(error_of(fcall("crew_start", {"j", "other-stream", "1-0", "w", "100"})),
-                HasSubstr("stream must be"));
-    EXPECT_THAT(error_of(fcall("crew_submit", {"j"})), HasSubstr("expects 12 arguments"));
-    EXPECT_THAT(error_of(fcall("crew_take", {"w", "0", "100"})), HasSubstr("count must be"));
-    EXPECT_THAT(error_of(fcall("crew_take", {"", "1", "100"})), HasSubstr("worker must be"));
-    EXPECT_THAT(error_of(fcall("crew_report", {"w", "1", "0", "0"})),
-                HasSubstr("lease_ms must be"));
-    EXPECT_EQ(redis_.command({"EXISTS", kQueue + "job:j"}).integer(), 0);
-    EXPECT_EQ(stat("submitted"), 0);
-  }
+TEST_F(RedisFunctions, BadArgumentsAreErrorRepliesNamingTheField) {
+  auto error_of = [](const Reply& reply) { return reply.is_error() ? reply.error() : ""; };
+  EXPECT_THAT(error_of(submit({.id = "j", .priority = 4})), HasSubstr("priority must be"));
+  EXPECT_THAT(error_of(submit({.id = "j", .attempts = 0})), HasSubstr("attempts must be"));
+  EXPECT_THAT(error_of(submit({.id = "j", .backoff = "linear"})), HasSubstr("backoff must be"));
+  EXPECT_THAT(error_of(submit({.id = "j", .jitter = "1.5"})), HasSubstr("jitter must be"));
+  EXPECT_THAT(error_of(submit({.id = "j", .jitter = "nan"})), HasSubstr("jitter must be"));
+  EXPECT_THAT(error_of(fcall("crew_promote", {"inf"})), HasSubstr("limit must be"));
+  EXPECT_THAT(error_of(submit({.id = ""})), HasSubstr("id must be"));
+  EXPECT_THAT(error_of(redis_.command({"FCALL", "crew_promote", "1", "jobs", "1"})),
+              HasSubstr("queue prefix"));
+  EXPECT_THAT(error_of(fcall("crew_start", {"j", "other-stream", "1-0", "w", "100"})),
+              HasSubstr("stream must be"));
+  EXPECT_THAT(error_of(fcall("crew_submit", {"j"})), HasSubstr("expects 12 arguments"));
+  EXPECT_THAT(error_of(fcall("crew_take", {"w", "0", "100"})), HasSubstr("count must be"));
+  EXPECT_THAT(error_of(fcall("crew_take", {"", "1", "100"})), HasSubstr("worker must be"));
+  EXPECT_THAT(error_of(fcall("crew_report", {"w", "1", "0", "0"})), HasSubstr("lease_ms must be"));
+  EXPECT_EQ(redis_.command({"EXISTS", kQueue + "job:j"}).integer(), 0);
+  EXPECT_EQ(stat("submitted"), 0);
+}
 
 }  // namespace
