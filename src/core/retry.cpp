@@ -1,6 +1,11 @@
 #include <algorithm>
 #include <cmath>
+#include <stdexcept>
+#include <string>
 
+#include <fmt/format.h>
+
+#include <crew/pool.hpp>
 #include <crew/retry.hpp>
 
 namespace crew::inline v0 {
@@ -21,4 +26,28 @@ std::chrono::milliseconds backoff_delay(const Backoff& backoff, int attempt,
   return std::chrono::milliseconds(static_cast<std::chrono::milliseconds::rep>(ms));
 }
 
+namespace detail {
+
+void check_run_options(const RunOptions& options, std::string_view who, bool retries) {
+  auto bad = [&](std::string_view field, const std::string& rule) {
+    throw std::invalid_argument(fmt::format("{}: RunOptions::{} {}", who, field, rule));
+  };
+  if (options.attempts < 1) bad("attempts", fmt::format("must be >= 1, got {}", options.attempts));
+  if (options.backoff.delay.count() < 0) {
+    bad("backoff.delay",
+        fmt::format("must not be negative, got {} ms", options.backoff.delay.count()));
+  }
+  if (!(options.backoff.jitter >= 0.0 && options.backoff.jitter <= 1.0)) {  // NaN too
+    bad("backoff.jitter", fmt::format("must be in 0..1, got {}", options.backoff.jitter));
+  }
+  if (!retries && options.attempts != 1) {
+    bad("attempts",
+        fmt::format("is {}, but a ThreadPool runs a task once: a task that crashed took the whole "
+                    "process with it, and one that timed out may still be running. Run tasks that "
+                    "need retries on a crew::ProcessPool",
+                    options.attempts));
+  }
+}
+
+}  // namespace detail
 }  // namespace crew::inline v0
