@@ -9,11 +9,13 @@
 #include <optional>
 #include <stop_token>
 #include <string>
+#include <string_view>
 #include <type_traits>
 #include <utility>
 
 #include <crew/detail/task.hpp>
 #include <crew/future.hpp>
+#include <crew/retry.hpp>
 #include <crew/stats.hpp>
 
 namespace crew {
@@ -67,6 +69,14 @@ struct RunOptions {
   /// When this fires, a queued task never runs and its Future settles with crew::Cancelled; a
   /// running task's Future settles with Cancelled and its own stop_token is signalled.
   std::stop_token stop{};
+  /// Executions at most, counting the first (>= 1). ProcessPool only: an execution that failed
+  /// with WorkerCrashed, TimedOut, RemoteError or MemoryLimitExceeded runs again after `backoff`,
+  /// and the Future settles once, with the first result or the last attempt's error. A
+  /// ThreadPool refuses anything but 1: a thread task that crashed took the whole process with
+  /// it, and one that timed out may still be running.
+  int attempts = 1;
+  /// The wait before each retry (crew/retry.hpp; the Redis queue's JobOptions use the same).
+  Backoff backoff{};
 };
 
 /// How long past its timeout a task may keep running, after its stop token was signalled, before
@@ -110,6 +120,19 @@ auto bind_task(F&& fn, A&&... args) {
 }
 
 enum class SubmitMode : std::uint8_t { block_or_throw, try_only };
+
+/// Throws std::invalid_argument naming the first field of `options` out of range (`who` starts
+/// the message); with `retries` false, attempts other than 1 too. Returns when all are valid.
+void check_run_options(const RunOptions& options, std::string_view who, bool retries);
+
+/// The check above, inline for the common case: valid options cost a few comparisons.
+inline void check_run_options_fast(const RunOptions& options, std::string_view who, bool retries) {
+  const bool attempts_ok = retries ? options.attempts >= 1 : options.attempts == 1;
+  if (!attempts_ok || options.backoff.delay.count() < 0 ||
+      !(options.backoff.jitter >= 0.0 && options.backoff.jitter <= 1.0)) [[unlikely]] {
+    check_run_options(options, who, retries);
+  }
+}
 }  // namespace detail
 
 /// A pool of threads that run closures and return their results as crew::Future<T>.
@@ -148,7 +171,8 @@ class ThreadPool {
   auto run(F&& fn, A&&... args) {
     return run(RunOptions{}, std::forward<F>(fn), std::forward<A>(args)...);
   }
-  /// As run(fn, args...), with a priority, a timeout and a stop token.
+  /// As run(fn, args...), with a priority, a timeout and a stop token. Throws
+  /// std::invalid_argument for RunOptions::attempts other than 1 (retries need a ProcessPool).
   template <class F, class... A>
   auto run(RunOptions options, F&& fn, A&&... args) {
     return *submit_future(detail::SubmitMode::block_or_throw, std::move(options),
@@ -206,6 +230,7 @@ class ThreadPool {
   auto submit_future(detail::SubmitMode mode, RunOptions options, F&& fn, A&&... args)
       -> std::optional<Future<typename detail::TaskResult<F, A...>::type>> {
     using R = typename detail::TaskResult<F, A...>::type;
+    detail::check_run_options_fast(options, "crew::ThreadPool::run", false);
     auto bound = detail::bind_task(std::forward<F>(fn), std::forward<A>(args)...);
     using Task = detail::FutureTask<R, decltype(bound), detail::kTakesStopToken<F, A...>>;
     auto* task = new Task(std::move(bound), options.priority, options.timeout, options.stop);

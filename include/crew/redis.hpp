@@ -23,6 +23,7 @@
 #include <crew/process/tasks.hpp>
 #include <crew/redis/errors.hpp>
 #include <crew/redis/stats.hpp>
+#include <crew/retry.hpp>
 
 namespace crew::inline v0::redis {
 
@@ -40,15 +41,10 @@ struct QueueOptions {
   std::chrono::milliseconds block{1'000};
 };
 
-enum class BackoffKind { fixed, exponential };
-
-/// The wait before a failed job runs again: `delay`, or `delay · 2^(attempt−1)` (capped at
-/// 24 h), times a random factor in `1 ± jitter`.
-struct Backoff {
-  BackoffKind kind = BackoffKind::fixed;
-  std::chrono::milliseconds delay{0};
-  double jitter = 0.0;  ///< 0..1
-};
+// The retry vocabulary of a local ProcessPool (crew/retry.hpp); crew.lua's crew_fail computes
+// the same delays from the Redis clock.
+using crew::Backoff;
+using crew::BackoffKind;
 
 /// Per-job options; every field has a default.
 struct JobOptions {

@@ -9,6 +9,10 @@
 // when nobody will read without it. A round trip then costs no system call and no wake-up when
 // the worker is still watching its ring for the next request.
 //
+// A failed execution with attempts left (RunOptions::attempts) does not settle: its call waits out
+// its backoff in retries_, a deadline like any other, and the supervisor then puts it back in the
+// queue. No thread waits for it, and a cancellation or terminate() finds it there.
+//
 // Futures are settled, and log lines delivered, after mutex_ is released: a continuation or a log
 // callback may call back into the pool. Continuations of Futures the supervisor settles run on
 // the pool's ContinuationRunner, never on the supervisor: one that blocks (waiting for another
@@ -27,6 +31,7 @@
 #include <mutex>
 #include <new>
 #include <optional>
+#include <random>
 #include <string>
 #include <system_error>
 #include <thread>
@@ -253,6 +258,9 @@ class ProcessPoolCore {
   void signal_worker(Proc& p, int sig);
   void startup_failed(std::string why, Clock::time_point now);
   void finish_task(Proc& p, Clock::time_point now, bool failed);
+  void fail_attempt(CallPtr call, std::exception_ptr error, std::uint64_t& counter, bool may_retry,
+                    Clock::time_point now);
+  void promote_retries(Clock::time_point now);
   void fail_queued(const std::function<std::exception_ptr()>& error);
   void log_line(Proc& p, bool is_stderr, std::string line);
   std::exception_ptr breaker_error() const;
@@ -277,7 +285,10 @@ class ProcessPoolCore {
   std::map<std::uint64_t, std::unique_ptr<Proc>> procs_;
   std::vector<Slot> slots_;
   std::uint64_t completed_ = 0, failed_ = 0, cancelled_ = 0, timed_out_ = 0, crashed_ = 0;
-  std::uint64_t restarts_ = 0, startup_failures_ = 0, spawned_ = 0;
+  std::uint64_t restarts_ = 0, startup_failures_ = 0, spawned_ = 0, retried_ = 0;
+  // Calls waiting out their backoff before their next attempt, by when it is due.
+  std::multimap<Clock::time_point, CallPtr> retries_;
+  std::minstd_rand jitter_random_{std::random_device{}()};
   nanoseconds busy_total_{0};
   // Recent task run time, for the pipelining decision; a new pool starts well above the
   // threshold, so nothing is pipelined before tasks have shown they are short.
@@ -553,6 +564,7 @@ ProcessPoolStats ProcessPoolCore::stats() const {
   s.failed = failed_;
   s.cancelled = cancelled_;
   s.timed_out = timed_out_;
+  s.retried = retried_;
   s.crashed = crashed_;
   s.restarts = restarts_;
   s.startup_failures = startup_failures_;
@@ -586,6 +598,7 @@ Clock::time_point ProcessPoolCore::next_deadline() const {
   }
   // A spawn waiting out its backoff; once the time has come, spawn_as_needed() acts at once.
   if (spawn_due_) t = std::min(t, backoff_.next());
+  if (!retries_.empty()) t = std::min(t, retries_.begin()->first);
   return t;
 }
 
@@ -629,8 +642,9 @@ void ProcessPoolCore::run() {
       for (int i = 0; i < n; ++i) handle_event(events[i].data.u64, now);
       if (n == 0) poll_replies(now);  // the backstop, or a deadline
       timers(now);
+      promote_retries(now);
       // Cancellations: a queued call was already settled (skipped at dispatch); a running one
-      // loses its worker.
+      // loses its worker; one waiting for its retry never runs again.
       for (const std::uint64_t id : std::exchange(cancels_, {})) {
         for (auto& [serial, p] : procs_) {
           if (p->current && p->current->id == id && p->reason == Reason::none) {
@@ -640,11 +654,17 @@ void ProcessPoolCore::run() {
             stop_proc(*p, Reason::cancel, true, now);
           }
         }
+        const auto waiting =
+            std::ranges::find_if(retries_, [&](const auto& r) { return r.second->id == id; });
+        if (waiting != retries_.end()) {
+          ++cancelled_;
+          retries_.erase(waiting);
+        }
       }
       if (terminating_) {
         fail_queued([&] {
           return std::make_exception_ptr(PoolClosed(fmt::format(
-              "crew::ProcessPool '{}': terminated before the task ran", options_.name)));
+              "crew::ProcessPool '{}': terminated while the task waited to run", options_.name)));
         });
         for (auto& [serial, p] : procs_) {
           if (p->current) {
@@ -661,7 +681,7 @@ void ProcessPoolCore::run() {
       } else {
         dispatch(now);
         spawn_as_needed(now);
-        if (closing_ && queued_ == 0) {
+        if (closing_ && queued_ == 0 && retries_.empty()) {
           for (auto& [serial, p] : procs_) {
             if (p->state == WState::idle || p->state == WState::starting) {
               stop_proc(*p, Reason::shutdown, false, now);
@@ -669,7 +689,7 @@ void ProcessPoolCore::run() {
           }
         }
       }
-      if (closing_ && queued_ == 0 && procs_.empty()) finished = true;
+      if (closing_ && queued_ == 0 && retries_.empty() && procs_.empty()) finished = true;
       settles = std::exchange(settles_, {});
       logs = std::exchange(logs_, {});
     }
@@ -728,6 +748,11 @@ void ProcessPoolCore::fail_queued(const std::function<std::exception_ptr()>& err
   }
   queue_.clear();
   queued_ = 0;
+  for (auto& [due, c] : retries_) {
+    ++cancelled_;
+    if (!c->state().claimed()) settles_.push_back({std::move(c), error(), std::nullopt});
+  }
+  retries_.clear();
 }
 
 void ProcessPoolCore::handle_event(std::uint64_t data, Clock::time_point now) {
@@ -862,16 +887,14 @@ void ProcessPoolCore::drive(const StateBase& state) noexcept {
 void ProcessPoolCore::on_protocol_error(Proc& p, const std::string& what) {
   const auto now = Clock::now();
   if (p.current) {
-    ++failed_;
     ++p.errors;
-    settles_.push_back(
-        {std::move(p.current),
-         std::make_exception_ptr(WorkerCrashed(
-             fmt::format("crew::ProcessPool: worker {} (pid {}) sent a malformed message while "
-                         "running task '{}' ({}); the worker was replaced",
-                         p.name, p.pid, p.current_task, what),
-             p.current_task, p.pid, 0, -1, {p.tail.begin(), p.tail.end()})),
-         std::nullopt});
+    fail_attempt(std::move(p.current),
+                 std::make_exception_ptr(WorkerCrashed(
+                     fmt::format("crew::ProcessPool: worker {} (pid {}) sent a malformed message "
+                                 "while running task '{}' ({}); the worker was replaced",
+                                 p.name, p.pid, p.current_task, what),
+                     p.current_task, p.pid, 0, -1, {p.tail.begin(), p.tail.end()})),
+                 failed_, true, now);
   }
   log_line(p, true, "crew: malformed message from this worker: " + what + "; killing it");
   stop_proc(p, Reason::protocol, true, now);
@@ -938,8 +961,10 @@ void ProcessPoolCore::on_frame(Proc& p, Frame frame, Clock::time_point now) {
                 r.type, r.message));
             break;
         }
-        ++failed_;
-        settles_.push_back({std::move(p.current), error, std::nullopt});
+        // Arguments the task cannot take stay wrong however often it runs.
+        const bool may_retry =
+            r.kind != ErrorKind::unknown_task && r.kind != ErrorKind::bad_arguments;
+        fail_attempt(std::move(p.current), std::move(error), failed_, may_retry, now);
         finish_task(p, now, true);
         // After running out of memory the heap may be in no shape for more work.
         if (r.kind == ErrorKind::out_of_memory) stop_proc(p, Reason::recycle, false, now);
@@ -977,6 +1002,35 @@ void ProcessPoolCore::finish_task(Proc& p, Clock::time_point now, bool failed) {
                          "replacing this worker",
                          p.rss, options_.max_rss_restart_bytes));
     stop_proc(p, Reason::recycle, false, now);
+  }
+}
+
+void ProcessPoolCore::fail_attempt(CallPtr call, std::exception_ptr error, std::uint64_t& counter,
+                                   bool may_retry, Clock::time_point now) {
+  if (may_retry && call->started < call->attempts && !call->state().claimed()) {
+    const double random = call->backoff.jitter > 0.0
+                              ? std::uniform_real_distribution<double>(0.0, 1.0)(jitter_random_)
+                              : 0.0;
+    retries_.emplace(now + backoff_delay(call->backoff, call->started, random), std::move(call));
+    ++retried_;
+    return;
+  }
+  ++counter;
+  settles_.push_back({std::move(call), std::move(error), std::nullopt});
+}
+
+void ProcessPoolCore::promote_retries(Clock::time_point now) {
+  // Behind the calls already waiting at the same priority, as a new submission would be.
+  while (!retries_.empty() && retries_.begin()->first <= now) {
+    CallPtr call = std::move(retries_.begin()->second);
+    retries_.erase(retries_.begin());
+    if (call->state().claimed()) {
+      ++cancelled_;  // cancelled while it waited; its cancellation may not have arrived yet
+      continue;
+    }
+    call->submitted = now;
+    queue_[call->priority].push_back(std::move(call));
+    ++queued_;
   }
 }
 
@@ -1044,33 +1098,30 @@ void ProcessPoolCore::on_exit(Proc& p, Clock::time_point now) {
 
   if (p.current) {
     if (p.reason == Reason::memory) {
-      ++failed_;
-      settles_.push_back(
-          {std::move(p.current),
-           std::make_exception_ptr(MemoryLimitExceeded(
-               fmt::format("crew::ProcessPool: task '{}' went over memory_limit_bytes ({} "
-                           "bytes) in worker {} (pid {}), which was {}",
-                           p.current_task, options_.memory_limit_bytes, p.name, p.pid, how),
-               options_.memory_limit_bytes)),
-           std::nullopt});
+      fail_attempt(std::move(p.current),
+                   std::make_exception_ptr(MemoryLimitExceeded(
+                       fmt::format("crew::ProcessPool: task '{}' went over memory_limit_bytes ({} "
+                                   "bytes) in worker {} (pid {}), which was {}",
+                                   p.current_task, options_.memory_limit_bytes, p.name, p.pid, how),
+                       options_.memory_limit_bytes)),
+                   failed_, true, now);
     } else {
-      ++failed_;
       ++crashed_;
       // Out of address space inside an allocation often ends in one of these signals.
       const bool maybe_memory = options_.memory_limit_bytes != 0 && kUseAddressLimit &&
                                 (sig == SIGSEGV || sig == SIGABRT || sig == SIGBUS);
-      settles_.push_back(
-          {std::move(p.current),
-           std::make_exception_ptr(WorkerCrashed(
-               fmt::format("crew::ProcessPool: worker {} (pid {}) running task '{}' {}{}{}", p.name,
-                           p.pid, p.current_task, how,
-                           maybe_memory ? fmt::format(" (its memory cap of {} bytes may have "
-                                                      "been hit)",
-                                                      options_.memory_limit_bytes)
-                                        : "",
-                           tail_text(p.tail)),
-               p.current_task, p.pid, sig, sig != 0 ? -1 : code, {p.tail.begin(), p.tail.end()})),
-           std::nullopt});
+      fail_attempt(
+          std::move(p.current),
+          std::make_exception_ptr(WorkerCrashed(
+              fmt::format("crew::ProcessPool: worker {} (pid {}) running task '{}' {}{}{}", p.name,
+                          p.pid, p.current_task, how,
+                          maybe_memory ? fmt::format(" (its memory cap of {} bytes may have "
+                                                     "been hit)",
+                                                     options_.memory_limit_bytes)
+                                       : "",
+                          tail_text(p.tail)),
+              p.current_task, p.pid, sig, sig != 0 ? -1 : code, {p.tail.begin(), p.tail.end()})),
+          failed_, true, now);
     }
     ++p.errors;
   }
@@ -1157,17 +1208,15 @@ void ProcessPoolCore::timers(Clock::time_point now) {
   for (auto& [serial, pp] : procs_) {
     Proc& p = *pp;
     if (p.state == WState::busy && p.deadline <= now) {
-      ++timed_out_;
       ++p.errors;
-      settles_.push_back(
-          {std::move(p.current),
-           std::make_exception_ptr(TimedOut(fmt::format(
-               "crew::ProcessPool: task '{}' timed out after {} ms; its worker {} (pid {}) was "
-               "stopped (SIGTERM, SIGKILL after {} ms) and is replaced",
-               p.current_task,
-               std::chrono::duration_cast<milliseconds>(p.deadline - p.busy_since).count(), p.name,
-               p.pid, options_.terminate_grace.count()))),
-           std::nullopt});
+      fail_attempt(std::move(p.current),
+                   std::make_exception_ptr(TimedOut(fmt::format(
+                       "crew::ProcessPool: task '{}' timed out after {} ms; its worker {} (pid {}) "
+                       "was stopped (SIGTERM, SIGKILL after {} ms) and is replaced",
+                       p.current_task,
+                       std::chrono::duration_cast<milliseconds>(p.deadline - p.busy_since).count(),
+                       p.name, p.pid, options_.terminate_grace.count()))),
+                   timed_out_, true, now);
       signal_worker(p, SIGTERM);
       p.reason = Reason::timeout;
       requeue_pending(p);
@@ -1293,9 +1342,12 @@ bool ProcessPoolCore::send_call(Proc& p, CallPtr& call, Clock::time_point now) {
 }
 
 void ProcessPoolCore::start_call(Proc& p, CallPtr call, Clock::time_point now) {
-  // Kept until now in case the worker died before starting it and it had to be sent again.
-  call->fds.close_all();
-  call->args = msgpack::sbuffer(0);
+  // Kept until now in case the worker died before starting it and it had to be sent again, and
+  // kept while attempts are left, for a retry.
+  if (++call->started >= call->attempts) {
+    call->fds.close_all();
+    call->args = msgpack::sbuffer(0);
+  }
   wait_hist_.record(now - call->submitted);
   p.state = WState::busy;
   p.busy_since = now;

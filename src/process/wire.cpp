@@ -24,6 +24,11 @@ int dup_cloexec(int fd) {
   return d;
 }
 
+bool write_sealed(int fd) noexcept {
+  const int seals = ::fcntl(fd, F_GET_SEALS);
+  return seals >= 0 && (seals & F_SEAL_WRITE) != 0;
+}
+
 // The receiver trusts the size only because the sender sealed it: a peer that could shrink the
 // file afterwards would turn our reads into SIGBUS.
 int checked_fd(FdList& fds, std::uint32_t index, std::uint64_t size) {
@@ -45,6 +50,7 @@ FdList& FdList::operator=(FdList&& o) noexcept {
   if (this != &o) {
     close_all();
     fds = std::move(o.fds);
+    copy_buffers = o.copy_buffers;
     o.fds.clear();
   }
   return *this;
@@ -74,7 +80,9 @@ FdList* WireScope::out() noexcept {
 
 std::uint32_t attach_buffer(FdList& fds, const Buffer& b) {
   int fd = BufferAccess::fd(b);
-  if (fd >= 0) {
+  // A Buffer mapped copy-on-write from a write-sealed memfd (see take_buffer) holds bytes its
+  // file does not: it is copied like a heap Buffer.
+  if (fd >= 0 && !fds.copy_buffers && !write_sealed(fd)) {
     // Sealing the size does not stop either side writing; the Buffer is moved, so nobody does.
     ::fcntl(fd, F_ADD_SEALS, kSizeSeals);
     fd = dup_cloexec(fd);
@@ -92,7 +100,7 @@ std::uint32_t attach_buffer(FdList& fds, const Buffer& b) {
       }
       done += static_cast<std::size_t>(n);
     }
-    ::fcntl(fd, F_ADD_SEALS, kSizeSeals);
+    ::fcntl(fd, F_ADD_SEALS, kSizeSeals | (fds.copy_buffers ? F_SEAL_WRITE : 0));
   }
   fds.fds.push_back(fd);
   return static_cast<std::uint32_t>(fds.fds.size() - 1);
@@ -110,7 +118,10 @@ Buffer take_buffer(FdList& fds, std::uint32_t index, std::uint64_t size) {
     ::close(fd);
     return Buffer();
   }
-  void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  // A write-sealed memfd may be delivered again (a call with retries): this Buffer's writes stay
+  // its own.
+  const int sharing = write_sealed(fd) ? MAP_PRIVATE : MAP_SHARED;
+  void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, sharing, fd, 0);
   if (p == MAP_FAILED) {
     ::close(fd);
     throw msgpack::type_error();

@@ -10,6 +10,7 @@
 #include <thread>
 #include <vector>
 
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <pthread.h>
 
@@ -19,6 +20,9 @@
 namespace {
 
 using namespace std::chrono_literals;
+using ::testing::AllOf;
+using ::testing::HasSubstr;
+using ::testing::ThrowsMessage;
 
 // Iteration counts shrink under the sanitizers, which run 5-20x slower.
 #if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
@@ -304,6 +308,25 @@ TEST(ThreadPool, TimeoutCountsFromStartNotFromSubmission) {
 TEST(ThreadPool, InvalidRunOptionsThrow) {
   crew::ThreadPool pool({.max_threads = 1});
   EXPECT_THROW((void)pool.run(crew::RunOptions{.timeout = -1ms}, [] {}), std::invalid_argument);
+}
+
+// A thread task that crashed took the process with it, and one that timed out may still be
+// running: only a ProcessPool retries.
+TEST(ThreadPool, RetriesAreRefusedAndNameTheProcessPool) {
+  crew::ThreadPool pool({.max_threads = 1});
+  std::atomic<int> runs{0};
+  auto task = [&] { return ++runs; };
+  EXPECT_THAT([&] { (void)pool.run(crew::RunOptions{.attempts = 3}, task); },
+              ThrowsMessage<std::invalid_argument>(
+                  AllOf(HasSubstr("RunOptions::attempts"), HasSubstr("crew::ProcessPool"))));
+  EXPECT_THAT([&] { (void)pool.try_run(crew::RunOptions{.attempts = 2}, task); },
+              ThrowsMessage<std::invalid_argument>(HasSubstr("RunOptions::attempts")));
+  EXPECT_THAT([&] { (void)pool.run(crew::RunOptions{.attempts = 0}, task); },
+              ThrowsMessage<std::invalid_argument>(HasSubstr("RunOptions::attempts must be >= 1")));
+  EXPECT_THAT([&] { (void)pool.run(crew::RunOptions{.backoff = {.jitter = 2.0}}, task); },
+              ThrowsMessage<std::invalid_argument>(HasSubstr("RunOptions::backoff.jitter")));
+  EXPECT_EQ(runs.load(), 0);
+  EXPECT_EQ(pool.run(crew::RunOptions{.attempts = 1}, task).get(), 1);
 }
 
 TEST(ThreadPool, HigherPriorityRunsFirst) {

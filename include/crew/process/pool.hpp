@@ -97,9 +97,12 @@ struct ProcessPoolStats {
   std::size_t idle = 0;
   std::size_t queued = 0;
   std::uint64_t completed = 0;
-  std::uint64_t failed = 0;     ///< threw, crashed, ran out of memory, bad arguments
+  /// threw, crashed, ran out of memory, bad arguments; a task counts here (or in timed_out)
+  /// once, when its last attempt failed
+  std::uint64_t failed = 0;
   std::uint64_t cancelled = 0;  ///< cancelled, or rejected by terminate()
   std::uint64_t timed_out = 0;
+  std::uint64_t retried = 0;   ///< failed executions that were run again (RunOptions::attempts)
   std::uint64_t crashed = 0;   ///< worker processes that died while running a task
   std::uint64_t restarts = 0;  ///< worker processes started after the first min_workers
   std::uint64_t startup_failures = 0;
@@ -142,14 +145,20 @@ class ProcessPool {
   Future<R> run(std::string_view name, A&&... args) {
     return run<R>(RunOptions{}, name, std::forward<A>(args)...);
   }
-  /// As above with per-call options: `.timeout` (kills the worker), `.stop`, `.priority`.
+  /// As above with per-call options: `.timeout` (kills the worker), `.stop`, `.priority`, and
+  /// `.attempts` with `.backoff`: an execution that failed with WorkerCrashed, TimedOut,
+  /// RemoteError or MemoryLimitExceeded runs again after its backoff, with the same priority,
+  /// up to `attempts` executions; BadArguments is final. `.stop` still cancels a call waiting out
+  /// its backoff. Every attempt gets the arguments as they were given: a Buffer that crosses as a
+  /// memfd is copied once here, and each worker maps it copy-on-write; a SharedBuffer is shared
+  /// memory, so a retry sees what earlier attempts wrote into it. Throws std::invalid_argument
+  /// naming a bad option.
   template <class R, class... A>
   Future<R> run(RunOptions options, std::string_view name, A&&... args) {
+    detail::check_run_options_fast(options, "crew::ProcessPool::run", true);
     auto* call = new detail::Call<R>();
     detail::Ref<detail::State<R>> owner(call);
-    call->task = name;
-    call->priority = options.priority;
-    call->timeout = options.timeout;
+    set_options(*call, name, options);
     call->given_types = &detail::type_list<std::decay_t<A>...>;
     {
       detail::WireScope scope(nullptr, &call->fds);
@@ -167,13 +176,13 @@ class ProcessPool {
   }
 
   /// Runs task `name` on arguments already packed as a msgpack array; the result comes back
-  /// packed (for bridges that do not know the task's C++ types, such as JSON front ends).
+  /// packed (for bridges that do not know the task's C++ types, such as JSON front ends). The
+  /// options, retries included, work as in run().
   Future<PackedValue> run_packed(RunOptions options, std::string_view name, std::string args) {
+    detail::check_run_options_fast(options, "crew::ProcessPool::run_packed", true);
     auto* call = new detail::Call<PackedValue>();
     detail::Ref<detail::State<PackedValue>> owner(call);
-    call->task = name;
-    call->priority = options.priority;
-    call->timeout = options.timeout;
+    set_options(*call, name, options);
     call->args.write(args.data(), args.size());
     call->add_ref();
     Future<PackedValue> future(call);
@@ -184,11 +193,12 @@ class ProcessPool {
     return future;
   }
 
-  /// Stops accepting tasks; queued and running ones finish, then the workers exit. Returns at
-  /// once; the destructor (or wait_closed()) waits.
+  /// Stops accepting tasks; queued and running ones finish, and so do retries waiting out their
+  /// backoff (at their time: a long backoff holds the close that long), then the workers exit.
+  /// Returns at once; the destructor (or wait_closed()) waits.
   void close();
-  /// Stops accepting tasks, fails queued and running ones with crew::PoolClosed, and kills every
-  /// worker. Returns when all worker processes have exited.
+  /// Stops accepting tasks, fails queued, running and retry-waiting ones with crew::PoolClosed,
+  /// and kills every worker. Returns when all worker processes have exited.
   void terminate();
   /// Blocks until close() or terminate() has finished (every worker process reaped).
   void wait_closed();
@@ -196,6 +206,16 @@ class ProcessPool {
   [[nodiscard]] const ProcessPoolOptions& options() const noexcept;
 
  private:
+  static void set_options(detail::CallBase& call, std::string_view name,
+                          const RunOptions& options) {
+    call.task = name;
+    call.priority = options.priority;
+    call.timeout = options.timeout;
+    call.attempts = options.attempts;
+    call.backoff = options.backoff;
+    // A message that may go out again must not carry memory an attempt can change.
+    call.fds.copy_buffers = options.attempts > 1;
+  }
   void submit(detail::CallBase& call, std::stop_token stop, const detail::ProcessArm& arm);
   std::unique_ptr<detail::ProcessPoolCore> core_;
 };

@@ -17,6 +17,7 @@
 #include <crew/errors.hpp>
 #include <crew/process/detail/type_name.hpp>
 #include <crew/process/detail/wire.hpp>
+#include <crew/retry.hpp>
 
 namespace crew::inline v0::detail {
 
@@ -53,6 +54,9 @@ class CallBase {
   FdList fds;                            // memfds of Buffers in `args`
   int priority = 0;
   std::chrono::nanoseconds timeout{0};
+  int attempts = 1;  // executions at most
+  int started = 0;   // executions so far
+  Backoff backoff{};
   std::uint64_t id = 0;
   std::string (*given_types)() = nullptr;
   std::chrono::steady_clock::time_point submitted{};

@@ -24,8 +24,14 @@ inline constexpr std::int8_t kExtSharedBuffer = 2;  // body: u32 fd index, u64 s
 /// Thread safety: a value; one thread at a time.
 struct FdList {
   std::vector<int> fds;
+  /// Set before packing a message that may be delivered more than once (a call with retries):
+  /// every Buffer is then attached as a copy sealed against writes, which receivers map
+  /// copy-on-write, so no delivery sees what another one wrote.
+  bool copy_buffers = false;
   FdList() = default;
-  FdList(FdList&& o) noexcept : fds(std::move(o.fds)) { o.fds.clear(); }
+  FdList(FdList&& o) noexcept : fds(std::move(o.fds)), copy_buffers(o.copy_buffers) {
+    o.fds.clear();
+  }
   FdList& operator=(FdList&& o) noexcept;
   FdList(const FdList&) = delete;
   FdList& operator=(const FdList&) = delete;
