@@ -435,8 +435,7 @@ TEST_F(RedisQueue, StatusFollowsAJobFromWaitingToItsOutcome) {
 
   // A thread cannot be killed: the sleep keeps its thread past the timeout, and the worker's stop
   // waits for it, so it is short.
-  crew::Future<int> slow =
-      queue_.run<int>({.timeout = 100ms, .job_id = "slow"}, "sleep_ms", 2'000);
+  crew::Future<int> slow = queue_.run<int>({.timeout = 100ms, .job_id = "slow"}, "sleep_ms", 2'000);
   EXPECT_THROW(slow.get(), crew::TimedOut);
   s = queue_.status("slow");
   EXPECT_EQ(s.state, JobState::dead);
