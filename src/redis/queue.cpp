@@ -346,6 +346,9 @@ struct Queue::Impl {
 
 Queue::Queue(QueueOptions options) : impl_(std::make_unique<Impl>(std::move(options))) {
   Impl& i = *impl_;
+  // The logger (and spdlog's registry) exist before the results thread starts, so that their
+  // creation happens-before its log calls.
+  (void)logger();
   if (i.options.block.count() < 1) {
     throw std::invalid_argument("crew::redis::QueueOptions: block must be at least 1 ms");
   }

@@ -530,6 +530,9 @@ struct Worker::Impl {
 Worker::Worker(const Tasks& tasks, WorkerOptions options)
     : impl_(std::make_unique<Impl>(tasks, std::move(options))) {
   Impl& i = *impl_;
+  // The logger (and spdlog's registry) exist before the worker's threads start, so that their
+  // creation happens-before their log calls.
+  (void)logger();
   const std::string policy = i.fetch_connection.check_noeviction();
   if (policy != "noeviction") {
     logger()->warn(

@@ -232,6 +232,8 @@ std::unique_ptr<Runner> make_redis_runner(const Tasks& tasks, RedisRunnerOptions
     throw std::invalid_argument(fmt::format("--backend: {}", e.what()));
   }
   (void)redis::queue_prefix(options.queue, "--queue");
+  // spdlog's registry exists before the Queue's threads start (they log through it).
+  spdlog::default_logger_raw();
   auto runner = std::make_unique<RedisRunner>(tasks, options, url.redacted());
   spdlog::info("crew serve: tasks go to the Redis queue '{}' at {}", options.queue, url.redacted());
   return runner;
