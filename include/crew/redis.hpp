@@ -139,7 +139,8 @@ void settle(Promise<R>& promise, const JobOutcome& outcome) {
     promise.set_exception(job_error(outcome));
     return;
   }
-  try {
+  // Settled outside the catch block (crew::detail::capture): see capture() on why.
+  auto error = crew::detail::capture([&] {
     if constexpr (std::is_void_v<R>) {
       promise.set_value();
     } else if constexpr (std::is_same_v<R, PackedValue>) {
@@ -152,9 +153,8 @@ void settle(Promise<R>& promise, const JobOutcome& outcome) {
         throw_result_type(crew::detail::type_name<R>(), e);
       }
     }
-  } catch (...) {
-    promise.set_exception(std::current_exception());
-  }
+  });
+  if (error) promise.set_exception(std::move(error));
 }
 
 template <class R>

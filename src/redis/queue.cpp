@@ -190,6 +190,10 @@ struct Queue::Impl {
       for (std::size_t i = 0; i < batch.size(); ++i) {
         batch[i]->reply = reply.is_error() ? reply : reply[i];
       }
+    } catch (const ConnectionError& e) {
+      // One exception object per submission: each caller rethrows and drops its own on its own
+      // thread, which ThreadSanitizer cannot see ordered through libstdc++'s uninstrumented count.
+      for (Submission* s : batch) s->error = std::make_exception_ptr(ConnectionError(e.what()));
     } catch (...) {
       for (Submission* s : batch) s->error = std::current_exception();
     }

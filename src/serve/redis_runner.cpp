@@ -59,18 +59,18 @@ class RedisRunner final : public Runner {
         [this, promise, job, name = std::string(task), args = std::move(args)]() mutable {
           // Cancelled (the client hung up) before it reached Redis: never submitted.
           if (promise->settled()) return;
-          try {
+          // Settled outside the catch blocks (detail::capture): see capture() on why.
+          auto error = detail::capture([&] {
             detail::hand_off(queue_->run_packed(job, name, std::move(args)),
                              [promise](Future<PackedValue> result) noexcept {
-                               try {
-                                 promise->set_value(result.get());
-                               } catch (...) {
-                                 promise->set_exception(std::current_exception());
-                               }
+                               std::optional<PackedValue> value;
+                               if (auto e = detail::capture([&] { value.emplace(result.get()); }))
+                                 promise->set_exception(std::move(e));
+                               else
+                                 promise->set_value(std::move(*value));
                              });
-          } catch (...) {
-            promise->set_exception(std::current_exception());
-          }
+          });
+          if (error) promise->set_exception(std::move(error));
         });
     return out;
   }
