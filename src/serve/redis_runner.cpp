@@ -50,8 +50,9 @@ class RedisRunner final : public Runner {
   RedisRunner(const RedisRunner&) = delete;
   RedisRunner& operator=(const RedisRunner&) = delete;
 
-  Future<PackedValue> run(std::string_view task, std::string args, RunOptions options) override {
-    const redis::JobOptions job = job_options(options);
+  Future<PackedValue> run(std::string_view task, std::string args, RunOptions options,
+                          std::string job_id) override {
+    const redis::JobOptions job = job_options(options, std::move(job_id));
     refuse_while_unreachable();
     auto promise = std::make_shared<Promise<PackedValue>>();
     Future<PackedValue> out = promise->get_future();
@@ -75,15 +76,21 @@ class RedisRunner final : public Runner {
     return out;
   }
 
-  Future<Submitted> submit(std::string_view task, std::string args, RunOptions options) override {
-    const redis::JobOptions job = job_options(options);
+  Future<Submitted> submit(std::string_view task, std::string args, RunOptions options,
+                           std::string job_id) override {
+    const redis::JobOptions job = job_options(options, std::move(job_id));
     refuse_while_unreachable();
     return pool_.run([this, job, name = std::string(task), args = std::move(args)]() mutable {
-      // A fresh id and no delay: crew_submit creates the job waiting.
-      return Submitted{queue_->submit_packed(job, name, std::move(args)),
-                       redis::to_string(redis::JobState::waiting)};
+      std::string id = queue_->submit_packed(job, name, std::move(args));
+      // No delay: a job with a fresh id is waiting; one with the client's id (Idempotency-Key)
+      // may have existed already, anywhere in its life, and only a look says where.
+      const redis::JobState state =
+          job.job_id.empty() ? redis::JobState::waiting : queue_->status(id).state;
+      return Submitted{std::move(id), redis::to_string(state)};
     });
   }
+
+  std::string new_job_id() const override { return redis::process_unique_id(); }
 
   Future<redis::JobStatus> status(std::string job_id) override {
     refuse_while_unreachable();
@@ -148,7 +155,7 @@ class RedisRunner final : public Runner {
   }
 
  private:
-  static redis::JobOptions job_options(const RunOptions& options) {
+  static redis::JobOptions job_options(const RunOptions& options, std::string job_id) {
     if (options.priority < 0 || options.priority > 3) {
       throw BadArguments(fmt::format(
           "priority = {} is outside 0..3, the priorities of a Redis queue (--backend); 3 runs "
@@ -157,7 +164,10 @@ class RedisRunner final : public Runner {
     }
     return redis::JobOptions{
         .priority = options.priority,
-        .timeout = std::chrono::duration_cast<std::chrono::milliseconds>(options.timeout)};
+        .attempts = options.attempts,
+        .backoff = options.backoff,
+        .timeout = std::chrono::duration_cast<std::chrono::milliseconds>(options.timeout),
+        .job_id = std::move(job_id)};
   }
 
   // While the probe finds Redis unreachable, a call would only wait for the command timeouts to

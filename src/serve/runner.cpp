@@ -29,8 +29,8 @@ void set_task_priority_once(int nice) {
 // is no job to come back to.
 class LocalRunner : public Runner {
  public:
-  Future<Submitted> submit(std::string_view /*task*/, std::string /*args*/,
-                           RunOptions /*options*/) override {
+  Future<Submitted> submit(std::string_view /*task*/, std::string /*args*/, RunOptions /*options*/,
+                           std::string /*job_id*/) override {
     throw BadArguments(
         "?wait=false needs a queue backend: start crew serve with --backend redis://HOST:PORT; "
         "this one runs tasks locally and answers when they finish");
@@ -54,7 +54,8 @@ class ThreadRunner final : public LocalRunner {
                           .max_stuck_replacements = stuck_limit_,
                           .name = "crew-task"}) {}
 
-  Future<PackedValue> run(std::string_view task, std::string args, RunOptions options) override {
+  Future<PackedValue> run(std::string_view task, std::string args, RunOptions options,
+                          std::string /*job_id*/) override {
     const auto timeout = std::chrono::duration_cast<Clock::duration>(options.timeout);
     return pool_.run(std::move(options), [this, name = std::string(task), args = std::move(args),
                                           timeout](std::stop_token stop) {
@@ -196,7 +197,8 @@ class ProcessRunner final : public LocalRunner {
   explicit ProcessRunner(const Tasks& tasks, ProcessPoolOptions options)
       : tasks_(tasks), pool_(std::move(options)) {}
 
-  Future<PackedValue> run(std::string_view task, std::string args, RunOptions options) override {
+  Future<PackedValue> run(std::string_view task, std::string args, RunOptions options,
+                          std::string /*job_id*/) override {
     return pool_.run_packed(std::move(options), task, std::move(args));
   }
   const Tasks& tasks() const noexcept override { return tasks_; }

@@ -38,11 +38,18 @@ struct Submitted {
 class Runner {
  public:
   virtual ~Runner() = default;
-  virtual Future<PackedValue> run(std::string_view task, std::string args, RunOptions options) = 0;
+  /// `job_id`: a queue backend's id for the job (new_job_id(), or the request's Idempotency-Key:
+  /// a job that exists already is attached to, not run again); the others get an empty one.
+  virtual Future<PackedValue> run(std::string_view task, std::string args, RunOptions options,
+                                  std::string job_id) = 0;
   /// `?wait=false`: submits the task as a job and settles once the job exists, not once it ran.
   /// Only a queue backend has jobs to come back to: the others throw BadArguments naming
   /// --backend.
-  virtual Future<Submitted> submit(std::string_view task, std::string args, RunOptions options) = 0;
+  virtual Future<Submitted> submit(std::string_view task, std::string args, RunOptions options,
+                                   std::string job_id) = 0;
+  /// A fresh job id; empty for a backend that keeps no jobs (the request's answer is its only
+  /// record).
+  [[nodiscard]] virtual std::string new_job_id() const { return {}; }
   /// `GET /v1/jobs/{id}`: the job's status (JobState::unknown: no such job). Same rule.
   virtual Future<redis::JobStatus> status(std::string job_id) = 0;
   /// The priority of a task whose request names none.

@@ -247,6 +247,10 @@ constexpr std::size_t kKeptResponseBuffer = 64 * 1024;
 // Task arguments are flat values and arrays; the bound keeps a body of a million '[' from
 // overflowing the stack in the recursive steps after parsing (copy, msgpack encoding).
 constexpr int kMaxJsonDepth = 64;
+// ?attempts=: executions of one task at most, counting the first.
+constexpr long long kMaxAttempts = 100;
+// Idempotency-Key: a Redis job id's limit (crew::redis::JobOptions::job_id).
+constexpr std::size_t kMaxJobIdBytes = 256;
 
 // `Executor` is the io_context's own executor with one I/O thread and a strand with more. A
 // concrete executor type, and a plain socket rather than beast::tcp_stream (whose timeouts we do
@@ -601,39 +605,65 @@ class Session : public TaskWatch, public std::enable_shared_from_this<Session<Ex
     RunOptions options;
     options.timeout = server_.config.task_timeout;
     options.priority = server_.runner->default_priority();
-    for (const auto& [key, header, set_timeout] : {std::tuple{"timeout_ms", "X-Timeout-Ms", true},
-                                                   std::tuple{"priority", "X-Priority", false}}) {
+    // An integer option from the query (`key=`) or a header; nullopt when neither names it.
+    std::string bad;
+    auto number = [&](const char* key, const char* header, long long lo,
+                      long long hi) -> std::optional<long long> {
       std::string value = query_param(query_, key);
       if (value.empty()) value = std::string(request_[header]);
-      if (value.empty()) continue;
-      // Bounded, so that no duration arithmetic downstream can overflow: a day at most.
-      constexpr long long kMaxTimeoutMs = 86'400'000;
-      const long long lo = set_timeout ? 0 : std::numeric_limits<int>::min();
-      const long long hi = set_timeout ? kMaxTimeoutMs : std::numeric_limits<int>::max();
+      if (value.empty() || !bad.empty()) return std::nullopt;
       char* end = nullptr;
       errno = 0;
       const long long n = std::strtoll(value.c_str(), &end, 10);
       if (*end != '\0' || errno == ERANGE || n < lo || n > hi) {
-        return respond(
-            http::status::bad_request,
-            error_body("BadArguments", fmt::format("{} must be an integer in {}..{}, not '{}'", key,
-                                                   lo, hi, value)));
+        bad = fmt::format("{} must be an integer in {}..{}, not '{}'", key, lo, hi, value);
+        return std::nullopt;
       }
-      const auto limit = server_.timeout_limit.count();
-      if (set_timeout && limit > 0 && (n == 0 || n > limit)) {
-        return respond(
-            http::status::bad_request,
-            error_body(
-                "BadArguments",
-                fmt::format("{} = {} is beyond this server's limit: tasks run at most {} "
-                            "ms here (--max-task-timeout-ms); ask for 1..{}",
-                            key, n == 0 ? "0 (no timeout)" : std::to_string(n), limit, limit)));
-      }
-      if (set_timeout) {
-        options.timeout = std::chrono::milliseconds(n);
-      } else {
-        options.priority = static_cast<int>(n);
-      }
+      return n;
+    };
+    // Bounded, so that no duration arithmetic downstream can overflow: a day at most.
+    constexpr long long kMaxTimeoutMs = 86'400'000;
+    const auto timeout = number("timeout_ms", "X-Timeout-Ms", 0, kMaxTimeoutMs);
+    const auto priority = number("priority", "X-Priority", std::numeric_limits<int>::min(),
+                                 std::numeric_limits<int>::max());
+    const auto attempts = number("attempts", "X-Attempts", 1, kMaxAttempts);
+    if (!bad.empty()) return respond(http::status::bad_request, error_body("BadArguments", bad));
+    if (const auto limit = server_.timeout_limit.count();
+        timeout && limit > 0 && (*timeout == 0 || *timeout > limit)) {
+      return respond(
+          http::status::bad_request,
+          error_body("BadArguments",
+                     fmt::format("timeout_ms = {} is beyond this server's limit: tasks run at most "
+                                 "{} ms here (--max-task-timeout-ms); ask for 1..{}",
+                                 *timeout == 0 ? "0 (no timeout)" : std::to_string(*timeout), limit,
+                                 limit)));
+    }
+    if (timeout) options.timeout = std::chrono::milliseconds(*timeout);
+    if (priority) options.priority = static_cast<int>(*priority);
+    if (attempts && *attempts > 1 && std::string_view(server_.runner->isolation()) == "thread") {
+      return respond(
+          http::status::bad_request,
+          error_body("BadArguments",
+                     "attempts > 1 needs --isolation process or --backend redis://…: a thread "
+                     "task that failed may still be running, or may have taken the server down"));
+    }
+    if (attempts) options.attempts = static_cast<int>(*attempts);
+    // A queue backend's job id: the client's Idempotency-Key (a repeated request attaches to the
+    // job the first one made), else a fresh one, known here so that a wait that runs out can
+    // name the job.
+    std::string job_id(request_["Idempotency-Key"]);
+    const std::string fresh_id = server_.runner->new_job_id();
+    if (!job_id.empty() && fresh_id.empty()) {
+      return respond(http::status::bad_request,
+                     error_body("BadArguments",
+                                "Idempotency-Key needs a queue backend (--backend redis://…): "
+                                "this server runs tasks locally and keeps no jobs to attach to"));
+    }
+    if (job_id.size() > kMaxJobIdBytes) {
+      return respond(http::status::bad_request,
+                     error_body("BadArguments", fmt::format("Idempotency-Key must be 1..{} bytes, "
+                                                            "not {}",
+                                                            kMaxJobIdBytes, job_id.size())));
     }
     const std::string wait = query_param(query_, "wait");
     if (!wait.empty() && wait != "true" && wait != "false") {
@@ -645,15 +675,18 @@ class Session : public TaskWatch, public std::enable_shared_from_this<Session<Ex
     task_ = std::move(name);
     try {
       if (wait == "false") {
-        return when_ready(server_.runner->submit(task_, std::move(args), std::move(options)),
-                          [](Session& self, Future<Submitted> submitted) {
-                            self.finish_submit(std::move(submitted));
-                          });
+        return when_ready(
+            server_.runner->submit(task_, std::move(args), std::move(options), std::move(job_id)),
+            [](Session& self, Future<Submitted> submitted) {
+              self.finish_submit(std::move(submitted));
+            });
       }
-      auto future = server_.runner->run(task_, std::move(args), std::move(options));
+      job_ = job_id.empty() ? fresh_id : std::move(job_id);
+      auto future = server_.runner->run(task_, std::move(args), std::move(options), job_);
       // A reference of our own, to cancel the task if the client hangs up before its answer.
       future.raw_state()->add_ref();
       running_ = detail::Ref<detail::StateBase>(future.raw_state());
+      waiting_since_ = started;
       server_.watch(this, this->weak_from_this());
       when_ready(std::move(future), [started](Session& self, Future<PackedValue> result) {
         self.finish_task(std::move(result), started);
@@ -699,7 +732,14 @@ class Session : public TaskWatch, public std::enable_shared_from_this<Session<Ex
     asio::post(stream_.get_executor(), [self = shared_from_this()] { self->check_hangup(); });
   }
   void check_hangup() {
-    if (!running_ || abandoned_) return;
+    if (!running_ || abandoned_ || waited_out_) return;
+    // A queue backend's job whose result takes longer than --max-wait-ms: the request stops
+    // waiting and answers 202 with the job's state (finish_task); the job goes on.
+    const auto max_wait = server_.config.max_wait;
+    if (!job_.empty() && max_wait.count() > 0 && Clock::now() - waiting_since_ >= max_wait) {
+      waited_out_ = running_->cancel();
+      if (waited_out_) return;
+    }
     if constexpr (Tls) {
       // A TLS client's close_notify alert is bytes to read, so a peek cannot tell a hang-up
       // from a pipelined request; the end of its half of the TCP stream (POLLRDHUP) can.
@@ -728,6 +768,7 @@ class Session : public TaskWatch, public std::enable_shared_from_this<Session<Ex
       log(499, 0);
       return close();
     }
+    if (std::exchange(waited_out_, false)) return answer_unsettled();
     try {
       PackedValue value = result.get();
       json out;
@@ -739,6 +780,35 @@ class Session : public TaskWatch, public std::enable_shared_from_this<Session<Ex
     } catch (...) {
       finish_error(std::current_exception(), task_);
     }
+  }
+
+  // 202 for a job still unsettled after --max-wait-ms: its state now, and where to ask again.
+  void answer_unsettled() {
+    when_ready(server_.runner->status(job_), [](Session& self, Future<redis::JobStatus> status) {
+      try {
+        const redis::JobStatus job = status.get();
+        if (job.state == redis::JobState::unknown) {
+          // Never handed to Redis (its submission waited behind others all along); cancelled
+          // with the wait, it never will be.
+          self.server_.metrics.outcome("timed_out");
+          return self.respond(
+              http::status::gateway_timeout,
+              error_body("TimedOut",
+                         fmt::format("task '{}' was not submitted to Redis within {} ms "
+                                     "(--max-wait-ms) and will not run; send it again (with "
+                                     "the same Idempotency-Key, if it had one)",
+                                     self.task_, self.server_.config.max_wait.count())));
+        }
+        const std::string location = "/v1/jobs/" + job.id;
+        self.extra_ = {http::field::location, location};
+        self.server_.metrics.outcome("submitted");
+        json out = job_json(job);
+        out["location"] = location;
+        self.respond(http::status::accepted, out);
+      } catch (...) {
+        self.finish_error(std::current_exception(), self.task_);
+      }
+    });
   }
 
   void finish_submit(Future<Submitted> submitted) {
@@ -904,7 +974,9 @@ class Session : public TaskWatch, public std::enable_shared_from_this<Session<Ex
   Clock::time_point start_ = Clock::now();
   bool counted_ = false;
   detail::Ref<detail::StateBase> running_;  // the task in flight, to cancel on a hang-up
+  Clock::time_point waiting_since_;
   bool abandoned_ = false;
+  bool waited_out_ = false;  // --max-wait-ms passed: answer with the job's state
 };
 
 }  // namespace

@@ -39,6 +39,9 @@ struct ServeConfig {
   /// The most a client may ask for (?timeout_ms=, X-Timeout-Ms), and never "none" (0) while
   /// there is a limit: 400 naming it. 0 here: task_timeout is the limit (both 0: no limit).
   std::chrono::milliseconds max_task_timeout{0};
+  /// A queue backend: how long a request waits for its job's result before it answers 202 with
+  /// the job's state and Location instead (the job goes on); 0: as long as it takes.
+  std::chrono::milliseconds max_wait{60'000};
   std::chrono::milliseconds shutdown_timeout{10'000};
   /// Thread isolation: replacement threads for tasks stuck past their timeout (they ignore their
   /// stop token); once all are in use /readyz answers 503. None: as many as `workers`.

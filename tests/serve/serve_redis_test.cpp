@@ -5,6 +5,8 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -43,16 +45,21 @@ const crew::Tasks& tasks() {
 // A server on the queue "t" of its own Redis; the worker that runs the jobs starts on demand.
 class ServeRedis : public ::testing::Test {
  protected:
-  void SetUp() override {
+  void SetUp() override { server_ = make_server(ServeConfig{}.max_wait); }
+
+  // A server on the queue "t" that waits at most `max_wait` for a result (--max-wait-ms).
+  std::unique_ptr<crew::serve_app::Server> make_server(std::chrono::milliseconds max_wait) {
     ServeConfig c;
     c.host = "127.0.0.1";
     c.port = 0;
     c.log_format = "off";
     c.backend = redis_.url();
     c.queue = "t";
-    server_ = std::make_unique<crew::serve_app::Server>(
+    c.max_wait = max_wait;
+    auto server = std::make_unique<crew::serve_app::Server>(
         c, crew::serve_app::make_redis_runner(tasks(), {.url = redis_.url(), .queue = "t"}));
-    server_->start();
+    server->start();
+    return server;
   }
 
   void start_worker() {
@@ -214,6 +221,70 @@ TEST_F(ServeRedis, AClientThatHangsUpLeavesItsJobToRunAndItsResultKept) {
   EXPECT_EQ(r.js()["result"], 34);
 }
 
+TEST_F(ServeRedis, AnIdempotencyKeyAttachesARepeatedRequestToTheFirstJob) {
+  const std::vector<std::pair<std::string, std::string>> key = {{"Idempotency-Key", "order-17"}};
+  // No worker yet: both submissions find one job, waiting.
+  for (int i = 0; i < 2; ++i) {
+    const Reply r = Client(server_->port())
+                        .request(http::verb::post, "/v1/tasks/fib?wait=false", R"({"args": [10]})",
+                                 "application/json", key);
+    ASSERT_EQ(r.status, 202) << r.body;
+    EXPECT_EQ(r.js()["job_id"], "order-17");
+    EXPECT_EQ(r.js()["state"], "waiting");
+  }
+  crew::redis::Connection redis(crew::redis::parse_url(redis_.url()));
+  EXPECT_EQ(redis.command({"XLEN", "crew:{t}:p1"}).integer(), 1);
+
+  // A waiting request with the same key gets the first job's result (its own arguments are not
+  // looked at: the key names the job), and nothing runs twice.
+  start_worker();
+  const Reply r =
+      Client(server_->port())
+          .request(http::verb::post, "/v1/tasks/fib", R"({"args": [12]})", "application/json", key);
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(r.js()["result"], 55);
+  crew::redis::Queue q({.url = redis_.url(), .name = "t"});
+  const crew::redis::QueueStats stats = q.stats();
+  EXPECT_EQ(stats.submitted, 1U);
+  EXPECT_EQ(stats.completed, 1U);
+  EXPECT_EQ(worker_->stats().started, 1U);
+
+  const std::vector<std::pair<std::string, std::string>> long_key = {
+      {"Idempotency-Key", std::string(257, 'k')}};
+  const Reply bad = Client(server_->port())
+                        .request(http::verb::post, "/v1/tasks/fib", R"({"args": [1]})",
+                                 "application/json", long_key);
+  EXPECT_EQ(bad.status, 400) << bad.body;
+  EXPECT_THAT(bad.js()["error"]["message"].get<std::string>(), HasSubstr("Idempotency-Key"));
+}
+
+TEST_F(ServeRedis, AWaitThatRunsOutAnswers202WithTheJobsStateAndTheJobGoesOn) {
+  // No worker: without a bound, this request would wait for as long as none comes.
+  const auto impatient = make_server(300ms);
+  const Reply r =
+      Client(impatient->port()).request(http::verb::post, "/v1/tasks/fib", R"({"args": [10]})");
+  ASSERT_EQ(r.status, 202) << r.body;
+  EXPECT_EQ(r.js()["state"], "waiting");
+  EXPECT_EQ(r.js()["task"], "fib");
+  const std::string location = r.js()["location"];
+  EXPECT_EQ(location, "/v1/jobs/" + r.js()["job_id"].get<std::string>());
+  EXPECT_EQ(std::string(r.raw[http::field::location]), location);
+  start_worker();
+  EXPECT_EQ(job_in_state(location, "completed").js()["result"], 55);
+}
+
+TEST_F(ServeRedis, AttemptsAndTheirBoundsReachTheJob) {
+  const Reply accepted = post("/v1/tasks/fib?wait=false&attempts=3", R"({"args": [5]})");
+  ASSERT_EQ(accepted.status, 202) << accepted.body;
+  const Reply job = get(accepted.js()["location"]);
+  EXPECT_EQ(job.js()["attempts"], 3) << job.body;
+  for (const char* bad : {"0", "101", "x"}) {
+    const Reply r = post(std::string("/v1/tasks/fib?attempts=") + bad, R"({"args": [5]})");
+    EXPECT_EQ(r.status, 400) << bad;
+    EXPECT_THAT(r.js()["error"]["message"].get<std::string>(), HasSubstr("attempts"));
+  }
+}
+
 TEST(ServeRedisBackend, TheLocalBackendRefusesJobRoutesNamingTheFlag) {
   ServeConfig c;
   c.host = "127.0.0.1";
@@ -230,7 +301,15 @@ TEST(ServeRedisBackend, TheLocalBackendRefusesJobRoutesNamingTheFlag) {
   r = client.request(http::verb::get, "/v1/jobs/some-id");
   EXPECT_EQ(r.status, 400);
   EXPECT_THAT(r.js()["error"]["message"].get<std::string>(), HasSubstr("--backend redis://"));
-  r = client.request(http::verb::post, "/v1/tasks/fib?wait=true", R"({"args": [10]})");
+  r = client.request(http::verb::post, "/v1/tasks/fib", R"({"args": [10]})", "application/json",
+                     {{"Idempotency-Key", "k"}});
+  EXPECT_EQ(r.status, 400);
+  EXPECT_THAT(r.js()["error"]["message"].get<std::string>(), HasSubstr("--backend redis://"));
+  // A thread task is never run twice: it may still be running, or have taken the server down.
+  r = client.request(http::verb::post, "/v1/tasks/fib?attempts=2", R"({"args": [10]})");
+  EXPECT_EQ(r.status, 400);
+  EXPECT_THAT(r.js()["error"]["message"].get<std::string>(), HasSubstr("--isolation process"));
+  r = client.request(http::verb::post, "/v1/tasks/fib?wait=true&attempts=1", R"({"args": [10]})");
   EXPECT_EQ(r.js()["result"], 55);
 }
 

@@ -20,7 +20,8 @@ Command add_serve_command(CLI::App& app) {
       "/api/stats. SIGINT/SIGTERM drain and exit 0.");
   auto config = std::make_shared<serve_app::ServeConfig>();
   struct Millis {
-    std::int64_t header = 10'000, body = 30'000, task = 30'000, max_task = 0, shutdown = 10'000;
+    std::int64_t header = 10'000, body = 30'000, task = 30'000, max_task = 0, max_wait = 60'000,
+                 shutdown = 10'000;
   };
   auto ms = std::make_shared<Millis>();
   serve->set_config("--config", "", "Read options from this TOML/INI file (key = value)");
@@ -45,6 +46,14 @@ Command add_serve_command(CLI::App& app) {
       ->add_option("--queue", config->queue,
                    "With --backend redis://…: the queue's name, as `crew worker --queue`")
       ->envname("CREW_QUEUE")
+      ->capture_default_str();
+  serve
+      ->add_option("--max-wait-ms", ms->max_wait,
+                   "With --backend redis://…: how long a request waits for its job's result "
+                   "before it answers 202 with the job's state and Location (the job goes on); "
+                   "0: as long as it takes")
+      ->envname("CREW_MAX_WAIT_MS")
+      ->check(CLI::Range(std::int64_t{0}, std::int64_t{86'400'000}))
       ->capture_default_str();
   serve
       ->add_option("--isolation", config->isolation,
@@ -168,6 +177,7 @@ Command add_serve_command(CLI::App& app) {
             config->body_timeout = std::chrono::milliseconds(ms->body);
             config->task_timeout = std::chrono::milliseconds(ms->task);
             config->max_task_timeout = std::chrono::milliseconds(ms->max_task);
+            config->max_wait = std::chrono::milliseconds(ms->max_wait);
             config->shutdown_timeout = std::chrono::milliseconds(ms->shutdown);
             return serve_app::run_service(*config);
           }};
