@@ -106,20 +106,7 @@ class RedisRunner final : public Runner {
   int default_priority() const noexcept override { return redis::JobOptions{}.priority; }
   const Tasks& tasks() const noexcept override { return tasks_; }
   // The pool is the thread that hands jobs to Redis: `queued` is the submissions waiting for it.
-  RunnerStats stats() const override {
-    const PoolStats s = pool_.stats();
-    return RunnerStats{.workers = s.threads,
-                       .busy = s.busy,
-                       .idle = s.idle,
-                       .queued = s.queued,
-                       .completed = s.completed,
-                       .failed = s.failed,
-                       .cancelled = s.cancelled,
-                       .utilization = s.utilization,
-                       .wait_time = s.wait_time,
-                       .run_time = s.run_time,
-                       .stuck_tasks = {}};
-  }
+  RunnerStats stats() const override { return runner_stats(pool_.stats()); }
   const char* isolation() const noexcept override { return "redis"; }
 
   std::string backend_metrics() const override {

@@ -67,21 +67,8 @@ class ThreadRunner final : public LocalRunner {
   }
   const Tasks& tasks() const noexcept override { return tasks_; }
   RunnerStats stats() const override {
-    const PoolStats s = pool_.stats();
-    RunnerStats out{.workers = s.threads,
-                    .busy = s.busy,
-                    .idle = s.idle,
-                    .queued = s.queued,
-                    .completed = s.completed,
-                    .failed = s.failed,
-                    .cancelled = s.cancelled,
-                    .utilization = s.utilization,
-                    .wait_time = s.wait_time,
-                    .run_time = s.run_time,
-                    .stuck = s.stuck,
-                    .stuck_limit = stuck_limit(),
-                    .stuck_total = s.stuck_total,
-                    .stuck_tasks = {}};
+    RunnerStats out = runner_stats(pool_.stats());
+    out.stuck_limit = stuck_limit();
     const auto now = Clock::now();
     std::lock_guard lock(watch_mutex_);
     for (const auto& [id, w] : watched_) {
@@ -234,6 +221,22 @@ class ProcessRunner final : public LocalRunner {
 };
 
 }  // namespace
+
+RunnerStats runner_stats(const PoolStats& s) {
+  return RunnerStats{.workers = s.threads,
+                     .busy = s.busy,
+                     .idle = s.idle,
+                     .queued = s.queued,
+                     .completed = s.completed,
+                     .failed = s.failed,
+                     .cancelled = s.cancelled,
+                     .utilization = s.utilization,
+                     .wait_time = s.wait_time,
+                     .run_time = s.run_time,
+                     .stuck = s.stuck,
+                     .stuck_total = s.stuck_total,
+                     .stuck_tasks = {}};
+}
 
 std::unique_ptr<Runner> make_thread_runner(const Tasks& tasks, ThreadRunnerOptions options) {
   return std::make_unique<ThreadRunner>(tasks, options);

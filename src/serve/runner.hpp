@@ -28,6 +28,9 @@ struct RunnerStats {
   std::map<std::string, std::size_t> stuck_tasks;  ///< stuck now, by task name
 };
 
+/// A thread pool's snapshot as a runner's (the thread runner adds its stuck tasks).
+RunnerStats runner_stats(const PoolStats& s);
+
 /// What `?wait=false` answers: the job's id and its state just after submission.
 struct Submitted {
   std::string job_id;

@@ -1,11 +1,14 @@
 // Watching processes from the outside, for the process-layer tests: there is no event to wait
-// on, so tests poll a condition (the assertion is on the condition, never on the sleep).
+// on, so tests poll a condition (the assertion is on the condition, never on the sleep). And the
+// environment those tests give their worker processes.
 #pragma once
 
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <string>
 #include <thread>
 #include <vector>
@@ -43,6 +46,18 @@ inline std::vector<int> children_of(int parent) {
     }
   }
   return out;
+}
+
+/// The environment of a test's worker processes: they should die of the signal a task raises,
+/// not of a sanitizer report about it.
+inline std::map<std::string, std::string> worker_env() {
+  auto get = [](const char* k) {
+    const char* v = std::getenv(k);
+    return std::string(v != nullptr ? v : "");
+  };
+  return {{"ASAN_OPTIONS", get("ASAN_OPTIONS") + ":handle_segv=0:handle_abort=0:detect_leaks=0"},
+          {"TSAN_OPTIONS", get("TSAN_OPTIONS") + ":handle_segv=0:handle_abort=0"},
+          {"UBSAN_OPTIONS", get("UBSAN_OPTIONS")}};
 }
 
 }  // namespace crew_test

@@ -116,16 +116,7 @@ const crew::Tasks& test_tasks() {
   return tasks;
 }
 
-// Workers should die of the signal a task raises, not of a sanitizer report about it.
-std::map<std::string, std::string> worker_env() {
-  auto get = [](const char* k) {
-    const char* v = std::getenv(k);
-    return std::string(v != nullptr ? v : "");
-  };
-  return {{"ASAN_OPTIONS", get("ASAN_OPTIONS") + ":handle_segv=0:handle_abort=0:detect_leaks=0"},
-          {"TSAN_OPTIONS", get("TSAN_OPTIONS") + ":handle_segv=0:handle_abort=0"},
-          {"UBSAN_OPTIONS", get("UBSAN_OPTIONS")}};
-}
+using crew_test::worker_env;
 
 crew::ProcessPoolOptions opts() {
   crew::ProcessPoolOptions o;
