@@ -9,7 +9,7 @@
 set -euo pipefail
 crew=$1
 work=$(mktemp -d)
-trap 'kill -9 "${pid:-}" "${worker:-}" 2>/dev/null || true; redis-cli -p "${redis_port:-0}" shutdown nosave >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
+trap 'kill -9 "${pid:-}" "${worker:-}" 2>/dev/null || true; stop_redis; rm -rf "$work"' EXIT
 # shellcheck source=common.bash
 source "$(dirname "${BASH_SOURCE[0]}")/common.bash"
 fail() { echo "serve_redis.sh: FAIL: $*" >&2; exit 1; }
@@ -51,16 +51,7 @@ for bad in "http://127.0.0.1:$closed" "redis://127.0.0.1:99999"; do
   grep -q -- "--backend" "$work/bad" || fail "--backend $bad: the flag is not named: $(cat "$work/bad")"
 done
 
-for _ in $(seq 1 20); do
-  redis_port=$((20000 + RANDOM % 20000))
-  redis-server --port "$redis_port" --bind 127.0.0.1 --dir "$work" --save '' --daemonize yes \
-    --logfile "$work/redis.log" >/dev/null
-  for _ in $(seq 1 200); do
-    grep -q PONG <<<"$(redis-cli -p "$redis_port" ping 2>/dev/null)" && break 2
-    sleep 0.01
-  done
-done
-grep -q PONG <<<"$(redis-cli -p "$redis_port" ping)" || fail "redis-server did not start"
+start_redis "$work"
 url="redis://127.0.0.1:$redis_port"
 
 "$crew" worker --redis "$url" --queue s --concurrency 2 >"$work/worker" 2>&1 &

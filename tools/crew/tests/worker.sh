@@ -8,7 +8,9 @@
 set -euo pipefail
 crew=$1
 work=$(mktemp -d)
-trap 'kill -9 "${pid:-}" 2>/dev/null || true; redis-cli -p "${port:-0}" shutdown nosave >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
+trap 'kill -9 "${pid:-}" 2>/dev/null || true; stop_redis; rm -rf "$work"' EXIT
+# shellcheck source=common.bash
+source "$(dirname "${BASH_SOURCE[0]}")/common.bash"
 fail() { echo "worker.sh: FAIL: $*" >&2; exit 1; }
 
 command -v redis-server >/dev/null || fail "redis-server not found: run scripts/bootstrap"
@@ -22,16 +24,8 @@ set -e
 [[ $rc -eq 69 ]] || fail "unreachable Redis: exit $rc, expected 69: $(cat "$work/unreachable")"
 grep -q "127.0.0.1:$closed" "$work/unreachable" || fail "no URL in: $(cat "$work/unreachable")"
 
-for _ in $(seq 1 20); do
-  port=$((20000 + RANDOM % 20000))
-  redis-server --port "$port" --bind 127.0.0.1 --dir "$work" --save '' --daemonize yes \
-    --logfile "$work/redis.log" >/dev/null
-  for _ in $(seq 1 200); do
-    grep -q PONG <<<"$(redis-cli -p "$port" ping 2>/dev/null)" && break 2
-    sleep 0.01
-  done
-done
-grep -q PONG <<<"$(redis-cli -p "$port" ping)" || fail "redis-server did not start"
+start_redis "$work"
+port=$redis_port
 
 "$crew" worker --redis "redis://127.0.0.1:$port" --queue t --concurrency 2 \
   --metrics-port 0 >"$work/out" 2>&1 &
