@@ -180,21 +180,6 @@ struct Worker {
 
 }  // namespace
 
-std::size_t resident_memory_bytes(int pid) noexcept {
-  char path[64];
-  if (pid == 0) {
-    std::snprintf(path, sizeof path, "/proc/self/statm");
-  } else {
-    std::snprintf(path, sizeof path, "/proc/%d/statm", pid);
-  }
-  FILE* f = std::fopen(path, "re");
-  if (f == nullptr) return 0;
-  unsigned long size = 0, resident = 0;
-  const int n = std::fscanf(f, "%lu %lu", &size, &resident);
-  std::fclose(f);
-  return n == 2 ? resident * static_cast<std::size_t>(::sysconf(_SC_PAGESIZE)) : 0;
-}
-
 bool is_cluster_worker() noexcept {
   return std::getenv(kEnvChannel) != nullptr && std::getenv(kEnvListen) != nullptr;
 }

@@ -3,12 +3,10 @@
 #include <algorithm>
 #include <chrono>
 
-#include <dirent.h>
 #include <fmt/format.h>
 #include <sys/resource.h>
-#include <unistd.h>
 
-#include <crew/process/cluster.hpp>
+#include <crew/memory.hpp>
 #include <crew/version.hpp>
 
 namespace crew::serve_app {
@@ -49,13 +47,8 @@ json process_figures() {
   ::getrusage(RUSAGE_SELF, &ru);
   const double cpu = static_cast<double>(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
                      static_cast<double>(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
-  std::size_t fds = 0;
-  if (DIR* d = ::opendir("/proc/self/fd")) {
-    while (::readdir(d) != nullptr) ++fds;
-    ::closedir(d);
-    fds = fds >= 3 ? fds - 3 : 0;  // ".", ".." and the directory's own descriptor
-  }
-  return {{"rss_bytes", resident_memory_bytes()}, {"cpu_seconds", cpu}, {"open_fds", fds}};
+  const MemoryUsage memory = memory_usage();
+  return {{"rss_bytes", memory.rss}, {"cpu_seconds", cpu}, {"open_fds", memory.open_fds}};
 }
 
 namespace {

@@ -22,6 +22,7 @@
 #include <string>
 #include <vector>
 
+#include <crew/memory.hpp>  // resident_memory_bytes, which max_memory_restart checks
 #include <crew/shared_buffer.hpp>
 
 namespace crew {
@@ -160,9 +161,6 @@ class Cluster {
   std::unique_ptr<ClusterWorker> worker_;
   SharedBuffer board_;  // the primary's: one slot per live worker (connection balancing)
 };
-
-/// Resident memory of a process in bytes (0: this one); 0 when it cannot be read.
-[[nodiscard]] std::size_t resident_memory_bytes(int pid = 0) noexcept;
 
 }  // namespace v0
 }  // namespace crew
