@@ -101,7 +101,12 @@ struct Worker::Impl {
   std::unique_ptr<ThreadPool> threads;
 
   mutable std::mutex mutex;
-  std::condition_variable_any changed;
+  // One condition each, so that a finished job wakes only the report thread: with one for all,
+  // every outcome also woke the fetch and lease threads to find nothing to do (two context
+  // switches per job, most of a no-op job's cost).
+  std::condition_variable_any outcome_queued;  // report thread: `outcomes` not empty
+  std::condition_variable_any slots_changed;   // fetch thread and stop(): `running`/`reserved`
+  std::condition_variable_any paused;          // never notified: pause() ends by time or stop
   std::map<std::string, std::shared_ptr<Running>> running;  // by lease token
   // Slots promised to a crew_take or crew_report in flight: with `running`, never more than
   // `concurrency`, though the fetch and report threads both start jobs.
@@ -155,7 +160,7 @@ struct Worker::Impl {
   // Waits `d` or until `stop` fires.
   void pause(const std::stop_token& stop, milliseconds d) {
     std::unique_lock lock(mutex);
-    changed.wait_for(lock, stop, d, [] { return false; });
+    paused.wait_for(lock, stop, d, [] { return false; });
   }
 
   // One turn of a thread's loop: reconnects first when needed; a connection error is logged and
@@ -184,8 +189,8 @@ struct Worker::Impl {
       std::optional<IdleHint> hint;
       {
         std::unique_lock lock(mutex);
-        if (!changed.wait(lock, stop,
-                          [&] { return running.size() + reserved < options.concurrency; })) {
+        if (!slots_changed.wait(lock, stop,
+                                [&] { return running.size() + reserved < options.concurrency; })) {
           return;
         }
         free = std::min(options.concurrency - running.size() - reserved, kTakeMax);
@@ -200,7 +205,7 @@ struct Worker::Impl {
         // consumed: a delayed job it does not know of. Only a crew_take can tell now.
         idle_hint.reset();
       }
-      changed.notify_all();
+      slots_changed.notify_all();
       if (!go_on) return;
     }
   }
@@ -322,7 +327,7 @@ struct Worker::Impl {
       std::lock_guard lock(mutex);
       outcomes.push_back(std::move(outcome));
     }
-    changed.notify_all();
+    outcome_queued.notify_one();
   }
 
   // --- report thread ---
@@ -335,7 +340,7 @@ struct Worker::Impl {
       std::size_t take = 0;
       {
         std::unique_lock lock(mutex);
-        if (!changed.wait(lock, stop, [&] { return !outcomes.empty(); })) return;
+        if (!outcome_queued.wait(lock, stop, [&] { return !outcomes.empty(); })) return;
         while (!outcomes.empty() && batch.size() < kReportMax) {
           batch.push_back(std::move(outcomes.front()));
           outcomes.pop_front();
@@ -353,7 +358,7 @@ struct Worker::Impl {
         for (const Outcome& o : batch) running.erase(o.job->lease);
         reserved -= take;
       }
-      changed.notify_all();
+      slots_changed.notify_all();
     }
   }
 
@@ -504,7 +509,7 @@ struct Worker::Impl {
     fetcher.join();
     {
       std::unique_lock lock(mutex);
-      changed.wait_for(lock, deadline, [&] { return running.empty(); });
+      slots_changed.wait_for(lock, deadline, [&] { return running.empty(); });
     }
     leaser.request_stop();
     leaser.join();
