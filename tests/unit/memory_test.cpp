@@ -1,11 +1,16 @@
 // crew::memory_usage (crew/memory.hpp): each figure moves with what the test does to it.
+#include <algorithm>
 #include <cstring>
 #include <latch>
 #include <memory>
+#include <random>
+#include <stdexcept>
+#include <string>
 #include <thread>
 #include <vector>
 
 #include <fcntl.h>
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <spawn.h>
 #include <sys/wait.h>
@@ -108,4 +113,89 @@ TEST(MemoryUsage, AProcessThatDoesNotExistReadsAsZeros) {
   EXPECT_EQ(crew::memory_usage(999'999'999).rss, 0U);
 }
 
+}  // namespace
+
+// LeakWatch on synthetic samples, one a second: what a process's RSS does under each load.
+namespace {
+namespace leak {
+
+using crew::LeakWatch;
+using std::chrono::seconds;
+constexpr std::size_t kMB = 1'000'000;
+
+LeakWatch::Clock::time_point at(int second) {
+  return LeakWatch::Clock::time_point{} + seconds(second);
+}
+
+TEST(LeakWatch, AOneMegabyteASecondLeakUnderNoisyWorkShowsWithinAMinute) {
+  LeakWatch watch;
+  std::mt19937 random(7);                                       // fixed seed
+  std::uniform_int_distribution<std::size_t> work(0, 8 * kMB);  // allocated and freed again
+  int first = -1;
+  for (int t = 0; t < 120; ++t) {
+    const std::size_t rss = 200 * kMB + static_cast<std::size_t>(t) * kMB + work(random);
+    if (watch.observe(at(t), rss) && first < 0) first = t;
+  }
+  ASSERT_GE(first, 0) << "never suspected";
+  EXPECT_LE(first, 60);
+  EXPECT_TRUE(watch.suspected());
+  EXPECT_NEAR(watch.bytes_per_second(), 1.0 * kMB, 0.3 * kMB);
+}
+
+TEST(LeakWatch, ASteadyLoadAfterItsWarmUpIsNeverSuspected) {
+  LeakWatch watch;
+  std::mt19937 random(11);
+  std::uniform_int_distribution<std::size_t> burst(0, 60 * kMB);  // requests come and go
+  for (int t = 0; t < 600; ++t) {
+    const std::size_t warm = static_cast<std::size_t>(std::min(t, 10)) * 10 * kMB;  // caches fill
+    ASSERT_FALSE(watch.observe(at(t), 100 * kMB + warm + burst(random))) << "at " << t << " s";
+  }
+}
+
+TEST(LeakWatch, MemoryThatRisesAndIsGivenBackIsNotALeak) {
+  LeakWatch watch;
+  for (int t = 0; t < 600; ++t) {
+    const std::size_t cycle = static_cast<std::size_t>(t % 20);  // 2 MB/s for 20 s, then freed
+    ASSERT_FALSE(watch.observe(at(t), 100 * kMB + cycle * 2 * kMB)) << "at " << t << " s";
+  }
+}
+
+TEST(LeakWatch, ASuspicionEndsOnceTheLeakStops) {
+  LeakWatch watch;
+  std::size_t rss = 100 * kMB;
+  for (int t = 0; t < 60; ++t) watch.observe(at(t), rss += kMB);
+  ASSERT_TRUE(watch.suspected());
+  int cleared = -1;
+  for (int t = 60; t < 120 && cleared < 0; ++t) {
+    if (!watch.observe(at(t), rss)) cleared = t;
+  }
+  ASSERT_GE(cleared, 0);
+  EXPECT_LE(cleared, 60 + 33);
+  EXPECT_EQ(watch.bytes_per_second(), 0.0);
+}
+
+TEST(LeakWatch, TooFewSamplesOrTooLittleGrowthSaySoNot) {
+  LeakWatch watch;
+  for (int t = 0; t < 25; ++t) EXPECT_FALSE(watch.observe(at(t), 100 * kMB + t * 2 * kMB));
+  LeakWatch slow;  // 100 KB/s: 3 MB in 30 s, under min_growth
+  for (int t = 0; t < 300; ++t) EXPECT_FALSE(slow.observe(at(t), 100 * kMB + t * 100'000));
+  LeakWatch sparse;  // a sample every 10 s leaves spans empty: unknown, not a leak
+  for (int t = 0; t < 300; t += 10) EXPECT_FALSE(sparse.observe(at(t), 100 * kMB + t * kMB));
+}
+
+TEST(LeakWatch, BadOptionsNameTheField) {
+  auto error_of = [](crew::LeakWatchOptions o) -> std::string {
+    try {
+      LeakWatch w(o);
+    } catch (const std::invalid_argument& e) {
+      return e.what();
+    }
+    return "no exception";
+  };
+  EXPECT_THAT(error_of({.window = std::chrono::milliseconds(10)}), ::testing::HasSubstr("window"));
+  EXPECT_THAT(error_of({.spans = 1}), ::testing::HasSubstr("spans"));
+  EXPECT_THAT(error_of({.spans = 65}), ::testing::HasSubstr("spans"));
+}
+
+}  // namespace leak
 }  // namespace
