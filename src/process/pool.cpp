@@ -166,6 +166,8 @@ struct Proc {
   Clock::time_point deadline = kNever;
   Clock::time_point kill_at = kNever;
   Clock::time_point next_rss = kNever;
+  std::optional<LeakWatch> leak;  // ProcessPoolOptions::leak_watch
+  Clock::time_point next_sample = kNever;
   CallPtr current;
   std::string current_task;  // kept after the call settles, for messages
   // Sent behind `current` (tiny tasks are pipelined) and not started yet: if the worker dies
@@ -263,6 +265,8 @@ class ProcessPoolCore {
   void promote_retries(Clock::time_point now);
   void fail_queued(const std::function<std::exception_ptr()>& error);
   void log_line(Proc& p, bool is_stderr, std::string line);
+  // ProcessPoolOptions::leak_watch: one sample of the worker's resident memory.
+  void sample_memory(Proc& p, Clock::time_point now);
   std::exception_ptr breaker_error() const;
   std::size_t live_procs() const;
   void flush(std::vector<Settle> settles, std::vector<LogOut> logs, ContinuationDeferral* deferral);
@@ -286,6 +290,7 @@ class ProcessPoolCore {
   std::vector<Slot> slots_;
   std::uint64_t completed_ = 0, failed_ = 0, cancelled_ = 0, timed_out_ = 0, crashed_ = 0;
   std::uint64_t restarts_ = 0, startup_failures_ = 0, spawned_ = 0, retried_ = 0;
+  std::uint64_t leaks_suspected_ = 0;
   // Calls waiting out their backoff before their next attempt, by when it is due.
   std::multimap<Clock::time_point, CallPtr> retries_;
   std::minstd_rand jitter_random_{std::random_device{}()};
@@ -343,6 +348,7 @@ ProcessPoolCore::ProcessPoolCore(ProcessPoolOptions options) : options_(std::mov
     invalid(fmt::format("restart_backoff ({} ms) must be > 0", options_.restart_backoff.count()));
   }
   if (options_.max_startup_failures == 0) invalid("max_startup_failures must be >= 1");
+  if (options_.leak_watch) (void)LeakWatch(*options_.leak_watch);  // throws naming a bad field
   backoff_ = RestartBackoff(options_.restart_backoff);
   if (options_.idle_timeout.count() < 0 || options_.task_timeout.count() < 0 ||
       options_.terminate_grace.count() < 0) {
@@ -557,6 +563,10 @@ ProcessPoolStats ProcessPoolCore::stats() const {
     w.errors = p->errors;
     w.restarts = slots_[p->slot].processes - 1;
     w.rss_bytes = resident_memory_bytes(p->pid);
+    if (p->leak) {
+      w.leak_suspected = p->leak->suspected();
+      w.leak_bytes_per_second = p->leak->bytes_per_second();
+    }
     s.per_worker.push_back(std::move(w));
   }
   s.queued = queued_;
@@ -567,6 +577,7 @@ ProcessPoolStats ProcessPoolCore::stats() const {
   s.retried = retried_;
   s.crashed = crashed_;
   s.restarts = restarts_;
+  s.leaks_suspected = leaks_suspected_;
   s.startup_failures = startup_failures_;
   const double elapsed = std::chrono::duration<double>(now - created_).count();
   s.utilization = elapsed > 0 ? std::chrono::duration<double>(busy_total_).count() /
@@ -588,7 +599,7 @@ std::size_t ProcessPoolCore::live_procs() const {
 Clock::time_point ProcessPoolCore::next_deadline() const {
   Clock::time_point t = kNever;
   for (const auto& [serial, p] : procs_) {
-    t = std::min({t, p->deadline, p->kill_at, p->next_rss});
+    t = std::min({t, p->deadline, p->kill_at, p->next_rss, p->next_sample});
     if (p->state == WState::idle && options_.idle_timeout.count() > 0) {
       t = std::min(t, p->idle_since + options_.idle_timeout);
     }
@@ -1069,6 +1080,21 @@ void ProcessPoolCore::on_output(Proc& p, int which) {
   }
 }
 
+void ProcessPoolCore::sample_memory(Proc& p, Clock::time_point now) {
+  const auto& o = *options_.leak_watch;
+  p.next_sample = p.state == WState::stopping ? kNever : now + o.window / (3 * o.spans);
+  if (p.state == WState::stopping) return;
+  const bool before = p.leak->suspected();
+  if (!p.leak->observe(now, resident_memory_bytes(p.pid)) || before) return;
+  ++leaks_suspected_;
+  log_line(p, true,
+           fmt::format("crew: this worker's lowest resident memory has risen for {} ms, by {:.0f} "
+                       "KB/s, and is {} bytes now: a leak? (ProcessPoolOptions::leak_watch; "
+                       "max_rss_restart_bytes replaces such a worker)",
+                       o.window.count(), p.leak->bytes_per_second() / 1024,
+                       resident_memory_bytes(p.pid)));
+}
+
 void ProcessPoolCore::log_line(Proc& p, bool is_stderr, std::string line) {
   if (is_stderr) {
     p.tail.push_back(line);
@@ -1237,6 +1263,7 @@ void ProcessPoolCore::timers(Clock::time_point now) {
         p.next_rss = now + kRssPoll;
       }
     }
+    if (p.leak && p.next_sample <= now) sample_memory(p, now);
     if (p.state == WState::stopping && p.kill_at <= now && !p.killed) {
       signal_worker(p, SIGKILL);
       p.killed = true;
@@ -1411,6 +1438,10 @@ void ProcessPoolCore::spawn(Clock::time_point now) {
   p->slot = slot;
   p->name = fmt::format("{}-{}", options_.name, slot);
   p->started = now;
+  if (options_.leak_watch) {
+    p->leak.emplace(*options_.leak_watch);
+    p->next_sample = now;
+  }
 
   // Every descriptor is owned until the end: a step that throws closes all of them, and a
   // started child is killed and reaped (Child).

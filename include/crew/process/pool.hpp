@@ -8,6 +8,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <tuple>
@@ -15,6 +16,7 @@
 #include <vector>
 
 #include <crew/future.hpp>
+#include <crew/memory.hpp>
 #include <crew/pool.hpp>
 #include <crew/process/detail/call.hpp>
 #include <crew/process/errors.hpp>
@@ -56,6 +58,11 @@ struct ProcessPoolOptions {
   /// After a task, a worker whose resident memory is above this is replaced before its next
   /// task (PM2's max_memory_restart). 0: never.
   std::size_t max_rss_restart_bytes = 0;
+  /// Watches each worker's resident memory for a leak (crew::LeakWatch: its floor keeps rising),
+  /// sampled three times a span (every second by default). A worker under suspicion is flagged in
+  /// stats() and named in a log line (stderr) once per suspicion; nothing is stopped: set
+  /// max_rss_restart_bytes for that. Empty: no watch.
+  std::optional<LeakWatchOptions> leak_watch = LeakWatchOptions{};
   /// Time between SIGTERM and SIGKILL when a worker must stop.
   std::chrono::milliseconds terminate_grace{1'000};
   /// First delay before restarting a worker that failed to start; it grows x1.5 per failure up
@@ -88,6 +95,9 @@ struct ProcessWorkerStats {
   std::uint64_t errors = 0;      ///< of which failed
   std::uint64_t restarts = 0;    ///< processes that held this slot before this one
   std::size_t rss_bytes = 0;     ///< resident memory at the last check
+  /// ProcessPoolOptions::leak_watch suspects a leak now, rising this many bytes a second.
+  bool leak_suspected = false;
+  double leak_bytes_per_second = 0.0;
 };
 
 /// A snapshot of a ProcessPool: the ThreadPool fields plus one entry per worker process.
@@ -105,6 +115,7 @@ struct ProcessPoolStats {
   std::uint64_t retried = 0;   ///< failed executions that were run again (RunOptions::attempts)
   std::uint64_t crashed = 0;   ///< worker processes that died while running a task
   std::uint64_t restarts = 0;  ///< worker processes started after the first min_workers
+  std::uint64_t leaks_suspected = 0;  ///< suspicions of a leak that began (leak_watch)
   std::uint64_t startup_failures = 0;
   double utilization = 0.0;  ///< total run time / (elapsed x max_workers)
   LatencySummary wait_time;

@@ -44,3 +44,16 @@ stop_redis() {
     wait "$redis_pid" 2>/dev/null || true  # reaped here, so bash does not report "Killed"
   fi
 }
+
+# closed_port: prints a loopback port nothing listens on now (tried with a connect).
+closed_port() {
+  local p
+  for _ in $(seq 1 50); do
+    p=$((20000 + RANDOM % 20000))
+    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+      echo "$p"
+      return 0
+    fi
+  done
+  fail "no closed port found"
+}

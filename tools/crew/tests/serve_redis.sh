@@ -39,7 +39,7 @@ job_in_state() {  # job_in_state <location> <state>: prints GET <location> once 
 }
 
 # A port nothing listens on: crew serve must not start, and must name the URL.
-closed=$((20000 + RANDOM % 20000))
+closed=$(closed_port)
 rc=0
 "$crew" serve --port 0 --backend "redis://127.0.0.1:$closed" >"$work/unreachable" 2>&1 || rc=$?
 [[ $rc == 69 ]] || fail "unreachable Redis: exit $rc, expected 69: $(cat "$work/unreachable")"

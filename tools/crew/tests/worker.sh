@@ -16,7 +16,7 @@ fail() { echo "worker.sh: FAIL: $*" >&2; exit 1; }
 command -v redis-server >/dev/null || fail "redis-server not found: run scripts/bootstrap"
 
 # A port nothing listens on: the worker must fail at start, naming the URL.
-closed=$((20000 + RANDOM % 20000))
+closed=$(closed_port)
 set +e
 "$crew" worker --redis "redis://127.0.0.1:$closed" --queue t >"$work/unreachable" 2>&1
 rc=$?
