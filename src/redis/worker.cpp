@@ -380,6 +380,13 @@ struct Worker::Impl {
       args[1] = std::to_string(first ? take : 0);
       const bool go_on = turn(report_connection, stop, "report", [&] {
         const Reply reply = fcall(report_connection, "crew_report", args);
+        // Any error reply but the functions' own argument checks (`ERR crew_...`) is the server's
+        // state: LOADING while a restarted Redis reads its AOF back, BUSY, MISCONF, the library
+        // not loaded. Nothing was settled, so the outcomes are sent again after a pause (turn());
+        // dropped, their jobs would sit out their leases and run again.
+        if (reply.is_error() && !reply.error().starts_with("ERR crew_")) {
+          throw std::runtime_error("the outcomes wait: " + reply.error());
+        }
         done = true;
         count(reported, reply);
         if (reply.is_error() || reply.elements().size() < 2) return;
