@@ -1,6 +1,7 @@
 // Queue and Worker when things go wrong: a worker that stopped renewing its lease, a lease lost
 // while the task runs, a worker stopping with jobs in flight, an outcome Redis answers with an
-// error of its state, Redis killed and restarted in the middle of a batch. Thread isolation: the
+// error of its state, jobs started by calls whose reply the worker lost, Redis killed and
+// restarted in the middle of a batch. Thread isolation: the
 // tasks count their executions in this process.
 #include <atomic>
 #include <chrono>
@@ -91,6 +92,11 @@ class RedisRecovery : public ::testing::Test {
     const std::string info = redis_.command({"INFO", "stats"}).str();
     const std::string key = "total_error_replies:";
     return std::stoll(info.substr(info.find(key) + key.size()));
+  }
+
+  // A connection of the worker's blocked in XREADGROUP: its fetch thread waits for work.
+  bool fetch_blocked() {
+    return redis_.command({"CLIENT", "LIST"}).str().find("cmd=xreadgroup") != std::string::npos;
   }
 
   RedisServer server_{{.appendonly = true}};
@@ -213,6 +219,43 @@ TEST_F(RedisRecovery, AnOutcomeAnsweredWithAServerErrorIsSentAgainNotDropped) {
   EXPECT_EQ(g_executions.load(), 1);
   EXPECT_EQ(field("j", "reclaims"), "0");
   EXPECT_TRUE(eventually([&] { return w->stats().completed == 1; }));
+}
+
+TEST_F(RedisRecovery, JobsStartedByCallsWhoseReplyTheWorkerLostRunAtOnce) {
+  Queue queue({.url = server_.url(), .name = "q"});
+  auto w = worker(2, 60s);
+  ASSERT_TRUE(eventually([&] { return fetch_blocked(); }));
+  auto submit = [&](const std::string& id, const std::string& args) {
+    return std::vector<std::string>{
+        "FCALL", "crew_submit", "1", "crew:{q}:", id,  queue.producer_id(),
+        "add",   args,          "1", "0",         "1", "fixed",
+        "0",     "0",           "0", "60000"};
+  };
+  // In one transaction, as if the worker's own calls had run and their replies been lost with the
+  // connection: a crew_take starts j1 in its name, a blocking XREADGROUP delivers j2 to it, and
+  // every connection drops.
+  redis_.command({"MULTI"});
+  redis_.command(submit("j1", std::string("\x92\x01\x02", 3)));
+  redis_.command(submit("j2", std::string("\x92\x03\x04", 3)));
+  redis_.command({"FCALL", "crew_take", "1", "crew:{q}:", w->id(), "1", "60000"});
+  redis_.command(
+      {"XREADGROUP", "GROUP", "workers", w->id(), "COUNT", "1", "STREAMS", "crew:{q}:p1", ">"});
+  redis_.command({"CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"});
+  const auto exec = redis_.command({"EXEC"});
+  ASSERT_EQ(exec[2][1][0].str(), "j1") << exec.describe();
+  ASSERT_FALSE(exec[3].is_nil()) << exec.describe();
+  crew::Future<int> first = queue.result<int>("j1");
+  crew::Future<int> second = queue.result<int>("j2");
+  // Both run after the worker reconnects, not a 60 s lease later.
+  ASSERT_TRUE(first.wait_for(30s));
+  ASSERT_TRUE(second.wait_for(30s));
+  EXPECT_EQ(first.get(), 3);
+  EXPECT_EQ(second.get(), 7);
+  EXPECT_EQ(g_executions.load(), 2);
+  EXPECT_EQ(field("j1", "reclaims"), "0");
+  EXPECT_EQ(field("j2", "attempt"), "1");
+  EXPECT_TRUE(eventually([&] { return w->stats().completed == 2; }));
+  EXPECT_EQ(w->stats().started, 2u);
 }
 
 TEST_F(RedisRecovery, RedisKilledAndRestartedMidwayEveryFutureSettlesOnceWithItsValue) {
