@@ -7,7 +7,7 @@
 -- exactly once however late or repeated a call is. Arguments are checked before the first write:
 -- a function that raises after writing would leave its writes in place.
 
-local VERSION = 4
+local VERSION = 5
 
 local GROUP = 'workers'
 local NOTIFY_MAXLEN = '10000'
@@ -644,7 +644,7 @@ end
 
 -- crew_take(prefix; worker, count, lease_ms) -> {due_ms, {id, lease, task, args, timeout_ms,
 -- attempt}...}: a worker's one call per turn for work (see take_jobs). A repeated call (its reply
--- was lost) starts other jobs; the ones it started first are reclaimed when their lease ends.
+-- was lost) starts other jobs; crew_recover hands over the ones the first call started.
 local function take(keys, argv)
   local fn = 'crew_take'
   local p = prefix_of(fn, keys)
@@ -652,6 +652,63 @@ local function take(keys, argv)
   local count = int(fn, 'count', argv[2], 1, 10000)
   local lease_ms = int(fn, 'lease_ms', argv[3], 1)
   return take_jobs(p, worker, count, lease_ms, now_ms())
+end
+
+-- Entries of `stream` delivered to `worker` and never acknowledged, at most 100 (none when the
+-- group is gone). A deleted one comes without fields (false).
+local function read_own(stream, worker)
+  local reply = redis.pcall('XREADGROUP', 'GROUP', GROUP, worker, 'COUNT', 100, 'STREAMS', stream,
+    '0')
+  if type(reply) ~= 'table' or reply.err or not reply[1] then return {} end
+  return reply[1][2]
+end
+
+-- crew_recover(prefix; worker, lease_ms, lease...) -> {{id, lease, task, args, timeout_ms,
+-- attempt}...}: what calls whose reply `worker` never got (Redis killed or stalled, the connection
+-- dropped) left in its name, each of which would otherwise wait a whole lease for crew_reclaim.
+-- Jobs active in its name whose lease is not among the given ones (the jobs it runs) get their
+-- lease renewed and are handed over: a crew_take, crew_report or crew_start started them. Entries
+-- delivered to it and never started (a blocking XREADGROUP's) are started as crew_start would;
+-- its `wake` deliveries are acknowledged. It reads the lease of every active job in the queue, so
+-- a worker calls it only after a failed call, and with no call that starts jobs in flight.
+local function recover(keys, argv)
+  local fn = 'crew_recover'
+  local p = prefix_of(fn, keys)
+  local worker = text(fn, 'worker', argv[1], 256)
+  local lease_ms = int(fn, 'lease_ms', argv[2], 1)
+  local runs = {}
+  for i = 3, #argv do runs[text(fn, 'lease', argv[i], 64)] = true end
+  local now = now_ms()
+  local out = {}
+  for _, id in ipairs(redis.call('ZRANGE', p .. 'leases', 0, -1)) do
+    local key = job_key(p, id)
+    local held = redis.call('HMGET', key, 'state', 'owner', 'lease')
+    if held[1] == 'active' and held[2] == worker and not runs[held[3]] then
+      local job = redis.call('HMGET', key, 'task', 'args', 'timeout_ms', 'attempt')
+      redis.call('ZADD', p .. 'leases', 'XX', now + lease_ms, id)
+      out[#out + 1] = {id, held[3], job[1], job[2], tonumber(job[3]), tonumber(job[4])}
+    end
+  end
+  for priority = 3, 0, -1 do
+    local stream = p .. 'p' .. priority
+    for _, e in ipairs(read_own(stream, worker)) do
+      local fields = e[2]
+      if not fields then
+        redis.call('XACK', stream, GROUP, e[1])
+      else
+        local id = fields[1] == 'id' and fields[2] or ''
+        local started = start_entry(p, stream, e[1], id, worker, lease_ms, now,
+          function() return next_token(p) end)
+        if started[1] == 'run' then
+          out[#out + 1] = {id, started[2], started[3], started[4], started[5], started[6]}
+        end
+      end
+    end
+  end
+  for _, e in ipairs(read_own(p .. 'wake', worker)) do
+    redis.call('XACK', p .. 'wake', GROUP, e[1])
+  end
+  return out
 end
 
 -- crew_report(prefix; worker, take, lease_ms, n, {kind, id, lease, a, b} x n)
@@ -772,4 +829,5 @@ redis.register_function{function_name = 'crew_job', callback = checked(job), fla
 redis.register_function('crew_take', checked(take))
 redis.register_function('crew_report', checked(report))
 redis.register_function('crew_renew_many', checked(renew_many))
+redis.register_function('crew_recover', checked(recover))
 redis.register_function('crew_submit_many', checked(submit_many))

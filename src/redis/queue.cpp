@@ -316,6 +316,7 @@ struct Queue::Impl {
       try {
         if (connection.broken()) {
           connection.reconnect(kReconnectBudget, stop);
+          reader_client = connection.client_id();
           recheck_all = true;
         }
         if (recheck_all || Clock::now() >= next_foreign_check) {
@@ -363,6 +364,9 @@ Queue::Queue(QueueOptions options) : impl_(std::make_unique<Impl>(std::move(opti
         "evict queue keys and lose jobs silently; set it to 'noeviction'",
         i.options.name, i.url.redacted(), policy);
   }
+  // Asked here, before the thread owns the connection, so that the destructor always has it
+  // (it was never set, and the destructor waited out a whole `block`).
+  i.reader_client = i.reader_connection.client_id();
   i.reader = std::jthread([&i](const std::stop_token& stop) { i.read_results(stop); });
 }
 

@@ -114,6 +114,11 @@ struct Worker::Impl {
   // Set by the report thread when its crew_report started nothing: the fetch thread may then
   // block at once instead of asking crew_take first.
   std::optional<IdleHint> idle_hint;
+  // A call that may have started jobs in this worker's name failed (its reply may be lost with the
+  // connection): the fetch thread asks crew_recover for them, and until it has, the report thread
+  // takes no jobs, so that no reply with jobs in it is in flight while crew_recover runs.
+  bool recover = false;
+  bool report_taking = false;  // a crew_report that starts jobs is in flight
   std::deque<Outcome> outcomes;
   WorkerStats counters;
 
@@ -187,23 +192,43 @@ struct Worker::Impl {
     for (;;) {
       std::size_t free = 0;
       std::optional<IdleHint> hint;
+      std::optional<std::vector<std::string>> recovering;  // the leases this worker runs
       {
         std::unique_lock lock(mutex);
-        if (!slots_changed.wait(lock, stop,
-                                [&] { return running.size() + reserved < options.concurrency; })) {
+        if (!slots_changed.wait(lock, stop, [&] {
+              return recover ? !report_taking : running.size() + reserved < options.concurrency;
+            })) {
           return;
         }
-        free = std::min(options.concurrency - running.size() - reserved, kTakeMax);
-        reserved += free;
-        hint = std::exchange(idle_hint, std::nullopt);
+        if (recover) {
+          recovering.emplace();
+          for (const auto& [lease, job] : running) recovering->push_back(lease);
+        } else {
+          free = std::min(options.concurrency - running.size() - reserved, kTakeMax);
+          reserved += free;
+          hint = std::exchange(idle_hint, std::nullopt);
+        }
       }
-      const bool go_on = turn(fetch_connection, stop, "fetch", [&] { fetch(free, hint); });
+      bool failed = true;
+      const bool go_on = turn(fetch_connection, stop, "fetch", [&] {
+        if (recovering) {
+          recover_jobs(*recovering);
+        } else {
+          fetch(free, hint);
+        }
+        failed = false;
+      });
       {
         std::lock_guard lock(mutex);
         reserved -= free;
         // A hint given while this turn was in Redis may be older than a `wake` entry the turn
         // consumed: a delayed job it does not know of. Only a crew_take can tell now.
         idle_hint.reset();
+        if (failed) {
+          recover = true;
+        } else if (recovering) {
+          recover = false;
+        }
       }
       slots_changed.notify_all();
       if (!go_on) return;
@@ -260,6 +285,23 @@ struct Worker::Impl {
         }
         start(name, entry[0].str(), job_id);
       }
+    }
+  }
+
+  // Runs what calls whose reply was lost started in this worker's name (crew_recover), at once
+  // rather than a lease later.
+  void recover_jobs(const std::vector<std::string>& leases) {
+    std::vector<std::string> args{id, ms_text(options.lease)};
+    args.insert(args.end(), leases.begin(), leases.end());
+    const Reply reply = fcall(fetch_connection, "crew_recover", args);
+    if (reply.is_error()) throw std::runtime_error("crew_recover: " + reply.error());
+    for (const Reply& job : reply.elements()) {
+      begin(job[0].str(), job[1].str(), job[2].str(), job[3].str(), milliseconds(job[4].integer()));
+    }
+    if (!reply.elements().empty()) {
+      logger()->info(
+          "crew::redis::Worker {}: calls whose reply was lost had started {} jobs; they run now",
+          options.queue, reply.elements().size());
     }
   }
 
@@ -347,25 +389,28 @@ struct Worker::Impl {
         }
         // The batch's jobs leave `running` after the call, so their slots are free for it.
         const std::size_t busy = running.size() - batch.size() + reserved;
-        if (taking && busy < options.concurrency) {
+        if (taking && !recover && busy < options.concurrency) {
           take = std::min(options.concurrency - busy, kTakeMax);
           reserved += take;
+          report_taking = true;
         }
       }
-      report(batch, take, stop);
+      const bool lost_take = report(batch, take, stop);
       {
         std::lock_guard lock(mutex);
         for (const Outcome& o : batch) running.erase(o.job->lease);
         reserved -= take;
+        report_taking = false;
+        if (lost_take) recover = true;
       }
       slots_changed.notify_all();
     }
   }
 
   // Retries through reconnects: a repeated report is refused by its lease tokens, never doubled.
-  // A retry takes no jobs: the ones a call whose reply was lost started are reclaimed when their
-  // leases end, and the fetch thread takes work meanwhile.
-  void report(const std::vector<Outcome>& batch, std::size_t take, const std::stop_token& stop) {
+  // A retry takes no jobs: the fetch thread takes work meanwhile. True when the call that took
+  // jobs failed: it may have started them without its reply getting here (see crew_recover).
+  bool report(const std::vector<Outcome>& batch, std::size_t take, const std::stop_token& stop) {
     std::vector<const Outcome*> reported;
     std::vector<std::string> args{id, "", ms_text(options.lease), ""};
     for (const Outcome& o : batch) {
@@ -379,12 +424,20 @@ struct Worker::Impl {
         args.insert(args.end(), {"complete", o.job->id, o.job->lease, o.result, ""});
       }
     }
-    if (reported.empty()) return;  // the fetch thread fills the slots
+    if (reported.empty()) return false;  // the fetch thread fills the slots
     args[3] = std::to_string(reported.size());
+    bool lost_take = false;
     for (bool first = true, done = false; !done; first = false) {
       args[1] = std::to_string(first ? take : 0);
       const bool go_on = turn(report_connection, stop, "report", [&] {
         const Reply reply = fcall(report_connection, "crew_report", args);
+        // Any error reply but the functions' own argument checks (`ERR crew_...`) is the server's
+        // state: LOADING while a restarted Redis reads its AOF back, BUSY, MISCONF, the library
+        // not loaded. Nothing was settled, so the outcomes are sent again after a pause (turn());
+        // dropped, their jobs would sit out their leases and run again.
+        if (reply.is_error() && !reply.error().starts_with("ERR crew_")) {
+          throw std::runtime_error("the outcomes wait: " + reply.error());
+        }
         done = true;
         count(reported, reply);
         if (reply.is_error() || reply.elements().size() < 2) return;
@@ -394,8 +447,10 @@ struct Worker::Impl {
           idle_hint = IdleHint{Clock::now(), taken[0].integer()};
         }
       });
-      if (!go_on) return;
+      if (first) lost_take = take > 0 && !done;
+      if (!go_on) return lost_take;
     }
+    return lost_take;
   }
 
   void count(const std::vector<const Outcome*>& reported, const Reply& reply) {

@@ -776,6 +776,64 @@ TEST_F(RedisFunctions, SubmitManyAnswersEachSubmissionAndARepeatAttaches) {
   EXPECT_THAT(fcall("crew_submit_many", {"2", "a"}).error(), HasSubstr("arguments"));
 }
 
+TEST_F(RedisFunctions, RecoverHandsAWorkerWhatCallsWhoseReplyItLostStarted) {
+  for (const char* id : {"a", "b", "c", "d", "e"}) {
+    ASSERT_EQ(submit({.id = id, .timeout_ms = 700})[0].str(), "created");
+  }
+  // w1 runs a and has settled e; the replies that started b (crew_take) and delivered c (a
+  // blocking XREADGROUP) were lost; d is w2's.
+  const Taken runs = take("w1", 1, 1'000);
+  ASSERT_EQ(ids_of(runs), (std::vector<std::string>{"a"}));
+  const Taken lost = take("w1", 1, 1'000);
+  ASSERT_EQ(ids_of(lost), (std::vector<std::string>{"b"}));
+  const auto delivered = read("w1");
+  ASSERT_TRUE(delivered);
+  ASSERT_EQ(delivered->id, "c");
+  ASSERT_EQ(ids_of(take("w2", 1)), (std::vector<std::string>{"d"}));
+  const Taken settled = take("w1", 1);
+  ASSERT_EQ(ids_of(settled), (std::vector<std::string>{"e"}));
+  ASSERT_EQ(fcall("crew_complete", {"e", settled.jobs[0].second, "r"}).str(), "ok");
+  // A delivery deleted since, and a `wake` delivery, both lost with their replies too.
+  const std::string gone = redis_.command({"XADD", kQueue + "p0", "*", "id", "gone"}).str();
+  ASSERT_FALSE(
+      redis_.command({"XREADGROUP", "GROUP", "workers", "w1", "STREAMS", kQueue + "p0", ">"})
+          .is_nil());
+  redis_.command({"XDEL", kQueue + "p0", gone});
+  ASSERT_EQ(submit({.id = "later", .delay_ms = 60'000})[0].str(), "created");
+  ASSERT_FALSE(
+      redis_.command({"XREADGROUP", "GROUP", "workers", "w1", "STREAMS", kQueue + "wake", ">"})
+          .is_nil());
+  const double before = std::stod(redis_.command({"ZSCORE", kQueue + "leases", "b"}).str());
+
+  const Reply recovered = fcall("crew_recover", {"w1", "60000", runs.jobs[0].second});
+  ASSERT_EQ(recovered.elements().size(), 2u) << recovered.describe();
+  // b as crew_take started it, its lease renewed; c started now.
+  EXPECT_EQ(recovered[0].describe(),
+            R"(["b", ")" + lost.jobs[0].second + R"(", "echo", "args", 700, 1])");
+  EXPECT_GE(std::stod(redis_.command({"ZSCORE", kQueue + "leases", "b"}).str()) - before, 59'000);
+  EXPECT_EQ(recovered[1][0].str(), "c");
+  EXPECT_EQ(recovered[1][5].integer(), 1);
+  EXPECT_EQ(job("c")["state"], "active");
+  EXPECT_EQ(job("c")["owner"], "w1");
+  EXPECT_EQ(job("c")["lease"], recovered[1][1].str());
+  EXPECT_EQ(job("b")["attempt"], "1");
+  for (const char* stream : {"p1", "p0", "wake"}) {
+    EXPECT_EQ(redis_.command({"XPENDING", kQueue + stream, "workers"})[0].integer(), 0) << stream;
+  }
+  EXPECT_TRUE(stream("dead").empty());  // the deleted delivery is only acknowledged
+  EXPECT_EQ(stats()["active"], 4);
+
+  // Once w1 runs them, there is nothing more to hand over; w2 gets only its own.
+  EXPECT_EQ(fcall("crew_recover",
+                  {"w1", "60000", runs.jobs[0].second, lost.jobs[0].second, recovered[1][1].str()})
+                .describe(),
+            "[]");
+  const Reply theirs = fcall("crew_recover", {"w2", "60000"});
+  ASSERT_EQ(theirs.elements().size(), 1u) << theirs.describe();
+  EXPECT_EQ(theirs[0][0].str(), "d");
+  EXPECT_THAT(fcall("crew_recover", {"w1", "0"}).error(), HasSubstr("lease_ms must be"));
+}
+
 TEST_F(RedisFunctions, BadArgumentsAreErrorRepliesNamingTheField) {
   auto error_of = [](const Reply& reply) { return reply.is_error() ? reply.error() : ""; };
   EXPECT_THAT(error_of(submit({.id = "j", .priority = 4})), HasSubstr("priority must be"));

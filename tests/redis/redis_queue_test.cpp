@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <set>
 #include <sstream>
@@ -488,6 +489,26 @@ TEST_F(RedisQueue, DestroyingTheQueueCancelsWaitingFutures) {
     f = q.run<int>("add", 1, 2);  // no worker: it never runs
   }
   EXPECT_THAT(error_of<crew::Cancelled>([&] { f.get(); }), HasSubstr("destroyed"));
+}
+
+TEST_F(RedisQueue, DestroyingTheQueueEndsItsBlockedResultsReadAtOnce) {
+  auto xreads = [&] {
+    const std::string clients = redis_.command({"CLIENT", "LIST"}).str();
+    int n = 0;
+    for (auto at = clients.find("cmd=xread "); at != std::string::npos;
+         at = clients.find("cmd=xread ", at + 1)) {
+      ++n;
+    }
+    return n;
+  };
+  auto q = std::make_unique<Queue>(
+      crew::redis::QueueOptions{.url = server_.url(), .name = "q", .block = 60s});
+  // Its results thread is in XREAD BLOCK beside the fixture's Queue, for a minute unless the
+  // destructor ends it.
+  ASSERT_TRUE(eventually([&] { return xreads() == 2; }));
+  const auto start = Clock::now();
+  q.reset();
+  EXPECT_LT(Clock::now() - start, 10s);
 }
 
 }  // namespace

@@ -1,6 +1,8 @@
 // Queue and Worker when things go wrong: a worker that stopped renewing its lease, a lease lost
-// while the task runs, a worker stopping with jobs in flight, Redis killed and restarted in the
-// middle of a batch. Thread isolation: the tasks count their executions in this process.
+// while the task runs, a worker stopping with jobs in flight, an outcome Redis answers with an
+// error of its state, jobs started by calls whose reply the worker lost, Redis killed and
+// restarted in the middle of a batch. Thread isolation: the
+// tasks count their executions in this process.
 #include <atomic>
 #include <chrono>
 #include <map>
@@ -28,6 +30,7 @@ using crew_test::eventually;
 using Clock = std::chrono::steady_clock;
 
 std::atomic<int> g_executions{0};
+std::atomic<bool> g_gate_open{false};
 
 // The first execution holds on until it is told to stop (then returns -1, which must never be
 // reported); every later one returns its argument.
@@ -37,6 +40,13 @@ const crew::Tasks& test_tasks() {
     t.add("add", [](int a, int b) {
       ++g_executions;
       return a + b;
+    });
+    // Returns its argument once the test opens the gate.
+    t.add("gated", [](int v) {
+      ++g_executions;
+      const auto limit = Clock::now() + 60s;
+      while (!g_gate_open && Clock::now() < limit) std::this_thread::sleep_for(1ms);
+      return v;
     });
     t.add("first_holds", [](int v) {
       if (g_executions++ > 0) return v;
@@ -53,14 +63,18 @@ const crew::Tasks& test_tasks() {
 
 class RedisRecovery : public ::testing::Test {
  protected:
-  void SetUp() override { g_executions = 0; }
+  void SetUp() override {
+    g_executions = 0;
+    g_gate_open = false;
+  }
 
-  std::unique_ptr<Worker> worker(std::size_t concurrency = 2) {
+  std::unique_ptr<Worker> worker(std::size_t concurrency = 2,
+                                 std::chrono::milliseconds lease = 1s) {
     return std::make_unique<Worker>(test_tasks(),
                                     crew::redis::WorkerOptions{.url = server_.url(),
                                                                .queue = "q",
                                                                .concurrency = concurrency,
-                                                               .lease = 1s,
+                                                               .lease = lease,
                                                                .isolation = Isolation::thread});
   }
 
@@ -72,6 +86,17 @@ class RedisRecovery : public ::testing::Test {
   std::string field(const std::string& id, const std::string& name) {
     const auto reply = redis_.command({"HGET", "crew:{q}:job:" + id, name});
     return reply.is_nil() ? "" : reply.str();
+  }
+
+  long long error_replies() {
+    const std::string info = redis_.command({"INFO", "stats"}).str();
+    const std::string key = "total_error_replies:";
+    return std::stoll(info.substr(info.find(key) + key.size()));
+  }
+
+  // A connection of the worker's blocked in XREADGROUP: its fetch thread waits for work.
+  bool fetch_blocked() {
+    return redis_.command({"CLIENT", "LIST"}).str().find("cmd=xreadgroup") != std::string::npos;
   }
 
   RedisServer server_{{.appendonly = true}};
@@ -174,6 +199,63 @@ TEST_F(RedisRecovery, StopLetsRunningJobsFinishWithinTheDeadline) {
   // What it did not take waits for the next worker.
   auto next = worker();
   for (int i = 0; i < 20; ++i) EXPECT_EQ(sums[i].get(), 2 * i);
+}
+
+TEST_F(RedisRecovery, AnOutcomeAnsweredWithAServerErrorIsSentAgainNotDropped) {
+  Queue queue({.url = server_.url(), .name = "q"});
+  auto w = worker(1, 60s);
+  crew::Future<int> f = queue.run<int>({.job_id = "j"}, "gated", 5);
+  ASSERT_TRUE(eventually([&] { return g_executions.load() == 1; }));
+  // Without its function library Redis answers crew_report with an error of its own state (as a
+  // restarted Redis answers LOADING while it reads its AOF back), not a crew_ argument check.
+  ASSERT_EQ(redis_.command({"FUNCTION", "DELETE", "crew"}).str(), "OK");
+  const long long errors = error_replies();
+  g_gate_open = true;
+  ASSERT_TRUE(eventually([&] { return error_replies() > errors; }));      // the report got an error
+  crew::redis::Connection reload(crew::redis::parse_url(server_.url()));  // loads the library
+  // Sent again: the job completes now, not after its 60 s lease ran out and it ran again.
+  ASSERT_TRUE(f.wait_for(30s));
+  EXPECT_EQ(f.get(), 5);
+  EXPECT_EQ(g_executions.load(), 1);
+  EXPECT_EQ(field("j", "reclaims"), "0");
+  EXPECT_TRUE(eventually([&] { return w->stats().completed == 1; }));
+}
+
+TEST_F(RedisRecovery, JobsStartedByCallsWhoseReplyTheWorkerLostRunAtOnce) {
+  Queue queue({.url = server_.url(), .name = "q"});
+  auto w = worker(2, 60s);
+  ASSERT_TRUE(eventually([&] { return fetch_blocked(); }));
+  auto submit = [&](const std::string& id, const std::string& args) {
+    return std::vector<std::string>{
+        "FCALL", "crew_submit", "1", "crew:{q}:", id,  queue.producer_id(),
+        "add",   args,          "1", "0",         "1", "fixed",
+        "0",     "0",           "0", "60000"};
+  };
+  // In one transaction, as if the worker's own calls had run and their replies been lost with the
+  // connection: a crew_take starts j1 in its name, a blocking XREADGROUP delivers j2 to it, and
+  // every connection drops.
+  redis_.command({"MULTI"});
+  redis_.command(submit("j1", std::string("\x92\x01\x02", 3)));
+  redis_.command(submit("j2", std::string("\x92\x03\x04", 3)));
+  redis_.command({"FCALL", "crew_take", "1", "crew:{q}:", w->id(), "1", "60000"});
+  redis_.command(
+      {"XREADGROUP", "GROUP", "workers", w->id(), "COUNT", "1", "STREAMS", "crew:{q}:p1", ">"});
+  redis_.command({"CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"});
+  const auto exec = redis_.command({"EXEC"});
+  ASSERT_EQ(exec[2][1][0].str(), "j1") << exec.describe();
+  ASSERT_FALSE(exec[3].is_nil()) << exec.describe();
+  crew::Future<int> first = queue.result<int>("j1");
+  crew::Future<int> second = queue.result<int>("j2");
+  // Both run after the worker reconnects, not a 60 s lease later.
+  ASSERT_TRUE(first.wait_for(30s));
+  ASSERT_TRUE(second.wait_for(30s));
+  EXPECT_EQ(first.get(), 3);
+  EXPECT_EQ(second.get(), 7);
+  EXPECT_EQ(g_executions.load(), 2);
+  EXPECT_EQ(field("j1", "reclaims"), "0");
+  EXPECT_EQ(field("j2", "attempt"), "1");
+  EXPECT_TRUE(eventually([&] { return w->stats().completed == 2; }));
+  EXPECT_EQ(w->stats().started, 2u);
 }
 
 TEST_F(RedisRecovery, RedisKilledAndRestartedMidwayEveryFutureSettlesOnceWithItsValue) {

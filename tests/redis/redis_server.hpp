@@ -30,13 +30,20 @@ namespace crew_test {
 struct RedisServerOptions {
   /// AOF with `appendfsync always`, so data written before kill9() survives restart().
   bool appendonly = false;
+  /// Where the server's directory (AOF, log) is made; empty: the system's temporary directory.
+  /// A tmpfs such as /dev/shm makes each fsync free: a process killed with SIGKILL loses only
+  /// what it had not written yet either way (fsync guards against a machine crash), and on a
+  /// VM disk every fsync may cost milliseconds.
+  std::filesystem::path parent{};
 };
 
 class RedisServer {
  public:
   explicit RedisServer(RedisServerOptions options = {}) : options_(options) {
     binary_ = find_binary();
-    std::string pattern = (std::filesystem::temp_directory_path() / "crew-redis-XXXXXX").string();
+    const auto parent =
+        options_.parent.empty() ? std::filesystem::temp_directory_path() : options_.parent;
+    std::string pattern = (parent / "crew-redis-XXXXXX").string();
     if (!mkdtemp(pattern.data())) throw std::runtime_error("redis_server: mkdtemp failed");
     dir_ = pattern;
     // redis-server has no --port 0: take a port the kernel just handed out, and pick another

@@ -74,7 +74,7 @@ struct WorkerStats {
 /// lease was lost, and every lease/2 reclaim jobs of workers that stopped renewing), report (tell
 /// Redis the outcomes queued so far in one call, by lease token: a late or repeated outcome is
 /// refused; the same call starts the next jobs for the slots they free). Each thread reconnects
-/// with backoff when Redis goes away.
+/// with backoff when Redis goes away; jobs that a call whose reply was lost started run at once.
 /// A job runs at least once: one whose outcome was lost with its worker runs again elsewhere.
 ///
 /// Thread safety: stop(), stats() and queue_stats() may be called from any thread.
