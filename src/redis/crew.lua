@@ -7,10 +7,14 @@
 -- exactly once however late or repeated a call is. Arguments are checked before the first write:
 -- a function that raises after writing would leave its writes in place.
 
-local VERSION = 5
+local VERSION = 6
 
 local GROUP = 'workers'
 local NOTIFY_MAXLEN = '10000'
+-- A producer's results stream lives this long after its last notification unless the producer
+-- renews it (its Queue does every few minutes while it lives): the stream of one that went away
+-- for good is not kept for ever. Version 6 added it.
+local RESULTS_TTL_MS = '3600000'
 local MAX_BACKOFF_MS = 24 * 3600 * 1000
 -- Upper bounds (ms) of the end-to-end latency histogram's buckets; a last bucket takes the rest.
 -- Fixed, so that every worker and producer adds into the same buckets.
@@ -93,14 +97,18 @@ local function bump(p, counter) redis.call('HINCRBY', p .. 'stats', counter, 1) 
 
 -- Counter increments gathered over one call and written at its end with one HINCRBY per field:
 -- the outcomes of a batch add into the same few fields of `stats` and `latency`.
-local function new_tally() return {stats = {}, latency = {}} end
+-- What a call adds to the counter hashes, summed, and the results streams it wrote to: written
+-- once each at its end (flush).
+local function new_tally() return {stats = {}, latency = {}, results = {}} end
 
 local function add(tally, hash, field, n) tally[hash][field] = (tally[hash][field] or 0) + n end
 
 local function flush(p, tally)
-  for hash, fields in pairs(tally) do
-    for field, n in pairs(fields) do redis.call('HINCRBY', p .. hash, field, n) end
+  for _, hash in ipairs({'stats', 'latency'}) do
+    for field, n in pairs(tally[hash]) do redis.call('HINCRBY', p .. hash, field, n) end
   end
+  -- NX: a living producer's own renewal is not cut short.
+  for key in pairs(tally.results) do redis.call('PEXPIRE', key, RESULTS_TTL_MS, 'NX') end
 end
 
 -- Counts a completed job's end-to-end latency, from when it could first run (submission, or the
@@ -152,9 +160,11 @@ local function delete_entry(stream, entry)
 end
 
 local function notify(p, id, job, fields)
-  local args = {p .. 'results:' .. job.producer, 'MAXLEN', '~', NOTIFY_MAXLEN, '*', 'id', id}
+  local key = p .. 'results:' .. job.producer
+  local args = {key, 'MAXLEN', '~', NOTIFY_MAXLEN, '*', 'id', id}
   for _, v in ipairs(fields) do args[#args + 1] = v end
   redis.call('XADD', unpack(args))
+  redis.call('PEXPIRE', key, RESULTS_TTL_MS, 'NX')
 end
 
 local function retain(p, id, job)
@@ -378,8 +388,10 @@ local function complete_one(p, tally, now, id, lease, result)
   if not owned(job, lease) then return 'refused' end
   delete_entry(job.stream, job.entry)
   redis.call('ZREM', p .. 'leases', id)
-  redis.call('XADD', p .. 'results:' .. job.producer, 'MAXLEN', '~', NOTIFY_MAXLEN, '*', 'id', id,
-    'state', 'completed', 'result', result)
+  local results = p .. 'results:' .. job.producer
+  redis.call('XADD', results, 'MAXLEN', '~', NOTIFY_MAXLEN, '*', 'id', id, 'state', 'completed',
+    'result', result)
+  tally.results[results] = true
   add(tally, 'stats', 'completed', 1)
   observe_latency(tally, job, now)
   if tonumber(job.retain_ms) == 0 then

@@ -103,6 +103,8 @@ JobState state_of(const std::string& name) {
 
 // Submissions sent in one crew_submit_many at most: bounds the call's time in Redis.
 constexpr std::size_t kBatchMax = 1'000;
+// How long a results stream lives without a notification or a renewal: crew.lua's RESULTS_TTL_MS.
+constexpr std::chrono::milliseconds kResultsTtl = std::chrono::hours(1);
 
 // One job's crew_submit arguments and, once its batch was sent, its reply or the exception.
 struct Submission {
@@ -312,6 +314,7 @@ struct Queue::Impl {
     std::string last = "0-0";
     bool recheck_all = false;
     auto next_foreign_check = Clock::now();
+    auto next_renewal = Clock::now();
     while (!stop.stop_requested()) {
       try {
         if (connection.broken()) {
@@ -323,6 +326,12 @@ struct Queue::Impl {
           recheck(connection, recheck_all);
           recheck_all = false;
           next_foreign_check = Clock::now() + options.block;
+        }
+        if (Clock::now() >= next_renewal) {
+          // The functions give a results stream an hour to live (crew.lua's RESULTS_TTL_MS), so
+          // that a producer gone for good leaves nothing behind; this one is alive.
+          (void)connection.command({"PEXPIRE", results_key, std::to_string(kResultsTtl.count())});
+          next_renewal = Clock::now() + kResultsTtl / 12;
         }
         const Reply reply =
             connection.command({"XREAD", "COUNT", "1000", "BLOCK", ms_text(options.block),

@@ -260,6 +260,33 @@ TEST_F(RedisFunctions, RetainZeroDeletesTheJobOnceTheProducerIsTold) {
   EXPECT_EQ(stream("results:producer-1")[0]["result"], "r");
 }
 
+TEST_F(RedisFunctions, AResultsStreamExpiresUnlessItsProducerRenewsIt) {
+  const std::string results = kQueue + "results:producer-1";
+  auto settle = [&](const std::string& id, const char* how) {
+    ASSERT_EQ(submit({.id = id, .attempts = 1})[0].str(), "created");
+    auto delivery = read("w1");
+    ASSERT_TRUE(delivery);
+    const std::string lease = start(*delivery, "w1")[1].str();
+    if (std::string(how) == "complete") {
+      ASSERT_EQ(fcall("crew_complete", {id, lease, "r"}).str(), "ok");
+    } else {
+      ASSERT_EQ(fcall("crew_fail", {id, lease, "RemoteError", "x"})[0].str(), "dead");
+    }
+  };
+  // The first notification, by either path, gives the stream an hour to live.
+  for (const char* how : {"complete", "fail"}) {
+    (void)redis_.command({"DEL", results});
+    settle(std::string("j-") + how, how);
+    const long long ttl = redis_.command({"PTTL", results}).integer();
+    EXPECT_GT(ttl, 3'500'000) << how;
+    EXPECT_LE(ttl, 3'600'000) << how;
+  }
+  // A renewal (a living producer's Queue) is not cut short by later notifications.
+  ASSERT_EQ(redis_.command({"PEXPIRE", results, "7200000"}).integer(), 1);
+  settle("j-after", "complete");
+  EXPECT_GT(redis_.command({"PTTL", results}).integer(), 7'000'000);
+}
+
 TEST_F(RedisFunctions, SubmitWithAnExistingIdAttachesAndNeverRunsAgain) {
   ASSERT_EQ(submit({.id = "same"}).describe(), R"(["created", "waiting"])");
   EXPECT_EQ(submit({.id = "same", .task = "other"}).describe(), R"(["exists", "waiting"])");
