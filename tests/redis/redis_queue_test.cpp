@@ -313,17 +313,24 @@ TEST_F(RedisQueue, ThrowingTaskRunsExactlyAttemptsTimesWithItsBackoff) {
   }
 }
 
-TEST_F(RedisQueue, OneJobIdFromManyThreadsRunsOnceAndSettlesEveryFuture) {
+TEST_F(RedisQueue, OneJobIdFromFourProducersRunsOnceAndSettlesEveryFuture) {
   g_counted = 0;
   auto w = worker(Isolation::thread);
   constexpr int kThreads = 4;
   constexpr int kEach = 250;
   std::vector<std::vector<crew::Future<int>>> futures(kThreads);
+  // Four producers (a Queue each, as four processes would have), on threads of their own: three
+  // of them attach to a job another one created, and learn its result from its record.
+  std::vector<std::unique_ptr<Queue>> queues;
+  for (int t = 0; t < kThreads; ++t) {
+    queues.push_back(
+        std::make_unique<Queue>(crew::redis::QueueOptions{.url = server_.url(), .name = "q"}));
+  }
   std::vector<std::thread> producers;
   for (int t = 0; t < kThreads; ++t) {
     producers.emplace_back([&, t] {
       for (int i = 0; i < kEach; ++i) {
-        futures[t].push_back(queue_.run<int>({.job_id = "once"}, "counted", 21));
+        futures[t].push_back(queues[t]->run<int>({.job_id = "once"}, "counted", 21));
       }
     });
   }
