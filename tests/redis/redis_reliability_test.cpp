@@ -34,7 +34,6 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <signal.h>
-#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -145,24 +144,7 @@ class Child {
  public:
   explicit Child(std::vector<std::string> args) {
     args.insert(args.begin(), self_path());
-    std::vector<char*> argv;
-    for (auto& arg : args) argv.push_back(arg.data());
-    argv.push_back(nullptr);
-    const pid_t parent = ::getpid();
-    pid_ = ::fork();
-    if (pid_ < 0) throw std::runtime_error("fork failed");
-    if (pid_ == 0) {
-      ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-      if (::getppid() != parent) ::_exit(1);
-      sigset_t none;
-      sigemptyset(&none);
-      sigprocmask(SIG_SETMASK, &none, nullptr);
-      const int null = ::open("/dev/null", O_RDWR);
-      ::dup2(null, 0);
-      ::dup2(null, 1);
-      ::execv(argv[0], argv.data());
-      ::_exit(127);
-    }
+    pid_ = crew_test::spawn_tied(std::move(args), true);
   }
   // SIGTERM first, so a worker process stops cleanly (and a sanitizer checks its exit).
   ~Child() { terminate(20s); }

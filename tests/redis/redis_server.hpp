@@ -27,6 +27,32 @@
 
 namespace crew_test {
 
+/// Starts `args` (args[0]: the program's path) as a child that dies with this process
+/// (PR_SET_PDEATHSIG), every signal unblocked, stdin and stdout on /dev/null and stderr too unless
+/// `keep_stderr`; returns its pid. Throws std::runtime_error when fork fails.
+inline pid_t spawn_tied(std::vector<std::string> args, bool keep_stderr) {
+  std::vector<char*> argv;  // made before the fork: the child only calls async-signal-safe code
+  for (auto& arg : args) argv.push_back(arg.data());
+  argv.push_back(nullptr);
+  const pid_t parent = ::getpid();
+  const pid_t pid = ::fork();
+  if (pid < 0) throw std::runtime_error("spawn_tied: fork failed");
+  if (pid == 0) {
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (::getppid() != parent) ::_exit(1);  // the parent died before the line above
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, nullptr);
+    const int null = ::open("/dev/null", O_RDWR);
+    ::dup2(null, 0);
+    ::dup2(null, 1);
+    if (!keep_stderr) ::dup2(null, 2);
+    ::execv(argv[0], argv.data());
+    ::_exit(127);
+  }
+  return pid;
+}
+
 struct RedisServerOptions {
   /// AOF with `appendfsync always`, so data written before kill9() survives restart().
   bool appendonly = false;
@@ -117,26 +143,8 @@ class RedisServer {
         "--daemonize", "no",           "--logfile",
         log,           "--appendonly", options_.appendonly ? "yes" : "no"};
     if (options_.appendonly) args.insert(args.end(), {"--appendfsync", "always"});
-    std::vector<char*> argv;
-    for (auto& arg : args) argv.push_back(arg.data());
-    argv.push_back(nullptr);
-    const pid_t parent = ::getpid();
-    pid_ = ::fork();
-    if (pid_ < 0) throw std::runtime_error("redis_server: fork failed");
-    if (pid_ == 0) {
-      // A test that crashes never runs the destructor: the server must not outlive it.
-      ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-      if (::getppid() != parent) ::_exit(1);
-      sigset_t none;
-      sigemptyset(&none);
-      sigprocmask(SIG_SETMASK, &none, nullptr);
-      int null = ::open("/dev/null", O_RDWR);
-      ::dup2(null, 0);
-      ::dup2(null, 1);
-      ::dup2(null, 2);
-      ::execv(argv[0], argv.data());
-      ::_exit(127);
-    }
+    // A test that crashes never runs the destructor: the server must not outlive it.
+    pid_ = spawn_tied(std::move(args), false);
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
     while (std::chrono::steady_clock::now() < deadline) {
       if (::waitpid(pid_, nullptr, WNOHANG) == pid_) {
