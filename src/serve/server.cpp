@@ -784,7 +784,13 @@ class Session : public TaskWatch, public std::enable_shared_from_this<Session<Ex
 
   // 202 for a job still unsettled after --max-wait-ms: its state now, and where to ask again.
   void answer_unsettled() {
-    when_ready(server_.runner->status(job_), [](Session& self, Future<redis::JobStatus> status) {
+    Future<redis::JobStatus> looked_up;
+    try {
+      looked_up = server_.runner->status(job_);  // throws at once while Redis is unreachable
+    } catch (...) {
+      return finish_error(std::current_exception(), task_);
+    }
+    when_ready(std::move(looked_up), [](Session& self, Future<redis::JobStatus> status) {
       try {
         const redis::JobStatus job = status.get();
         if (job.state == redis::JobState::unknown) {

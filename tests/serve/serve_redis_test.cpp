@@ -273,6 +273,27 @@ TEST_F(ServeRedis, AWaitThatRunsOutAnswers202WithTheJobsStateAndTheJobGoesOn) {
   EXPECT_EQ(job_in_state(location, "completed").js()["result"], 55);
 }
 
+TEST_F(ServeRedis, AWaitThatRunsOutWhileRedisIsAwayAnswers503AndTheServerGoesOn) {
+  // Long enough for the probe to find Redis away first (about 1-5 s), so that the look-up at the
+  // end of the wait is refused at once; it once escaped the I/O thread and ended the server.
+  const auto impatient = make_server(12s);
+  Client c(impatient->port());
+  c.read_timeout(60s);
+  c.send_raw(
+      "POST /v1/tasks/fib HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+      "Content-Length: 12\r\n\r\n{\"args\":[9]}");
+  crew::redis::Connection redis(crew::redis::parse_url(redis_.url()));
+  ASSERT_TRUE(eventually([&] { return redis.command({"XLEN", "crew:{t}:p1"}).integer() == 1; }));
+  // No worker, and Redis gone: when the wait runs out, the job's state cannot be looked up.
+  redis_.kill9();
+  ASSERT_TRUE(eventually(
+      [&] { return Client(impatient->port()).request(http::verb::get, "/readyz").status == 503; }));
+  const Reply r = c.read();
+  EXPECT_EQ(r.status, 503) << r.body;
+  EXPECT_EQ(r.js()["error"]["type"], "ConnectionError") << r.body;
+  EXPECT_EQ(Client(impatient->port()).request(http::verb::get, "/healthz").status, 200);
+}
+
 TEST_F(ServeRedis, AttemptsAndTheirBoundsReachTheJob) {
   const Reply accepted = post("/v1/tasks/fib?wait=false&attempts=3", R"({"args": [5]})");
   ASSERT_EQ(accepted.status, 202) << accepted.body;
