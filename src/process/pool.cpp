@@ -598,9 +598,12 @@ std::size_t ProcessPoolCore::live_procs() const {
 
 Clock::time_point ProcessPoolCore::next_deadline() const {
   Clock::time_point t = kNever;
+  // An idle worker's timeout is a deadline only when it would stop it: past it, a worker the
+  // pool keeps (min_workers) would wake this thread at once, again and again.
+  const bool may_shrink = options_.idle_timeout.count() > 0 && live_procs() > options_.min_workers;
   for (const auto& [serial, p] : procs_) {
     t = std::min({t, p->deadline, p->kill_at, p->next_rss, p->next_sample});
-    if (p->state == WState::idle && options_.idle_timeout.count() > 0) {
+    if (p->state == WState::idle && may_shrink) {
       t = std::min(t, p->idle_since + options_.idle_timeout);
     }
     if (p->ready_at != kNever && backoff_.unstable()) {
