@@ -681,8 +681,8 @@ ProcessPoolStats ProcessPoolCore::stats() const {
     const nanoseconds cpu = cpu_time_of(w.pid);
     const std::optional<std::size_t> pss =
         probes[i].pss ? memory_usage(w.pid, {.pss = true}).pss : std::nullopt;
-    if (signal_process(probes[i].pidfd.get(), 0) != 0)
-      continue;  // gone: the figures may not be its
+    // Gone: its pid may name another process by now, so the figures may not be its.
+    if (signal_process(probes[i].pidfd.get(), 0) != 0) continue;
     w.rss_bytes = rss;
     w.cpu_time = cpu;
     if (pss) {
