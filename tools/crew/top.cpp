@@ -58,15 +58,20 @@ std::string read_token(const std::string& path) {
                 fmt::format("--token-file {}: holds no token; write the token on a line", path));
 }
 
-// What the server answered, when it is not the 200 expected, as a message saying what to do.
-std::string refusal(const top::Url& url, const std::string& target, const top::Reply& reply) {
-  std::string detail = reply.body;
+// What a refusal says: crew serve's {"error": {"message": ...}}, else the body's start.
+std::string detail(const top::Reply& reply) {
+  std::string out = reply.body;
   try {
     const json body = json::parse(reply.body);
-    if (body.is_object() && body.contains("error")) detail = body["error"].dump();
+    const json message = body.at("error").at("message");
+    if (message.is_string()) out = message.get<std::string>();
   } catch (const json::exception&) {
   }
-  if (detail.size() > 200) detail = detail.substr(0, 200) + "…";
+  return out.size() > 200 ? out.substr(0, 200) + "…" : out;
+}
+
+// A refusal of `target` as a message saying what to do.
+std::string refusal(const top::Url& url, const std::string& target, const top::Reply& reply) {
   const std::string what = fmt::format("{}{}: {} {}", url.text, target, reply.status, reply.reason);
   switch (reply.status) {
     case 401:
@@ -78,8 +83,10 @@ std::string refusal(const top::Url& url, const std::string& target, const top::R
       return what +
              ": not a `crew serve` with the monitor API at this URL; check the URL and "
              "that the server is recent enough";
-    default:
-      return detail.empty() ? what : what + ": " + detail;
+    default: {
+      const std::string why = detail(reply);
+      return why.empty() ? what : what + ": " + why;
+    }
   }
 }
 
@@ -117,7 +124,13 @@ std::string reload(const top::Client& client) {
   try {
     const top::Reply reply = client.post(target);
     if (reply.status == 202) return "reload: 202 started";
-    return "reload: " + refusal(client.url(), target, reply);
+    if (reply.status == 401 || reply.status == 403) {
+      return "reload: " + refusal(client.url(), target, reply);
+    }
+    // The status bar is short: the answer without the URL (409: there is no cluster).
+    const std::string why = detail(reply);
+    return fmt::format("reload: {} {}{}{}", reply.status, reply.reason, why.empty() ? "" : ": ",
+                       why);
   } catch (const std::runtime_error& e) {
     return fmt::format("reload: {}", e.what());
   }

@@ -78,7 +78,7 @@ printf 'set -g status off\n' >"$work/tmux.conf"  # the pane gets the whole windo
 start_view() {
   tmx kill-server 2>/dev/null || true
   tmx -f "$work/tmux.conf" new-session -d -s top -x 100 -y 30 \
-    "stty -a >'$work/stty.before'; '$crew' top '$url'; echo \"top exited \$?\"; stty -a >'$work/stty.after'; exec sleep 600"
+    "stty -g >'$work/stty.before'; '$crew' top '$url'; echo \"top exited \$?\"; stty -g >'$work/stty.after'; exec sleep 600"
 }
 terminal_restored() {  # terminal_restored <what>: the settings after equal those before
   for _ in $(seq 1 300); do [[ -s $work/stty.after ]] && break; sleep 0.1; done

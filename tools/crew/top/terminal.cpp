@@ -118,11 +118,11 @@ Size Terminal::size() const {
 }
 
 void Terminal::draw(const std::string& frame) {
-  // Home, each line over the old one and the rest of it erased, then everything below erased:
-  // no flicker from clearing the whole screen first.
-  std::string out = "\x1b[H";
-  for (const char c : frame) out += c == '\n' ? std::string("\x1b[K\r\n") : std::string(1, c);
-  out += "\x1b[K\x1b[J";
+  // Each line erased and rewritten in place: no flicker from clearing the whole screen first. The
+  // erase comes before the text because with wrapping off the cursor stays on the last column of
+  // a full line, and an erase after it would take that column's character.
+  std::string out = "\x1b[H\x1b[2K";
+  for (const char c : frame) out += c == '\n' ? std::string("\r\n\x1b[2K") : std::string(1, c);
   write_all(out);
 }
 
