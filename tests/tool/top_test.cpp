@@ -37,15 +37,15 @@ json answer() {
                  "cpu_percent": 180.5, "rss_bytes": 73400320, "pss_bytes": 51200000,
                  "restarts": 1, "lag_s": 0.0002, "utilization": 0.5, "connections": 7},
       "workers": [
-        {"id": "server", "kind": "server", "server": 0, "pid": 1234, "state": "serving",
+        {"id": "server", "kind": "server", "server": 0, "pid": 1234, "state": "ready",
          "uptime_s": 3725.0, "tasks": 0, "errors": 0, "restarts": 0, "tasks_per_s": null,
          "p99_s": 0.009, "cpu_percent": 20.5, "rss_bytes": 52428800, "pss_bytes": 40000000,
          "leak_suspected": false, "last_exit": null, "log": ["listening on http://127.0.0.1:8080"]},
-        {"id": "crew-proc-10", "kind": "task", "server": 0, "pid": 1250, "state": "idle",
+        {"id": "crew-task-10", "kind": "task", "server": 0, "pid": 1250, "state": "idle",
          "uptime_s": 65.0, "tasks": 100, "errors": 0, "restarts": 0, "tasks_per_s": 58.0,
          "p99_s": 0.004, "cpu_percent": 65.0, "rss_bytes": 9000000, "pss_bytes": 4500000,
          "leak_suspected": false, "last_exit": null, "log": []},
-        {"id": "crew-proc-2", "kind": "task", "server": 0, "pid": 1240, "state": "busy",
+        {"id": "crew-task-2", "kind": "task", "server": 0, "pid": 1240, "state": "busy",
          "uptime_s": 10.0, "tasks": 512, "errors": 2, "restarts": 1, "tasks_per_s": 60.0,
          "p99_s": null, "cpu_percent": 95.0, "rss_bytes": 8000000, "pss_bytes": 4000000,
          "leak_suspected": true,
@@ -71,10 +71,10 @@ tasks/s 118.0  queued 3  busy 2/2  cpu 180.5%  rss 70.0M  restarts 1
 req/s                                                              ▁▅▇█    120.0
 p99                                                                 ▅▆█    9.0ms
   ID▼              PID STATE      CPU%     RSS  TASKS/S      P99  RESTARTS
-> crew-proc-2     1240 busy       95.0   !7.6M     60.0        -         1
-  crew-proc-10    1250 idle       65.0    8.6M     58.0    4.0ms         0
-  server          1234 serving    20.5   50.0M        -    9.0ms         0
-── log crew-proc-2 · pid 1240 · last exit: signal 9, 5s ago ────────────────────
+> crew-task-2     1240 busy       95.0   !7.6M     60.0        -         1
+  crew-task-10    1250 idle       65.0    8.6M     58.0    4.0ms         0
+  server          1234 ready      20.5   50.0M        -    9.0ms         0
+── log crew-task-2 · pid 1240 · last exit: signal 9, 5s ago ────────────────────
 fib(30) started
 fib(30) = 832040
 ?[2Jboom done
@@ -93,10 +93,10 @@ const char* const GOLDEN_40x10 = R"(crew top  http://127.0.0.1:8080  proces…
 req/s 120.0  err/s 1.0  p50 1.1ms  p99 …
 tasks/s 118.0  queued 3  busy 2/2  cpu …
   ID▼          STATE      CPU%     RSS
-> crew-proc-2  busy       95.0   !7.6M
-  crew-proc-10 idle       65.0    8.6M
-  server       serving    20.5   50.0M
-── log crew-proc-2 · pid 1240 · last ex…
+> crew-task-2  busy       95.0   !7.6M
+  crew-task-10 idle       65.0    8.6M
+  server       ready      20.5   50.0M
+── log crew-task-2 · pid 1240 · last ex…
 ?[2Jboom done
 j/k select  s sort: id  r reload  q quit)";
 const char* const GOLDEN_140x16 =
@@ -106,9 +106,9 @@ tasks/s 118.0  queued 3  busy 2/2  cpu 180.5%  rss 70.0M  restarts 1
 req/s                                                                                                                          ▁▅▇█    120.0
 p99                                                                                                                             ▅▆█    9.0ms
   ID               PID STATE     CPU%▼     RSS     PSS  TASKS/S      P99    TASKS  ERRORS  RESTARTS  UPTIME
-  crew-proc-2     1240 busy       95.0   !7.6M    3.8M     60.0        -      512       2         1     10s
-  crew-proc-10    1250 idle       65.0    8.6M    4.3M     58.0    4.0ms      100       0         0   1m05s
-> server          1234 serving    20.5   50.0M   38.1M        -    9.0ms        0       0         0   1h02m
+  crew-task-2     1240 busy       95.0   !7.6M    3.8M     60.0        -      512       2         1     10s
+  crew-task-10    1250 idle       65.0    8.6M    4.3M     58.0    4.0ms      100       0         0   1m05s
+> server          1234 ready      20.5   50.0M   38.1M        -    9.0ms        0       0         0   1h02m
 ── log server · pid 1234 ───────────────────────────────────────────────────────────────────────────────────────────────────────────────────
 listening on http://127.0.0.1:8080
 
@@ -142,7 +142,7 @@ TEST(TopModel, ReadsTheLatestSampleAndTheHistory) {
   EXPECT_EQ(m.seq, 42);
   EXPECT_EQ(m.isolation, "process");
   ASSERT_EQ(m.workers.size(), 3u);
-  EXPECT_EQ(m.workers[2].id, "crew-proc-2");
+  EXPECT_EQ(m.workers[2].id, "crew-task-2");
   EXPECT_EQ(m.workers[2].pid, 1240);
   EXPECT_FALSE(m.workers[2].p99_s.has_value());
   EXPECT_TRUE(m.workers[2].leak_suspected);
@@ -180,6 +180,16 @@ TEST(TopModel, ARestartedServerReplacesTheHistory) {
   apply_monitor(m, next);
   ASSERT_EQ(m.history.size(), 2u);
   EXPECT_EQ(m.history[0].seq, 1);
+}
+
+TEST(TopModel, ANullLatestBeforeTheFirstSampleChangesNothing) {
+  TopModel m;
+  apply_monitor(m, json::parse(R"({"latest": null, "history": []})"));
+  EXPECT_EQ(m.seq, -1);
+  m = model();
+  apply_monitor(m, json::parse(R"({"latest": null, "history": []})"));
+  EXPECT_EQ(m.seq, 42);
+  EXPECT_EQ(m.workers.size(), 3u);
 }
 
 TEST(TopModel, KeepsABoundedHistory) {
@@ -264,13 +274,13 @@ TEST(TopRender, FrameWide140x16) {
 
 // --once: every row and the selected worker's whole log, no status bar.
 TEST(TopRender, UnboundedFrameForScripts) {
-  const std::string frame = render(model(), Size{80, 0}, plain("crew-proc-10"));
+  const std::string frame = render(model(), Size{80, 0}, plain("crew-task-10"));
   const auto all = lines(frame);
   ASSERT_EQ(all.size(), 5u + 1 + 3 + 1);
-  EXPECT_EQ(all[6], "  crew-proc-2     1240 busy       95.0   !7.6M     60.0        -         1");
-  EXPECT_EQ(all[7], "> crew-proc-10    1250 idle       65.0    8.6M     58.0    4.0ms         0");
+  EXPECT_EQ(all[6], "  crew-task-2     1240 busy       95.0   !7.6M     60.0        -         1");
+  EXPECT_EQ(all[7], "> crew-task-10    1250 idle       65.0    8.6M     58.0    4.0ms         0");
   EXPECT_EQ(all[9],
-            "── log crew-proc-10 · pid 1250 ─────────────────────────────────────────────────");
+            "── log crew-task-10 · pid 1250 ─────────────────────────────────────────────────");
   EXPECT_EQ(frame.find("q quit"), std::string::npos);
 }
 
@@ -281,12 +291,12 @@ TEST(TopRender, SortsLargestFirstMissingLast) {
     for (const auto* w : crew::tool::top::sorted_workers(m, key)) out += w->id + " ";
     return out;
   };
-  EXPECT_EQ(ids(SortKey::id), "crew-proc-2 crew-proc-10 server ");
-  EXPECT_EQ(ids(SortKey::cpu), "crew-proc-2 crew-proc-10 server ");
-  EXPECT_EQ(ids(SortKey::rss), "server crew-proc-10 crew-proc-2 ");
-  EXPECT_EQ(ids(SortKey::tasks_per_s), "crew-proc-2 crew-proc-10 server ");  // server: null
-  EXPECT_EQ(ids(SortKey::p99), "server crew-proc-10 crew-proc-2 ");          // crew-proc-2: null
-  EXPECT_EQ(ids(SortKey::restarts), "crew-proc-2 crew-proc-10 server ");
+  EXPECT_EQ(ids(SortKey::id), "crew-task-2 crew-task-10 server ");
+  EXPECT_EQ(ids(SortKey::cpu), "crew-task-2 crew-task-10 server ");
+  EXPECT_EQ(ids(SortKey::rss), "server crew-task-10 crew-task-2 ");
+  EXPECT_EQ(ids(SortKey::tasks_per_s), "crew-task-2 crew-task-10 server ");  // server: null
+  EXPECT_EQ(ids(SortKey::p99), "server crew-task-10 crew-task-2 ");          // crew-task-2: null
+  EXPECT_EQ(ids(SortKey::restarts), "crew-task-2 crew-task-10 server ");
   // s cycles through every order and back.
   SortKey key = SortKey::id;
   for (int i = 0; i < 6; ++i) key = crew::tool::top::next_sort(key);
@@ -296,12 +306,12 @@ TEST(TopRender, SortsLargestFirstMissingLast) {
 TEST(TopRender, SelectionMovesInTableOrderAndStaysInside) {
   using crew::tool::top::move_selection;
   const TopModel m = model();
-  EXPECT_EQ(move_selection(m, SortKey::id, "", 0), "crew-proc-2");
-  EXPECT_EQ(move_selection(m, SortKey::id, "crew-proc-2", 1), "crew-proc-10");
-  EXPECT_EQ(move_selection(m, SortKey::rss, "crew-proc-2", -1), "crew-proc-10");
+  EXPECT_EQ(move_selection(m, SortKey::id, "", 0), "crew-task-2");
+  EXPECT_EQ(move_selection(m, SortKey::id, "crew-task-2", 1), "crew-task-10");
+  EXPECT_EQ(move_selection(m, SortKey::rss, "crew-task-2", -1), "crew-task-10");
   EXPECT_EQ(move_selection(m, SortKey::id, "server", 1), "server");
-  EXPECT_EQ(move_selection(m, SortKey::id, "crew-proc-2", -1), "crew-proc-2");
-  EXPECT_EQ(move_selection(m, SortKey::id, "gone", 1), "crew-proc-2");
+  EXPECT_EQ(move_selection(m, SortKey::id, "crew-task-2", -1), "crew-task-2");
+  EXPECT_EQ(move_selection(m, SortKey::id, "gone", 1), "crew-task-2");
   EXPECT_EQ(move_selection(TopModel{}, SortKey::id, "x", 1), "");
 }
 
@@ -331,7 +341,7 @@ TEST(TopRender, CutsWhatDoesNotFit) {
   expect_fits(frame, Size{60, 20});
   const auto all = lines(frame);
   // The id column takes what the kept columns leave: 60 - 43.
-  EXPECT_EQ(all[6], "> a-very-long-work…    1234 serving    20.5   50.0M        -");
+  EXPECT_EQ(all[6], "> a-very-long-work…    1234 ready      20.5   50.0M        -");
   EXPECT_EQ(all.back().substr(0, 5), "j/k s");
   EXPECT_EQ(all[10], std::string(59, 'x') + "…");
 }
@@ -342,15 +352,15 @@ TEST(TopRender, ScrollsToKeepTheSelectionOnScreen) {
   m.workers[0].log.clear();
   for (int i = 1; i <= 20; ++i) {
     crew::tool::top::Worker w = m.workers[0];
-    w.id = "crew-proc-" + std::to_string(i);
+    w.id = "crew-task-" + std::to_string(i);
     m.workers.push_back(w);
   }
-  const auto all = lines(render(m, Size{80, 16}, plain("crew-proc-15")));
+  const auto all = lines(render(m, Size{80, 16}, plain("crew-task-15")));
   // 16 lines: 6 above the rows, the log title and the status bar below, so 8 rows; the
   // selected one is the last of them.
-  EXPECT_EQ(all[13].substr(0, 14), "> crew-proc-15");
-  EXPECT_EQ(all[6].substr(0, 14), "  crew-proc-8 ");
-  EXPECT_EQ(all[14].find("── log crew-proc-15"), 0u);
+  EXPECT_EQ(all[13].substr(0, 14), "> crew-task-15");
+  EXPECT_EQ(all[6].substr(0, 14), "  crew-task-8 ");
+  EXPECT_EQ(all[14].find("── log crew-task-15"), 0u);
 }
 
 TEST(TopRender, TinyTerminalsKeepTheStatusBar) {

@@ -8,6 +8,7 @@
 #include <memory>
 #include <stdexcept>
 #include <string>
+#include <thread>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -146,6 +147,7 @@ int run_view(const top::Client& client, top::TopModel& model) {
   top::RenderOptions options;
   options.color = color_wanted();
   std::string pending;
+  bool stale = false;  // the status bar says why the last poll failed
   auto next_fetch = std::chrono::steady_clock::now() + 1s;
   for (;;) {
     options.selected = top::move_selection(model, options.sort, options.selected, 0);
@@ -176,30 +178,42 @@ int run_view(const top::Client& client, top::TopModel& model) {
       next_fetch = std::chrono::steady_clock::now() + 1s;
       try {
         fetch(client, model);
-        if (model.status.starts_with("no sample:")) model.status.clear();
+        if (stale) model.status.clear();
+        stale = false;
       } catch (const Failure& e) {
         // The last sample stays on screen; the next second tries again.
         model.status = fmt::format("no sample: {}", e.what());
+        stale = true;
       }
     }
   }
 }
 
 int run(const Options& options) {
-  std::string token;
-  if (!options.token_file.empty()) {
-    token = read_token(options.token_file);
-  } else if (const char* env = std::getenv("CREW_TOKEN")) {
-    token = env;
-  }
   top::TopModel model;
   std::unique_ptr<top::Client> client;
   try {
+    std::string token;
+    if (!options.token_file.empty()) {
+      token = read_token(options.token_file);
+    } else if (const char* env = std::getenv("CREW_TOKEN")) {
+      token = env;
+    }
     client = std::make_unique<top::Client>(top::parse_url(options.url), token, options.ca_file);
     model.url = client->url().text;
     // The first sample before the screen changes: a wrong URL or token is said on the normal
     // screen, and the first frame already has the workers and their logs.
-    const json latest = fetch(*client, model);
+    json latest = fetch(*client, model);
+    // A server that has just started takes its first sample within a second.
+    for (int tries = 0; model.seq < 0 && tries < 5; ++tries) {
+      std::this_thread::sleep_for(1s);
+      latest = fetch(*client, model);
+    }
+    if (model.seq < 0) {
+      throw Failure(kExitData, fmt::format("{}/api/monitor: no sample after 5 s; is the server "
+                                           "overloaded?",
+                                           client->url().text));
+    }
     if (options.json) {
       std::printf("%s\n", latest.dump(2).c_str());
       return kExitOk;

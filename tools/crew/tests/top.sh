@@ -30,8 +30,8 @@ url=http://127.0.0.1:$port
 
 # --once into a pipe: one plain frame with every worker, no escape codes, exit 0.
 "$crew" top "$url" --once >"$work/once" 2>&1 || fail "--once: exit $?: $(cat "$work/once")"
-grep -q 'crew-proc-1' "$work/once" || fail "--once: no crew-proc-1 line: $(cat "$work/once")"
-grep -q 'crew-proc-2' "$work/once" || fail "--once: no crew-proc-2 line: $(cat "$work/once")"
+grep -q 'crew-task-0' "$work/once" || fail "--once: no crew-task-0 line: $(cat "$work/once")"
+grep -q 'crew-task-1' "$work/once" || fail "--once: no crew-task-1 line: $(cat "$work/once")"
 if grep -q $'\x1b' "$work/once"; then fail "--once into a pipe wrote escape codes"; fi
 
 # --json: the latest sample.
@@ -63,6 +63,7 @@ expect_failure 1 "401.*--token-file" "http://127.0.0.1:$auth_port"
 CREW_TOKEN=secret-1 "$crew" top "http://127.0.0.1:$auth_port" --once >/dev/null ||
   fail "CREW_TOKEN: exit $?"
 kill -9 "$auth_pid"
+wait "$auth_pid" 2>/dev/null || true  # reaped here, so bash does not report "Killed"
 
 # The live view. The pane runs a shell that records the terminal settings before and after, and
 # the exit code.
@@ -87,9 +88,9 @@ terminal_restored() {  # terminal_restored <what>: the settings after equal thos
 }
 
 start_view
-wait_screen "first frame" '^> crew-proc-1 '
-grep -qE '^  crew-proc-2 ' <<<"$(screen)" || fail "no crew-proc-2 line:"$'\n'"$(screen)"
-grep -q '── log crew-proc-1' <<<"$(screen)" || fail "no log of the selected worker:"$'\n'"$(screen)"
+wait_screen "first frame" '^> crew-task-0 '
+grep -qE '^  crew-task-1 ' <<<"$(screen)" || fail "no crew-task-1 line:"$'\n'"$(screen)"
+grep -q '── log crew-task-0' <<<"$(screen)" || fail "no log of the selected worker:"$'\n'"$(screen)"
 # 100 columns: the core columns and uptime; 30 lines: the status bar on the last.
 header=$(grep -E '^  ID' <<<"$(screen)")
 for column in PID STATE CPU% RSS TASKS/S P99 RESTARTS UPTIME; do
@@ -99,8 +100,8 @@ done
 screen | tail -n1 | grep -q 'q quit' || fail "no status bar on line 30:"$'\n'"$(screen)"
 
 tmx send-keys -t top j
-wait_screen "j" '^> crew-proc-2 '
-grep -q '── log crew-proc-2' <<<"$(screen)" || fail "j: the log is not crew-proc-2's:"$'\n'"$(screen)"
+wait_screen "j" '^> crew-task-1 '
+grep -q '── log crew-task-1' <<<"$(screen)" || fail "j: the log is not crew-task-1's:"$'\n'"$(screen)"
 tmx send-keys -t top s
 wait_screen "s" 'sort: cpu'
 grep -qE '^  ID +PID +STATE +CPU%▼' <<<"$(screen)" || fail "s: CPU% is not marked:"$'\n'"$(screen)"
@@ -110,17 +111,17 @@ wait_screen "r" 'reload: .*409'
 tmx resize-window -t top -x 60 -y 20
 wait_screen "resize to 60x20" '^  ID +PID +STATE +CPU%▼ +RSS +TASKS/S *$'
 [[ $(screen | wc -l) == 20 ]] || fail "not 20 lines after the resize:"$'\n'"$(screen)"
-screen | tail -n1 | grep -q 'q quit' || fail "no status bar on line 20:"$'\n'"$(screen)"
+screen | tail -n1 | grep -q '^reload: ' || fail "no status bar on line 20:"$'\n'"$(screen)"
 
 tmx send-keys -t top q
 wait_screen "q" '^top exited 0$'
-if grep -q 'crew-proc' <<<"$(screen)"; then fail "q: the view is still on the screen"; fi
+if grep -q 'crew-task' <<<"$(screen)"; then fail "q: the view is still on the screen"; fi
 terminal_restored "q"
 
 # SIGTERM: the same restoration, exit 128+15.
 rm -f "$work/stty.after"
 start_view
-wait_screen "second view" '^> crew-proc-1 '
+wait_screen "second view" '^> crew-task-0 '
 view_pid=$(pgrep -P "$(tmx display -p -t top '#{pane_pid}')" -x crew)
 kill -TERM "$view_pid"
 wait_screen "SIGTERM" '^top exited 143$'

@@ -137,6 +137,8 @@ Point parse_point(const json& h, std::size_t index) {
 
 void apply_monitor(TopModel& model, const json& answer) {
   if (!answer.is_object()) bad("top level", "not an object");
+  const auto latest_it = answer.find("latest");
+  if (latest_it != answer.end() && latest_it->is_null()) return;  // no sample taken yet
   const json& latest = object_at(answer, "latest", "answer");
   const auto seq = number(latest, "seq", "latest");
   if (!seq) bad("latest.seq", "missing");

@@ -67,8 +67,9 @@ struct TopModel {
 inline constexpr std::size_t kHistoryKept = 600;
 
 /// Takes in an answer of `GET /api/monitor[?since=SEQ]`: `latest` replaces the sample shown,
-/// `history` entries after the last one held are appended. Throws std::runtime_error naming the
-/// field when the answer is not a monitor sample (a wrong URL or an older server).
+/// `history` entries after the last one held are appended; a `latest` of null (a server that has
+/// not taken its first sample) changes nothing. Throws std::runtime_error naming the field when
+/// the answer is not a monitor sample (a wrong URL or an older server).
 void apply_monitor(TopModel& model, const nlohmann::json& answer);
 
 }  // namespace crew::tool::top

@@ -119,9 +119,11 @@ std::string age(double s) {
   return fmt::format("{}d{:02}h", t / 86400, t % 86400 / 3600);
 }
 
+// Task workers are starting, idle, busy or stopping; servers ready or unready.
 std::string state_style(const Worker& w) {
   if (w.state == "busy") return "33";
   if (w.state == "idle" || w.state == "ready") return "32";
+  if (w.state == "starting" || w.state == "stopping") return "36";
   return "31";
 }
 
