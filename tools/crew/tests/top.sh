@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # crew top end to end against a real `crew serve --isolation process --workers 2`: --once and
-# --json for scripts; the exit codes and messages for an unreachable server, a wrong path and a
-# missing token; then the live view under tmux (a private tmux server, a window of a fixed size):
+# --json for scripts; the exit codes and messages for an unreachable server, a wrong path, a
+# missing token and an untrusted certificate (and https with --cacert); then the live view under tmux (a private tmux server, a window of a fixed size):
 # the worker lines and the log from the first frame, j moves the selection, s sorts, r answers in
 # the status bar, a resized window changes the layout, q and SIGTERM leave with the terminal
 # restored.
@@ -14,14 +14,16 @@ tmux_socket=crew-top-test-$$
 tmx() { tmux -L "$tmux_socket" "$@"; }
 cleanup() {
   tmx kill-server 2>/dev/null || true
-  kill -9 "${pid:-}" "${auth_pid:-}" 2>/dev/null || true
+  kill -9 "${pid:-}" "${auth_pid:-}" "${tls_pid:-}" 2>/dev/null || true
   rm -rf "$work"
 }
 trap cleanup EXIT
 # shellcheck source=common.bash
 source "$(dirname "${BASH_SOURCE[0]}")/common.bash"
 fail() { echo "top.sh: FAIL: $*" >&2; exit 1; }
-command -v tmux >/dev/null || fail "tmux is not installed (scripts/bootstrap installs it)"
+for tool in tmux openssl; do
+  command -v "$tool" >/dev/null || fail "$tool is not installed (scripts/bootstrap installs it)"
+done
 
 "$crew" serve --isolation process --workers 2 --port 0 --log-format off >"$work/serve.log" 2>&1 &
 pid=$!
@@ -36,8 +38,9 @@ if grep -q $'\x1b' "$work/once"; then fail "--once into a pipe wrote escape code
 
 # --json: the latest sample.
 "$crew" top "$url" --json >"$work/json" || fail "--json: exit $?"
-jq -e '.seq >= 0 and (.workers | length) >= 3' "$work/json" >/dev/null ||
-  fail "--json: not a sample with the server and two task workers: $(head -c 300 "$work/json")"
+grep -q '^  "seq": [0-9]' "$work/json" || fail "--json: no seq: $(head -c 300 "$work/json")"
+[[ $(grep -c '"kind": "task"' "$work/json") == 2 ]] ||
+  fail "--json: not two task workers: $(head -c 300 "$work/json")"
 
 expect_failure() {  # expect_failure <exit-code> <pattern> <crew top args...>
   local code=$1 pattern=$2 rc=0
@@ -64,6 +67,22 @@ CREW_TOKEN=secret-1 "$crew" top "http://127.0.0.1:$auth_port" --once >/dev/null 
   fail "CREW_TOKEN: exit $?"
 kill -9 "$auth_pid"
 wait "$auth_pid" 2>/dev/null || true  # reaped here, so bash does not report "Killed"
+
+# https: the server's self-signed certificate is refused (the message says what to do) unless
+# --cacert trusts it.
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 \
+  -subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1 \
+  -keyout "$work/tls.key" -out "$work/tls.crt" 2>/dev/null
+"$crew" serve --port 0 --tls-cert "$work/tls.crt" --tls-key "$work/tls.key" --log-format off \
+  >"$work/tls.log" 2>&1 &
+tls_pid=$!
+tls_url=https://127.0.0.1:$(pid=$tls_pid wait_port "$work/tls.log" 127.0.0.1 https)
+expect_failure 69 "certificate verify failed.*--cacert" "$tls_url"
+"$crew" top "$tls_url" --once --cacert "$work/tls.crt" >"$work/tls.once" 2>&1 ||
+  fail "https with --cacert: exit $?: $(cat "$work/tls.once")"
+grep -q '^> server ' "$work/tls.once" || fail "https: no server row: $(cat "$work/tls.once")"
+kill -9 "$tls_pid"
+wait "$tls_pid" 2>/dev/null || true
 
 # The live view. The pane runs a shell that records the terminal settings before and after, and
 # the exit code.
