@@ -12,6 +12,7 @@
 #include "keys.hpp"
 #include "model.hpp"
 #include "render.hpp"
+#include "text.hpp"
 
 namespace {
 
@@ -372,6 +373,27 @@ TEST(TopRender, TinyTerminalsKeepTheStatusBar) {
   EXPECT_EQ(render(TopModel{}, Size{30, 3}, plain()),
             "crew top    waiting for the f…\n  ID▼ STATE      CPU%     RSS\nj/k select  s sort: id "
             " r rel…");
+}
+
+TEST(TopText, LogLinesCannotDriveTheTerminal) {
+  using crew::tool::top::printable;
+  EXPECT_EQ(printable("a\x1b[2J\tb\x7f"), "a?[2J b?");
+  EXPECT_EQ(printable("c\u009b2Jd"), "c?2Jd");  // C1 CSI
+  EXPECT_EQ(printable("µs ▁ ü"), "µs ▁ ü");     // other UTF-8 stays
+}
+
+TEST(TopText, NumbersInShortUnits) {
+  using namespace crew::tool::top;
+  EXPECT_EQ(rate(12345.0), "12.3k");
+  EXPECT_EQ(rate(std::nullopt), "-");
+  EXPECT_EQ(seconds(0.000495), "495µs");
+  EXPECT_EQ(seconds(2.5), "2.50s");
+  EXPECT_EQ(bytes(512), "512B");
+  EXPECT_EQ(bytes(3ull << 30), "3.0G");
+  EXPECT_EQ(age(59.9), "59s");
+  EXPECT_EQ(age(2 * 86400 + 5 * 3600), "2d05h");
+  EXPECT_EQ(crew::tool::top::fit("abcdef", 4), "abc…");
+  EXPECT_EQ(crew::tool::top::fit("ab", 4, true), "  ab");
 }
 
 TEST(TopKeys, DecodesKeysAndArrowsAcrossReads) {

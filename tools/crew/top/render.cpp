@@ -3,121 +3,14 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
-#include <cstdint>
 #include <functional>
 
 #include <fmt/format.h>
 
+#include "text.hpp"
+
 namespace crew::tool::top {
 namespace {
-
-// Columns a string takes on the terminal: one per UTF-8 code point. East Asian wide characters in
-// a worker's log would take two; the terminal loop turns line wrapping off, so such a line is cut
-// at the screen's edge instead of breaking the layout.
-int columns(std::string_view s) {
-  return static_cast<int>(std::count_if(
-      s.begin(), s.end(), [](char c) { return (static_cast<unsigned char>(c) & 0xC0) != 0x80; }));
-}
-
-// The first `n` code points of `s`.
-std::string_view head(std::string_view s, int n) {
-  std::size_t i = 0;
-  for (int seen = 0; i < s.size(); ++i) {
-    if ((static_cast<unsigned char>(s[i]) & 0xC0) != 0x80 && seen++ == n) break;
-  }
-  return s.substr(0, i);
-}
-
-// `s` in `width` columns: cut with "…", or padded with spaces (on the left when `right`).
-std::string fit(std::string_view s, int width, bool right = false) {
-  if (width <= 0) return {};
-  const int n = columns(s);
-  if (n > width) return std::string(head(s, width - 1)) + "…";
-  const std::string pad(static_cast<std::size_t>(width - n), ' ');
-  return right ? pad + std::string(s) : std::string(s) + pad;
-}
-
-// A worker's log line as inert text: control characters (escape sequences above all, which would
-// drive the terminal) become '?', tabs a space.
-std::string printable(std::string_view s) {
-  std::string out;
-  for (const char c : s) {
-    const auto u = static_cast<unsigned char>(c);
-    out += c == '\t' ? ' ' : (u < 0x20 || u == 0x7F) ? '?' : c;
-  }
-  return out;
-}
-
-// One line of the frame, built left to right and cut where the frame ends.
-class Line {
- public:
-  Line(int width, bool color) : width_(width), color_(color) {}
-
-  // `style`: SGR parameters ("1", "7;33"); empty for none.
-  Line& add(std::string_view text, std::string_view style = {}) {
-    const int room = width_ - used_;
-    if (room <= 0 || text.empty()) return *this;
-    const std::string cut = columns(text) > room ? fit(text, room) : std::string(text);
-    used_ += columns(cut);
-    if (color_ && !style.empty()) {
-      out_ += fmt::format("\x1b[{}m{}\x1b[0m", style, cut);
-    } else {
-      out_ += cut;
-    }
-    return *this;
-  }
-  // Spaces to the frame's edge, so that a background style spans the whole line (without
-  // colour there is no background to show).
-  Line& fill(std::string_view style) {
-    if (!color_) return *this;
-    return add(std::string(static_cast<std::size_t>(std::max(0, width_ - used_)), ' '), style);
-  }
-  int room() const { return width_ - used_; }
-  std::string str() && { return std::move(out_); }
-
- private:
-  int width_;
-  bool color_;
-  int used_ = 0;
-  std::string out_;
-};
-
-std::string dash() {
-  return "-";
-}
-
-std::string rate(std::optional<double> v) {
-  if (!v) return dash();
-  return *v >= 10'000 ? fmt::format("{:.1f}k", *v / 1000) : fmt::format("{:.1f}", *v);
-}
-
-std::string seconds(std::optional<double> v) {
-  if (!v) return dash();
-  if (*v < 1e-3) return fmt::format("{:.0f}µs", *v * 1e6);
-  if (*v < 1) return fmt::format("{:.1f}ms", *v * 1e3);
-  return fmt::format("{:.2f}s", *v);
-}
-
-std::string bytes(std::optional<std::uint64_t> v) {
-  if (!v) return dash();
-  static constexpr std::array<const char*, 5> kUnits = {"B", "K", "M", "G", "T"};
-  auto x = static_cast<double>(*v);
-  std::size_t unit = 0;
-  while (x >= 1024 && unit + 1 < kUnits.size()) x /= 1024, ++unit;
-  return unit == 0 ? fmt::format("{}B", *v) : fmt::format("{:.1f}{}", x, kUnits[unit]);
-}
-
-std::string number(std::optional<std::uint64_t> v) {
-  return v ? fmt::format("{}", *v) : dash();
-}
-
-std::string age(double s) {
-  const auto t = static_cast<std::int64_t>(std::max(0.0, s));
-  if (t < 60) return fmt::format("{}s", t);
-  if (t < 3600) return fmt::format("{}m{:02}s", t / 60, t % 60);
-  if (t < 86400) return fmt::format("{}h{:02}m", t / 3600, t % 3600 / 60);
-  return fmt::format("{}d{:02}h", t / 86400, t % 86400 / 3600);
-}
 
 // Task workers are starting, idle, busy or stopping; servers ready or unready.
 std::string state_style(const Worker& w) {

@@ -46,7 +46,9 @@ constexpr const char* kLeave = "\x1b[?7h\x1b[?25h\x1b[?1049l";
 
 std::optional<Size> terminal_size(int fd) {
   winsize ws{};
-  if (::ioctl(fd, TIOCGWINSZ, &ws) != 0 || ws.ws_col == 0) return std::nullopt;
+  if (::ioctl(fd, TIOCGWINSZ, &ws) != 0 || ws.ws_col == 0 || ws.ws_row == 0) {
+    return std::nullopt;
+  }
   return Size{.cols = ws.ws_col, .rows = ws.ws_row};
 }
 

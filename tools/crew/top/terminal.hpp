@@ -42,7 +42,7 @@ class Terminal {
   termios saved_{};
 };
 
-/// The size of the terminal on `fd`, or nothing when it is not one.
+/// The size of the terminal on `fd`, or nothing when it is not one (or does not know its size).
 std::optional<Size> terminal_size(int fd);
 
 }  // namespace crew::tool::top
