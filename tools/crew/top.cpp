@@ -49,11 +49,11 @@ struct Failure : std::runtime_error {
 // skipped.
 std::string read_token(const std::string& path) {
   std::ifstream in(path);
-  if (!in)
-    throw Failure(
-        kExitUsage,
-        fmt::format("--token-file {}: cannot be read; give a file holding the token on a line",
-                    path));
+  if (!in) {
+    throw Failure(kExitUsage, fmt::format("--token-file {}: cannot be read; give a file holding "
+                                          "the token on a line",
+                                          path));
+  }
   for (std::string line; std::getline(in, line);) {
     const auto begin = line.find_first_not_of(" \t\r");
     if (begin == std::string::npos || line[begin] == '#') continue;

@@ -1,7 +1,6 @@
 #include "terminal.hpp"
 
 #include <array>
-#include <atomic>
 #include <cerrno>
 #include <csignal>
 #include <cstring>
