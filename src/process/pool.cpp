@@ -32,6 +32,7 @@
 #include <new>
 #include <optional>
 #include <random>
+#include <set>
 #include <string>
 #include <system_error>
 #include <thread>
@@ -64,6 +65,7 @@
 #include "backoff.hpp"
 #include "channel.hpp"
 #include "frame.hpp"
+#include "heap_profile.hpp"
 #include "spawn.hpp"
 #include "worker_env.hpp"
 
@@ -300,6 +302,7 @@ class ProcessPoolCore {
   ProcessPoolStats stats() const;
   bool restart_worker(std::string_view name);
   const ProcessPoolOptions& options() const noexcept { return options_; }
+  HeapTarget heap_target(std::string_view worker) const;
 
  private:
   void run();
@@ -452,6 +455,7 @@ ProcessPoolCore::ProcessPoolCore(ProcessPoolOptions options) : options_(std::mov
     base_env_.emplace_back(kv);
   }
   for (const auto& [key, value] : options_.env) base_env_.push_back(key + "=" + value);
+  if (options_.heap_profiling) enable_heap_profiling(options_, base_env_);
 
   if (!options_.log) {
     logger_ = spdlog::get("crew.process");
@@ -615,6 +619,41 @@ void ProcessPoolCore::terminate() {
 void ProcessPoolCore::wait_closed() {
   std::unique_lock lock(mutex_);
   closed_cv_.wait(lock, [&] { return done_; });
+}
+
+HeapTarget ProcessPoolCore::heap_target(std::string_view worker) const {
+  std::lock_guard lock(mutex_);
+  // A slot's name passes to the replacement while the old process stops: the running one counts.
+  const Proc* found = nullptr;
+  std::set<std::string> names;
+  for (const auto& [serial, p] : procs_) {
+    names.insert(p->name);
+    if (p->name == worker && (found == nullptr || found->state == WState::stopping)) {
+      found = p.get();
+    }
+  }
+  if (found == nullptr) {
+    std::string list;
+    for (const auto& n : names) list += (list.empty() ? "" : ", ") + n;
+    throw std::invalid_argument(
+        fmt::format("crew::ProcessPool::heap_profile: pool '{}' has no worker named '{}'; its "
+                    "workers: {}",
+                    options_.name, worker, list.empty() ? "(none running)" : list));
+  }
+  // Until it is ready its SIGUSR2 handler may not be installed: the signal would kill it.
+  if (found->state == WState::starting || found->state == WState::stopping) {
+    throw Error(
+        fmt::format("crew::ProcessPool::heap_profile: worker {} is {}; ask again once "
+                    "it (or its replacement) is idle or busy",
+                    worker, state_name(found->state)));
+  }
+  // Our own copy: the supervisor closes the worker's when it exits.
+  UniqueFd pidfd(::fcntl(found->pidfd, F_DUPFD_CLOEXEC, 0));
+  if (!pidfd) {
+    throw std::system_error(errno, std::generic_category(),
+                            "crew::ProcessPool::heap_profile: duplicating the worker's pidfd");
+  }
+  return HeapTarget{found->name, found->pid, std::move(pidfd)};
 }
 
 ProcessPoolStats ProcessPoolCore::stats() const {
@@ -1747,6 +1786,19 @@ const char* to_string(ProcessExitReason reason) noexcept {
       return "stop";
   }
   return "?";
-}
+  std::string ProcessPool::heap_profile(std::string_view worker,
+                                        std::chrono::milliseconds timeout) {
+    if (!core_->options().heap_profiling) {
+      throw Error(fmt::format(
+          "crew::ProcessPool::heap_profile: pool '{}' was started without heap profiling; set "
+          "ProcessPoolOptions::heap_profiling (crew serve: --heap-profiling)",
+          core_->options().name));
+    }
+    if (timeout.count() <= 0) {
+      throw std::invalid_argument(fmt::format(
+          "crew::ProcessPool::heap_profile: timeout ({} ms) must be > 0", timeout.count()));
+    }
+    return detail::take_heap_profile(core_->options(), core_->heap_target(worker), timeout);
+  }
 
 }  // namespace crew::inline v0

@@ -23,6 +23,7 @@
 
 #include "channel.hpp"
 #include "frame.hpp"
+#include "heap_profile.hpp"
 #include "worker_env.hpp"
 
 namespace crew::inline v0 {
@@ -319,11 +320,14 @@ int serve(const Tasks& tasks) {
         "crew::serve: this process was not started by a crew::ProcessPool (CREW_WORKER_FD is not "
         "set); call it only when crew::is_worker_process() is true");
   }
-  const char* name = std::getenv(detail::kWorkerNameEnv);
-  ::prctl(PR_SET_NAME, name != nullptr ? name : "crew-proc", 0, 0, 0);
+  const char* name_env = std::getenv(detail::kWorkerNameEnv);
+  const std::string name = name_env != nullptr ? name_env : "crew-proc";
+  ::prctl(PR_SET_NAME, name.c_str(), 0, 0, 0);
   // Programs this worker starts are not workers of this pool.
   ::unsetenv(detail::kWorkerFdEnv);
   ::unsetenv(detail::kWorkerNameEnv);
+  // Before the pool hears "ready": it signals only workers that are.
+  if (!detail::serve_heap_profiles(name.c_str())) return 71;  // EX_OSERR
 
   std::optional<detail::PoolLink> pool_link;
   try {

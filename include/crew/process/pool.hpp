@@ -83,6 +83,14 @@ struct ProcessPoolOptions {
   /// Receives worker stdout/stderr lines on the pool's supervisor thread (keep it quick). Empty:
   /// lines go to spdlog's "crew.process" logger (stderr at warn, stdout at info).
   std::function<void(const ProcessLogLine&)> log{};
+  /// Starts workers with jemalloc preloaded (Debian: libjemalloc2) and heap-profile sampling on
+  /// (MALLOC_CONF prof:true, one sample per 512 KiB allocated on average; a MALLOC_CONF of the
+  /// environment or `env` comes after, so its settings win). heap_profile(), or SIGUSR2 sent to
+  /// a worker, then writes a profile for `jeprof` (docs/operations.md, "Heap profiles"). The
+  /// pool throws std::invalid_argument at construction when the library is missing.
+  bool heap_profiling = false;
+  /// Where workers write heap profiles; must exist and be writable. Empty: $TMPDIR, else /tmp.
+  std::string heap_profile_dir{};
 };
 
 /// Why a worker process ended (ProcessExit::reason).
@@ -254,6 +262,15 @@ class ProcessPool {
   /// shrank, or never had it: see stats()); true for a worker that is already stopping. After
   /// close(), the worker is stopped and not replaced.
   bool restart_worker(std::string_view name);
+  /// Has worker `worker` (a ProcessWorkerStats::name, "crew-proc-2") write a heap profile, even
+  /// while it runs a task, and returns the file's path: "<heap_profile_dir>/<worker>.<pid>.<n>
+  /// .heap". Blocks until the file is complete. Diff two with `jeprof --base=<older> <program>
+  /// <newer>`, <program> being the workers' executable. Throws crew::Error when heap_profiling is
+  /// off, when the worker is starting or stopping, exits first, or could not write the profile
+  /// (the reason); std::invalid_argument for an unknown worker (listing the pool's); and
+  /// crew::TimedOut when no profile came within `timeout`.
+  std::string heap_profile(std::string_view worker,
+                           std::chrono::milliseconds timeout = std::chrono::seconds(30));
 
  private:
   static void set_options(detail::CallBase& call, std::string_view name,
