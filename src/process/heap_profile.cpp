@@ -53,11 +53,11 @@ std::string find_jemalloc() {
     ::dlclose(handle);
     if (!path.empty()) return path;
   }
-  for (const std::string dir : {std::string(CREW_JEMALLOC_DIR), "/usr/lib/" CREW_LIBRARY_ARCH,
-                                std::string("/usr/local/lib"), std::string("/usr/lib64"),
-                                std::string("/usr/lib")}) {
-    if (dir.empty() || dir == "/usr/lib/") continue;
-    std::string path = dir + "/" + name;
+  static constexpr const char* kDirs[] = {CREW_JEMALLOC_DIR, "/usr/lib/" CREW_LIBRARY_ARCH,
+                                          "/usr/local/lib", "/usr/lib64", "/usr/lib"};
+  for (const char* dir : kDirs) {
+    if (*dir == '\0') continue;
+    std::string path = fmt::format("{}/{}", dir, name);
     if (::access(path.c_str(), R_OK) == 0) return path;
   }
   return {};
@@ -116,9 +116,10 @@ std::string dump_profile(Mallctl mallctl, const std::string& path) {
   const std::string tmp = path + ".tmp";
   const char* name = tmp.c_str();
   if (const int rc = mallctl("prof.dump", nullptr, nullptr, &name, sizeof name); rc != 0) {
-    return fmt::format("jemalloc could not write {} (prof.dump: {}); check that the directory "
-                       "exists and is writable",
-                       tmp, std::strerror(rc));
+    return fmt::format(
+        "jemalloc could not write {} (prof.dump: {}); check that the directory "
+        "exists and is writable",
+        tmp, std::strerror(rc));
   }
   if (std::rename(tmp.c_str(), path.c_str()) != 0) {
     const int err = errno;
@@ -155,8 +156,9 @@ void profile_thread(int requests, std::string dir, std::string worker) {
     const ssize_t n = ::read(requests, &seq, sizeof seq);
     if (n < 0 && errno == EINTR) continue;
     if (n != sizeof seq) return;
-    const std::string path = profile_path(
-        dir, worker, ::getpid(), seq > 0 ? std::to_string(seq) : fmt::format("signal{}", ++by_hand));
+    const std::string path =
+        profile_path(dir, worker, ::getpid(),
+                     seq > 0 ? std::to_string(seq) : fmt::format("signal{}", ++by_hand));
     const std::string error = unavailable.empty() ? dump_profile(mallctl, path) : unavailable;
     if (error.empty()) {
       fmt::print(stdout, "crew: heap profile written to {}\n", path);
@@ -200,8 +202,8 @@ void enable_heap_profiling(ProcessPoolOptions& options, std::vector<std::string>
           "jeprof, to read the profiles)");
     }
     // First in the list: jemalloc's malloc must be the one every other library binds to.
-    std::string value = "LD_PRELOAD=" + library;
-    if (!preloaded.empty()) value += ":" + std::string(preloaded);
+    std::string value = fmt::format("LD_PRELOAD={}", library);
+    if (!preloaded.empty()) value += fmt::format(":{}", preloaded);
     if (preload != nullptr) {
       *preload = std::move(value);
     } else {
@@ -238,9 +240,10 @@ std::string take_heap_profile(const ProcessPoolOptions& options, HeapTarget targ
   if (::syscall(SYS_pidfd_send_signal, target.pidfd.get(), SIGUSR2, &info, 0) != 0) {
     const int err = errno;
     if (err == ESRCH) {
-      throw Error(fmt::format("crew::ProcessPool::heap_profile: worker {} (pid {}) has exited; "
-                              "ask its replacement (see stats().per_worker)",
-                              target.name, target.pid));
+      throw Error(
+          fmt::format("crew::ProcessPool::heap_profile: worker {} (pid {}) has exited; "
+                      "ask its replacement (see stats().per_worker)",
+                      target.name, target.pid));
     }
     throw std::system_error(
         err, std::generic_category(),
@@ -253,9 +256,10 @@ std::string take_heap_profile(const ProcessPoolOptions& options, HeapTarget targ
     if (::access(error_path.c_str(), F_OK) == 0) {
       const std::string why = read_file(error_path);
       ::unlink(error_path.c_str());
-      throw Error(fmt::format("crew::ProcessPool::heap_profile: worker {} (pid {}) could not "
-                              "write its heap profile: {}",
-                              target.name, target.pid, why));
+      throw Error(
+          fmt::format("crew::ProcessPool::heap_profile: worker {} (pid {}) could not "
+                      "write its heap profile: {}",
+                      target.name, target.pid, why));
     }
     if (std::chrono::steady_clock::now() >= deadline) {
       throw TimedOut(fmt::format(
@@ -267,9 +271,10 @@ std::string take_heap_profile(const ProcessPoolOptions& options, HeapTarget targ
     pollfd exited{.fd = target.pidfd.get(), .events = POLLIN, .revents = 0};
     if (::poll(&exited, 1, static_cast<int>(kPollEvery.count())) > 0 &&
         ::access(path.c_str(), F_OK) != 0) {
-      throw Error(fmt::format("crew::ProcessPool::heap_profile: worker {} (pid {}) exited before "
-                              "it wrote its heap profile",
-                              target.name, target.pid));
+      throw Error(
+          fmt::format("crew::ProcessPool::heap_profile: worker {} (pid {}) exited before "
+                      "it wrote its heap profile",
+                      target.name, target.pid));
     }
   }
 }
@@ -303,8 +308,7 @@ bool serve_heap_profiles(const char* worker_name) {
   try {
     std::thread(profile_thread, fds[0], std::move(profile_dir), std::string(worker_name)).detach();
   } catch (const std::system_error& e) {
-    fmt::print(stderr, "crew::serve: heap profiles: could not start their thread ({})\n",
-               e.what());
+    fmt::print(stderr, "crew::serve: heap profiles: could not start their thread ({})\n", e.what());
     return false;
   }
   return true;

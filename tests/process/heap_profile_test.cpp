@@ -184,8 +184,8 @@ TEST(HeapProfile, TheDiffOfTwoProfilesNamesTheLeakingFunction) {
   EXPECT_EQ(fs::path(after).parent_path(), p.dir.path);
   EXPECT_THAT(fs::path(after).filename().string(), ::testing::StartsWith(worker + "."));
 
-  const auto [text, status] = run_command("jeprof --text --base=" + before + " " + self_exe() +
-                                          " " + after);
+  const auto [text, status] =
+      run_command("jeprof --text --base=" + before + " " + self_exe() + " " + after);
   ASSERT_EQ(status, 0) << text;
   // 32 MiB kept; sampling estimates it (about 64 samples), so only the order of magnitude.
   const double leaked = cumulative_mb(text, "crew_test_leak_many_small_blocks");
@@ -209,7 +209,11 @@ TEST(HeapProfile, ABusyWorkerWritesItsProfileWithoutWaitingForItsTask) {
   EXPECT_TRUE(fs::exists(path));
   EXPECT_GT(fs::file_size(path), 0U);
   EXPECT_EQ(p.pool.stats().busy, 1U);  // the task is still running: it waits for `release`
-  { std::FILE* f = std::fopen(release.c_str(), "w"); ASSERT_NE(f, nullptr); std::fclose(f); }
+  {
+    std::FILE* f = std::fopen(release.c_str(), "w");
+    ASSERT_NE(f, nullptr);
+    std::fclose(f);
+  }
   EXPECT_TRUE(busy.get());
 }
 
