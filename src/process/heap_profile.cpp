@@ -63,15 +63,21 @@ std::string find_jemalloc() {
   return {};
 }
 
-std::string* find_variable(std::vector<std::string>& env, std::string_view key) {
-  for (auto& kv : env) {
-    if (kv.size() > key.size() && kv.starts_with(key) && kv[key.size()] == '=') return &kv;
+// The value of `key` in `env` ("KEY=value" entries); empty when it is not there.
+std::string_view get_variable(const std::vector<std::string>& env, std::string_view key) {
+  for (const auto& kv : env) {
+    if (kv.size() > key.size() && kv.starts_with(key) && kv[key.size()] == '=') {
+      return std::string_view(kv).substr(key.size() + 1);
+    }
   }
-  return nullptr;
+  return {};
 }
 
-std::string_view value_of(const std::string* kv, std::string_view key) {
-  return kv == nullptr ? std::string_view{} : std::string_view(*kv).substr(key.size() + 1);
+void set_variable(std::vector<std::string>& env, std::string_view key, std::string_view value) {
+  std::erase_if(env, [&](const std::string& kv) {
+    return kv.size() > key.size() && kv.starts_with(key) && kv[key.size()] == '=';
+  });
+  env.push_back(fmt::format("{}={}", key, value));
 }
 
 std::string read_file(const std::string& path) {
@@ -191,9 +197,8 @@ void enable_heap_profiling(ProcessPoolOptions& options, std::vector<std::string>
   }
   options.heap_profile_dir = resolved.string();
 
-  std::string* preload = find_variable(env, "LD_PRELOAD");
-  const std::string_view preloaded = value_of(preload, "LD_PRELOAD");
-  if (preloaded.find("libjemalloc") == std::string_view::npos) {
+  const std::string preloaded(get_variable(env, "LD_PRELOAD"));
+  if (preloaded.find("libjemalloc") == std::string::npos) {
     const std::string library = find_jemalloc();
     if (library.empty()) {
       throw std::invalid_argument(
@@ -202,25 +207,13 @@ void enable_heap_profiling(ProcessPoolOptions& options, std::vector<std::string>
           "jeprof, to read the profiles)");
     }
     // First in the list: jemalloc's malloc must be the one every other library binds to.
-    std::string value = fmt::format("LD_PRELOAD={}", library);
-    if (!preloaded.empty()) value += fmt::format(":{}", preloaded);
-    if (preload != nullptr) {
-      *preload = std::move(value);
-    } else {
-      env.push_back(std::move(value));
-    }
+    set_variable(env, "LD_PRELOAD", preloaded.empty() ? library : library + ":" + preloaded);
   }
-  std::string* conf = find_variable(env, "MALLOC_CONF");
-  std::string value = fmt::format("MALLOC_CONF={}", kMallocConf);
-  if (const std::string_view set = value_of(conf, "MALLOC_CONF"); !set.empty()) {
-    value += fmt::format(",{}", set);  // later settings win
-  }
-  if (conf != nullptr) {
-    *conf = std::move(value);
-  } else {
-    env.push_back(std::move(value));
-  }
-  env.push_back(fmt::format("{}={}", kHeapProfileDirEnv, options.heap_profile_dir));
+  const std::string conf(get_variable(env, "MALLOC_CONF"));
+  // jemalloc applies settings in order: the user's come last and win.
+  set_variable(env, "MALLOC_CONF",
+               conf.empty() ? std::string(kMallocConf) : fmt::format("{},{}", kMallocConf, conf));
+  set_variable(env, kWorkerHeapDirEnv, options.heap_profile_dir);
 }
 
 std::string take_heap_profile(const ProcessPoolOptions& options, HeapTarget target,
@@ -280,10 +273,10 @@ std::string take_heap_profile(const ProcessPoolOptions& options, HeapTarget targ
 }
 
 bool serve_heap_profiles(const char* worker_name) {
-  const char* dir = std::getenv(kHeapProfileDirEnv);
+  const char* dir = std::getenv(kWorkerHeapDirEnv);
   if (dir == nullptr) return true;
   std::string profile_dir = dir;
-  ::unsetenv(kHeapProfileDirEnv);  // the worker's own children do not write profiles here
+  ::unsetenv(kWorkerHeapDirEnv);  // the worker's own children do not write profiles here
   int fds[2];
   if (::pipe2(fds, O_CLOEXEC) != 0 || ::fcntl(fds[1], F_SETFL, O_NONBLOCK) != 0) {
     fmt::print(stderr, "crew::serve: heap profiles: pipe2 failed ({})\n", std::strerror(errno));

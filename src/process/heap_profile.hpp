@@ -18,15 +18,14 @@
 #include <crew/process/pool.hpp>
 
 #include "spawn.hpp"
+#include "worker_env.hpp"
 
 namespace crew::inline v0::detail {
-
-inline constexpr const char* kHeapProfileDirEnv = "CREW_HEAP_PROFILE_DIR";
 
 /// For the pool's constructor: resolves options.heap_profile_dir (to an absolute path; throws
 /// std::invalid_argument unless it is a writable directory), finds libjemalloc.so.2 (throws
 /// std::invalid_argument naming the Debian package when it is missing) and adds LD_PRELOAD,
-/// MALLOC_CONF and kHeapProfileDirEnv to the workers' environment `env` ("KEY=value").
+/// MALLOC_CONF and kWorkerHeapDirEnv to the workers' environment `env` ("KEY=value").
 void enable_heap_profiling(ProcessPoolOptions& options, std::vector<std::string>& env);
 
 /// A worker found by name, with a pidfd of the caller's own.

@@ -449,7 +449,8 @@ ProcessPoolCore::ProcessPoolCore(ProcessPoolOptions options) : options_(std::mov
   for (char** e = environ; e != nullptr && *e != nullptr; ++e) {
     const std::string_view kv(*e);
     const std::string_view key = kv.substr(0, kv.find('='));
-    if (key == kWorkerFdEnv || key == kWorkerNameEnv || options_.env.contains(std::string(key))) {
+    if (key == kWorkerFdEnv || key == kWorkerNameEnv || key == kWorkerHeapDirEnv ||
+        options_.env.contains(std::string(key))) {
       continue;
     }
     base_env_.emplace_back(kv);

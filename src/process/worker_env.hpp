@@ -11,6 +11,8 @@ namespace crew::inline v0::detail {
 
 inline constexpr const char* kWorkerFdEnv = "CREW_WORKER_FD";
 inline constexpr const char* kWorkerNameEnv = "CREW_WORKER_NAME";
+/// Set (to the profile directory) when ProcessPoolOptions::heap_profiling is on.
+inline constexpr const char* kWorkerHeapDirEnv = "CREW_WORKER_HEAP_DIR";
 /// Besides the channel (CREW_WORKER_FD, always 3), a worker inherits the pool's doorbell (an
 /// eventfd: one write wakes the supervisor) and the pool's shared page, read-only.
 inline constexpr int kWorkerDoorbellFd = 4;

@@ -223,6 +223,10 @@ class ProcessRunner final : public LocalRunner {
     pool_.terminate();
     pool_.wait_closed();
   }
+  std::string heap_profile(std::string_view worker) override {
+    if (!pool_.options().heap_profiling) return Runner::heap_profile(worker);
+    return pool_.heap_profile(worker);
+  }
 
  private:
   const Tasks& tasks_;
@@ -230,6 +234,14 @@ class ProcessRunner final : public LocalRunner {
 };
 
 }  // namespace
+
+std::string Runner::heap_profile(std::string_view worker) {
+  const bool process = std::string_view(isolation()) == "process";
+  throw Error(
+      fmt::format("cannot write a heap profile of '{}': only task worker processes of crew serve "
+                  "--isolation process --heap-profiling write them (this server: {} isolation{})",
+                  worker, isolation(), process ? ", without --heap-profiling" : ""));
+}
 
 RunnerStats runner_stats(const PoolStats& s) {
   return RunnerStats{.workers = s.threads,

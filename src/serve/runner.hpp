@@ -80,6 +80,12 @@ class Runner {
         fmt::format("no worker process '{}' to restart: this server runs tasks with --isolation {}",
                     name, isolation()));
   }
+  /// Has task worker process `worker` (a per-worker name, "crew-task-1") write a heap profile and
+  /// returns its path; blocks until it is written (up to 30 s). Only process isolation with
+  /// --heap-profiling can: the others throw crew::Error saying so. Otherwise as
+  /// ProcessPool::heap_profile: std::invalid_argument for an unknown worker, crew::TimedOut, and
+  /// crew::Error when the worker is starting, stopping or could not write it.
+  virtual std::string heap_profile(std::string_view worker);
   /// Logs tasks that became stuck since the last call (called periodically by the server).
   virtual void report_stuck() {}
   /// Finishes running tasks and stops the pool.

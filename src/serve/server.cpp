@@ -1708,6 +1708,11 @@ int run_service(const ServeConfig& config) {
   const bool tls = !config.tls_cert.empty() || !config.tls_key.empty();
   try {
     (void)task_timeout_limit(config);
+    if (config.heap_profiling && (!(config.backend == "local") || config.isolation != "process")) {
+      throw std::invalid_argument(
+          "--heap-profiling needs --isolation process (and the local backend): only task worker "
+          "processes are started with jemalloc's profiling");
+    }
     // Before a cluster's primary starts workers: bad files stop the primary itself, at once.
     if (tls) (void)make_tls_context(config.tls_cert, config.tls_key);
     if (!config.auth_token_file.empty()) {
@@ -1789,6 +1794,8 @@ int run_service(const ServeConfig& config) {
     for (const auto& p : config.plugins) list += (list.empty() ? "" : ":") + p;
     o.env["CREW_SERVE_PLUGINS"] = list;
     o.env["CREW_SERVE_TASK_NICE"] = std::to_string(config.task_nice);
+    o.heap_profiling = config.heap_profiling;
+    o.heap_profile_dir = config.heap_profile_dir;
     runner = make_process_runner(tasks, std::move(o));
   } else {
     runner = make_thread_runner(tasks,

@@ -62,6 +62,10 @@ struct ServeConfig {
   /// HTTPS: a PEM certificate (chain) and its private key; both or neither (plain HTTP).
   std::string tls_cert;
   std::string tls_key;
+  /// Process isolation: task workers start with jemalloc's heap profiling, so that
+  /// Runner::heap_profile (`POST /api/workers/{id}/heap`) or SIGUSR2 writes a profile.
+  bool heap_profiling = false;
+  std::string heap_profile_dir;  ///< where profiles go; empty: $TMPDIR, else /tmp
 };
 
 /// The timeout limit `config` holds clients to (0: none): max_task_timeout, else task_timeout.

@@ -118,6 +118,16 @@ Command add_serve_command(CLI::App& app) {
       ->check(CLI::Range(0, 19))
       ->capture_default_str();
   serve
+      ->add_flag("--heap-profiling", config->heap_profiling,
+                 "With --isolation process: task workers start with jemalloc's heap profiling "
+                 "(Debian: libjemalloc2); POST /api/workers/{id}/heap or SIGUSR2 writes a profile "
+                 "for jeprof (docs/operations.md, \"Heap profiles\")")
+      ->envname("CREW_HEAP_PROFILING");
+  serve
+      ->add_option("--heap-profile-dir", config->heap_profile_dir,
+                   "Where --heap-profiling writes profiles (default: $TMPDIR, else /tmp)")
+      ->envname("CREW_HEAP_PROFILE_DIR");
+  serve
       ->add_option("--plugin", config->plugins,
                    "Shared library exporting `extern \"C\" void crew_register_tasks(crew::Tasks&)`"
                    " (repeatable)")
