@@ -218,6 +218,13 @@ void enable_heap_profiling(ProcessPoolOptions& options, std::vector<std::string>
 
 std::string take_heap_profile(const ProcessPoolOptions& options, HeapTarget target,
                               std::chrono::milliseconds timeout) {
+  // Checked here: without the directory the worker could not even say why it wrote nothing.
+  if (::access(options.heap_profile_dir.c_str(), W_OK | X_OK) != 0) {
+    throw Error(
+        fmt::format("crew::ProcessPool::heap_profile: heap_profile_dir {} is gone or not "
+                    "writable ({}); recreate it",
+                    options.heap_profile_dir, std::strerror(errno)));
+  }
   static std::atomic<std::int32_t> next_seq{1};
   const std::int32_t seq = next_seq.fetch_add(1, std::memory_order_relaxed);
   const std::string path =

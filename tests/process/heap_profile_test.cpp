@@ -234,6 +234,37 @@ TEST(HeapProfile, SigusrTwoSentByHandWritesAProfileAndThePoolLogsWhere) {
   EXPECT_EQ(p.pool.run<int>("pid").get(), pid);
 }
 
+TEST(HeapProfile, AWorkerThatCannotWriteAProfileSaysWhy) {
+  if (sanitized()) GTEST_SKIP() << "jemalloc cannot be preloaded into a sanitizer build";
+  TempDir dir;
+  crew::ProcessPoolOptions o;
+  o.tasks = &test_tasks();
+  o.max_workers = 1;
+  o.env = crew_test::worker_env();
+  o.env["MALLOC_CONF"] = "prof:false";  // the user's setting wins over heap_profiling's
+  o.leak_watch.reset();
+  o.log = [](const crew::ProcessLogLine&) {};
+  o.heap_profiling = true;
+  o.heap_profile_dir = dir.path.string();
+  crew::ProcessPool pool(o);
+  (void)pool.run<int>("pid").get();
+  const std::string worker = pool.stats().per_worker.at(0).name;
+  try {
+    (void)pool.heap_profile(worker);
+    ADD_FAILURE() << "a worker without profiling wrote a profile";
+  } catch (const crew::Error& e) {
+    EXPECT_THAT(e.what(), HasSubstr("opt.prof is false"));
+  }
+  // And once the directory is gone, the pool says so without asking the worker.
+  fs::remove_all(dir.path);
+  try {
+    (void)pool.heap_profile(worker);
+    ADD_FAILURE() << "heap_profile went on without its directory";
+  } catch (const crew::Error& e) {
+    EXPECT_THAT(e.what(), HasSubstr(dir.path.string() + " is gone"));
+  }
+}
+
 TEST(HeapProfile, MisuseIsRefusedSayingWhatToDo) {
   crew::ProcessPoolOptions off;
   off.tasks = &test_tasks();
