@@ -196,6 +196,13 @@ void enable_heap_profiling(ProcessPoolOptions& options, std::vector<std::string>
         dir));
   }
   options.heap_profile_dir = resolved.string();
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+  // The sanitizer's runtime must come first and replaces malloc itself: a worker with jemalloc
+  // preloaded would not even start.
+  throw std::invalid_argument(
+      "crew::ProcessPool: heap_profiling needs jemalloc as the workers' allocator, and in a "
+      "sanitizer build (ASan, TSan) the sanitizer is; profile a release build");
+#endif
 
   const std::string preloaded(get_variable(env, "LD_PRELOAD"));
   if (preloaded.find("libjemalloc") == std::string::npos) {

@@ -87,7 +87,8 @@ struct ProcessPoolOptions {
   /// (MALLOC_CONF prof:true, one sample per 512 KiB allocated on average; a MALLOC_CONF of the
   /// environment or `env` comes after, so its settings win). heap_profile(), or SIGUSR2 sent to
   /// a worker, then writes a profile for `jeprof` (docs/operations.md, "Heap profiles"). The
-  /// pool throws std::invalid_argument at construction when the library is missing.
+  /// pool throws std::invalid_argument at construction when the library is missing, and in a
+  /// sanitizer build (whose allocator jemalloc cannot replace).
   bool heap_profiling = false;
   /// Where workers write heap profiles; must exist and be writable. Empty: $TMPDIR, else /tmp.
   std::string heap_profile_dir{};
