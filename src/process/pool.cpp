@@ -1787,19 +1787,19 @@ const char* to_string(ProcessExitReason reason) noexcept {
       return "stop";
   }
   return "?";
-  std::string ProcessPool::heap_profile(std::string_view worker,
-                                        std::chrono::milliseconds timeout) {
-    if (!core_->options().heap_profiling) {
-      throw Error(fmt::format(
-          "crew::ProcessPool::heap_profile: pool '{}' was started without heap profiling; set "
-          "ProcessPoolOptions::heap_profiling (crew serve: --heap-profiling)",
-          core_->options().name));
-    }
-    if (timeout.count() <= 0) {
-      throw std::invalid_argument(fmt::format(
-          "crew::ProcessPool::heap_profile: timeout ({} ms) must be > 0", timeout.count()));
-    }
-    return detail::take_heap_profile(core_->options(), core_->heap_target(worker), timeout);
+}
+std::string ProcessPool::heap_profile(std::string_view worker, std::chrono::milliseconds timeout) {
+  if (!core_->options().heap_profiling) {
+    throw Error(fmt::format(
+        "crew::ProcessPool::heap_profile: pool '{}' was started without heap profiling; set "
+        "ProcessPoolOptions::heap_profiling (crew serve: --heap-profiling)",
+        core_->options().name));
   }
+  if (timeout.count() <= 0) {
+    throw std::invalid_argument(fmt::format(
+        "crew::ProcessPool::heap_profile: timeout ({} ms) must be > 0", timeout.count()));
+  }
+  return detail::take_heap_profile(core_->options(), core_->heap_target(worker), timeout);
+}
 
 }  // namespace crew::inline v0
