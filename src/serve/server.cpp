@@ -1006,8 +1006,9 @@ class Session : public TaskWatch, public std::enable_shared_from_this<Session<Ex
   std::string task_;
   std::string job_;  // GET /v1/jobs/{id}
   std::optional<std::pair<http::field, std::string>> extra_;
-  std::string headers_;  // more header lines for the next response, each ending in CRLF
-  std::string out_;      // the response being written
+  // More header lines for the next response, each ending in CRLF.
+  std::string headers_;
+  std::string out_;  // the response being written
   Clock::time_point start_ = Clock::now();
   bool counted_ = false;
   detail::Ref<detail::StateBase> running_;  // the task in flight, to cancel on a hang-up
