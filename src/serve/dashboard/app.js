@@ -135,6 +135,7 @@ async function readEvents(body, onEvent, onAny, onRetry) {
 }
 
 let lastSeq = null; // the newest seq received: sent as Last-Event-ID on a reconnect
+let serverPid = null; // the server process whose samples the page holds
 
 // One stream for the page, reconnected for ever: after a drop, after `retry` ms and then backing
 // off up to 30 s; Last-Event-ID makes the server send only the samples this page missed.
@@ -163,8 +164,23 @@ async function stream() {
       setStatus("live", "live");
       await readEvents(response.body, (type, data, id) => {
         delay = retry;
-        if (type === "history") addHistory(JSON.parse(data));
-        else if (type === "sample") addSample(JSON.parse(data), id);
+        if (type === "history") return addHistory(JSON.parse(data));
+        if (type !== "sample") return;
+        const sample = JSON.parse(data);
+        // Another server process (a restart, or another cluster worker behind the port) numbers
+        // its samples on its own: what the page holds is not its past. Start again from its
+        // whole history.
+        const pid = sample.server && sample.server.pid;
+        if (serverPid != null && pid !== serverPid) {
+          serverPid = null;
+          samples = [];
+          lastSeq = null;
+          delay = 0;
+          controller.abort();
+          return;
+        }
+        serverPid = pid;
+        addSample(sample, id);
       }, alive, (ms) => {
         retry = ms;
       });
@@ -175,7 +191,7 @@ async function stream() {
     }
     setStatus("reconnecting", "reconnecting");
     await sleep(delay);
-    delay = Math.min(delay * 2, 30000);
+    delay = Math.min(Math.max(delay * 2, retry), 30000);
   }
 }
 
@@ -312,7 +328,7 @@ function makePlot(box, labels, format, data) {
     height: 170,
     cursor: { drag: { x: false, y: false } },
     scales: { y: { range: (u, min, max) => [Math.min(0, min), max > 0 ? max * 1.1 : 1] } },
-    axes: [axis, { ...axis, size: 60, values: (u, vals) => vals.map((v) => format(v)) }],
+    axes: [axis, { ...axis, size: 76, values: (u, vals) => vals.map((v) => format(v)) }],
     series: [
       {},
       ...labels.map((label, i) => ({
