@@ -6,7 +6,7 @@ namespace crew::serve_app {
 
 std::optional<Asset> dashboard_asset(std::string_view path) {
   if (path.empty()) path = "index.html";
-  for (const auto& a : std::span(detail::kDashboardAssets, detail::kDashboardAssetCount)) {
+  for (const auto& a : std::span(embedded::kDashboardAssets, embedded::kDashboardAssetCount)) {
     if (a.name == path) return Asset{a.body, a.content_type, a.etag};
   }
   return std::nullopt;

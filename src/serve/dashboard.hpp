@@ -24,7 +24,7 @@ std::optional<Asset> dashboard_asset(std::string_view path);
 /// validators (W/"...") match too, as RFC 9110 asks for If-None-Match.
 bool etag_matches(std::string_view if_none_match, std::string_view etag);
 
-namespace detail {
+namespace embedded {
 struct EmbeddedAsset {
   std::string_view name;
   const char* content_type;
@@ -34,6 +34,6 @@ struct EmbeddedAsset {
 // Defined in the generated dashboard_assets.cpp.
 extern const EmbeddedAsset kDashboardAssets[];
 extern const std::size_t kDashboardAssetCount;
-}  // namespace detail
+}  // namespace embedded
 
 }  // namespace crew::serve_app

@@ -30,9 +30,8 @@ TEST(DashboardAssets, ThePageAndEveryFileItLinksAreEmbedded) {
   EXPECT_EQ(std::string(page->content_type), "text/html; charset=utf-8");
   EXPECT_EQ(dashboard_asset("index.html")->body, page->body);
   const std::string html(page->body);
-  const std::regex link(R"((?:src|href)="([^":]+)") ");
-      std::set<std::string>
-          linked;
+  const std::regex link(R"re((?:src|href)="([^":]+)")re");
+  std::set<std::string> linked;
   for (auto it = std::sregex_iterator(html.begin(), html.end(), link); it != std::sregex_iterator();
        ++it) {
     linked.insert((*it)[1]);
@@ -92,12 +91,14 @@ class DashboardRoutes : public ::testing::Test {
       crew::serve_app::add_builtin_tasks(t);
       return t;
     }();
+    crew::serve_app::ThreadRunnerOptions threads;
+    threads.threads = 1;
     crew::serve_app::ServeConfig c;
     c.port = 0;
     c.log_format = "off";
     c.auth_token_file = tokens;
     server_ = std::make_unique<crew::serve_app::Server>(
-        c, crew::serve_app::make_thread_runner(tasks, {.threads = 1}));
+        c, crew::serve_app::make_thread_runner(tasks, threads));
     server_->start();
   }
   void TearDown() override {
