@@ -143,7 +143,9 @@ async function main() {
     const charts = await later.$$eval("#charts .uplot", (list) => list.length);
     assert.ok(charts >= 9, `${charts} charts drawn`);
 
-    // Under load still, so that the picture shows moving numbers.
+    // Under load still, so that the picture shows moving numbers; once the tables are filled.
+    await waitFor("the worker table on the later page", 10000,
+      () => later.$$eval("#workers tr[data-worker]", (rows) => rows.length >= 3));
     await later.screenshot({ path: screenshot, fullPage: true });
     console.log(`screenshot: ${screenshot}`);
     const sent = await load.stop();

@@ -220,6 +220,8 @@ function keep(list) {
 
 function addHistory(list) {
   keep(list);
+  // The newest compact sample has the totals: the tiles need not wait for the next full one.
+  if (!latest && samples.length) drawTiles(samples[samples.length - 1]);
   drawCharts();
 }
 
@@ -227,7 +229,7 @@ function addSample(sample, id) {
   latest = sample;
   keep([compact(sample)]);
   if (id != null && /^\d+$/.test(id)) lastSeq = Math.max(lastSeq ?? -1, Number(id));
-  drawTiles();
+  drawTiles(sample);
   drawCharts();
   drawWorkers();
   drawTasks();
@@ -265,15 +267,16 @@ function buildTiles() {
   }
 }
 
-function drawTiles() {
-  const t = latest.totals || {};
+function drawTiles(sample) {
+  const t = sample.totals || {};
   for (const [key, , get, fmt] of TILES) {
     const el = document.getElementById(key);
     const v = get(t);
     el.textContent = fmt(v, t);
     el.dataset.value = v == null ? "" : String(v);
   }
-  const s = latest.server || {};
+  if (!sample.server) return;
+  const s = sample.server;
   const parts = ["v" + s.version, s.isolation + " isolation", "backend " + s.backend, "pid " + s.pid,
     "up " + fmtDuration(s.uptime_s)];
   if (s.cluster) parts.splice(1, 0, "cluster of " + s.cluster + " (serving: worker " + s.worker + ")");
@@ -299,10 +302,11 @@ const TOTAL_CHARTS = [
     (v) => fmtNumber(v, 2)],
 ];
 // Charts with one series per worker row.
+const mib = (v) => (v == null ? null : v / 1048576); // MiB on the axis: round ticks
 const WORKER_CHARTS = [
   ["CPU % per process", (w) => w.cpu_percent, fmtNumber],
-  ["RSS per process", (w) => w.rss_bytes, fmtBytes],
-  ["PSS per process", (w) => w.pss_bytes, fmtBytes],
+  ["RSS per process (MiB)", (w) => mib(w.rss_bytes), fmtNumber],
+  ["PSS per process (MiB)", (w) => mib(w.pss_bytes), fmtNumber],
 ];
 
 const charts = []; // {el, plot, key (series labels), title, format}
@@ -327,6 +331,7 @@ function makePlot(box, labels, format, data) {
     width: Math.max(200, box.clientWidth - 16),
     height: 170,
     cursor: { drag: { x: false, y: false } },
+    legend: { live: false },
     scales: { y: { range: (u, min, max) => [Math.min(0, min), max > 0 ? max * 1.1 : 1] } },
     axes: [axis, { ...axis, size: 76, values: (u, vals) => vals.map((v) => format(v)) }],
     series: [
