@@ -13,19 +13,49 @@ namespace crew::serve_app {
 
 using json = nlohmann::json;
 
+namespace {
+
+std::size_t bucket_of(double seconds) {
+  std::size_t b = 0;
+  while (b < kDurationBucketCount && seconds > kDurationBuckets[b]) ++b;
+  return b;
+}
+
+}  // namespace
+
 void Metrics::record(const std::string& route, int status, double seconds) {
   std::lock_guard lock(mutex);
   ++requests[{route, status}];
-  std::size_t b = 0;
-  while (b < kDurationBucketCount && seconds > kDurationBuckets[b]) ++b;
-  ++buckets[b];
+  ++buckets[bucket_of(seconds)];
   duration_sum += seconds;
   ++duration_count;
 }
 
-void Metrics::outcome(const std::string& name) {
+void Metrics::outcome(const std::string& outcome, const std::string& task, double seconds) {
+  const bool error = outcome != "ok" && outcome != "submitted" && outcome != "abandoned";
   std::lock_guard lock(mutex);
-  ++outcomes[name];
+  ++outcomes[outcome];
+  TaskFigures& t = by_task[task];
+  ++t.count;
+  if (error) ++t.errors;
+  ++t.buckets[bucket_of(seconds)];
+}
+
+std::optional<double> histogram_quantile(const std::uint64_t* buckets, double q) {
+  std::uint64_t total = 0;
+  for (std::size_t b = 0; b <= kDurationBucketCount; ++b) total += buckets[b];
+  if (total == 0) return std::nullopt;
+  const double rank = q * static_cast<double>(total);
+  std::uint64_t below = 0;
+  for (std::size_t b = 0; b < kDurationBucketCount; ++b) {
+    if (static_cast<double>(below + buckets[b]) >= rank && buckets[b] > 0) {
+      const double lo = b == 0 ? 0.0 : kDurationBuckets[b - 1];
+      const double share = (rank - static_cast<double>(below)) / static_cast<double>(buckets[b]);
+      return lo + (kDurationBuckets[b] - lo) * std::clamp(share, 0.0, 1.0);
+    }
+    below += buckets[b];
+  }
+  return kDurationBuckets[kDurationBucketCount - 1];  // in +Inf: the largest bound is all we know
 }
 
 void Metrics::fill(json& snapshot) {
@@ -38,6 +68,11 @@ void Metrics::fill(json& snapshot) {
                       {"count", duration_count},
                       {"tls_handshake_failures", tls_handshake_failures.load()}};
   snapshot["tasks"] = outcomes;
+  json names = json::object();
+  for (const auto& [name, t] : by_task) {
+    names[name] = {{"count", t.count}, {"errors", t.errors}, {"buckets", t.buckets}};
+  }
+  snapshot["task_names"] = std::move(names);
   snapshot["lag"] = {{"last_s", static_cast<double>(lag_ns.load()) / 1e9},
                      {"max_s", static_cast<double>(lag_max_ns.load()) / 1e9}};
 }
@@ -48,7 +83,23 @@ json process_figures() {
   const double cpu = static_cast<double>(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
                      static_cast<double>(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
   const MemoryUsage memory = memory_usage();
-  return {{"rss_bytes", memory.rss}, {"cpu_seconds", cpu}, {"open_fds", memory.open_fds}};
+  // PSS makes the kernel walk every mapping: snapshots come several times a second (cluster
+  // publishing, /metrics scrapes), the figure is wanted once a second.
+  static std::mutex pss_mutex;
+  static std::chrono::steady_clock::time_point pss_read{};
+  static std::size_t pss = 0;
+  {
+    std::lock_guard lock(pss_mutex);
+    const auto now = std::chrono::steady_clock::now();
+    if (now - pss_read >= std::chrono::seconds(1)) {
+      pss = memory_usage({.pss = true}).pss.value_or(0);
+      pss_read = now;
+    }
+  }
+  return {{"rss_bytes", memory.rss},
+          {"pss_bytes", pss},
+          {"cpu_seconds", cpu},
+          {"open_fds", memory.open_fds}};
 }
 
 namespace {

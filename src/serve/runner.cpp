@@ -203,7 +203,8 @@ class ProcessRunner final : public LocalRunner {
                        .utilization = s.utilization,
                        .wait_time = s.wait_time,
                        .run_time = s.run_time,
-                       .stuck_tasks = {}};
+                       .stuck_tasks = {},
+                       .processes = s.per_worker};
   }
   const char* isolation() const noexcept override { return "process"; }
   void close() override {
@@ -235,7 +236,8 @@ RunnerStats runner_stats(const PoolStats& s) {
                      .run_time = s.run_time,
                      .stuck = s.stuck,
                      .stuck_total = s.stuck_total,
-                     .stuck_tasks = {}};
+                     .stuck_tasks = {},
+                     .processes = {}};
 }
 
 std::unique_ptr<Runner> make_thread_runner(const Tasks& tasks, ThreadRunnerOptions options) {

@@ -6,8 +6,12 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <stdexcept>
 #include <string>
 #include <string_view>
+#include <vector>
+
+#include <fmt/format.h>
 
 #include <crew/pool.hpp>
 #include <crew/process.hpp>
@@ -26,6 +30,7 @@ struct RunnerStats {
   std::size_t stuck = 0, stuck_limit = 0;
   std::uint64_t stuck_total = 0;
   std::map<std::string, std::size_t> stuck_tasks;  ///< stuck now, by task name
+  std::vector<ProcessWorkerStats> processes;       ///< process isolation: each worker process
 };
 
 /// A thread pool's snapshot as a runner's (the thread runner adds its stuck tasks).
@@ -66,6 +71,14 @@ class Runner {
   /// Prometheus text about the backend beyond the pool (a Redis queue's numbers), appended to
   /// /metrics. Never blocks: a backend that must ask elsewhere returns its last answer.
   [[nodiscard]] virtual std::string backend_metrics() const { return {}; }
+  /// POST /api/workers/{id}/restart: replaces the worker process `name` gracefully. Throws
+  /// std::invalid_argument for an unknown name, std::logic_error where there are no worker
+  /// processes to restart.
+  virtual void restart_worker(std::string_view name) {
+    throw std::logic_error(
+        fmt::format("no worker process '{}' to restart: this server runs tasks with --isolation {}",
+                    name, isolation()));
+  }
   /// Logs tasks that became stuck since the last call (called periodically by the server).
   virtual void report_stuck() {}
   /// Finishes running tasks and stops the pool.

@@ -2,10 +2,12 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <charconv>
 #include <condition_variable>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <functional>
 #include <limits>
 #include <map>
@@ -38,6 +40,7 @@
 
 #include "dashboard.hpp"
 #include "metrics.hpp"
+#include "monitor.hpp"
 #include "tasks.hpp"
 #include "tls.hpp"
 
@@ -149,6 +152,19 @@ class TaskWatch {
   virtual ~TaskWatch() = default;
 };
 
+// What the monitor needs of a session that streams /api/events.
+class EventSink {
+ public:
+  // Called from the monitor's thread: the session writes `event` on its own.
+  virtual void post_event(std::shared_ptr<const std::string> event) = 0;
+
+ protected:
+  EventSink() = default;
+  EventSink(const EventSink&) = default;
+  EventSink& operator=(const EventSink&) = default;
+  virtual ~EventSink() = default;
+};
+
 struct Server::Impl {
   // Declaration order is destruction order, reversed, and it matters: destroying `ioc` destroys
   // the handlers it still holds, and with them the last references to sessions, whose
@@ -176,6 +192,15 @@ struct Server::Impl {
   std::mutex watch_mutex;
   std::unordered_map<const void*, std::pair<std::weak_ptr<TaskWatch>, Clock::time_point>> watched;
   Metrics metrics;
+  Monitor monitor;
+  // Sessions streaming /api/events, each sent every new sample.
+  std::mutex sinks_mutex;
+  std::unordered_map<const void*, std::weak_ptr<EventSink>> sinks;
+  // The sampling thread (run_monitor), stopped by stop().
+  std::mutex monitor_mutex;
+  std::condition_variable monitor_wake;
+  bool monitor_stopping = false;
+  std::thread monitor_thread;
   ClusterWorker* cluster = nullptr;  // set in a cluster worker: peers' snapshots for /metrics
   std::shared_ptr<spdlog::logger> access;
   const Clock::time_point born = Clock::now();
@@ -236,8 +261,22 @@ struct Server::Impl {
     drained.notify_all();
   }
   json snapshot();
+  // This server's snapshot and, in a cluster, its peers' latest, by worker id.
+  std::vector<json> all_snapshots();
   std::string render_metrics();
   json render_stats();
+  // /api/stats from a set of snapshots (all_snapshots() or a kept sample's).
+  json stats_of(std::vector<json> all);
+  void run_monitor();
+  void take_sample();
+  void add_sink(const void* key, std::weak_ptr<EventSink> sink) {
+    std::lock_guard lock(sinks_mutex);
+    sinks.insert_or_assign(key, std::move(sink));
+  }
+  void remove_sink(const void* key) {
+    std::lock_guard lock(sinks_mutex);
+    sinks.erase(key);
+  }
 };
 
 namespace {
@@ -252,6 +291,8 @@ constexpr int kMaxJsonDepth = 64;
 constexpr long long kMaxAttempts = 100;
 // Idempotency-Key: a Redis job id's limit (crew::redis::JobOptions::job_id).
 constexpr std::size_t kMaxJobIdBytes = 256;
+// An event stream whose client reads nothing for this long is closed.
+constexpr std::chrono::seconds kStreamWriteTimeout{30};
 
 // `Executor` is the io_context's own executor with one I/O thread and a strand with more. A
 // concrete executor type, and a plain socket rather than beast::tcp_stream (whose timeouts we do
@@ -259,7 +300,9 @@ constexpr std::size_t kMaxJobIdBytes = 256;
 // compile time, so the plain session has no TLS branch or indirection left in it: with TLS, an
 // ssl_stream over the socket, a handshake first, and every response through async_write.
 template <class Executor, bool Tls>
-class Session : public TaskWatch, public std::enable_shared_from_this<Session<Executor, Tls>> {
+class Session : public TaskWatch,
+                public EventSink,
+                public std::enable_shared_from_this<Session<Executor, Tls>> {
   using Socket = asio::basic_stream_socket<tcp, Executor>;
   using Stream = std::conditional_t<Tls, beast::ssl_stream<Socket>, Socket>;
   using Timer = asio::basic_waitable_timer<Clock, asio::wait_traits<Clock>, Executor>;
@@ -276,6 +319,7 @@ class Session : public TaskWatch, public std::enable_shared_from_this<Session<Ex
   }
   ~Session() override {
     if (running_) server_.unwatch(this);
+    if (streaming_) server_.remove_sink(this);
     server_.session_closed(this);
   }
   Session(const Session&) = delete;
@@ -309,6 +353,7 @@ class Session : public TaskWatch, public std::enable_shared_from_this<Session<Ex
   // then answered with Connection: close), and is closed after that. Closing it at once could
   // cut off a request already on its way.
   void drain_soon() {
+    if (streaming_) return end_stream();
     if (reading_header_ && buffer_.size() == 0) arm_deadline(kDrainGrace);
   }
 
@@ -497,13 +542,49 @@ class Session : public TaskWatch, public std::enable_shared_from_this<Session<Ex
       respond(why.empty() ? http::status::ok : http::status::service_unavailable, body);
     } else if (path == "/metrics") {
       route_ = "/metrics";
-      if (only(http::verb::get, "GET")) {
-        respond_text(http::status::ok, server_.render_metrics(),
+      if (!only(http::verb::get, "GET")) return;
+      std::optional<std::uint64_t> seq;
+      if (!number_param("seq", seq)) return;
+      if (!seq) {
+        return respond_text(http::status::ok, server_.render_metrics(),
+                            "text/plain; version=0.0.4; charset=utf-8");
+      }
+      if (auto kept = kept_sample(*seq)) {
+        respond_text(http::status::ok,
+                     fmt::format("# crew seq {}\n{}", *seq,
+                                 render_prometheus(*kept, server_.cluster != nullptr)),
                      "text/plain; version=0.0.4; charset=utf-8");
       }
     } else if (path == "/api/stats") {
       route_ = "/api/stats";
-      if (only(http::verb::get, "GET")) respond(http::status::ok, server_.render_stats());
+      if (!only(http::verb::get, "GET")) return;
+      std::optional<std::uint64_t> seq;
+      if (!number_param("seq", seq)) return;
+      if (!seq) return respond(http::status::ok, server_.render_stats());
+      if (auto kept = kept_sample(*seq)) {
+        json out = server_.stats_of(std::move(*kept));
+        out["seq"] = *seq;
+        respond(http::status::ok, out);
+      }
+    } else if (path == "/api/monitor") {
+      route_ = "/api/monitor";
+      if (!only(http::verb::get, "GET")) return;
+      std::optional<std::uint64_t> since, history;
+      if (!number_param("since", since) || !number_param("history", history)) return;
+      respond_text(http::status::ok,
+                   server_.monitor.monitor_json(
+                       since, std::min<std::uint64_t>(history.value_or(Monitor::kMonitorHistory),
+                                                      Monitor::kHistory)),
+                   "application/json");
+    } else if (path == "/api/events") {
+      route_ = "/api/events";
+      if (only(http::verb::get, "GET")) open_stream();
+    } else if (path == "/api/cluster/reload") {
+      route_ = "/api/cluster/reload";
+      if (only(http::verb::post, "POST")) reload_cluster();
+    } else if (path.starts_with("/api/workers/")) {
+      route_ = "/api/workers/:id";
+      if (only(http::verb::post, "POST")) worker_action(path.substr(13));
     } else if (path == "/v1/tasks") {
       route_ = "/v1/tasks";
       if (!only(http::verb::get, "GET")) return;
@@ -527,9 +608,189 @@ class Session : public TaskWatch, public std::enable_shared_from_this<Session<Ex
       respond(http::status::not_found,
               error_body("NotFound", fmt::format("no route for {}; see GET /v1/tasks, "
                                                  "/v1/jobs/{{id}}, /healthz, /readyz, /metrics, "
-                                                 "/api/stats",
+                                                 "/api/stats, /api/monitor, /api/events",
                                                  path)));
     }
+  }
+
+  // ?key=N: false (and answered 400) when present but not a whole number.
+  bool number_param(std::string_view key, std::optional<std::uint64_t>& out) {
+    const std::string text = query_param(query_, key);
+    if (text.empty()) return true;
+    std::uint64_t n = 0;
+    const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), n);
+    if (ec != std::errc() || end != text.data() + text.size()) {
+      respond(http::status::bad_request,
+              error_body("BadRequest",
+                         fmt::format("?{}= must be a whole number, not '{}'", key, text)));
+      return false;
+    }
+    out = n;
+    return true;
+  }
+
+  // The snapshots behind sample `seq`; none (and answered 404) once they are no longer kept.
+  std::optional<std::vector<json>> kept_sample(std::uint64_t seq) {
+    auto kept = server_.monitor.snapshots(seq);
+    if (!kept) {
+      respond(
+          http::status::not_found,
+          error_body("NotFound", fmt::format("sample {} is not kept: the last {} samples are (see "
+                                             "GET /api/monitor for the newest seq)",
+                                             seq, Monitor::kKeptSnapshots)));
+    }
+    return kept;
+  }
+
+  // GET /api/events: the response has no length; it is the stream of samples until either side
+  // closes. The request is done once its head is out, so a drain does not wait for the stream.
+  void open_stream() {
+    std::optional<std::uint64_t> since, history;
+    if (!number_param("since", since) || !number_param("history", history)) return;
+    const std::string_view last_id = std_view(request_["Last-Event-ID"]);
+    std::uint64_t last = 0;
+    if (!last_id.empty() &&
+        std::from_chars(last_id.data(), last_id.data() + last_id.size(), last).ec == std::errc()) {
+      since = last;
+    }
+    std::string head =
+        "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-store\r\n"
+        "X-Accel-Buffering: no\r\nConnection: close\r\n\r\n";
+    head += server_.monitor.stream_start(
+        since, std::min<std::uint64_t>(history.value_or(Monitor::kHistory), Monitor::kHistory));
+    log(200, head.size());
+    done_request();
+    streaming_ = true;
+    server_.add_sink(this, this->weak_from_this());
+    send_event(std::make_shared<const std::string>(std::move(head)));
+  }
+
+  void post_event(std::shared_ptr<const std::string> event) override {
+    asio::post(stream_.get_executor(),
+               [self = shared_from_this(), event = std::move(event)] { self->on_event(event); });
+  }
+
+  // A client that reads slower than samples come keeps one waiting: a newer one replaces it.
+  void on_event(const std::shared_ptr<const std::string>& event) {
+    if (!streaming_) return;
+    if (writing_) {
+      pending_ = event;
+      return;
+    }
+    send_event(event);
+  }
+
+  void send_event(std::shared_ptr<const std::string> event) {
+    writing_ = std::move(event);
+    arm_deadline(kStreamWriteTimeout);  // a client that stops reading is let go
+    asio::async_write(stream_, asio::buffer(*writing_),
+                      [self = shared_from_this()](beast::error_code ec, std::size_t) {
+                        self->clear_deadline();
+                        if (self->timed_out_) ec = beast::error::timeout;
+                        self->writing_.reset();
+                        if (ec) return self->end_stream();
+                        if (self->pending_) self->send_event(std::exchange(self->pending_, {}));
+                      });
+  }
+
+  void end_stream() {
+    if (!streaming_) return;
+    streaming_ = false;
+    pending_.reset();
+    server_.remove_sink(this);
+    close();
+  }
+
+  // POST /api/cluster/reload: the primary's rolling reload, which its SIGHUP starts.
+  void reload_cluster() {
+    if (server_.cluster == nullptr) {
+      return respond(http::status::conflict,
+                     error_body("NotACluster",
+                                "this server is not part of a cluster (start it "
+                                "with --cluster N to reload workers one by one)"));
+    }
+    if (::kill(::getppid(), SIGHUP) != 0) {
+      return respond(http::status::internal_server_error,
+                     error_body("ReloadFailed",
+                                fmt::format("could not signal the cluster's primary (pid {}): {}",
+                                            ::getppid(), std::strerror(errno))));
+    }
+    respond(http::status::accepted, json{{"reloading", true}});
+  }
+
+  // POST /api/workers/{id}/restart and /heap, {id} as in GET /api/monitor's rows.
+  void worker_action(std::string_view rest) {
+    const auto slash = rest.find('/');
+    const std::string id(rest.substr(0, slash));
+    const std::string_view action =
+        slash == std::string_view::npos ? std::string_view() : rest.substr(slash + 1);
+    if (action != "restart") {
+      return respond(http::status::not_found,
+                     error_body("NotFound", fmt::format("no action '{}' for a worker; use "
+                                                        "POST /api/workers/{{id}}/restart",
+                                                        action)));
+    }
+    const int self = server_.cluster != nullptr ? server_.cluster->id() : 0;
+    // "server", "N" (a cluster worker) or "[N.]crew-proc-M" (a task worker of server N).
+    int server = self;
+    std::string task_worker = id;
+    if (server_.cluster != nullptr) {
+      const auto dot = id.find('.');
+      const std::string head = id.substr(0, dot);
+      if (std::from_chars(head.data(), head.data() + head.size(), server).ec != std::errc()) {
+        return unknown_worker(id);
+      }
+      task_worker = dot == std::string::npos ? "" : id.substr(dot + 1);
+    } else if (id == "server") {
+      task_worker.clear();
+    }
+    if (task_worker.empty()) return restart_server(id, server);
+    if (server != self) {
+      return respond(http::status::conflict,
+                     error_body("OtherWorker",
+                                fmt::format("worker '{}' belongs to cluster worker {}, and this "
+                                            "is cluster worker {}: each manages its own task "
+                                            "processes. Send the request again (connections "
+                                            "spread over the workers) or restart worker {}",
+                                            id, server, self, server)));
+    }
+    try {
+      server_.runner->restart_worker(task_worker);
+    } catch (const std::invalid_argument& e) {
+      return respond(http::status::not_found, error_body("NotFound", e.what()));
+    } catch (const std::exception& e) {
+      return respond(http::status::conflict, error_body("Refused", e.what()));
+    }
+    respond(http::status::accepted, json{{"restarting", id}});
+  }
+
+  // A server process: a cluster worker is asked to drain and exit (SIGTERM); the primary starts
+  // its replacement. A single server has nothing to replace it.
+  void restart_server(const std::string& id, int server) {
+    if (server_.cluster == nullptr) {
+      return respond(http::status::conflict,
+                     error_body("NotACluster",
+                                "a single server cannot restart itself: run it "
+                                "with --cluster N, or under a supervisor"));
+    }
+    int pid = 0;
+    for (const auto& s : server_.all_snapshots()) {
+      if (s.at("worker").get<int>() == server) pid = s.value("pid", 0);
+    }
+    if (pid <= 0) return unknown_worker(id);
+    if (::kill(pid, SIGTERM) != 0) {
+      return respond(http::status::conflict,
+                     error_body("Refused", fmt::format("could not signal worker {} (pid {}): {}",
+                                                       id, pid, std::strerror(errno))));
+    }
+    respond(http::status::accepted, json{{"restarting", id}});
+  }
+
+  void unknown_worker(const std::string& id) {
+    respond(http::status::not_found,
+            error_body("NotFound", fmt::format("no worker '{}'; GET /api/monitor lists them "
+                                               "(workers[].id)",
+                                               id)));
   }
 
   // RFC 6750: a request without credentials gets the scheme; one with a wrong token, the error.
@@ -789,7 +1050,7 @@ class Session : public TaskWatch, public std::enable_shared_from_this<Session<Ex
     if (abandoned_) {
       // Nobody to answer: count it (nginx's 499, "client closed request") and close.
       abandoned_ = false;
-      server_.metrics.outcome("abandoned");
+      count_outcome("abandoned");
       log(499, 0);
       return close();
     }
@@ -800,7 +1061,7 @@ class Session : public TaskWatch, public std::enable_shared_from_this<Session<Ex
       out["result"] = json::from_msgpack(value.bytes);
       out["duration_ms"] =
           std::chrono::duration<double, std::milli>(Clock::now() - started).count();
-      server_.metrics.outcome("ok");
+      count_outcome("ok");
       respond(http::status::ok, out);
     } catch (...) {
       finish_error(std::current_exception(), task_);
@@ -821,7 +1082,7 @@ class Session : public TaskWatch, public std::enable_shared_from_this<Session<Ex
         if (job.state == redis::JobState::unknown) {
           // Never handed to Redis (its submission waited behind others all along); cancelled
           // with the wait, it never will be.
-          self.server_.metrics.outcome("timed_out");
+          self.count_outcome("timed_out");
           return self.respond(
               http::status::gateway_timeout,
               error_body("TimedOut",
@@ -832,7 +1093,7 @@ class Session : public TaskWatch, public std::enable_shared_from_this<Session<Ex
         }
         const std::string location = "/v1/jobs/" + job.id;
         self.extra_ = {http::field::location, location};
-        self.server_.metrics.outcome("submitted");
+        self.count_outcome("submitted");
         json out = job_json(job);
         out["location"] = location;
         self.respond(http::status::accepted, out);
@@ -847,7 +1108,7 @@ class Session : public TaskWatch, public std::enable_shared_from_this<Session<Ex
       const Submitted job = submitted.get();
       const std::string location = "/v1/jobs/" + job.job_id;
       extra_ = {http::field::location, location};
-      server_.metrics.outcome("submitted");
+      count_outcome("submitted");
       respond(http::status::accepted,
               json{{"job_id", job.job_id}, {"state", job.state}, {"location", location}});
     } catch (...) {
@@ -874,8 +1135,14 @@ class Session : public TaskWatch, public std::enable_shared_from_this<Session<Ex
 
   void finish_error(const std::exception_ptr& error, const std::string& task) {
     const TaskError e = task_error(error, fmt::format("task '{}'", task));
-    server_.metrics.outcome(e.outcome);
+    count_outcome(e.outcome);
     respond_error(e);
+  }
+
+  // A task request's answer, counted by outcome and (for the monitor) by task name.
+  void count_outcome(const char* outcome) {
+    server_.metrics.outcome(outcome, task_,
+                            std::chrono::duration<double>(Clock::now() - start_).count());
   }
 
   void respond_error(const TaskError& e) {
@@ -1015,6 +1282,9 @@ class Session : public TaskWatch, public std::enable_shared_from_this<Session<Ex
   Clock::time_point waiting_since_;
   bool abandoned_ = false;
   bool waited_out_ = false;  // --max-wait-ms passed: answer with the job's state
+  // GET /api/events: the sample being written and the newest one waiting behind it.
+  bool streaming_ = false;
+  std::shared_ptr<const std::string> writing_, pending_;
 };
 
 }  // namespace
@@ -1079,6 +1349,23 @@ void Server::Impl::tick_lag() {
   });
 }
 
+namespace {
+
+// A process-isolation worker in a snapshot (the monitor's "task" rows).
+json task_worker_json(const ProcessWorkerStats& w) {
+  return {{"name", w.name},
+          {"pid", w.pid},
+          {"state", w.state},
+          {"uptime_s", std::chrono::duration<double>(w.uptime).count()},
+          {"tasks", w.tasks_done},
+          {"errors", w.errors},
+          {"restarts", w.restarts},
+          {"rss_bytes", w.rss_bytes},
+          {"leak_suspected", w.leak_suspected}};
+}
+
+}  // namespace
+
 json Server::Impl::snapshot() {
   const RunnerStats s = runner->stats();
   auto latency = [](const LatencySummary& l) {
@@ -1090,6 +1377,8 @@ json Server::Impl::snapshot() {
                 {"count", l.count}};
   };
   json out = {{"worker", cluster != nullptr ? cluster->id() : 0},
+              {"in_cluster", cluster != nullptr},
+              {"backend", config.backend == "local" ? "local" : "redis"},
               {"pid", ::getpid()},
               {"ready", unready_reason().empty()},
               {"uptime_s", std::chrono::duration<double>(Clock::now() - born).count()},
@@ -1115,6 +1404,11 @@ json Server::Impl::snapshot() {
               {"process", process_figures()}};
   metrics.fill(out);
   out["http"]["connections"] = sessions.load();
+  if (!s.processes.empty()) {
+    json rows = json::array();
+    for (const auto& w : s.processes) rows.push_back(task_worker_json(w));
+    out["task_workers"] = std::move(rows);
+  }
   return out;
 }
 
@@ -1137,20 +1431,28 @@ std::vector<json> cluster_snapshots(json own, const ClusterWorker& worker) {
 
 }  // namespace
 
+std::vector<json> Server::Impl::all_snapshots() {
+  if (cluster == nullptr) return {snapshot()};
+  return cluster_snapshots(snapshot(), *cluster);
+}
+
 std::string Server::Impl::render_metrics() {
   // The backend's numbers are the same from every cluster worker (a Redis queue is shared), so
   // they appear once, from this one.
-  if (cluster == nullptr) return render_prometheus({snapshot()}, false) + runner->backend_metrics();
-  return render_prometheus(cluster_snapshots(snapshot(), *cluster), true) +
-         runner->backend_metrics();
+  return render_prometheus(all_snapshots(), cluster != nullptr) + runner->backend_metrics();
 }
 
 json Server::Impl::render_stats() {
-  json own = snapshot();
-  json out = stats_json(own);
+  return stats_of(all_snapshots());
+}
+
+json Server::Impl::stats_of(std::vector<json> all) {
+  const int self = cluster != nullptr ? cluster->id() : 0;
+  auto own = std::find_if(all.begin(), all.end(),
+                          [&](const json& s) { return s.at("worker").get<int>() == self; });
+  json out = stats_json(own != all.end() ? *own : all.front());
   if (cluster == nullptr) return out;
-  out["worker"] = cluster->id();
-  const std::vector<json> all = cluster_snapshots(std::move(own), *cluster);
+  out["worker"] = self;
   json workers = json::array();
   for (const auto& s : all) {
     json w = stats_json(s);
@@ -1159,6 +1461,41 @@ json Server::Impl::render_stats() {
   }
   out["cluster"] = {{"workers", std::move(workers)}, {"totals", stats_json(merge_snapshots(all))}};
   return out;
+}
+
+void Server::Impl::run_monitor() {
+  std::unique_lock lock(monitor_mutex);
+  while (!monitor_stopping) {
+    // On the wall clock's whole seconds: every cluster worker samples the same second, and a
+    // sample's seq (that second) means the same moment on each.
+    const auto wall = std::chrono::system_clock::now();
+    const auto next = std::chrono::ceil<std::chrono::seconds>(wall + std::chrono::milliseconds(1));
+    if (monitor_wake.wait_for(lock, next - wall, [&] { return monitor_stopping; })) break;
+    lock.unlock();
+    take_sample();
+    lock.lock();
+  }
+}
+
+void Server::Impl::take_sample() {
+  std::shared_ptr<const std::string> event;
+  try {
+    const double wall =
+        std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+    event = monitor.add(all_snapshots(), wall, Clock::now());
+  } catch (const std::exception& e) {
+    // A sample that cannot be made is skipped; the next second tries again.
+    spdlog::warn("crew serve: monitor sample skipped: {}", e.what());
+    return;
+  }
+  std::vector<std::shared_ptr<EventSink>> to;
+  {
+    std::lock_guard lock(sinks_mutex);
+    for (const auto& [key, weak] : sinks) {
+      if (auto sink = weak.lock()) to.push_back(std::move(sink));
+    }
+  }
+  for (const auto& sink : to) sink->post_event(event);
 }
 
 Server::Server(ServeConfig config, std::unique_ptr<Runner> runner)
@@ -1214,6 +1551,7 @@ void Server::start(int listen_fd) {
     for (std::size_t t = 0; t < std::max<std::size_t>(1, i.config.io_threads); ++t) {
       i.threads.emplace_back([&i] { i.run_io(); });
     }
+    i.monitor_thread = std::thread([&i] { i.run_monitor(); });
     return;
   }
   const auto address = asio::ip::make_address(i.config.host, ec);
@@ -1236,6 +1574,7 @@ void Server::start(int listen_fd) {
   for (std::size_t t = 0; t < std::max<std::size_t>(1, i.config.io_threads); ++t) {
     i.threads.emplace_back([&i] { i.run_io(); });
   }
+  i.monitor_thread = std::thread([&i] { i.run_monitor(); });
 }
 
 std::uint16_t Server::port() const noexcept {
@@ -1275,6 +1614,12 @@ bool Server::drain(std::chrono::milliseconds timeout) {
 
 void Server::stop() {
   auto& i = *impl_;
+  {
+    std::lock_guard lock(i.monitor_mutex);
+    i.monitor_stopping = true;
+  }
+  i.monitor_wake.notify_all();
+  if (i.monitor_thread.joinable()) i.monitor_thread.join();
   i.ioc.stop();
   for (auto& t : i.threads) {
     if (t.joinable()) t.join();

@@ -697,7 +697,7 @@ TEST(ServeMetrics, ClusterSeriesCarryWorkerLabelsAndTotalsAddUp) {
     crew::serve_app::Metrics m;
     for (std::uint64_t i = 0; i < ok; ++i) {
       m.record("/v1/tasks/:name", 200, 0.002);
-      m.outcome("ok");
+      m.outcome("ok", "fib", 0.002);
     }
     m.record("/healthz", 200, 0.0001);
     m.lag_ns = static_cast<std::int64_t>(lag * 1e9);
