@@ -134,8 +134,9 @@ async function readEvents(body, onEvent, onAny, onRetry) {
   }
 }
 
-let lastSeq = null; // the newest seq received: sent as Last-Event-ID on a reconnect
-let serverPid = null; // the server process whose samples the page holds
+// The newest seq received, sent as Last-Event-ID on a reconnect. A seq is the Unix second of its
+// sample on every server, so the stream resumes after a restart or on another cluster worker too.
+let lastSeq = null;
 
 // One stream for the page, reconnected for ever: after a drop, after `retry` ms and then backing
 // off up to 30 s; Last-Event-ID makes the server send only the samples this page missed.
@@ -164,23 +165,8 @@ async function stream() {
       setStatus("live", "live");
       await readEvents(response.body, (type, data, id) => {
         delay = retry;
-        if (type === "history") return addHistory(JSON.parse(data));
-        if (type !== "sample") return;
-        const sample = JSON.parse(data);
-        // Another server process (a restart, or another cluster worker behind the port) numbers
-        // its samples on its own: what the page holds is not its past. Start again from its
-        // whole history.
-        const pid = sample.server && sample.server.pid;
-        if (serverPid != null && pid !== serverPid) {
-          serverPid = null;
-          samples = [];
-          lastSeq = null;
-          delay = 0;
-          controller.abort();
-          return;
-        }
-        serverPid = pid;
-        addSample(sample, id);
+        if (type === "history") addHistory(JSON.parse(data));
+        else if (type === "sample") addSample(JSON.parse(data), id);
       }, alive, (ms) => {
         retry = ms;
       });
@@ -417,12 +403,15 @@ function workerRow(w) {
     ["pss", "num"], ["exit", "exit"], ["actions", "actions"]]) {
     c[key] = cell(tr, cls);
   }
-  const restart = document.createElement("button");
-  restart.type = "button";
-  restart.textContent = "restart";
-  restart.title = "Stop this process gracefully; it is replaced";
-  restart.addEventListener("click", () => act("workers/" + encodeURIComponent(w.id) + "/restart", "restart " + w.id));
-  c.actions.append(restart);
+  // A single server cannot restart itself (409): its own row, "server", has no restart button.
+  if (w.id !== "server") {
+    const restart = document.createElement("button");
+    restart.type = "button";
+    restart.textContent = "restart";
+    restart.title = "Stop this process gracefully; it is replaced";
+    restart.addEventListener("click", () => act("workers/" + encodeURIComponent(w.id) + "/restart", "restart " + w.id));
+    c.actions.append(restart);
+  }
   if (w.kind === "task") {
     const heap = document.createElement("button");
     heap.type = "button";
