@@ -462,7 +462,12 @@ function drawWorkers() {
   for (const [id, row] of workerRows) {
     if (!seen.has(id)) workerRows.delete(id);
   }
-  order(tbody, (latest.workers || []).flatMap((w) => [workerRows.get(w.id).tr, workerRows.get(w.id).logTr]));
+  // A stable order: by server, its own row first, then its task workers by number (a replaced
+  // worker keeps its place).
+  const sorted = [...(latest.workers || [])].sort((a, b) =>
+    (a.server ?? 0) - (b.server ?? 0) || (a.kind === "server" ? 0 : 1) - (b.kind === "server" ? 0 : 1) ||
+    a.id.localeCompare(b.id, "en", { numeric: true }));
+  order(tbody, sorted.flatMap((w) => [workerRows.get(w.id).tr, workerRows.get(w.id).logTr]));
 }
 
 // Puts `rows` in `tbody` in that order, touching the DOM only when it differs: a moved row would
