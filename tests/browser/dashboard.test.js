@@ -126,7 +126,12 @@ async function main() {
     process.kill(victim.pid, "SIGKILL");
     const selector = `tr[data-worker="${victim.id}"] td.exit`;
     await waitFor(`signal 9 in ${victim.id}'s row`, 20000, () =>
-      page.$eval(selector, (td) => td.dataset.signal === "9").catch(() => false));
+      page.$eval(selector, (td) => td.dataset.signal === "9").catch(() => false)).catch(async (e) => {
+      // Say whether the page or the server is short of it.
+      const now = await (await fetch(base + "/api/monitor")).json();
+      const row = now.latest.workers.find((w) => w.id === victim.id);
+      throw new Error(`${e.message}; /api/monitor's row now: ${JSON.stringify(row)}`);
+    });
     const shownAfter = Date.now() - killed;
     const text = await page.$eval(selector, (td) => td.textContent);
     console.log(`${victim.id} (pid ${victim.pid}) killed: shown after ${shownAfter} ms as "${text}"`);
