@@ -59,5 +59,4 @@ extern const std::size_t kDashboardAssetCount = ${index};
 
 }  // namespace crew::serve_app::embedded
 ")
-# Rewritten only when it changes: an unchanged asset set recompiles nothing.
-file(CONFIGURE OUTPUT "${OUTPUT}" CONTENT "${source}" @ONLY)
+file(WRITE "${OUTPUT}" "${source}")
