@@ -77,6 +77,9 @@ constexpr std::size_t kBoardSlots = 256;
 constexpr std::size_t kSlotFields = 4;
 enum SlotField : std::size_t { kSlotId = 0, kSlotConnections = 1, kSlotAccepting = 2 };
 constexpr milliseconds kAcceptPatience{100};
+// How often max_memory_restart reads each worker's resident memory: a worker that crosses it is
+// sent to reload within this much (one small /proc read per worker).
+constexpr milliseconds kMemoryCheckEvery{250};
 constexpr std::string_view kWho = "crew::Cluster";
 constexpr std::size_t kHeader = 9;  // 'P' + id + pid
 constexpr std::size_t kMaxMessage = ClusterWorker::kMaxState + kHeader;
@@ -604,6 +607,10 @@ int Cluster::run() {
     } else if (live() < options_.workers) {
       timeout = 0;
     }
+    if (!stopping && options_.max_memory_restart != 0) {
+      const auto left = std::chrono::ceil<milliseconds>(next_memory_check - now).count();
+      timeout = static_cast<int>(std::clamp<long long>(left, 0, timeout));
+    }
     const int n = ::epoll_wait(ep.get(), events, 32, timeout);
     const auto t = Clock::now();
     for (int e = 0; e < n; ++e) {
@@ -726,7 +733,7 @@ int Cluster::run() {
       continue;
     }
     if (options_.max_memory_restart != 0 && after >= next_memory_check) {
-      next_memory_check = after + milliseconds(1000);
+      next_memory_check = after + kMemoryCheckEvery;
       for (auto& [id, w] : workers) {
         if (w.ready && !w.draining && !w.replaced &&
             resident_memory_bytes(w.pid) > options_.max_memory_restart &&

@@ -100,6 +100,7 @@ using std::chrono::nanoseconds;
 constexpr Clock::time_point kNever = Clock::time_point::max();
 constexpr milliseconds kRssPoll{5};
 constexpr std::size_t kTailLines = 20;
+constexpr milliseconds kPssEvery{1000};
 constexpr std::size_t kMaxLine = 4096;
 constexpr std::size_t kPipelineDepth = 128;
 // How long a waiting thread reads replies itself before it sleeps. About two wake-ups on a busy
@@ -127,7 +128,40 @@ struct CallDeleter {
 using CallPtr = std::unique_ptr<CallBase, CallDeleter>;
 
 enum class WState { starting, idle, busy, stopping };
-enum class Reason { none, timeout, memory, cancel, recycle, shutdown, protocol, terminate };
+// Why the pool stops a worker. memory_recycle: replaced gracefully for its memory (an allocation
+// failed under the cap, or max_rss_restart_bytes); restart: restart_worker().
+enum class Reason {
+  none,
+  timeout,
+  memory,
+  memory_recycle,
+  cancel,
+  recycle,
+  restart,
+  shutdown,
+  protocol,
+  terminate
+};
+
+ProcessExitReason exit_reason(Reason reason, int signal) {
+  switch (reason) {
+    case Reason::timeout:
+      return ProcessExitReason::timeout;
+    case Reason::memory:
+    case Reason::memory_recycle:
+      return ProcessExitReason::memory;
+    case Reason::none:
+    case Reason::protocol:  // killed for what it sent, not on anyone's request
+      return signal != 0 ? ProcessExitReason::signal : ProcessExitReason::exit;
+    case Reason::cancel:
+    case Reason::recycle:
+    case Reason::restart:
+    case Reason::shutdown:
+    case Reason::terminate:
+      return ProcessExitReason::stop;
+  }
+  return ProcessExitReason::exit;
+}
 
 const char* state_name(WState s) {
   switch (s) {
@@ -158,7 +192,8 @@ struct Proc {
   WState state = WState::starting;
   Reason reason = Reason::none;
   bool killed = false;
-  bool full = false;  // its channel had no room for the last request; cleared by its next reply
+  bool restart = false;  // restart_worker() asked: no more tasks; stopped once they are done
+  bool full = false;     // its channel had no room for the last request; cleared by its next reply
   Clock::time_point started{};
   Clock::time_point ready_at = kNever;
   Clock::time_point busy_since{};
@@ -176,13 +211,20 @@ struct Proc {
   std::uint64_t tasks_done = 0;
   std::uint64_t errors = 0;
   std::size_t rss = 0;
-  std::deque<std::string> tail;
+  // Its proportional set size, read by stats() at most once a second (kPssEvery).
+  std::size_t pss = 0;
+  Clock::time_point pss_at{};
+  std::deque<std::string> tail;  // stderr only: for the messages of its task's failure
   std::string partial[2];
 };
 
+// A worker's place and name. A process gives its slot up when the pool stops it, so that its
+// replacement takes the name at once; its exit is still recorded here.
 struct Slot {
   std::uint64_t processes = 0;  // processes that held this slot so far
-  bool taken = false;
+  std::uint64_t holder = 0;     // the serial of the process holding it; 0: free
+  std::optional<ProcessExit> last_exit;
+  std::deque<std::string> log;  // the last kTailLines lines of its processes, both streams
 };
 
 // A settlement or log line to deliver once the lock is released.
@@ -209,6 +251,30 @@ std::string describe_exit(int code, int signal) {
   return "exited (status not available)";
 }
 
+// User plus system CPU time of a process (/proc/PID/stat); 0 when it cannot be read.
+nanoseconds cpu_time_of(int pid) noexcept {
+  char path[40];
+  std::snprintf(path, sizeof path, "/proc/%d/stat", pid);
+  const int fd = ::open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return nanoseconds(0);
+  char buf[1024];
+  const ssize_t n = ::read(fd, buf, sizeof buf - 1);
+  ::close(fd);
+  if (n <= 0) return nanoseconds(0);
+  buf[n] = '\0';
+  // The command name may hold spaces and parentheses: the fields start after the last ')'.
+  const char* fields = std::strrchr(buf, ')');
+  unsigned long user = 0, system = 0;
+  if (fields == nullptr ||
+      std::sscanf(fields + 1, " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &user,
+                  &system) != 2) {
+    return nanoseconds(0);
+  }
+  static const long ticks = ::sysconf(_SC_CLK_TCK);
+  if (ticks <= 0) return nanoseconds(0);
+  return nanoseconds(static_cast<std::int64_t>((user + system) * (1'000'000'000 / ticks)));
+}
+
 std::string tail_text(const std::deque<std::string>& tail) {
   if (tail.empty()) return " (no stderr output)";
   std::string out = "; last stderr lines:";
@@ -232,6 +298,7 @@ class ProcessPoolCore {
   void terminate();
   void wait_closed();
   ProcessPoolStats stats() const;
+  bool restart_worker(std::string_view name);
   const ProcessPoolOptions& options() const noexcept { return options_; }
 
  private:
@@ -255,7 +322,8 @@ class ProcessPoolCore {
   void start_call(Proc& p, CallPtr call, Clock::time_point now);
   void requeue_pending(Proc& p);
   void spawn_as_needed(Clock::time_point now);
-  void spawn(Clock::time_point now);
+  void spawn(Clock::time_point now, std::optional<std::size_t> slot);
+  void release_slot(Proc& p);
   void stop_proc(Proc& p, Reason reason, bool force, Clock::time_point now);
   void signal_worker(Proc& p, int sig);
   void startup_failed(std::string why, Clock::time_point now);
@@ -288,6 +356,9 @@ class ProcessPoolCore {
   std::uint64_t next_id_ = 1;
   std::map<std::uint64_t, std::unique_ptr<Proc>> procs_;
   std::vector<Slot> slots_;
+  // Slots whose worker restart_worker() stopped: each gets a replacement once it is free, even
+  // with nothing queued.
+  std::vector<std::size_t> owed_slots_;
   std::uint64_t completed_ = 0, failed_ = 0, cancelled_ = 0, timed_out_ = 0, crashed_ = 0;
   std::uint64_t restarts_ = 0, startup_failures_ = 0, spawned_ = 0, retried_ = 0;
   std::uint64_t leaks_suspected_ = 0;
@@ -547,13 +618,24 @@ void ProcessPoolCore::wait_closed() {
 }
 
 ProcessPoolStats ProcessPoolCore::stats() const {
-  std::lock_guard lock(mutex_);
+  // The /proc reads happen outside the lock (PSS takes milliseconds for a large worker), through
+  // a copy of each worker's pidfd: once the reads are done, a process that still lives is the one
+  // its pid named, even if the supervisor reaped it meanwhile and the number went to another.
+  struct Probe {
+    std::uint64_t serial;
+    UniqueFd pidfd;
+    bool pss;
+  };
+  std::vector<Probe> probes;
   ProcessPoolStats s;
   const auto now = Clock::now();
+  std::unique_lock lock(mutex_);
   for (const auto& [serial, p] : procs_) {
     if (p->state != WState::stopping) ++s.workers;
     if (p->state == WState::busy) ++s.busy;
     if (p->state == WState::idle) ++s.idle;
+    const Slot& slot = slots_[p->slot];
+    if (slot.holder != 0 && slot.holder != serial) continue;  // its replacement has the row
     ProcessWorkerStats w;
     w.pid = p->pid;
     w.name = p->name;
@@ -561,13 +643,17 @@ ProcessPoolStats ProcessPoolCore::stats() const {
     w.uptime = std::chrono::duration_cast<milliseconds>(now - p->started);
     w.tasks_done = p->tasks_done;
     w.errors = p->errors;
-    w.restarts = slots_[p->slot].processes - 1;
-    w.rss_bytes = resident_memory_bytes(p->pid);
+    w.restarts = slot.processes - 1;
+    w.pss_bytes = p->pss;
     if (p->leak) {
       w.leak_suspected = p->leak->suspected();
       w.leak_bytes_per_second = p->leak->bytes_per_second();
     }
+    w.last_exit = slot.last_exit;
+    w.log_tail.assign(slot.log.begin(), slot.log.end());
     s.per_worker.push_back(std::move(w));
+    probes.push_back(
+        {serial, UniqueFd(::fcntl(p->pidfd, F_DUPFD_CLOEXEC, 0)), now - p->pss_at >= kPssEvery});
   }
   s.queued = queued_;
   s.completed = completed_;
@@ -585,7 +671,60 @@ ProcessPoolStats ProcessPoolCore::stats() const {
                               : 0.0;
   s.wait_time = wait_hist_.summary();
   s.run_time = run_hist_.summary();
+  lock.unlock();
+
+  std::vector<std::pair<std::uint64_t, std::size_t>> fresh_pss;
+  for (std::size_t i = 0; i < probes.size(); ++i) {
+    ProcessWorkerStats& w = s.per_worker[i];
+    if (!probes[i].pidfd) continue;
+    const std::size_t rss = resident_memory_bytes(w.pid);
+    const nanoseconds cpu = cpu_time_of(w.pid);
+    const std::optional<std::size_t> pss =
+        probes[i].pss ? memory_usage(w.pid, {.pss = true}).pss : std::nullopt;
+    // Gone: its pid may name another process by now, so the figures may not be its.
+    if (signal_process(probes[i].pidfd.get(), 0) != 0) continue;
+    w.rss_bytes = rss;
+    w.cpu_time = cpu;
+    if (pss) {
+      w.pss_bytes = *pss;
+      fresh_pss.emplace_back(probes[i].serial, *pss);
+    }
+  }
+  if (!fresh_pss.empty()) {
+    lock.lock();
+    for (const auto& [serial, pss] : fresh_pss) {
+      const auto it = procs_.find(serial);
+      if (it == procs_.end()) continue;
+      it->second->pss = pss;
+      it->second->pss_at = now;
+    }
+  }
   return s;
+}
+
+bool ProcessPoolCore::restart_worker(std::string_view name) {
+  {
+    std::lock_guard lock(mutex_);
+    Proc* target = nullptr;
+    bool found = false;  // perhaps only a process already stopping
+    for (auto& [serial, p] : procs_) {
+      if (p->name != name) continue;
+      found = true;
+      if (p->state != WState::stopping) target = p.get();
+    }
+    if (target == nullptr) return found;
+    if (target->restart) return true;  // asked already
+    if (!closing_ && std::ranges::find(owed_slots_, target->slot) == owed_slots_.end()) {
+      owed_slots_.push_back(target->slot);
+    }
+    if (target->state == WState::busy) {
+      target->restart = true;  // finish_task() stops it
+      return true;
+    }
+    stop_proc(*target, Reason::restart, false, Clock::now());
+  }
+  wake();
+  return true;
 }
 
 // ---- the supervisor ----------------------------------------------------------------------------
@@ -598,9 +737,12 @@ std::size_t ProcessPoolCore::live_procs() const {
 
 Clock::time_point ProcessPoolCore::next_deadline() const {
   Clock::time_point t = kNever;
+  // An idle worker's timeout is a deadline only when it would stop it: past it, a worker the
+  // pool keeps (min_workers) would wake this thread at once, again and again.
+  const bool may_shrink = options_.idle_timeout.count() > 0 && live_procs() > options_.min_workers;
   for (const auto& [serial, p] : procs_) {
     t = std::min({t, p->deadline, p->kill_at, p->next_rss, p->next_sample});
-    if (p->state == WState::idle && options_.idle_timeout.count() > 0) {
+    if (p->state == WState::idle && may_shrink) {
       t = std::min(t, p->idle_since + options_.idle_timeout);
     }
     if (p->ready_at != kNever && backoff_.unstable()) {
@@ -978,7 +1120,7 @@ void ProcessPoolCore::on_frame(Proc& p, Frame frame, Clock::time_point now) {
         fail_attempt(std::move(p.current), std::move(error), failed_, may_retry, now);
         finish_task(p, now, true);
         // After running out of memory the heap may be in no shape for more work.
-        if (r.kind == ErrorKind::out_of_memory) stop_proc(p, Reason::recycle, false, now);
+        if (r.kind == ErrorKind::out_of_memory) stop_proc(p, Reason::memory_recycle, false, now);
       }
       return;
     }
@@ -1002,6 +1144,10 @@ void ProcessPoolCore::finish_task(Proc& p, Clock::time_point now, bool failed) {
     start_call(p, std::move(next), now);
     return;
   }
+  if (p.restart) {
+    stop_proc(p, Reason::restart, false, now);
+    return;
+  }
   p.state = WState::idle;
   p.idle_since = now;
   if (options_.max_rss_restart_bytes != 0) p.rss = resident_memory_bytes(p.pid);
@@ -1012,7 +1158,7 @@ void ProcessPoolCore::finish_task(Proc& p, Clock::time_point now, bool failed) {
              fmt::format("crew: resident memory {} bytes is above max_rss_restart_bytes {}; "
                          "replacing this worker",
                          p.rss, options_.max_rss_restart_bytes));
-    stop_proc(p, Reason::recycle, false, now);
+    stop_proc(p, Reason::memory_recycle, false, now);
   }
 }
 
@@ -1100,6 +1246,9 @@ void ProcessPoolCore::log_line(Proc& p, bool is_stderr, std::string line) {
     p.tail.push_back(line);
     if (p.tail.size() > kTailLines) p.tail.pop_front();
   }
+  auto& log = slots_[p.slot].log;
+  log.push_back(line);
+  if (log.size() > kTailLines) log.pop_front();
   logs_.push_back({p.name, p.pid, is_stderr, std::move(line)});
 }
 
@@ -1170,7 +1319,9 @@ void ProcessPoolCore::on_exit(Proc& p, Clock::time_point now) {
     }
   }
   p.channel.reset();
-  slots_[p.slot].taken = false;
+  slots_[p.slot].last_exit = ProcessExit{sig, sig != 0 ? -1 : code, exit_reason(p.reason, sig),
+                                         std::chrono::system_clock::now()};
+  release_slot(p);
   procs_.erase(p.serial);
 }
 
@@ -1199,9 +1350,14 @@ void ProcessPoolCore::signal_worker(Proc& p, int sig) {
   }
 }
 
+void ProcessPoolCore::release_slot(Proc& p) {
+  if (slots_[p.slot].holder == p.serial) slots_[p.slot].holder = 0;
+}
+
 void ProcessPoolCore::stop_proc(Proc& p, Reason reason, bool force, Clock::time_point now) {
   kick_ = true;
   requeue_pending(p);
+  release_slot(p);
   if (p.reason == Reason::none || reason == Reason::terminate) p.reason = reason;
   p.state = WState::stopping;
   p.deadline = kNever;
@@ -1246,6 +1402,7 @@ void ProcessPoolCore::timers(Clock::time_point now) {
       signal_worker(p, SIGTERM);
       p.reason = Reason::timeout;
       requeue_pending(p);
+      release_slot(p);
       p.state = WState::stopping;
       p.deadline = kNever;
       p.next_rss = kNever;
@@ -1287,7 +1444,10 @@ void ProcessPoolCore::dispatch(Clock::time_point now) {
     progress = false;
     for (auto& [serial, pp] : procs_) {
       Proc& p = *pp;
-      if ((p.state != WState::idle && p.state != WState::busy) || p.sock < 0 || p.full) continue;
+      if ((p.state != WState::idle && p.state != WState::busy) || p.sock < 0 || p.full ||
+          p.restart) {
+        continue;
+      }
       const std::size_t inflight = (p.current ? 1 : 0) + p.pending.size();
       if (inflight >= depth) continue;
       if (options_.max_tasks_per_worker != 0 &&
@@ -1396,6 +1556,7 @@ void ProcessPoolCore::requeue_pending(Proc& p) {
 void ProcessPoolCore::spawn_as_needed(Clock::time_point now) {
   spawn_due_ = !backoff_.may_start(now);
   if (spawn_due_) return;
+  if (closing_) owed_slots_.clear();
   for (;;) {
     std::size_t live = 0, available = 0;
     for (const auto& [serial, p] : procs_) {
@@ -1412,9 +1573,17 @@ void ProcessPoolCore::spawn_as_needed(Clock::time_point now) {
     }
     const bool below_min = live < options_.min_workers && !closing_;
     const bool demand = queued_ > available && live < options_.max_workers;
-    if (!below_min && !demand) return;
+    // A slot owed a replacement is filled first, while the pool has room for it.
+    auto owed =
+        std::ranges::find_if(owed_slots_, [&](std::size_t k) { return slots_[k].holder == 0; });
+    std::optional<std::size_t> slot;
+    if (owed != owed_slots_.end()) {
+      if (live < options_.max_workers) slot = *owed;
+      owed_slots_.erase(owed);
+    }
+    if (!below_min && !demand && !slot) return;
     try {
-      spawn(now);
+      spawn(now, slot);
     } catch (const std::exception& e) {
       // Nothing was started (spawn() leaves nothing open behind). Counted like a worker that
       // died before it was ready: the next try backs off, and enough failures in a row fail
@@ -1429,12 +1598,17 @@ void ProcessPoolCore::spawn_as_needed(Clock::time_point now) {
   }
 }
 
-void ProcessPoolCore::spawn(Clock::time_point now) {
+void ProcessPoolCore::spawn(Clock::time_point now, std::optional<std::size_t> wanted) {
   std::size_t slot = 0;
-  while (slot < slots_.size() && slots_[slot].taken) ++slot;
-  if (slot == slots_.size()) slots_.emplace_back();
+  if (wanted) {
+    slot = *wanted;
+  } else {
+    while (slot < slots_.size() && slots_[slot].holder != 0) ++slot;
+    if (slot == slots_.size()) slots_.emplace_back();
+  }
   auto p = std::make_unique<Proc>();
-  p->serial = next_serial_++;
+  const std::uint64_t serial = next_serial_++;
+  p->serial = serial;
   p->slot = slot;
   p->name = fmt::format("{}-{}", options_.name, slot);
   p->started = now;
@@ -1497,7 +1671,7 @@ void ProcessPoolCore::spawn(Clock::time_point now) {
     for (int fd : watched) ::epoll_ctl(epoll_, EPOLL_CTL_DEL, fd, nullptr);
     throw;
   }
-  slots_[slot].taken = true;
+  slots_[slot].holder = serial;
   if (slots_[slot].processes++ > 0 || spawned_ >= options_.min_workers) ++restarts_;
   ++spawned_;
 }
@@ -1554,6 +1728,25 @@ ProcessPoolStats ProcessPool::stats() const {
 }
 const ProcessPoolOptions& ProcessPool::options() const noexcept {
   return core_->options();
+}
+bool ProcessPool::restart_worker(std::string_view name) {
+  return core_->restart_worker(name);
+}
+
+const char* to_string(ProcessExitReason reason) noexcept {
+  switch (reason) {
+    case ProcessExitReason::signal:
+      return "signal";
+    case ProcessExitReason::exit:
+      return "exit";
+    case ProcessExitReason::memory:
+      return "memory";
+    case ProcessExitReason::timeout:
+      return "timeout";
+    case ProcessExitReason::stop:
+      return "stop";
+  }
+  return "?";
 }
 
 }  // namespace crew::inline v0

@@ -107,9 +107,10 @@ namespace {
 constexpr const char* kPoolCounters[] = {"completed", "failed", "cancelled", "timed_out",
                                          "crashed"};
 constexpr const char* kPoolGauges[] = {"workers", "busy", "idle", "queued"};
-// Stuck threads (thread isolation), kept apart: a snapshot from a worker of an older crew lacks
-// them.
-constexpr const char* kStuckFigures[] = {"stuck", "stuck_limit", "stuck_total"};
+// Stuck threads (thread isolation) and suspected leaks (process isolation), kept apart: a
+// snapshot from a worker of an older crew lacks them.
+constexpr const char* kOptionalPoolFigures[] = {"stuck", "stuck_limit", "stuck_total",
+                                                "leaks_suspected", "leaking"};
 
 template <typename T>
 T get_or(const json& j, const char* key, T fallback) {
@@ -143,7 +144,7 @@ json merge_snapshots(const std::vector<json>& snapshots) {
     const json& p = s.at("pool");
     for (const char* k : kPoolCounters) pool[k] += p.at(k).get<std::uint64_t>();
     for (const char* k : kPoolGauges) pool[k] += p.at(k).get<std::uint64_t>();
-    for (const char* k : kStuckFigures) pool[k] += get_or<std::uint64_t>(p, k, 0);
+    for (const char* k : kOptionalPoolFigures) pool[k] += get_or<std::uint64_t>(p, k, 0);
     if (auto it = p.find("stuck_tasks"); it != p.end() && it->is_object()) {
       for (const auto& [name, n] : it->items()) stuck_tasks[name] += n.get<std::uint64_t>();
     }
@@ -265,6 +266,15 @@ std::string render_prometheus(const std::vector<json>& snapshots, bool per_worke
     out += fmt::format("crew_pool_stuck_total{} {}\n", labels(s),
                        get_or<std::uint64_t>(s.at("pool"), "stuck_total", 0));
   }
+  family("crew_pool_leaks_suspected_total", "counter",
+         "Suspected memory leaks that began: a worker process whose memory floor kept rising "
+         "(process isolation's leak watch).");
+  for (const auto& s : series) {
+    out += fmt::format("crew_pool_leaks_suspected_total{} {}\n", labels(s),
+                       get_or<std::uint64_t>(s.at("pool"), "leaks_suspected", 0));
+  }
+  gauge("crew_pool_leaking_workers", "Worker processes whose memory floor is rising now.",
+        [](const json& s) { return get_or<std::uint64_t>(s.at("pool"), "leaking", 0); });
   gauge("crew_pool_utilization", "Share of pool capacity spent running tasks.",
         [](const json& s) { return s.at("pool").at("utilization").get<double>(); });
   family("crew_pool_tasks_total", "counter", "Tasks finished by the pool, by outcome.");
@@ -326,7 +336,7 @@ json stats_json(const json& s) {
                {"run", summary(p.at("run"))}};
   for (const char* k : kPoolGauges) pool[k] = p.at(k);
   for (const char* k : kPoolCounters) pool[k] = p.at(k);
-  for (const char* k : kStuckFigures) pool[k] = get_or<std::uint64_t>(p, k, 0);
+  for (const char* k : kOptionalPoolFigures) pool[k] = get_or<std::uint64_t>(p, k, 0);
   pool["stuck_tasks"] = p.contains("stuck_tasks") ? p.at("stuck_tasks") : json::object();
   json requests = json::array();
   for (const auto& r : s.at("http").at("requests")) {

@@ -204,7 +204,8 @@ class ProcessRunner final : public LocalRunner {
                        .wait_time = s.wait_time,
                        .run_time = s.run_time,
                        .stuck_tasks = {},
-                       .processes = s.per_worker};
+                       .processes = s.per_worker,
+                       .leaks_suspected = s.leaks_suspected};
   }
   const char* isolation() const noexcept override { return "process"; }
   void close() override {
@@ -237,7 +238,8 @@ RunnerStats runner_stats(const PoolStats& s) {
                      .stuck = s.stuck,
                      .stuck_total = s.stuck_total,
                      .stuck_tasks = {},
-                     .processes = {}};
+                     .processes = {},
+                     .leaks_suspected = 0};
 }
 
 std::unique_ptr<Runner> make_thread_runner(const Tasks& tasks, ThreadRunnerOptions options) {

@@ -31,6 +31,7 @@ struct RunnerStats {
   std::uint64_t stuck_total = 0;
   std::map<std::string, std::size_t> stuck_tasks;  ///< stuck now, by task name
   std::vector<ProcessWorkerStats> processes;       ///< process isolation: each worker process
+  std::uint64_t leaks_suspected = 0;               ///< process isolation: ProcessPoolStats'
 };
 
 /// A thread pool's snapshot as a runner's (the thread runner adds its stuck tasks).

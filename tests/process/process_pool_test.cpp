@@ -8,11 +8,14 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <future>
+#include <iterator>
 #include <latch>
 #include <memory>
 #include <mutex>
 #include <set>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -861,6 +864,41 @@ TEST(ProcessPool, WorkerOutputReachesTheLogCallbackAndStatsDescribeWorkers) {
   EXPECT_GT(s.per_worker[0].pid, 0);
   EXPECT_EQ(s.completed, 1U);
   EXPECT_EQ(s.run_time.count, 1U);
+}
+
+// CPU time (user + system) of this process's thread named `name`, in clock ticks.
+long thread_cpu_ticks(const std::string& name) {
+  for (const auto& t : std::filesystem::directory_iterator("/proc/self/task")) {
+    std::ifstream comm(t.path() / "comm");
+    std::string n;
+    std::getline(comm, n);
+    if (n != name) continue;
+    std::ifstream stat(t.path() / "stat");
+    std::string text((std::istreambuf_iterator<char>(stat)), std::istreambuf_iterator<char>());
+    std::istringstream fields(text.substr(text.rfind(')') + 2));
+    std::vector<std::string> f{std::istream_iterator<std::string>(fields), {}};
+    return std::stol(f.at(11)) + std::stol(f.at(12));  // utime, stime (fields 14 and 15)
+  }
+  return -1;
+}
+
+// Past its idle timeout, a worker the pool keeps (min_workers) must not wake the supervisor:
+// its deadline used to stay in the past, and the supervisor spun on it at a full core.
+TEST(ProcessPool, AnIdlePoolAtItsMinimumSleeps) {
+  auto o = opts();
+  o.name = "sleepy";
+  o.min_workers = 1;
+  o.max_workers = 1;
+  o.idle_timeout = 50ms;
+  crew::ProcessPool pool(o);
+  EXPECT_EQ(pool.run<int>("add", 1, 2).get(), 3);
+  std::this_thread::sleep_for(200ms);  // the measured interval starts past the idle timeout
+  const long before = thread_cpu_ticks("sleepy-sup");
+  ASSERT_GE(before, 0);
+  std::this_thread::sleep_for(2s);
+  // A spinning supervisor burns most of those 2 s even on a busy machine; a sleeping one ~0.
+  EXPECT_LT(thread_cpu_ticks("sleepy-sup") - before, ::sysconf(_SC_CLK_TCK) / 5);
+  EXPECT_EQ(pool.stats().workers, 1U);
 }
 
 }  // namespace

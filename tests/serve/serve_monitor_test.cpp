@@ -55,15 +55,28 @@ json snap(int worker, int pid, std::uint64_t requests, std::uint64_t errors, dou
                                       json::array({"/v1/tasks/:name", 500, errors})})},
             {"buckets", buckets},
             {"count", requests},
+            {"sum", 0.002 * static_cast<double>(requests)},
             {"connections", 3}}},
           {"pool",
            {{"workers", 2},
             {"busy", 1},
+            {"idle", 1},
             {"queued", 4},
+            {"completed", tasks},
+            {"failed", 0},
+            {"cancelled", 0},
+            {"timed_out", 0},
+            {"crashed", 0},
+            {"leaks_suspected", 2},
+            {"leaking", 1},
             {"utilization", 0.5},
-            {"wait", {{"p99_s", 0.002}}}}},
-          {"process", {{"cpu_seconds", cpu_s}, {"rss_bytes", 1000}, {"pss_bytes", 600}}},
-          {"lag", {{"last_s", 0.001}}},
+            {"wait", {{"p99_s", 0.002}, {"count", tasks}}},
+            {"run", {{"count", tasks}}}}},
+          {"process",
+           {{"cpu_seconds", cpu_s}, {"rss_bytes", 1000}, {"pss_bytes", 600}, {"open_fds", 9}}},
+          {"tasks", {{"ok", tasks}}},
+          {"start_time_s", 900.0},
+          {"lag", {{"last_s", 0.001}, {"max_s", 0.002}}},
           {"task_names", {{"fib", {{"count", tasks}, {"errors", 0}, {"buckets", fib}}}}},
           {"task_workers", json::array({{{"name", "crew-task-0"},
                                          {"pid", pid + 1},
@@ -141,6 +154,13 @@ TEST(MonitorSample, CompactKeepsWhatTheChartsNeed) {
       c["workers"][1],
       (json{{"id", "crew-task-0"}, {"cpu_percent", 0.0}, {"rss_bytes", 500}, {"pss_bytes", 200}}));
   EXPECT_FALSE(c.contains("tasks"));
+}
+
+// The leak watch of process isolation reaches /metrics: suspicions so far, and leaking now.
+TEST(MonitorSample, SuspectedLeaksAreMetrics) {
+  const std::string text = crew::serve_app::render_prometheus({snap(0, 100, 1, 0, 1, 1)}, false);
+  EXPECT_THAT(text, HasSubstr("\ncrew_pool_leaks_suspected_total 2\n"));
+  EXPECT_THAT(text, HasSubstr("\ncrew_pool_leaking_workers 1\n"));
 }
 
 // ---- the kept history -------------------------------------------------------------------------

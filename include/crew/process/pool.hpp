@@ -85,7 +85,28 @@ struct ProcessPoolOptions {
   std::function<void(const ProcessLogLine&)> log{};
 };
 
-/// One worker process, in ProcessPoolStats.
+/// Why a worker process ended (ProcessExit::reason).
+enum class ProcessExitReason {
+  signal,   ///< killed by a signal nobody in the pool sent (a crash, or another process)
+  exit,     ///< exited by itself
+  memory,   ///< above its memory cap (memory_limit_bytes, max_rss_restart_bytes)
+  timeout,  ///< stopped because its task's timeout passed
+  stop,     ///< stopped on purpose: restart_worker(), recycling, idle shrink, close, a cancel
+};
+/// "signal", "exit", "memory", "timeout" or "stop".
+const char* to_string(ProcessExitReason reason) noexcept;
+
+/// How a worker process ended, in ProcessWorkerStats::last_exit.
+struct ProcessExit {
+  int signal = 0;  ///< the signal that ended it; 0 if it exited
+  int code = -1;   ///< its exit code; -1 if a signal ended it
+  ProcessExitReason reason = ProcessExitReason::exit;
+  std::chrono::system_clock::time_point when{};  ///< when the pool saw it end
+};
+
+/// One worker of a ProcessPool, in ProcessPoolStats: a slot that keeps its name ("crew-proc-3")
+/// while processes come and go in it (a crash, a timeout, restart_worker()). A process being
+/// stopped whose replacement already runs in its slot is not listed.
 struct ProcessWorkerStats {
   int pid = 0;
   std::string name;   ///< "crew-proc-3"
@@ -94,7 +115,18 @@ struct ProcessWorkerStats {
   std::uint64_t tasks_done = 0;  ///< tasks this process finished (any outcome)
   std::uint64_t errors = 0;      ///< of which failed
   std::uint64_t restarts = 0;    ///< processes that held this slot before this one
-  std::size_t rss_bytes = 0;     ///< resident memory at the last check
+  std::size_t rss_bytes = 0;     ///< resident memory, read by stats()
+  /// Proportional set size (shared pages divided among the processes sharing them), read by
+  /// stats() at most once a second per process (it walks every mapping), outside the pool's lock;
+  /// 0 until first read or if it cannot be read.
+  std::size_t pss_bytes = 0;
+  /// User plus system CPU time of the current process, read by stats() (/proc/PID/stat).
+  std::chrono::nanoseconds cpu_time{0};
+  /// How the last process that ended in this slot ended; empty while none has.
+  std::optional<ProcessExit> last_exit;
+  /// The last lines (at most 20) this slot's processes wrote to stdout or stderr, oldest first;
+  /// kept across replacements, so a crashed process's last words stay next to its successor.
+  std::vector<std::string> log_tail;
   /// ProcessPoolOptions::leak_watch suspects a leak now, rising this many bytes a second.
   bool leak_suspected = false;
   double leak_bytes_per_second = 0.0;
@@ -215,6 +247,13 @@ class ProcessPool {
   void wait_closed();
   [[nodiscard]] ProcessPoolStats stats() const;
   [[nodiscard]] const ProcessPoolOptions& options() const noexcept;
+  /// Gracefully replaces the worker named `name` (ProcessWorkerStats::name): an idle or starting
+  /// one is stopped at once, a busy one once it has finished the tasks it was given (it gets no
+  /// more). A replacement starts in the same slot, counted in `restarts`; the slot's last_exit
+  /// says ProcessExitReason::stop. Returns false when no worker has that name now (the pool
+  /// shrank, or never had it: see stats()); true for a worker that is already stopping. After
+  /// close(), the worker is stopped and not replaced.
+  bool restart_worker(std::string_view name);
 
  private:
   static void set_options(detail::CallBase& call, std::string_view name,
