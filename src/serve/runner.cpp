@@ -208,6 +208,13 @@ class ProcessRunner final : public LocalRunner {
                        .leaks_suspected = s.leaks_suspected};
   }
   const char* isolation() const noexcept override { return "process"; }
+  void restart_worker(std::string_view name) override {
+    if (pool_.restart_worker(name)) return;
+    std::string known;
+    for (const auto& w : pool_.stats().per_worker) known += (known.empty() ? "" : ", ") + w.name;
+    throw std::invalid_argument(
+        fmt::format("no worker process '{}'; there are: {}", name, known.empty() ? "none" : known));
+  }
   void close() override {
     pool_.close();
     pool_.wait_closed();

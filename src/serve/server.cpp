@@ -1351,8 +1351,23 @@ void Server::Impl::tick_lag() {
 
 namespace {
 
-// A process-isolation worker in a snapshot (the monitor's "task" rows).
+// A process-isolation worker in a snapshot (the monitor's "task" rows). Its log tail is cut to
+// what a row shows: a cluster worker publishes its snapshot in one datagram of at most 64 KiB.
 json task_worker_json(const ProcessWorkerStats& w) {
+  constexpr std::size_t kLogLines = 10, kLogLineBytes = 200;
+  json log = json::array();
+  const std::size_t from = w.log_tail.size() > kLogLines ? w.log_tail.size() - kLogLines : 0;
+  for (std::size_t i = from; i < w.log_tail.size(); ++i) {
+    log.push_back(w.log_tail[i].substr(0, kLogLineBytes));
+  }
+  json last_exit = nullptr;
+  if (w.last_exit) {
+    const ProcessExit& e = *w.last_exit;
+    last_exit = {{"signal", e.signal != 0 ? json(e.signal) : json(nullptr)},
+                 {"code", e.signal == 0 ? json(e.code) : json(nullptr)},
+                 {"reason", to_string(e.reason)},
+                 {"time", std::chrono::duration<double>(e.when.time_since_epoch()).count()}};
+  }
   return {{"name", w.name},
           {"pid", w.pid},
           {"state", w.state},
@@ -1361,7 +1376,11 @@ json task_worker_json(const ProcessWorkerStats& w) {
           {"errors", w.errors},
           {"restarts", w.restarts},
           {"rss_bytes", w.rss_bytes},
-          {"leak_suspected", w.leak_suspected}};
+          {"pss_bytes", w.pss_bytes},
+          {"cpu_seconds", std::chrono::duration<double>(w.cpu_time).count()},
+          {"leak_suspected", w.leak_suspected},
+          {"last_exit", std::move(last_exit)},
+          {"log", std::move(log)}};
 }
 
 }  // namespace

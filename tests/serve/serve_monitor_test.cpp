@@ -3,6 +3,7 @@
 // ?seq= on /metrics and /api/stats, the actions). This executable is also the worker program
 // for --isolation process.
 #include <chrono>
+#include <csignal>
 #include <memory>
 #include <string>
 #include <thread>
@@ -362,6 +363,54 @@ TEST(ServeMonitor, ActionsRefuseClearlyWhatThisServerCannotDo) {
   EXPECT_EQ(c.request(http::verb::post, "/api/workers/server/restart").status, 409);
   EXPECT_EQ(c.request(http::verb::post, "/api/workers/server/explode").status, 404);
   EXPECT_EQ(c.request(http::verb::get, "/api/cluster/reload").status, 405);
+}
+
+// The row of task worker `id` in a sample (null when absent).
+json row(const json& sample, const std::string& id) {
+  for (const auto& w : sample["workers"]) {
+    if (w["id"] == id) return w;
+  }
+  return nullptr;
+}
+
+// The ids of the task worker rows of a sample.
+std::vector<std::string> task_ids(const json& sample) {
+  std::vector<std::string> ids;
+  for (const auto& w : sample["workers"]) {
+    if (w["kind"] == "task") ids.push_back(w["id"]);
+  }
+  return ids;
+}
+
+TEST(ServeMonitor, AKilledWorkerShowsItsSignalAndARestartedOneItsReason) {
+  Running s;
+  Client c(s.port());
+  ASSERT_EQ(run_fib(c), 200);
+  const json first = sample_where(c, [](const json& l) { return task_ids(l).size() == 2; });
+  const std::vector<std::string> ids = task_ids(first);
+  ASSERT_EQ(ids.size(), 2u);
+  const int victim = row(first, ids[0])["pid"];
+  ASSERT_EQ(::kill(victim, SIGKILL), 0);
+  const json killed = sample_where(c, [&](const json& l) {
+    const json r = row(l, ids[0]);
+    return !r.is_null() && !r["last_exit"].is_null();
+  });
+  const json exit = row(killed, ids[0])["last_exit"];
+  EXPECT_EQ(exit["signal"], SIGKILL);
+  EXPECT_TRUE(exit["code"].is_null());
+  EXPECT_EQ(exit["reason"], "signal");
+  // A restart through the API: the slot's process is replaced, and says it was stopped.
+  const int before = row(first, ids[1])["pid"];
+  EXPECT_EQ(c.request(http::verb::post, "/api/workers/" + ids[1] + "/restart").status, 202);
+  const json restarted = sample_where(c, [&](const json& l) {
+    const json r = row(l, ids[1]);
+    return !r.is_null() && r["pid"] != before && r["pid"] != 0 && !r["last_exit"].is_null();
+  });
+  EXPECT_EQ(row(restarted, ids[1])["last_exit"]["reason"], "stop");
+  const auto unknown = c.request(http::verb::post, "/api/workers/no-such-worker/restart");
+  EXPECT_EQ(unknown.status, 404);
+  EXPECT_THAT(unknown.body, HasSubstr(ids[0]));  // names the ones there are
+  EXPECT_EQ(run_fib(c), 200);
 }
 
 // 100 streams that never read, and a storm of streams opened and dropped: the server still

@@ -23,6 +23,8 @@ struct Command {
 Command add_pipe_command(CLI::App& app);
 /// `crew serve`: the HTTP compute service (serve.cpp, src/serve).
 Command add_serve_command(CLI::App& app);
+/// `crew top`: a live terminal view of a `crew serve` (top.cpp, top/).
+Command add_top_command(CLI::App& app);
 /// `crew worker`: run the jobs of a Redis queue (worker.cpp, src/redis).
 Command add_worker_command(CLI::App& app);
 

@@ -20,11 +20,14 @@ int main(int argc, char** argv) {
       "Exit codes: 0 ok, 1 data error (corrupt input, authentication failure, I/O), 2 usage; "
       "crew serve: 0 drained, 1 shutdown timeout hit, 69 cannot listen or reach Redis, 78 bad "
       "plugin; "
+      "crew top: 0 ok, 1 refused (401, 404, not a monitor answer), 2 usage, 69 server "
+      "unreachable, 128+N left on signal N; "
       "crew worker: 0 stopped, 69 Redis unreachable, 78 bad plugin.");
 
   std::vector<crew::tool::Command> commands;
   commands.push_back(crew::tool::add_pipe_command(app));
   commands.push_back(crew::tool::add_serve_command(app));
+  commands.push_back(crew::tool::add_top_command(app));
   commands.push_back(crew::tool::add_worker_command(app));
 
   try {
