@@ -72,7 +72,7 @@ function startLoad(base) {
 
 async function openDashboard(browser, base, errors) {
   const page = await browser.newPage();
-  await page.setViewport({ width: 1440, height: 1100 });
+  await page.setViewport({ width: 1440, height: 1300 });
   page.on("console", (m) => {
     if (m.type() === "error") errors.push(`console: ${m.text()} (${m.location().url || "?"})`);
   });
