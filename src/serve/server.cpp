@@ -38,6 +38,7 @@
 
 #include <crew/version.hpp>
 
+#include "dashboard.hpp"
 #include "metrics.hpp"
 #include "monitor.hpp"
 #include "tasks.hpp"
@@ -513,7 +514,9 @@ class Session : public TaskWatch,
     const std::string_view path = target.substr(0, q);
     query_ = q == std::string_view::npos ? "" : std::string(target.substr(q + 1));
     const auto method = request_.method();
-    if (server_.auth.enabled() && path != "/healthz" &&
+    // The dashboard's files hold no data: served without a token (the page asks for one).
+    const bool dashboard = path == "/dashboard" || path.starts_with("/dashboard/");
+    if (server_.auth.enabled() && !dashboard && path != "/healthz" &&
         !(server_.config.metrics_public && path == "/metrics")) {
       const AuthVerdict verdict =
           server_.auth.check(std_view(request_[http::field::authorization]));
@@ -597,6 +600,9 @@ class Session : public TaskWatch,
     } else if (path.starts_with("/v1/jobs/")) {
       route_ = "/v1/jobs/:id";
       if (only(http::verb::get, "GET")) show_job(std::string(path.substr(9)));
+    } else if (dashboard) {
+      route_ = "/dashboard";
+      if (only(http::verb::get, "GET")) serve_dashboard(path);
     } else {
       route_ = "other";
       respond(http::status::not_found,
@@ -798,6 +804,25 @@ class Session : public TaskWatch,
                        missing ? "this server needs a header 'Authorization: Bearer <token>' "
                                  "(its tokens are in the server's --auth-token-file)"
                                : "the bearer token is not one this server accepts"));
+  }
+
+  // /dashboard redirects to /dashboard/ (relative, so that it works behind a path prefix too),
+  // whose relative links then name the files. no-cache: the browser revalidates every time and
+  // gets 304 while its copy is current, so a new binary's page is never hidden by an old one.
+  void serve_dashboard(std::string_view path) {
+    if (path == "/dashboard") {
+      extra_ = {http::field::location, "dashboard/"};
+      return respond_text(http::status::found, "", "text/plain");
+    }
+    const auto asset = dashboard_asset(path.substr(11));
+    if (!asset) {
+      return respond(http::status::not_found,
+                     error_body("NotFound", fmt::format("no dashboard file {}", path)));
+    }
+    headers_ = fmt::format("Cache-Control: no-cache\r\nETag: {}\r\n", asset->etag);
+    const bool current = etag_matches(std_view(request_[http::field::if_none_match]), asset->etag);
+    respond_text(current ? http::status::not_modified : http::status::ok,
+                 current ? std::string() : std::string(asset->body), asset->content_type);
   }
 
   void method_not_allowed(const char* allow) {
@@ -1140,16 +1165,21 @@ class Session : public TaskWatch,
     std::string& out = out_;
     out.clear();
     out.reserve(160 + body.size());
-    fmt::format_to(std::back_inserter(out),
-                   "HTTP/1.{} {} {}\r\nServer: crew/" CREW_VERSION_STRING
-                   "\r\nContent-Type: {}\r\nContent-Length: {}\r\n",
-                   minor, static_cast<unsigned>(status), std_view(http::obsolete_reason(status)),
-                   content_type, body.size());
+    fmt::format_to(
+        std::back_inserter(out),
+        "HTTP/1.{} {} {}\r\nServer: crew/" CREW_VERSION_STRING "\r\nContent-Type: {}\r\n", minor,
+        static_cast<unsigned>(status), std_view(http::obsolete_reason(status)), content_type);
+    // A 304 has no content, and a Content-Length there would have to be the 200's (RFC 9110).
+    if (status != http::status::not_modified) {
+      fmt::format_to(std::back_inserter(out), "Content-Length: {}\r\n", body.size());
+    }
     if (extra_) {
       fmt::format_to(std::back_inserter(out), "{}: {}\r\n",
                      std_view(http::to_string(extra_->first)), extra_->second);
     }
     extra_.reset();
+    out += headers_;
+    headers_.clear();
     if (minor == 1 && !keep) out += "Connection: close\r\n";
     if (minor == 0 && keep) out += "Connection: keep-alive\r\n";
     out += "\r\n";
@@ -1243,6 +1273,8 @@ class Session : public TaskWatch,
   std::string task_;
   std::string job_;  // GET /v1/jobs/{id}
   std::optional<std::pair<http::field, std::string>> extra_;
+  // More header lines for the next response, each ending in CRLF.
+  std::string headers_;
   std::string out_;  // the response being written
   Clock::time_point start_ = Clock::now();
   bool counted_ = false;
