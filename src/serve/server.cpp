@@ -201,6 +201,10 @@ struct Server::Impl {
   std::condition_variable monitor_wake;
   bool monitor_stopping = false;
   std::thread monitor_thread;
+  // POST /api/workers/{id}/heap: one profile at a time, written off the I/O threads.
+  std::mutex heap_mutex;
+  bool heap_busy = false;
+  std::thread heap_thread;
   ClusterWorker* cluster = nullptr;  // set in a cluster worker: peers' snapshots for /metrics
   std::shared_ptr<spdlog::logger> access;
   const Clock::time_point born = Clock::now();
@@ -269,6 +273,35 @@ struct Server::Impl {
   json stats_of(std::vector<json> all);
   void run_monitor();
   void take_sample();
+  // Starts writing worker's heap profile on `heap_thread`; false while another is being written.
+  bool start_heap_profile(const std::string& worker, Future<std::string>& written) {
+    std::lock_guard lock(heap_mutex);
+    if (heap_busy) return false;
+    if (heap_thread.joinable()) heap_thread.join();  // done: heap_busy is false
+    heap_busy = true;
+    Promise<std::string> promise;
+    written = promise.get_future();
+    heap_thread = std::thread([this, worker, promise = std::move(promise)]() mutable {
+      std::exception_ptr error;
+      std::string path;
+      try {
+        path = runner->heap_profile(worker);
+      } catch (...) {
+        error = std::current_exception();
+      }
+      {
+        std::lock_guard l(heap_mutex);
+        heap_busy = false;
+      }
+      // Settled outside the catch block: the exception is then owned by the promise alone.
+      if (error) {
+        promise.set_exception(error);
+      } else {
+        promise.set_value(std::move(path));
+      }
+    });
+    return true;
+  }
   void add_sink(const void* key, std::weak_ptr<EventSink> sink) {
     std::lock_guard lock(sinks_mutex);
     sinks.insert_or_assign(key, std::move(sink));
@@ -724,10 +757,11 @@ class Session : public TaskWatch,
     const std::string id(rest.substr(0, slash));
     const std::string_view action =
         slash == std::string_view::npos ? std::string_view() : rest.substr(slash + 1);
-    if (action != "restart") {
+    if (action != "restart" && action != "heap") {
       return respond(http::status::not_found,
                      error_body("NotFound", fmt::format("no action '{}' for a worker; use "
-                                                        "POST /api/workers/{{id}}/restart",
+                                                        "POST /api/workers/{{id}}/restart or "
+                                                        "/api/workers/{{id}}/heap",
                                                         action)));
     }
     const int self = server_.cluster != nullptr ? server_.cluster->id() : 0;
@@ -744,7 +778,16 @@ class Session : public TaskWatch,
     } else if (id == "server") {
       task_worker.clear();
     }
-    if (task_worker.empty()) return restart_server(id, server);
+    if (task_worker.empty()) {
+      if (action == "heap") {
+        return respond(http::status::conflict,
+                       error_body("Refused",
+                                  "heap profiles are written by task worker processes "
+                                  "(--isolation process --heap-profiling); this row is "
+                                  "a server"));
+      }
+      return restart_server(id, server);
+    }
     if (server != self) {
       return respond(http::status::conflict,
                      error_body("OtherWorker",
@@ -754,6 +797,7 @@ class Session : public TaskWatch,
                                             "spread over the workers) or restart worker {}",
                                             id, server, self, server)));
     }
+    if (action == "heap") return heap_profile(id, task_worker);
     try {
       server_.runner->restart_worker(task_worker);
     } catch (const std::invalid_argument& e) {
@@ -762,6 +806,30 @@ class Session : public TaskWatch,
       return respond(http::status::conflict, error_body("Refused", e.what()));
     }
     respond(http::status::accepted, json{{"restarting", id}});
+  }
+
+  // POST /api/workers/{id}/heap. Writing a profile blocks (milliseconds, up to the pool's 30 s
+  // for a worker that does not answer), so it runs on the server's one heap thread, never on an
+  // I/O thread; a second request meanwhile is refused rather than queued.
+  void heap_profile(const std::string& id, const std::string& worker) {
+    Future<std::string> written;
+    if (!server_.start_heap_profile(worker, written)) {
+      return respond(http::status::conflict,
+                     error_body("Busy",
+                                "a heap profile is being written; ask again when it is "
+                                "done"));
+    }
+    when_ready(std::move(written), [id](Session& self, Future<std::string> result) {
+      try {
+        self.respond(http::status::ok, json{{"worker", id}, {"path", result.get()}});
+      } catch (const std::invalid_argument& e) {
+        self.respond(http::status::not_found, error_body("NotFound", e.what()));
+      } catch (const TimedOut& e) {
+        self.respond(http::status::gateway_timeout, error_body("TimedOut", e.what()));
+      } catch (const std::exception& e) {
+        self.respond(http::status::conflict, error_body("Refused", e.what()));
+      }
+    });
   }
 
   // A server process: a cluster worker is asked to drain and exit (SIGTERM); the primary starts
@@ -1642,6 +1710,12 @@ void Server::stop() {
   }
   i.monitor_wake.notify_all();
   if (i.monitor_thread.joinable()) i.monitor_thread.join();
+  std::thread heap;
+  {
+    std::lock_guard lock(i.heap_mutex);
+    heap = std::move(i.heap_thread);
+  }
+  if (heap.joinable()) heap.join();  // at most the pool's profile timeout
   i.ioc.stop();
   for (auto& t : i.threads) {
     if (t.joinable()) t.join();

@@ -82,7 +82,8 @@ const crew::Tasks& test_tasks() {
   return tasks;
 }
 
-// jemalloc cannot take over from a sanitizer's allocator (the sanitizer must come first).
+// jemalloc cannot take over from a sanitizer's allocator (the sanitizer must come first): the
+// tests that preload it are HeapProfileReleaseOnly, which sanitizer builds do not register.
 bool sanitized() {
 #if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
   return true;
@@ -170,8 +171,7 @@ double cumulative_mb(const std::string& text, const std::string& function) {
   return -1;
 }
 
-TEST(HeapProfile, TheDiffOfTwoProfilesNamesTheLeakingFunction) {
-  if (sanitized()) GTEST_SKIP() << "jemalloc cannot be preloaded into a sanitizer build";
+TEST(HeapProfileReleaseOnly, TheDiffOfTwoProfilesNamesTheLeakingFunction) {
   ASSERT_EQ(::access("/usr/bin/jeprof", X_OK), 0)
       << "jeprof is missing: install Debian's libjemalloc-dev (scripts/bootstrap does)";
   Profiled p;
@@ -198,8 +198,7 @@ TEST(HeapProfile, TheDiffOfTwoProfilesNamesTheLeakingFunction) {
   EXPECT_EQ(cumulative_mb(first, "crew_test_leak_many_small_blocks"), -1) << first;
 }
 
-TEST(HeapProfile, ABusyWorkerWritesItsProfileWithoutWaitingForItsTask) {
-  if (sanitized()) GTEST_SKIP() << "jemalloc cannot be preloaded into a sanitizer build";
+TEST(HeapProfileReleaseOnly, ABusyWorkerWritesItsProfileWithoutWaitingForItsTask) {
   Profiled p;
   const std::string worker = p.ready_worker();
   const fs::path release = p.dir.path / "release";
@@ -217,8 +216,7 @@ TEST(HeapProfile, ABusyWorkerWritesItsProfileWithoutWaitingForItsTask) {
   EXPECT_TRUE(busy.get());
 }
 
-TEST(HeapProfile, SigusrTwoSentByHandWritesAProfileAndThePoolLogsWhere) {
-  if (sanitized()) GTEST_SKIP() << "jemalloc cannot be preloaded into a sanitizer build";
+TEST(HeapProfileReleaseOnly, SigusrTwoSentByHandWritesAProfileAndThePoolLogsWhere) {
   Profiled p;
   (void)p.ready_worker();
   const int pid = p.pool.run<int>("pid").get();
@@ -234,8 +232,7 @@ TEST(HeapProfile, SigusrTwoSentByHandWritesAProfileAndThePoolLogsWhere) {
   EXPECT_EQ(p.pool.run<int>("pid").get(), pid);
 }
 
-TEST(HeapProfile, AWorkerThatCannotWriteAProfileSaysWhy) {
-  if (sanitized()) GTEST_SKIP() << "jemalloc cannot be preloaded into a sanitizer build";
+TEST(HeapProfileReleaseOnly, AWorkerThatCannotWriteAProfileSaysWhy) {
   TempDir dir;
   crew::ProcessPoolOptions o;
   o.tasks = &test_tasks();

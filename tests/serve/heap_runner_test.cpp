@@ -35,7 +35,7 @@ std::string error_of(crew::serve_app::Runner& runner, std::string_view worker) {
   return "(no crew::Error)";
 }
 
-TEST(RunnerHeapProfile, OnlyAProcessRunnerWithHeapProfilingWritesOne) {
+TEST(RunnerHeapProfile, RunnersWithoutHeapProfilingRefuseSayingHow) {
   auto threads = crew::serve_app::make_thread_runner(
       test_tasks(), {.threads = 1, .max_queue = 16, .task_nice = 0, .max_stuck_threads = {}});
   EXPECT_THAT(error_of(*threads, "crew-task-0"), HasSubstr("--isolation process --heap-profiling"));
@@ -47,11 +47,13 @@ TEST(RunnerHeapProfile, OnlyAProcessRunnerWithHeapProfilingWritesOne) {
   auto without = crew::serve_app::make_process_runner(test_tasks(), plain);
   EXPECT_THAT(error_of(*without, "crew-task-0"), HasSubstr("without --heap-profiling"));
   without->close();
+}
 
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-  GTEST_SKIP() << "jemalloc cannot be preloaded into a sanitizer build";
-#endif
-  crew::ProcessPoolOptions profiled = plain;
+// jemalloc cannot be preloaded into a sanitizer build: release builds only.
+TEST(RunnerHeapProfileReleaseOnly, AProcessRunnerWithHeapProfilingWritesOne) {
+  crew::ProcessPoolOptions profiled;
+  profiled.max_workers = 1;
+  profiled.name = "crew-task";
   profiled.heap_profiling = true;
   auto with = crew::serve_app::make_process_runner(test_tasks(), profiled);
   // "\x90": an empty msgpack array, the task's arguments; once it ran, the worker is ready.

@@ -4,6 +4,7 @@
 // for --isolation process.
 #include <chrono>
 #include <csignal>
+#include <filesystem>
 #include <memory>
 #include <string>
 #include <thread>
@@ -362,6 +363,13 @@ TEST(ServeMonitor, ActionsRefuseClearlyWhatThisServerCannotDo) {
   EXPECT_EQ(reload.js()["error"]["type"], "NotACluster");
   EXPECT_EQ(c.request(http::verb::post, "/api/workers/server/restart").status, 409);
   EXPECT_EQ(c.request(http::verb::post, "/api/workers/server/explode").status, 404);
+  EXPECT_EQ(c.request(http::verb::post, "/api/workers/server/heap").status, 409);
+  ASSERT_EQ(run_fib(c), 200);
+  const json sample = sample_where(c, [](const json& l) { return l["workers"].size() > 1; });
+  const auto heap = c.request(
+      http::verb::post, "/api/workers/" + sample["workers"][1]["id"].get<std::string>() + "/heap");
+  EXPECT_EQ(heap.status, 409);
+  EXPECT_THAT(heap.body, HasSubstr("--heap-profiling"));
   EXPECT_EQ(c.request(http::verb::get, "/api/cluster/reload").status, 405);
 }
 
@@ -411,6 +419,47 @@ TEST(ServeMonitor, AKilledWorkerShowsItsSignalAndARestartedOneItsReason) {
   EXPECT_EQ(unknown.status, 404);
   EXPECT_THAT(unknown.body, HasSubstr(ids[0]));  // names the ones there are
   EXPECT_EQ(run_fib(c), 200);
+}
+
+// Draining ends the event streams (they never end by themselves), so a shutdown is not held
+// up by a dashboard left open.
+TEST(ServeMonitor, ADrainEndsOpenEventStreams) {
+  Running s;
+  Client stream(s.port());
+  stream.read_timeout(30s);
+  stream.send_raw("GET /api/events HTTP/1.1\r\nHost: x\r\n\r\n");
+  ASSERT_THAT(read_events(stream, 1), HasSubstr("event: sample"));
+  const auto t0 = std::chrono::steady_clock::now();
+  EXPECT_TRUE(s.server->drain(20s));
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 10s);
+  read_events(stream, 1000);  // reads to the end of the stream (or the 30 s read timeout)
+  EXPECT_TRUE(stream.closed_by_server());
+  s.server->stop();
+}
+
+// jemalloc cannot be preloaded into a sanitizer build: release builds only.
+TEST(ServeMonitorReleaseOnly, AHeapProfileOfATaskWorkerIsWrittenOnRequest) {
+  crew::serve_app::ServeConfig c;
+  c.host = "127.0.0.1";
+  c.port = 0;
+  c.log_format = "off";
+  crew::ProcessPoolOptions o;
+  o.min_workers = 1;
+  o.max_workers = 1;
+  o.heap_profiling = true;
+  o.log = [](const crew::ProcessLogLine&) {};
+  crew::serve_app::Server server(c, crew::serve_app::make_process_runner(tasks(), std::move(o)));
+  server.start();
+  Client client(server.port());
+  ASSERT_EQ(run_fib(client), 200);
+  const json sample = sample_where(client, [](const json& l) { return !task_ids(l).empty(); });
+  const std::string id = task_ids(sample).at(0);
+  const auto heap = client.request(http::verb::post, "/api/workers/" + id + "/heap");
+  ASSERT_EQ(heap.status, 200) << heap.body;
+  const std::string path = heap.js()["path"];
+  EXPECT_GT(std::filesystem::file_size(path), 0U);
+  std::filesystem::remove(path);
+  EXPECT_EQ(client.request(http::verb::post, "/api/workers/nobody/heap").status, 404);
 }
 
 // 100 streams that never read, and a storm of streams opened and dropped: the server still
