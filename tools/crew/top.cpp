@@ -1,6 +1,6 @@
 // `crew top`: a live terminal view of a `crew serve` from its monitor API (docs/monitor.md,
-// docs/top.md). The model (top/model), the frame (top/render) and the keys (top/keys) are pure;
-// this file fetches, and runs the loop around them.
+// docs/operations.md, "Watching crew"). The model (top/model), the frame (top/render) and the keys
+// (top/keys) are pure; this file fetches, and runs the loop around them.
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
