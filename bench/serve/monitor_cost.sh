@@ -30,7 +30,6 @@ cpu_seconds() {
   local total=0 pid ticks
   for pid in $server $(pgrep -P "$server" || true); do
     ticks=$(awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null || echo 0)
-    [[ -n ${DEBUG:-} ]] && echo "pid $pid $(cat /proc/$pid/comm 2>/dev/null) $ticks" >&2
     total=$((total + ticks))
   done
   echo "scale=4; $total / $(getconf CLK_TCK)" | bc
