@@ -87,14 +87,16 @@ json process_figures() {
   // publishing, /metrics scrapes), the figure is wanted once a second.
   static std::mutex pss_mutex;
   static std::chrono::steady_clock::time_point pss_read{};
-  static std::size_t pss = 0;
+  static std::size_t pss_last = 0;
+  std::size_t pss = 0;
   {
     std::lock_guard lock(pss_mutex);
     const auto now = std::chrono::steady_clock::now();
     if (now - pss_read >= std::chrono::seconds(1)) {
-      pss = memory_usage({.pss = true}).pss.value_or(0);
+      pss_last = memory_usage({.pss = true}).pss.value_or(0);
       pss_read = now;
     }
+    pss = pss_last;
   }
   return {{"rss_bytes", memory.rss},
           {"pss_bytes", pss},
