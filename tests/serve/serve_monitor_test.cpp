@@ -18,6 +18,7 @@
 
 #include <crew/memory.hpp>
 
+#include "builtin_tasks.hpp"
 #include "http_client.hpp"
 #include "metrics.hpp"
 #include "monitor.hpp"
@@ -207,28 +208,22 @@ TEST(MonitorHistory, AnHourOfSamplesAndAMinuteOfSnapshotsAreKept) {
 
 // ---- a real server ----------------------------------------------------------------------------
 
-const crew::Tasks& tasks() {
-  static const crew::Tasks t = [] {
-    crew::Tasks x;
-    crew::serve_app::add_builtin_tasks(x);
-    return x;
-  }();
-  return t;
-}
+using crew_test::builtin_tasks;
 
-// A server whose tasks run in two worker processes.
+// A server whose tasks run in `workers` worker processes, started at once.
 struct Running {
-  Running() {
+  explicit Running(std::size_t workers = 2, bool heap_profiling = false) {
     crew::serve_app::ServeConfig c;
     c.host = "127.0.0.1";
     c.port = 0;
     c.log_format = "off";
     crew::ProcessPoolOptions o;
-    o.min_workers = 2;
-    o.max_workers = 2;
+    o.min_workers = workers;
+    o.max_workers = workers;
+    o.heap_profiling = heap_profiling;
     o.log = [](const crew::ProcessLogLine&) {};
     server = std::make_unique<crew::serve_app::Server>(
-        c, crew::serve_app::make_process_runner(tasks(), std::move(o)));
+        c, crew::serve_app::make_process_runner(builtin_tasks(), std::move(o)));
     server->start();
   }
   std::uint16_t port() const { return server->port(); }
@@ -439,18 +434,8 @@ TEST(ServeMonitor, ADrainEndsOpenEventStreams) {
 
 // jemalloc cannot be preloaded into a sanitizer build: release builds only.
 TEST(ServeMonitorReleaseOnly, AHeapProfileOfATaskWorkerIsWrittenOnRequest) {
-  crew::serve_app::ServeConfig c;
-  c.host = "127.0.0.1";
-  c.port = 0;
-  c.log_format = "off";
-  crew::ProcessPoolOptions o;
-  o.min_workers = 1;
-  o.max_workers = 1;
-  o.heap_profiling = true;
-  o.log = [](const crew::ProcessLogLine&) {};
-  crew::serve_app::Server server(c, crew::serve_app::make_process_runner(tasks(), std::move(o)));
-  server.start();
-  Client client(server.port());
+  Running s(1, true);
+  Client client(s.port());
   ASSERT_EQ(run_fib(client), 200);
   const json sample = sample_where(client, [](const json& l) { return !task_ids(l).empty(); });
   const std::string id = task_ids(sample).at(0);

@@ -15,6 +15,7 @@
 #include <crew/redis.hpp>
 #include <crew/redis/worker.hpp>
 
+#include "builtin_tasks.hpp"
 #include "connection.hpp"
 #include "http_client.hpp"
 #include "redis/redis_server.hpp"
@@ -33,14 +34,7 @@ using crew_test::RedisServer;
 using crew_test::Reply;
 using ::testing::HasSubstr;
 
-const crew::Tasks& tasks() {
-  static const crew::Tasks t = [] {
-    crew::Tasks x;
-    crew::serve_app::add_builtin_tasks(x);
-    return x;
-  }();
-  return t;
-}
+using crew_test::builtin_tasks;
 
 // A server on the queue "t" of its own Redis; the worker that runs the jobs starts on demand.
 class ServeRedis : public ::testing::Test {
@@ -57,17 +51,18 @@ class ServeRedis : public ::testing::Test {
     c.queue = "t";
     c.max_wait = max_wait;
     auto server = std::make_unique<crew::serve_app::Server>(
-        c, crew::serve_app::make_redis_runner(tasks(), {.url = redis_.url(), .queue = "t"}));
+        c,
+        crew::serve_app::make_redis_runner(builtin_tasks(), {.url = redis_.url(), .queue = "t"}));
     server->start();
     return server;
   }
 
   void start_worker() {
     worker_ = std::make_unique<crew::redis::Worker>(
-        tasks(), crew::redis::WorkerOptions{.url = redis_.url(),
-                                            .queue = "t",
-                                            .concurrency = 2,
-                                            .isolation = crew::redis::Isolation::thread});
+        builtin_tasks(), crew::redis::WorkerOptions{.url = redis_.url(),
+                                                    .queue = "t",
+                                                    .concurrency = 2,
+                                                    .isolation = crew::redis::Isolation::thread});
   }
 
   Reply get(const std::string& target) {
@@ -313,7 +308,7 @@ TEST(ServeRedisBackend, TheLocalBackendRefusesJobRoutesNamingTheFlag) {
   c.log_format = "off";
   crew::serve_app::Server server(
       c, crew::serve_app::make_thread_runner(
-             tasks(), {.threads = 1, .max_queue = 16, .max_stuck_threads = std::nullopt}));
+             builtin_tasks(), {.threads = 1, .max_queue = 16, .max_stuck_threads = std::nullopt}));
   server.start();
   Client client(server.port());
   auto r = client.request(http::verb::post, "/v1/tasks/fib?wait=false", R"({"args": [10]})");
@@ -337,7 +332,7 @@ TEST(ServeRedisBackend, TheLocalBackendRefusesJobRoutesNamingTheFlag) {
 TEST(ServeRedisBackend, BadSettingsNameTheFlagAndAnUnreachableRedisItsUrl) {
   auto error_of = [](const crew::serve_app::RedisRunnerOptions& o) -> std::string {
     try {
-      (void)crew::serve_app::make_redis_runner(tasks(), o);
+      (void)crew::serve_app::make_redis_runner(builtin_tasks(), o);
     } catch (const std::exception& e) {
       return e.what();
     }
@@ -353,7 +348,7 @@ TEST(ServeRedisBackend, BadSettingsNameTheFlagAndAnUnreachableRedisItsUrl) {
   }
   const std::string url = "redis://127.0.0.1:" + std::to_string(port);
   try {
-    (void)crew::serve_app::make_redis_runner(tasks(), {.url = url});
+    (void)crew::serve_app::make_redis_runner(builtin_tasks(), {.url = url});
     ADD_FAILURE() << "no exception";
   } catch (const crew::redis::ConnectionError& e) {
     EXPECT_THAT(e.what(), HasSubstr("127.0.0.1:" + std::to_string(port)));
