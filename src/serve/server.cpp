@@ -293,9 +293,11 @@ struct Server::Impl {
         std::lock_guard l(heap_mutex);
         heap_busy = false;
       }
-      // Settled outside the catch block: the exception is then owned by the promise alone.
+      // Settled outside the catch block and moved: the exception is then owned by the promise
+      // alone. A copy left here would be released after the reader's, through a reference count
+      // inside libstdc++ that ThreadSanitizer cannot see, and reported as a race.
       if (error) {
-        promise.set_exception(error);
+        promise.set_exception(std::move(error));
       } else {
         promise.set_value(std::move(path));
       }
@@ -363,7 +365,8 @@ class Session : public TaskWatch,
       std::lock_guard lock(server_.sessions_mutex);
       server_.drainers[this] = [weak = weak_from_this()] {
         if (auto self = weak.lock()) {
-          asio::post(self->stream_.get_executor(), [self] { self->drain_soon(); });
+          auto executor = self->stream_.get_executor();
+          asio::post(executor, [self = std::move(self)] { self->drain_soon(); });
         }
       };
     }
@@ -1693,10 +1696,14 @@ bool Server::drain(std::chrono::milliseconds timeout) {
     beast::error_code ec;
     i.acceptor.close(ec);
   });
+  // Called outside the lock: a drainer holds its session for a moment, and when the session
+  // ends meanwhile on an I/O thread, its destructor runs here and takes sessions_mutex.
+  std::vector<std::function<void()>> drainers;
   {
     std::lock_guard lock(i.sessions_mutex);
-    for (auto& [key, drain_one] : i.drainers) drain_one();
+    for (const auto& [key, drain_one] : i.drainers) drainers.push_back(drain_one);
   }
+  for (const auto& drain_one : drainers) drain_one();
   std::unique_lock lock(i.drain_mutex);
   return i.drained.wait_for(lock, timeout,
                             [&] { return i.inflight.load() == 0 && i.sessions.load() == 0; });

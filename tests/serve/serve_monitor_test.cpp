@@ -312,7 +312,7 @@ std::string read_events(Client& c, int events) {
     }
     if (count >= static_cast<std::size_t>(events)) return got;
     boost::system::error_code ec;
-    const std::size_t n = c.socket().read_some(asio::buffer(buf), ec);
+    const std::size_t n = c.read_some(buf, sizeof buf, ec);
     if (ec) return got;
     got.append(buf, n);
   }
