@@ -7,7 +7,7 @@
 -- exactly once however late or repeated a call is. Arguments are checked before the first write:
 -- a function that raises after writing would leave its writes in place.
 
-local VERSION = 6
+local VERSION = 7
 
 local GROUP = 'workers'
 local NOTIFY_MAXLEN = '10000'
@@ -95,11 +95,29 @@ local COMPLETE_FIELDS = {'state', 'lease', 'stream', 'entry', 'producer', 'ready
 
 local function bump(p, counter) redis.call('HINCRBY', p .. 'stats', counter, 1) end
 
--- Counter increments gathered over one call and written at its end with one HINCRBY per field:
--- the outcomes of a batch add into the same few fields of `stats` and `latency`.
--- What a call adds to the counter hashes, summed, and the results streams it wrote to: written
--- once each at its end (flush).
-local function new_tally() return {stats = {}, latency = {}, results = {}} end
+-- Runs `head` followed by `items`, split so that no call takes more than 1 000 of them (unpack
+-- has a limit, and one huge command would hold Redis as long as many).
+local function call_with(head, items)
+  for from = 1, #items, 1000 do
+    local args = {unpack(head)}
+    for i = from, math.min(from + 999, #items) do args[#args + 1] = items[i] end
+    redis.call(unpack(args))
+  end
+end
+
+local function append(list_of, key, ...)
+  local list = list_of[key]
+  if not list then
+    list = {}
+    list_of[key] = list
+  end
+  for _, v in ipairs({...}) do list[#list + 1] = v end
+end
+
+-- What a call adds to the counter hashes, summed; the results streams it wrote to; the stream
+-- entries it settled and the leases it ended: written at its end (flush), one command per hash,
+-- stream or key rather than per job. A batch of outcomes adds into the same few fields.
+local function new_tally() return {stats = {}, latency = {}, results = {}, xdel = {}, unlease = {}} end
 
 local function add(tally, hash, field, n) tally[hash][field] = (tally[hash][field] or 0) + n end
 
@@ -109,6 +127,8 @@ local function flush(p, tally)
   end
   -- NX: a living producer's own renewal is not cut short.
   for key in pairs(tally.results) do redis.call('PEXPIRE', key, RESULTS_TTL_MS, 'NX') end
+  for stream, entries in pairs(tally.xdel) do call_with({'XDEL', stream}, entries) end
+  call_with({'ZREM', p .. 'leases'}, tally.unlease)
 end
 
 -- Counts a completed job's end-to-end latency, from when it could first run (submission, or the
@@ -340,18 +360,27 @@ end
 -- entry itself stays until the job settles.
 -- `now` and `token` (a function giving the next lease token) come from the caller, so that a
 -- batch asks for the time and for tokens once.
-local function start_entry(p, stream, entry, id, worker, lease_ms, now, token)
+-- The acknowledgements and lease deadlines of the jobs a call starts go into `starts`
+-- (new_starts) and are written together by apply_starts before it returns.
+local function start_entry(p, stream, entry, id, worker, lease_ms, now, token, starts)
   local job = id ~= '' and load_fields(job_key(p, id), START_FIELDS) or nil
   local reason = stray(p, stream, entry, id, job)
   if reason then return {'skip', reason} end
   if job.state ~= 'waiting' then return {'skip', 'job is ' .. job.state} end
-  redis.call('XACK', stream, GROUP, entry)
+  append(starts.acks, stream, entry)
   local lease = token()
   local attempt = tonumber(job.attempt) + 1
   redis.call('HSET', job_key(p, id), 'state', 'active', 'owner', worker, 'lease', lease,
     'attempt', attempt, 'started_ms', now)
-  redis.call('ZADD', p .. 'leases', now + lease_ms, id)
+  append(starts, 'leases', now + lease_ms, id)
   return {'run', lease, job.task, job.args, tonumber(job.timeout_ms), attempt}
+end
+
+local function new_starts() return {acks = {}, leases = {}} end
+
+local function apply_starts(p, starts)
+  for stream, entries in pairs(starts.acks) do call_with({'XACK', stream, GROUP}, entries) end
+  call_with({'ZADD', p .. 'leases'}, starts.leases)
 end
 
 -- crew_start(prefix; id, stream, entry, worker, lease_ms)
@@ -365,8 +394,11 @@ local function start(keys, argv)
   local entry = text(fn, 'entry', argv[3], 64)
   local worker = text(fn, 'worker', argv[4], 256)
   local lease_ms = int(fn, 'lease_ms', argv[5], 1)
-  return start_entry(p, stream, entry, id, worker, lease_ms, now_ms(),
-    function() return next_token(p) end)
+  local starts = new_starts()
+  local started = start_entry(p, stream, entry, id, worker, lease_ms, now_ms(),
+    function() return next_token(p) end, starts)
+  apply_starts(p, starts)
+  return started
 end
 
 -- crew_renew(prefix; id, lease, lease_ms) -> 'ok' | 'lost' (the worker must stop the task).
@@ -386,8 +418,9 @@ end
 local function complete_one(p, tally, now, id, lease, result)
   local job = load_fields(job_key(p, id), COMPLETE_FIELDS)
   if not owned(job, lease) then return 'refused' end
-  delete_entry(job.stream, job.entry)
-  redis.call('ZREM', p .. 'leases', id)
+  -- The entry was acknowledged when the job started (start_entry): deleting it is what is left.
+  if job.stream and job.entry and job.entry ~= '' then append(tally.xdel, job.stream, job.entry) end
+  append(tally, 'unlease', id)
   local results = p .. 'results:' .. job.producer
   redis.call('XADD', results, 'MAXLEN', '~', NOTIFY_MAXLEN, '*', 'id', id, 'state', 'completed',
     'result', result)
@@ -633,6 +666,7 @@ local function take_jobs(p, worker, count, lease_ms, now)
     return tostring(last - count + given)
   end
   local out = {0}
+  local starts = new_starts()
   for priority = 3, 0, -1 do
     local stream = p .. 'p' .. priority
     while #out - 1 < count do
@@ -641,7 +675,7 @@ local function take_jobs(p, worker, count, lease_ms, now)
       for _, e in ipairs(entries) do
         local fields = e[2]
         local id = type(fields) == 'table' and fields[1] == 'id' and fields[2] or ''
-        local started = start_entry(p, stream, e[1], id, worker, lease_ms, now, token)
+        local started = start_entry(p, stream, e[1], id, worker, lease_ms, now, token, starts)
         if started[1] == 'run' then
           out[#out + 1] = {id, started[2], started[3], started[4], started[5], started[6]}
         end
@@ -649,6 +683,7 @@ local function take_jobs(p, worker, count, lease_ms, now)
       if #entries < wanted then break end
     end
   end
+  apply_starts(p, starts)
   if #out == 1 then redis.pcall('XGROUP', 'SETID', p .. 'wake', GROUP, '$') end
   out[1] = due_in(p, now)
   return out
@@ -692,6 +727,7 @@ local function recover(keys, argv)
   for i = 3, #argv do runs[text(fn, 'lease', argv[i], 64)] = true end
   local now = now_ms()
   local out = {}
+  local starts = new_starts()
   for _, id in ipairs(redis.call('ZRANGE', p .. 'leases', 0, -1)) do
     local key = job_key(p, id)
     local held = redis.call('HMGET', key, 'state', 'owner', 'lease')
@@ -710,13 +746,14 @@ local function recover(keys, argv)
       else
         local id = fields[1] == 'id' and fields[2] or ''
         local started = start_entry(p, stream, e[1], id, worker, lease_ms, now,
-          function() return next_token(p) end)
+          function() return next_token(p) end, starts)
         if started[1] == 'run' then
           out[#out + 1] = {id, started[2], started[3], started[4], started[5], started[6]}
         end
       end
     end
   end
+  apply_starts(p, starts)
   for _, e in ipairs(read_own(p .. 'wake', worker)) do
     redis.call('XACK', p .. 'wake', GROUP, e[1])
   end

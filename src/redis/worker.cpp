@@ -40,10 +40,15 @@ constexpr std::size_t kErrorTypeMax = 256;
 constexpr std::size_t kTakeMax = 1'000;
 constexpr std::size_t kReportMax = 1'000;
 constexpr std::size_t kRenewMax = 500;
+// Jobs held beyond `concurrency` at most (see Impl::capacity()), whatever the prefetch window.
+constexpr std::size_t kPrefetchMax = 64;
+// Weight of the newest run time in the running estimate of a job's run time.
+constexpr double kRunTimeWeight = 0.2;
 
 struct Running {
   std::string id;
   std::string lease;
+  Clock::time_point begun = Clock::now();
   std::stop_source stop;
   // The lease was lost or the job handed back: its outcome must never be reported.
   std::atomic<bool> abandoned{false};
@@ -79,6 +84,10 @@ WorkerOptions checked(WorkerOptions o) {
   if (o.max_reclaims < 0) {
     throw std::invalid_argument("crew::redis::WorkerOptions: max_reclaims must not be negative");
   }
+  if (o.prefetch_window.count() < 0) {
+    throw std::invalid_argument(
+        "crew::redis::WorkerOptions: prefetch_window must not be negative (0 turns prefetch off)");
+  }
   if (o.block.count() < 1) {
     throw std::invalid_argument("crew::redis::WorkerOptions: block must be at least 1 ms");
   }
@@ -109,8 +118,13 @@ struct Worker::Impl {
   std::condition_variable_any paused;          // never notified: pause() ends by time or stop
   std::map<std::string, std::shared_ptr<Running>> running;  // by lease token
   // Slots promised to a crew_take or crew_report in flight: with `running`, never more than
-  // `concurrency`, though the fetch and report threads both start jobs.
+  // capacity(), though the fetch and report threads both start jobs.
   std::size_t reserved = 0;
+  // Jobs begun whose task has not finished (`running` also holds finished ones until reported).
+  std::size_t unfinished = 0;
+  // The running estimate of one job's run time (0: no job finished yet), and the last finish.
+  double run_seconds = 0;
+  Clock::time_point last_finish{};
   // Set by the report thread when its crew_report started nothing: the fetch thread may then
   // block at once instead of asking crew_take first.
   std::optional<IdleHint> idle_hint;
@@ -196,7 +210,7 @@ struct Worker::Impl {
       {
         std::unique_lock lock(mutex);
         if (!slots_changed.wait(lock, stop, [&] {
-              return recover ? !report_taking : running.size() + reserved < options.concurrency;
+              return recover ? !report_taking : running.size() + reserved < capacity();
             })) {
           return;
         }
@@ -204,7 +218,7 @@ struct Worker::Impl {
           recovering.emplace();
           for (const auto& [lease, job] : running) recovering->push_back(lease);
         } else {
-          free = std::min(options.concurrency - running.size() - reserved, kTakeMax);
+          free = std::min(capacity() - running.size() - reserved, kTakeMax);
           reserved += free;
           hint = std::exchange(idle_hint, std::nullopt);
         }
@@ -332,6 +346,7 @@ struct Worker::Impl {
     {
       std::lock_guard lock(mutex);
       running[job->lease] = job;
+      ++unfinished;
       ++counters.started;
     }
     launch(job, task, std::move(args), timeout);
@@ -367,9 +382,41 @@ struct Worker::Impl {
     outcome.job->finished = true;
     {
       std::lock_guard lock(mutex);
+      observe_run_time(*outcome.job);
       outcomes.push_back(std::move(outcome));
     }
     outcome_queued.notify_one();
+  }
+
+  // --- prefetch ---
+
+  // Jobs this worker may hold: `concurrency` running, and beyond them as many waiting in the
+  // pool's queue as it expects to finish within `prefetch_window`. Short jobs are then taken and
+  // reported many to a call (a no-op job costs Redis a fraction of a call), while long ones are
+  // not held back from idle workers elsewhere. Until a job has finished nothing is prefetched.
+  // Caller holds `mutex`.
+  std::size_t capacity() const {
+    const double window = std::chrono::duration<double>(options.prefetch_window).count();
+    if (run_seconds <= 0 || window <= 0) return options.concurrency;
+    const double more = window * static_cast<double>(options.concurrency) / run_seconds;
+    return options.concurrency +
+           static_cast<std::size_t>(std::min(more, static_cast<double>(kPrefetchMax)));
+  }
+
+  // One job's run time, from its task finishing. Taken to finished bounds it, but counts the
+  // time it waited in the pool's queue; while the pool was full, `concurrency` times the time
+  // since the previous finish bounds it too. Caller holds `mutex`.
+  void observe_run_time(const Running& job) {
+    const auto now = Clock::now();
+    double seconds = std::chrono::duration<double>(now - job.begun).count();
+    if (unfinished > options.concurrency && last_finish > job.begun) {
+      seconds = std::min(seconds, static_cast<double>(options.concurrency) *
+                                      std::chrono::duration<double>(now - last_finish).count());
+    }
+    --unfinished;
+    last_finish = now;
+    run_seconds =
+        run_seconds <= 0 ? seconds : run_seconds + kRunTimeWeight * (seconds - run_seconds);
   }
 
   // --- report thread ---
@@ -389,8 +436,8 @@ struct Worker::Impl {
         }
         // The batch's jobs leave `running` after the call, so their slots are free for it.
         const std::size_t busy = running.size() - batch.size() + reserved;
-        if (taking && !recover && busy < options.concurrency) {
-          take = std::min(options.concurrency - busy, kTakeMax);
+        if (taking && !recover && busy < capacity()) {
+          take = std::min(capacity() - busy, kTakeMax);
           reserved += take;
           report_taking = true;
         }
@@ -617,7 +664,9 @@ void Worker::stop(milliseconds deadline) {
 
 WorkerStats Worker::stats() const {
   std::lock_guard lock(impl_->mutex);
-  return impl_->counters;
+  WorkerStats stats = impl_->counters;
+  stats.prefetch = impl_->capacity() - impl_->options.concurrency;
+  return stats;
 }
 
 QueueStats Worker::queue_stats() const {

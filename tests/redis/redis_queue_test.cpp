@@ -94,12 +94,15 @@ const crew::Tasks& test_tasks() {
 
 class RedisQueue : public ::testing::Test {
  protected:
-  std::unique_ptr<Worker> worker(Isolation isolation, std::size_t concurrency = 2) {
-    return std::make_unique<Worker>(test_tasks(),
-                                    crew::redis::WorkerOptions{.url = server_.url(),
-                                                               .queue = "q",
-                                                               .concurrency = concurrency,
-                                                               .isolation = isolation});
+  std::unique_ptr<Worker> worker(Isolation isolation, std::size_t concurrency = 2,
+                                 std::chrono::milliseconds prefetch_window = 2ms) {
+    return std::make_unique<Worker>(test_tasks(), crew::redis::WorkerOptions{
+                                                      .url = server_.url(),
+                                                      .queue = "q",
+                                                      .concurrency = concurrency,
+                                                      .isolation = isolation,
+                                                      .prefetch_window = prefetch_window,
+                                                  });
   }
 
   std::map<std::string, std::string> job(const std::string& id) {
@@ -244,7 +247,7 @@ TEST_F(RedisQueue, AWorkerTakesOnlyWhatItsSlotsHoldHighestPriorityFirst) {
   for (int priority = 0; priority <= 3; ++priority) {
     jobs.push_back(queue_.run<int>({.priority = priority}, "gate", priority));
   }
-  auto w = worker(Isolation::thread, 1);
+  auto w = worker(Isolation::thread, 1, 0ms);
   for (std::size_t k = 1; k <= jobs.size(); ++k) {
     std::unique_lock lock(g_gate.mutex);
     ASSERT_TRUE(g_gate.changed.wait_for(lock, 60s, [&] { return g_gate.order.size() == k; }))
@@ -255,6 +258,39 @@ TEST_F(RedisQueue, AWorkerTakesOnlyWhatItsSlotsHoldHighestPriorityFirst) {
   }
   for (int priority = 0; priority <= 3; ++priority) EXPECT_EQ(jobs[priority].get(), priority);
   EXPECT_EQ(g_gate.order, (std::vector<int>{3, 2, 1, 0}));
+}
+
+// Short jobs: a worker holds more than it runs, so that many travel in one call. Long ones: it
+// holds none beyond its slots, so that idle workers elsewhere get them.
+TEST_F(RedisQueue, AWorkerPrefetchesShortJobsButNotLongOnes) {
+  auto w = worker(Isolation::thread, 1, 50ms);
+  EXPECT_EQ(w->stats().prefetch, 0U);  // nothing finished yet: nothing to judge by
+  std::vector<crew::Future<int>> sums;
+  for (int i = 0; i < 20; ++i) sums.push_back(queue_.run<int>("add", i, 1));
+  for (auto& s : sums) s.get();
+  EXPECT_GE(w->stats().prefetch, 3U);  // microseconds each (the most it holds is 64)
+  {
+    std::lock_guard lock(g_gate.mutex);
+    g_gate.order.clear();
+    g_gate.released = 0;
+  }
+  // The first gate job blocks the only slot; the others are taken meanwhile all the same.
+  std::vector<crew::Future<int>> gates;
+  for (int i = 0; i < 4; ++i) gates.push_back(queue_.run<int>("gate", i));
+  EXPECT_TRUE(eventually([&] { return w->stats().started == 24; })) << w->stats().started;
+  {
+    std::lock_guard lock(g_gate.mutex);
+    EXPECT_EQ(g_gate.order.size(), 1U);
+  }
+  const auto sleeper = [&] { return queue_.run<int>("sleep_ms", 300); };
+  {
+    std::lock_guard lock(g_gate.mutex);
+    g_gate.released = 4;
+  }
+  g_gate.changed.notify_all();
+  for (auto& g : gates) g.get();
+  for (int i = 0; i < 3; ++i) sleeper().get();  // 300 ms each: far beyond the 50 ms window
+  EXPECT_EQ(w->stats().prefetch, 0U);
 }
 
 TEST_F(RedisQueue, RoundTripInWorkerProcesses) {

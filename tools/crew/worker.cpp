@@ -38,6 +38,7 @@ struct WorkerConfig {
   std::size_t concurrency = 0;
   std::string isolation = "process";
   std::int64_t lease_ms = 30'000;
+  std::int64_t prefetch_ms = 2;
   std::int64_t shutdown_ms = 10'000;
   std::string metrics_host = "127.0.0.1";
   int metrics_port = -1;  // -1: no metrics endpoint
@@ -55,6 +56,11 @@ std::string worker_metrics(const redis::Worker& worker, const std::string& queue
         std::pair{"refused", w.refused}}) {
     out += fmt::format("crew_worker_jobs_total{{outcome=\"{}\"}} {}\n", outcome, n);
   }
+  out += fmt::format(
+      "# HELP crew_worker_prefetch Jobs this worker may now hold beyond its concurrency.\n"
+      "# TYPE crew_worker_prefetch gauge\n"
+      "crew_worker_prefetch {}\n",
+      w.prefetch);
   out +=
       "# HELP crew_queue_up Whether Redis answered this scrape's queue query.\n"
       "# TYPE crew_queue_up gauge\n";
@@ -90,7 +96,8 @@ int run_worker(const WorkerConfig& config) {
                                .lease = std::chrono::milliseconds(config.lease_ms),
                                .isolation = config.isolation == "thread"
                                                 ? redis::Isolation::thread
-                                                : redis::Isolation::process};
+                                                : redis::Isolation::process,
+                               .prefetch_window = std::chrono::milliseconds(config.prefetch_ms)};
   std::string list;
   for (const auto& p : config.plugins) list += (list.empty() ? "" : ":") + p;
   options.env["CREW_SERVE_PLUGINS"] = list;
@@ -166,6 +173,12 @@ Command add_worker_command(CLI::App& app) {
                   "A running job's lease: a worker silent this long loses its jobs to others")
       ->envname("CREW_LEASE_MS")
       ->check(CLI::Range(std::int64_t{1'000}, std::int64_t{24} * 3'600'000))
+      ->capture_default_str();
+  cmd->add_option("--prefetch-ms", config->prefetch_ms,
+                  "Hold as many jobs beyond --concurrency as this worker finishes in this long "
+                  "(at most 64; 0: none): short jobs then travel many per Redis call")
+      ->envname("CREW_PREFETCH_MS")
+      ->check(CLI::Range(std::int64_t{0}, std::int64_t{60'000}))
       ->capture_default_str();
   cmd->add_option("--shutdown-timeout-ms", config->shutdown_ms,
                   "How long SIGTERM lets running jobs finish before handing them back")

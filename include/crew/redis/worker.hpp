@@ -38,6 +38,11 @@ struct WorkerOptions {
   /// A job whose worker stopped renewing its lease runs again this many times at most, then is
   /// dead-lettered as WorkerCrashed.
   int max_reclaims = 3;
+  /// Prefetch: besides the `concurrency` jobs it runs, a worker holds as many more (waiting in its
+  /// pool's queue, leased to it) as it expects to finish within this window, from the run time of
+  /// the jobs it finished, and at most 64. Short jobs are then taken and reported many per Redis
+  /// call; jobs longer than the window are never held back from other workers. 0: off.
+  std::chrono::milliseconds prefetch_window{2};
   /// How long the fetch thread blocks in one XREADGROUP: bounds how long stop() waits for it.
   std::chrono::milliseconds block{1'000};
   std::chrono::milliseconds connect_timeout{2'000};
@@ -57,6 +62,8 @@ struct WorkerStats {
   std::uint64_t lost = 0;       ///< leases lost: the task was stopped, its outcome never reported
   std::uint64_t released = 0;   ///< jobs handed back by stop()
   std::uint64_t refused = 0;    ///< outcomes Redis refused (the lease had moved on meanwhile)
+  /// Now: jobs this worker may hold beyond `concurrency` (see WorkerOptions::prefetch_window).
+  std::uint64_t prefetch = 0;
 };
 
 /// Takes jobs from a queue and runs them; construction starts it.

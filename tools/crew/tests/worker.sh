@@ -74,6 +74,7 @@ for line in 'crew_worker_jobs_total{outcome="completed"} 1' 'crew_queue_up 1' \
   'crew_queue_latency_seconds_bucket{queue="t",le="+Inf"} 1'; do
   grep -qxF "$line" <<<"$scrape" || fail "no '$line' in /metrics: $scrape"
 done
+grep -qE '^crew_worker_prefetch [0-9]+$' <<<"$scrape" || fail "no crew_worker_prefetch gauge: $scrape"
 [[ $(curl -s -o /dev/null -w '%{http_code}' --max-time 30 "${metrics%/metrics}/healthz") == 200 ]] ||
   fail "/healthz is not 200"
 [[ $(curl -s -o /dev/null -w '%{http_code}' --max-time 30 -X POST "$metrics") == 405 ]] ||
