@@ -210,7 +210,10 @@ struct Worker::Impl {
       {
         std::unique_lock lock(mutex);
         if (!slots_changed.wait(lock, stop, [&] {
-              return recover ? !report_taking : running.size() + reserved < capacity();
+              // Free slots, not prefetch room: while its jobs run, the report thread's next
+              // crew_report takes more anyway. A crew_take here as well would cost a job that a
+              // producer waits for one more call, most of it for nothing.
+              return recover ? !report_taking : running.size() + reserved < options.concurrency;
             })) {
           return;
         }

@@ -263,33 +263,29 @@ TEST_F(RedisQueue, AWorkerTakesOnlyWhatItsSlotsHoldHighestPriorityFirst) {
 // Short jobs: a worker holds more than it runs, so that many travel in one call. Long ones: it
 // holds none beyond its slots, so that idle workers elsewhere get them.
 TEST_F(RedisQueue, AWorkerPrefetchesShortJobsButNotLongOnes) {
-  auto w = worker(Isolation::thread, 1, 50ms);
-  EXPECT_EQ(w->stats().prefetch, 0U);  // nothing finished yet: nothing to judge by
-  std::vector<crew::Future<int>> sums;
-  for (int i = 0; i < 20; ++i) sums.push_back(queue_.run<int>("add", i, 1));
-  for (auto& s : sums) s.get();
-  EXPECT_GE(w->stats().prefetch, 3U);  // microseconds each (the most it holds is 64)
   {
     std::lock_guard lock(g_gate.mutex);
     g_gate.order.clear();
     g_gate.released = 0;
   }
-  // The first gate job blocks the only slot; the others are taken meanwhile all the same.
-  std::vector<crew::Future<int>> gates;
+  // A backlog: short jobs first (higher priority), then four that block until let go.
+  std::vector<crew::Future<int>> sums, gates;
+  for (int i = 0; i < 20; ++i) sums.push_back(queue_.run<int>({.priority = 3}, "add", i, 1));
   for (int i = 0; i < 4; ++i) gates.push_back(queue_.run<int>("gate", i));
+  auto w = worker(Isolation::thread, 1, 50ms);
+  for (auto& s : sums) s.get();
+  EXPECT_GE(w->stats().prefetch, 3U);  // microseconds each (the most it holds is 64)
+  // The first gate job blocks the only slot; the other three were taken with it all the same.
   EXPECT_TRUE(eventually([&] { return w->stats().started == 24; })) << w->stats().started;
   {
     std::lock_guard lock(g_gate.mutex);
     EXPECT_EQ(g_gate.order.size(), 1U);
-  }
-  const auto sleeper = [&] { return queue_.run<int>("sleep_ms", 300); };
-  {
-    std::lock_guard lock(g_gate.mutex);
     g_gate.released = 4;
   }
   g_gate.changed.notify_all();
   for (auto& g : gates) g.get();
-  for (int i = 0; i < 3; ++i) sleeper().get();  // 300 ms each: far beyond the 50 ms window
+  // 300 ms each, far beyond the 50 ms window: nothing is held beyond the slot.
+  for (int i = 0; i < 3; ++i) queue_.run<int>("sleep_ms", 300).get();
   EXPECT_EQ(w->stats().prefetch, 0U);
 }
 
