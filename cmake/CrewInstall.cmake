@@ -29,6 +29,12 @@ else()
   set(CREW_HAS_STREAM OFF)
 endif()
 
+if(TARGET crew_asio)
+  set(CREW_HAS_ASIO ON)
+else()
+  set(CREW_HAS_ASIO OFF)
+endif()
+
 if(TARGET crew_redis)
   set(CREW_HAS_REDIS ON)
 else()
