@@ -181,6 +181,426 @@ struct Worker {
   int slot = -1;          // on the balancing board; -1: none was free
 };
 
+// The primary's loop (Cluster::run): its state, and one member function per step. Workers are
+// forked by the thread that calls run().
+class Primary {
+ public:
+  Primary(const ClusterOptions& options, int listen_fd, const SharedBuffer& board, int wake_fd,
+          std::atomic<bool>& stop_requested, std::atomic<bool>& reload_requested);
+  int run();
+
+ private:
+  static constexpr std::uint64_t kSignalTag = 0;  // worker tags are (id << 1) | 0/1, id >= 1
+  static constexpr std::uint64_t kWakeTag = 1;
+
+  void start_workers();
+  int timeout_ms(Clock::time_point now) const;
+  void on_control(std::uint64_t tag, Clock::time_point now);
+  void on_message(Worker& w);
+  void on_exit(std::map<int, Worker>::iterator it, Clock::time_point now);
+  bool shut_down(Clock::time_point now);
+  void check_memory(Clock::time_point now);
+  void replace_missing(Clock::time_point now);
+  int spawn();
+  void free_slot(Worker& w);
+  void send_signal(Worker& w, int sig);
+  void drain(Worker& w);
+  void drain_all(Clock::time_point now);
+  milliseconds unstable_start(Clock::time_point now);
+  std::size_t live() const;
+  void start_next_reload();
+  void reload_all();
+  static std::string peer_message(const Worker& w);
+
+  const ClusterOptions& options_;
+  const int listen_fd_;
+  const SharedBuffer& board_;
+  const int wake_fd_;
+  std::atomic<bool>& stop_requested_;
+  std::atomic<bool>& reload_requested_;
+  UniqueFd sfd_;
+  UniqueFd ep_;
+  // By id. Declared after the descriptors, so that if run() throws, every worker still here is
+  // killed and reaped (Worker::child) before they close.
+  std::map<int, Worker> workers_;
+  int next_id_ = 1;
+  std::size_t unstable_ = 0;
+  RestartBackoff backoff_;
+  bool stopping_ = false;
+  Clock::time_point stop_deadline_{};
+  std::deque<int> to_reload_;   // old workers still to replace, in order
+  int reload_waiting_for_ = 0;  // the new worker whose readiness releases the next old one
+  Clock::time_point next_memory_check_ = Clock::now();
+  int exit_code_ = 0;
+  std::vector<char> buffer_ = std::vector<char>(kMaxMessage);
+};
+
+Primary::Primary(const ClusterOptions& options, int listen_fd, const SharedBuffer& board,
+                 int wake_fd, std::atomic<bool>& stop_requested,
+                 std::atomic<bool>& reload_requested)
+    : options_(options),
+      listen_fd_(listen_fd),
+      board_(board),
+      wake_fd_(wake_fd),
+      stop_requested_(stop_requested),
+      reload_requested_(reload_requested),
+      backoff_(options.restart_backoff) {
+  const sigset_t set = cluster_signals();
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  sfd_.reset(::signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK));
+  if (!sfd_) throw_errno("crew::Cluster::run: signalfd");
+  ep_.reset(::epoll_create1(EPOLL_CLOEXEC));
+  if (!ep_) throw_errno("crew::Cluster::run: epoll_create1");
+  epoll_watch(kWho, ep_.get(), sfd_.get(), kSignalTag);
+  epoll_watch(kWho, ep_.get(), wake_fd_, kWakeTag);
+}
+
+int Primary::run() {
+  start_workers();
+  epoll_event events[32];
+  for (;;) {
+    const int n = ::epoll_wait(ep_.get(), events, 32, timeout_ms(Clock::now()));
+    const auto t = Clock::now();
+    for (int e = 0; e < n; ++e) {
+      const std::uint64_t tag = events[e].data.u64;
+      if (tag == kSignalTag || tag == kWakeTag) {
+        on_control(tag, t);
+        continue;
+      }
+      auto it = workers_.find(static_cast<int>(tag >> 1));
+      if (it == workers_.end()) continue;
+      if ((tag & 1) == 1) {
+        on_message(it->second);
+      } else {
+        on_exit(it, t);
+      }
+    }
+    const auto after = Clock::now();
+    if (stopping_) {
+      if (shut_down(after)) break;
+      continue;
+    }
+    if (options_.max_memory_restart != 0 && after >= next_memory_check_) check_memory(after);
+    replace_missing(after);
+  }
+  spdlog::info("crew cluster: all workers stopped, exit {}", exit_code_);
+  return exit_code_;
+}
+
+// A worker that cannot be started at all is the caller's problem to hear about at once:
+// run() throws with the reason (the workers started so far are killed with `workers_`).
+void Primary::start_workers() {
+  for (std::size_t i = 0; i < options_.workers; ++i) {
+    try {
+      spawn();
+    } catch (const std::exception& e) {
+      spdlog::error("crew cluster: cannot start worker {} of {}: {}", i + 1, options_.workers,
+                    e.what());
+      throw;
+    }
+  }
+}
+
+int Primary::timeout_ms(Clock::time_point now) const {
+  int timeout = 1000;
+  if (stopping_) {
+    timeout = static_cast<int>(std::max<long long>(
+        0, std::chrono::duration_cast<milliseconds>(stop_deadline_ - now).count()));
+  } else if (live() < options_.workers && backoff_.next() > now) {
+    timeout = static_cast<int>(std::chrono::ceil<milliseconds>(backoff_.next() - now).count());
+  } else if (live() < options_.workers) {
+    timeout = 0;
+  }
+  if (!stopping_ && options_.max_memory_restart != 0) {
+    const auto left = std::chrono::ceil<milliseconds>(next_memory_check_ - now).count();
+    timeout = static_cast<int>(std::clamp<long long>(left, 0, timeout));
+  }
+  return timeout;
+}
+
+// A signal (SIGHUP: reload; SIGTERM, SIGINT: stop), or stop()/reload() through the eventfd.
+void Primary::on_control(std::uint64_t tag, Clock::time_point now) {
+  bool want_stop = false, want_reload = false;
+  if (tag == kSignalTag) {
+    signalfd_siginfo si{};
+    while (::read(sfd_.get(), &si, sizeof si) == sizeof si) {
+      if (si.ssi_signo == SIGHUP) want_reload = true;
+      if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT) {
+        want_stop = true;
+        spdlog::info("crew cluster: {} received", ::strsignal(static_cast<int>(si.ssi_signo)));
+      }
+    }
+  } else {
+    eventfd_t v;
+    [[maybe_unused]] auto r = ::eventfd_read(wake_fd_, &v);
+    want_stop = stop_requested_.exchange(false);
+    want_reload = reload_requested_.exchange(false);
+  }
+  if (want_stop && !stopping_) {
+    spdlog::info("crew cluster: draining every worker (up to {} ms)",
+                 options_.shutdown_timeout.count());
+    drain_all(now);
+  } else if (want_reload && !stopping_) {
+    reload_all();
+  }
+}
+
+void Primary::on_message(Worker& w) {
+  const int id = w.id;
+  const ssize_t got = ::recv(w.channel.get(), buffer_.data(), buffer_.size(), MSG_DONTWAIT);
+  if (got == 0) {
+    ::epoll_ctl(ep_.get(), EPOLL_CTL_DEL, w.channel.get(), nullptr);
+  } else if (got > 0 && buffer_[0] == 'R') {
+    w.ready = true;
+    // Bring the newcomer up to date with everyone's latest state.
+    for (auto& [oid, o] : workers_) {
+      if (oid != id && !o.state.empty()) send_message(w.channel.get(), peer_message(o));
+    }
+    if (id == reload_waiting_for_ && !to_reload_.empty()) {
+      // The replacement serves: now the old one may go.
+      const int old = to_reload_.front();
+      to_reload_.pop_front();
+      if (auto o = workers_.find(old); o != workers_.end()) drain(o->second);
+      start_next_reload();
+    }
+  } else if (got > 0 && buffer_[0] == 'S') {
+    w.state.assign(buffer_.data() + 1, static_cast<std::size_t>(got) - 1);
+    const std::string msg = peer_message(w);
+    for (auto& [oid, o] : workers_) {
+      if (oid != id) send_message(o.channel.get(), msg);
+    }
+  }
+}
+
+// A worker exited: why, whether its restart backs off, and the peers told it is gone.
+// replace_missing() starts its replacement.
+void Primary::on_exit(std::map<int, Worker>::iterator it, Clock::time_point now) {
+  Worker& w = it->second;
+  const int id = w.id;
+  const int status = w.child.wait();
+  const auto uptime = now - w.started;
+  const bool expected = w.draining || w.replaced || stopping_;
+  if (WIFEXITED(status) && WEXITSTATUS(status) == 78 && id == reload_waiting_for_ && !stopping_) {
+    // A reload whose new configuration is bad (a broken certificate, say): the old workers
+    // still serve with the one they started with, so they stay, and the reload ends here.
+    if (!to_reload_.empty()) {
+      if (auto o = workers_.find(to_reload_.front()); o != workers_.end()) {
+        o->second.replaced = false;
+      }
+    }
+    spdlog::error(
+        "crew cluster: reload aborted: the new worker {} cannot start (configuration, exit "
+        "78); the old workers keep serving. Fix the configuration and send SIGHUP again",
+        id);
+    to_reload_.clear();
+    reload_waiting_for_ = 0;
+  } else if (WIFEXITED(status) && WEXITSTATUS(status) == 78) {
+    spdlog::error("crew cluster: worker {} cannot start (configuration, exit 78); stopping", id);
+    exit_code_ = 78;
+    if (!stopping_) drain_all(now);
+  } else if (!expected) {
+    const std::string how = WIFSIGNALED(status)
+                                ? fmt::format("killed by signal {}", WTERMSIG(status))
+                                : fmt::format("exited with code {}", WEXITSTATUS(status));
+    milliseconds delay{0};
+    if (uptime < options_.min_uptime) {
+      delay = unstable_start(now);
+    } else {
+      unstable_ = 0;
+      backoff_.up_for(uptime);
+      delay = backoff_.wait_from(now);
+    }
+    spdlog::warn("crew cluster: worker {} (pid {}) {} after {} ms; restarting in {} ms", id, w.pid,
+                 how, std::chrono::duration_cast<milliseconds>(uptime).count(), delay.count());
+  }
+  free_slot(w);
+  workers_.erase(it);  // closes its pidfd and channel
+  std::string gone = "G";
+  put_int(gone, id);
+  for (auto& [oid, o] : workers_) send_message(o.channel.get(), gone);
+  if (id == reload_waiting_for_) start_next_reload();  // the replacement died: move on
+}
+
+// While stopping: true once every worker is gone; past the deadline, those still draining are
+// killed.
+bool Primary::shut_down(Clock::time_point now) {
+  if (workers_.empty()) return true;
+  if (now >= stop_deadline_) {
+    spdlog::warn(
+        "crew cluster: shutdown timeout ({} ms): killing the {} workers still "
+        "draining",
+        options_.shutdown_timeout.count(), workers_.size());
+    for (auto& [id, w] : workers_) send_signal(w, SIGKILL);
+    if (exit_code_ == 0) exit_code_ = 1;
+    stop_deadline_ = now + milliseconds(1000);
+  }
+  return false;
+}
+
+void Primary::check_memory(Clock::time_point now) {
+  next_memory_check_ = now + kMemoryCheckEvery;
+  for (auto& [id, w] : workers_) {
+    if (w.ready && !w.draining && !w.replaced &&
+        resident_memory_bytes(w.pid) > options_.max_memory_restart &&
+        std::find(to_reload_.begin(), to_reload_.end(), id) == to_reload_.end()) {
+      spdlog::warn("crew cluster: worker {} is above max_memory_restart; reloading it", id);
+      to_reload_.push_back(id);
+      if (reload_waiting_for_ == 0) start_next_reload();
+    }
+  }
+}
+
+void Primary::replace_missing(Clock::time_point now) {
+  while (!stopping_ && live() < options_.workers && backoff_.may_start(now)) {
+    try {
+      spawn();
+    } catch (const std::exception& e) {
+      // Counted like a worker that died at once: the next try backs off, and enough of them
+      // in a row stop the cluster (run() returns 1).
+      const auto delay = unstable_start(now);
+      spdlog::error("crew cluster: could not start a worker: {}; retrying in {} ms", e.what(),
+                    delay.count());
+    }
+  }
+}
+
+// Starts a worker; throws SpawnError with the reason, leaving nothing behind.
+int Primary::spawn() {
+  Worker w;
+  w.id = next_id_++;
+  for (std::size_t i = 0; i < kBoardSlots && w.slot < 0; ++i) {
+    if (board_field(board_, i, kSlotId).load() == 0) {
+      board_field(board_, i, kSlotConnections).store(0);
+      board_field(board_, i, kSlotAccepting).store(0);
+      board_field(board_, i, kSlotId).store(w.id);
+      w.slot = static_cast<int>(i);
+    }
+  }
+  try {
+    FdPair channel = make_socketpair(kWho);
+    SpawnRequest request;
+    request.who = kWho;
+    request.executable = "/proc/self/exe";
+    request.argv = options_.argv;
+    for (char** e = environ; *e != nullptr; ++e) request.env.emplace_back(*e);
+    request.env.push_back(fmt::format("{}={}", kEnvListen, kListenFd));
+    request.env.push_back(fmt::format("{}={}", kEnvChannel, kChannelFd));
+    request.env.push_back(fmt::format("{}={}", kEnvId, w.id));
+    request.fds = {{listen_fd_, kListenFd}, {channel.second.get(), kChannelFd}};
+    if (w.slot >= 0) {
+      request.env.push_back(fmt::format("{}={}", kEnvBoard, kBoardFd));
+      request.env.push_back(fmt::format("{}={}", kEnvSlot, w.slot));
+      request.fds.push_back({board_.fd(), kBoardFd});
+    }
+    request.keep_stdio = true;  // workers write to the primary's stdout and stderr
+    w.child = spawn_process(request);
+    channel.second.reset();
+    w.pid = w.child.pid();
+    w.channel = std::move(channel.first);
+    w.started = Clock::now();
+    epoll_watch(kWho, ep_.get(), w.child.pidfd(), static_cast<std::uint64_t>(w.id) << 1);
+    epoll_watch(kWho, ep_.get(), w.channel.get(), (static_cast<std::uint64_t>(w.id) << 1) | 1);
+    spdlog::info("crew cluster: worker {} started (pid {})", w.id, w.pid);
+    workers_.emplace(w.id, std::move(w));
+  } catch (...) {
+    free_slot(w);
+    throw;
+  }
+  return next_id_ - 1;
+}
+
+void Primary::free_slot(Worker& w) {
+  if (w.slot < 0) return;
+  const auto slot = static_cast<std::size_t>(w.slot);
+  board_field(board_, slot, kSlotId).store(0);
+  board_field(board_, slot, kSlotAccepting).store(0);
+  board_field(board_, slot, kSlotConnections).store(0);
+  w.slot = -1;
+}
+
+void Primary::send_signal(Worker& w, int sig) {
+  // Through the pidfd: the pid of a worker reaped meanwhile could name another process.
+  if (const int err = signal_process(w.child.pidfd(), sig); err != 0) {
+    const char* name = ::sigabbrev_np(sig);
+    spdlog::error(
+        "crew cluster: could not send SIG{} to worker {} (pid {}): pidfd_send_signal "
+        "failed: {}",
+        name != nullptr ? name : "?", w.id, w.pid, std::strerror(err));
+  }
+}
+
+void Primary::drain(Worker& w) {
+  if (w.draining) return;
+  w.draining = true;
+  if (w.slot >= 0) board_field(board_, static_cast<std::size_t>(w.slot), kSlotAccepting).store(0);
+  if (!send_message(w.channel.get(), "D")) send_signal(w, SIGTERM);
+}
+
+void Primary::drain_all(Clock::time_point now) {
+  stopping_ = true;
+  stop_deadline_ = now + options_.shutdown_timeout;
+  for (auto& [id, w] : workers_) drain(w);
+}
+
+// A worker that died soon after starting, or could not be started at all.
+milliseconds Primary::unstable_start(Clock::time_point now) {
+  ++unstable_;
+  const auto delay = backoff_.fail(now);
+  if (unstable_ > options_.max_restarts) {
+    spdlog::error(
+        "crew cluster: too many unstable restarts ({} workers in a row failed to start or died "
+        "within {} ms of starting); giving up",
+        unstable_, options_.min_uptime.count());
+    exit_code_ = 1;
+    drain_all(now);
+  }
+  return delay;
+}
+
+std::size_t Primary::live() const {
+  std::size_t n = 0;
+  for (auto& [id, w] : workers_) n += (!w.draining && !w.replaced) ? 1 : 0;
+  return n;
+}
+
+void Primary::start_next_reload() {
+  while (!to_reload_.empty() && !workers_.contains(to_reload_.front())) to_reload_.pop_front();
+  if (to_reload_.empty() || stopping_) {
+    reload_waiting_for_ = 0;
+    return;
+  }
+  Worker& old = workers_.at(to_reload_.front());
+  old.replaced = true;
+  try {
+    reload_waiting_for_ = spawn();
+  } catch (const std::exception& e) {
+    // The old workers keep serving; a later reload tries again.
+    spdlog::error("crew cluster: reload stopped, {} workers not replaced: {}", to_reload_.size(),
+                  e.what());
+    old.replaced = false;
+    to_reload_.clear();
+    reload_waiting_for_ = 0;
+  }
+}
+
+void Primary::reload_all() {
+  spdlog::info("crew cluster: reloading {} workers one at a time", workers_.size());
+  for (auto& [id, w] : workers_) {
+    if (!w.draining && !w.replaced) to_reload_.push_back(id);
+  }
+  if (reload_waiting_for_ == 0) start_next_reload();
+}
+
+std::string Primary::peer_message(const Worker& w) {
+  std::string msg;
+  msg.reserve(kHeader + w.state.size());
+  msg += 'P';
+  put_int(msg, w.id);
+  put_int(msg, w.pid);
+  msg += w.state;
+  return msg;
+}
+
 }  // namespace
 
 bool is_cluster_worker() noexcept {
@@ -431,333 +851,8 @@ int Cluster::run() {
     throw std::logic_error(
         "crew::Cluster::run: this is a worker; use worker() (is_primary() is false)");
   }
-  const sigset_t set = cluster_signals();
-  pthread_sigmask(SIG_BLOCK, &set, nullptr);
-  const UniqueFd sfd(::signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK));
-  if (!sfd) throw_errno("crew::Cluster::run: signalfd");
-  const UniqueFd ep(::epoll_create1(EPOLL_CLOEXEC));
-  if (!ep) throw_errno("crew::Cluster::run: epoll_create1");
-  constexpr std::uint64_t kSignalTag = 0, kWakeTag = 1;  // worker tags are (id << 1) | 0/1, id >= 1
-  epoll_watch(kWho, ep.get(), sfd.get(), kSignalTag);
-  epoll_watch(kWho, ep.get(), wake_fd_, kWakeTag);
-
-  // By id. Declared after the descriptors, so that if run() throws, every worker still here is
-  // killed and reaped (Worker::child) before they close.
-  std::map<int, Worker> workers;
-  int next_id = 1;
-  std::size_t unstable = 0;
-  RestartBackoff backoff(options_.restart_backoff);
-  bool stopping = false;
-  Clock::time_point stop_deadline{};
-  std::deque<int> to_reload;   // old workers still to replace, in order
-  int reload_waiting_for = 0;  // the new worker whose readiness releases the next old one
-  Clock::time_point next_memory_check = Clock::now();
-  int exit_code = 0;
-  std::vector<char> buffer(kMaxMessage);
-
-  auto free_slot = [&](Worker& w) {
-    if (w.slot < 0) return;
-    const auto slot = static_cast<std::size_t>(w.slot);
-    board_field(board_, slot, kSlotId).store(0);
-    board_field(board_, slot, kSlotAccepting).store(0);
-    board_field(board_, slot, kSlotConnections).store(0);
-    w.slot = -1;
-  };
-  auto send_signal = [&](Worker& w, int sig) {
-    // Through the pidfd: the pid of a worker reaped meanwhile could name another process.
-    if (const int err = signal_process(w.child.pidfd(), sig); err != 0) {
-      const char* name = ::sigabbrev_np(sig);
-      spdlog::error(
-          "crew cluster: could not send SIG{} to worker {} (pid {}): pidfd_send_signal "
-          "failed: {}",
-          name != nullptr ? name : "?", w.id, w.pid, std::strerror(err));
-    }
-  };
-  // Starts a worker; throws SpawnError with the reason, leaving nothing behind.
-  auto spawn = [&]() {
-    Worker w;
-    w.id = next_id++;
-    for (std::size_t i = 0; i < kBoardSlots && w.slot < 0; ++i) {
-      if (board_field(board_, i, kSlotId).load() == 0) {
-        board_field(board_, i, kSlotConnections).store(0);
-        board_field(board_, i, kSlotAccepting).store(0);
-        board_field(board_, i, kSlotId).store(w.id);
-        w.slot = static_cast<int>(i);
-      }
-    }
-    try {
-      FdPair channel = make_socketpair(kWho);
-      SpawnRequest request;
-      request.who = kWho;
-      request.executable = "/proc/self/exe";
-      request.argv = options_.argv;
-      for (char** e = environ; *e != nullptr; ++e) request.env.emplace_back(*e);
-      request.env.push_back(fmt::format("{}={}", kEnvListen, kListenFd));
-      request.env.push_back(fmt::format("{}={}", kEnvChannel, kChannelFd));
-      request.env.push_back(fmt::format("{}={}", kEnvId, w.id));
-      request.fds = {{listen_fd_, kListenFd}, {channel.second.get(), kChannelFd}};
-      if (w.slot >= 0) {
-        request.env.push_back(fmt::format("{}={}", kEnvBoard, kBoardFd));
-        request.env.push_back(fmt::format("{}={}", kEnvSlot, w.slot));
-        request.fds.push_back({board_.fd(), kBoardFd});
-      }
-      request.keep_stdio = true;  // workers write to the primary's stdout and stderr
-      w.child = spawn_process(request);
-      channel.second.reset();
-      w.pid = w.child.pid();
-      w.channel = std::move(channel.first);
-      w.started = Clock::now();
-      epoll_watch(kWho, ep.get(), w.child.pidfd(), static_cast<std::uint64_t>(w.id) << 1);
-      epoll_watch(kWho, ep.get(), w.channel.get(), (static_cast<std::uint64_t>(w.id) << 1) | 1);
-      spdlog::info("crew cluster: worker {} started (pid {})", w.id, w.pid);
-      workers.emplace(w.id, std::move(w));
-    } catch (...) {
-      free_slot(w);
-      throw;
-    }
-    return next_id - 1;
-  };
-  auto drain = [&](Worker& w) {
-    if (w.draining) return;
-    w.draining = true;
-    if (w.slot >= 0) board_field(board_, static_cast<std::size_t>(w.slot), kSlotAccepting).store(0);
-    if (!send_message(w.channel.get(), "D")) send_signal(w, SIGTERM);
-  };
-  auto drain_all = [&](Clock::time_point now) {
-    stopping = true;
-    stop_deadline = now + options_.shutdown_timeout;
-    for (auto& [id, w] : workers) drain(w);
-  };
-  // A worker that died soon after starting, or could not be started at all.
-  auto unstable_start = [&](Clock::time_point now) {
-    ++unstable;
-    const auto delay = backoff.fail(now);
-    if (unstable > options_.max_restarts) {
-      spdlog::error(
-          "crew cluster: too many unstable restarts ({} workers in a row failed to start or died "
-          "within {} ms of starting); giving up",
-          unstable, options_.min_uptime.count());
-      exit_code = 1;
-      drain_all(now);
-    }
-    return delay;
-  };
-  auto live = [&] {
-    std::size_t n = 0;
-    for (auto& [id, w] : workers) n += (!w.draining && !w.replaced) ? 1 : 0;
-    return n;
-  };
-  auto start_next_reload = [&] {
-    while (!to_reload.empty() && !workers.contains(to_reload.front())) to_reload.pop_front();
-    if (to_reload.empty() || stopping) {
-      reload_waiting_for = 0;
-      return;
-    }
-    Worker& old = workers.at(to_reload.front());
-    old.replaced = true;
-    try {
-      reload_waiting_for = spawn();
-    } catch (const std::exception& e) {
-      // The old workers keep serving; a later reload tries again.
-      spdlog::error("crew cluster: reload stopped, {} workers not replaced: {}", to_reload.size(),
-                    e.what());
-      old.replaced = false;
-      to_reload.clear();
-      reload_waiting_for = 0;
-    }
-  };
-  auto reload_all = [&] {
-    spdlog::info("crew cluster: reloading {} workers one at a time", workers.size());
-    for (auto& [id, w] : workers) {
-      if (!w.draining && !w.replaced) to_reload.push_back(id);
-    }
-    if (reload_waiting_for == 0) start_next_reload();
-  };
-  auto peer_message = [](const Worker& w) {
-    std::string msg;
-    msg.reserve(kHeader + w.state.size());
-    msg += 'P';
-    put_int(msg, w.id);
-    put_int(msg, w.pid);
-    msg += w.state;
-    return msg;
-  };
-
-  // A worker that cannot be started at all is the caller's problem to hear about at once:
-  // run() throws with the reason (the workers started so far are killed with `workers`).
-  for (std::size_t i = 0; i < options_.workers; ++i) {
-    try {
-      spawn();
-    } catch (const std::exception& e) {
-      spdlog::error("crew cluster: cannot start worker {} of {}: {}", i + 1, options_.workers,
-                    e.what());
-      throw;
-    }
-  }
-
-  epoll_event events[32];
-  for (;;) {
-    const auto now = Clock::now();
-    int timeout = 1000;
-    if (stopping) {
-      timeout = static_cast<int>(std::max<long long>(
-          0, std::chrono::duration_cast<milliseconds>(stop_deadline - now).count()));
-    } else if (live() < options_.workers && backoff.next() > now) {
-      timeout = static_cast<int>(std::chrono::ceil<milliseconds>(backoff.next() - now).count());
-    } else if (live() < options_.workers) {
-      timeout = 0;
-    }
-    if (!stopping && options_.max_memory_restart != 0) {
-      const auto left = std::chrono::ceil<milliseconds>(next_memory_check - now).count();
-      timeout = static_cast<int>(std::clamp<long long>(left, 0, timeout));
-    }
-    const int n = ::epoll_wait(ep.get(), events, 32, timeout);
-    const auto t = Clock::now();
-    for (int e = 0; e < n; ++e) {
-      const std::uint64_t tag = events[e].data.u64;
-      if (tag == kSignalTag || tag == kWakeTag) {
-        bool want_stop = false, want_reload = false;
-        if (tag == kSignalTag) {
-          signalfd_siginfo si{};
-          while (::read(sfd.get(), &si, sizeof si) == sizeof si) {
-            if (si.ssi_signo == SIGHUP) want_reload = true;
-            if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT) {
-              want_stop = true;
-              spdlog::info("crew cluster: {} received",
-                           ::strsignal(static_cast<int>(si.ssi_signo)));
-            }
-          }
-        } else {
-          eventfd_t v;
-          [[maybe_unused]] auto r = ::eventfd_read(wake_fd_, &v);
-          want_stop = stop_requested_.exchange(false);
-          want_reload = reload_requested_.exchange(false);
-        }
-        if (want_stop && !stopping) {
-          spdlog::info("crew cluster: draining every worker (up to {} ms)",
-                       options_.shutdown_timeout.count());
-          drain_all(t);
-        } else if (want_reload && !stopping) {
-          reload_all();
-        }
-        continue;
-      }
-      const int id = static_cast<int>(tag >> 1);
-      auto it = workers.find(id);
-      if (it == workers.end()) continue;
-      Worker& w = it->second;
-      if ((tag & 1) == 1) {
-        const ssize_t got = ::recv(w.channel.get(), buffer.data(), buffer.size(), MSG_DONTWAIT);
-        if (got == 0) {
-          ::epoll_ctl(ep.get(), EPOLL_CTL_DEL, w.channel.get(), nullptr);
-        } else if (got > 0 && buffer[0] == 'R') {
-          w.ready = true;
-          // Bring the newcomer up to date with everyone's latest state.
-          for (auto& [oid, o] : workers) {
-            if (oid != id && !o.state.empty()) send_message(w.channel.get(), peer_message(o));
-          }
-          if (id == reload_waiting_for && !to_reload.empty()) {
-            // The replacement serves: now the old one may go.
-            const int old = to_reload.front();
-            to_reload.pop_front();
-            if (auto o = workers.find(old); o != workers.end()) drain(o->second);
-            start_next_reload();
-          }
-        } else if (got > 0 && buffer[0] == 'S') {
-          w.state.assign(buffer.data() + 1, static_cast<std::size_t>(got) - 1);
-          const std::string msg = peer_message(w);
-          for (auto& [oid, o] : workers) {
-            if (oid != id) send_message(o.channel.get(), msg);
-          }
-        }
-        continue;
-      }
-      // Exit.
-      const int status = w.child.wait();
-      const auto uptime = t - w.started;
-      const bool expected = w.draining || w.replaced || stopping;
-      if (WIFEXITED(status) && WEXITSTATUS(status) == 78 && id == reload_waiting_for && !stopping) {
-        // A reload whose new configuration is bad (a broken certificate, say): the old workers
-        // still serve with the one they started with, so they stay, and the reload ends here.
-        if (!to_reload.empty()) {
-          if (auto o = workers.find(to_reload.front()); o != workers.end()) {
-            o->second.replaced = false;
-          }
-        }
-        spdlog::error(
-            "crew cluster: reload aborted: the new worker {} cannot start (configuration, exit "
-            "78); the old workers keep serving. Fix the configuration and send SIGHUP again",
-            id);
-        to_reload.clear();
-        reload_waiting_for = 0;
-      } else if (WIFEXITED(status) && WEXITSTATUS(status) == 78) {
-        spdlog::error("crew cluster: worker {} cannot start (configuration, exit 78); stopping",
-                      id);
-        exit_code = 78;
-        if (!stopping) drain_all(t);
-      } else if (!expected) {
-        const std::string how = WIFSIGNALED(status)
-                                    ? fmt::format("killed by signal {}", WTERMSIG(status))
-                                    : fmt::format("exited with code {}", WEXITSTATUS(status));
-        milliseconds delay{0};
-        if (uptime < options_.min_uptime) {
-          delay = unstable_start(t);
-        } else {
-          unstable = 0;
-          backoff.up_for(uptime);
-          delay = backoff.wait_from(t);
-        }
-        spdlog::warn("crew cluster: worker {} (pid {}) {} after {} ms; restarting in {} ms", id,
-                     w.pid, how, std::chrono::duration_cast<milliseconds>(uptime).count(),
-                     delay.count());
-      }
-      free_slot(w);
-      workers.erase(it);  // closes its pidfd and channel
-      std::string gone = "G";
-      put_int(gone, id);
-      for (auto& [oid, o] : workers) send_message(o.channel.get(), gone);
-      if (id == reload_waiting_for) start_next_reload();  // the replacement died: move on
-    }
-    const auto after = Clock::now();
-    if (stopping) {
-      if (workers.empty()) break;
-      if (after >= stop_deadline) {
-        spdlog::warn(
-            "crew cluster: shutdown timeout ({} ms): killing the {} workers still "
-            "draining",
-            options_.shutdown_timeout.count(), workers.size());
-        for (auto& [id, w] : workers) send_signal(w, SIGKILL);
-        if (exit_code == 0) exit_code = 1;
-        stop_deadline = after + milliseconds(1000);
-      }
-      continue;
-    }
-    if (options_.max_memory_restart != 0 && after >= next_memory_check) {
-      next_memory_check = after + kMemoryCheckEvery;
-      for (auto& [id, w] : workers) {
-        if (w.ready && !w.draining && !w.replaced &&
-            resident_memory_bytes(w.pid) > options_.max_memory_restart &&
-            std::find(to_reload.begin(), to_reload.end(), id) == to_reload.end()) {
-          spdlog::warn("crew cluster: worker {} is above max_memory_restart; reloading it", id);
-          to_reload.push_back(id);
-          if (reload_waiting_for == 0) start_next_reload();
-        }
-      }
-    }
-    while (!stopping && live() < options_.workers && backoff.may_start(after)) {
-      try {
-        spawn();
-      } catch (const std::exception& e) {
-        // Counted like a worker that died at once: the next try backs off, and enough of them
-        // in a row stop the cluster (run() returns 1).
-        const auto delay = unstable_start(after);
-        spdlog::error("crew cluster: could not start a worker: {}; retrying in {} ms", e.what(),
-                      delay.count());
-      }
-    }
-  }
-  spdlog::info("crew cluster: all workers stopped, exit {}", exit_code);
-  return exit_code;
+  Primary primary(options_, listen_fd_, board_, wake_fd_, stop_requested_, reload_requested_);
+  return primary.run();
 }
 
 }  // namespace v0

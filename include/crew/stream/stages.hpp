@@ -134,6 +134,70 @@ Flow<Message> from(MessagePort port, FlowOptions marks = {});
 // Stage descriptors. Each is a small value returned by a function below; the stage itself is
 // built when the pipeline runs.
 
+namespace detail {
+
+// The node map, filter, flat_map and tap share: Step::apply(fn, x, emit) does one item's work and
+// hands what it makes to `emit`. The stage's position moves past an item once its work is done,
+// so an exception fails the stage at the item that threw.
+template <class T, class Out, class Fn, class Step>
+class EachNode final : public Node<T, Out> {
+ public:
+  EachNode(Fn fn, std::unique_ptr<Inlet<Out>> next, Slot& slot, const Context& ctx)
+      : Node<T, Out>(std::move(next), slot, ctx), fn_(std::move(fn)) {}
+  void push(std::vector<T>& batch) override {
+    this->begin(batch);
+    std::uint64_t at = this->position_;
+    try {
+      for (T& x : batch) {
+        const std::uint64_t w = this->weight(x);
+        Step::apply(fn_, x, [this](Out&& y) { this->emit(std::move(y)); });
+        at += w;
+      }
+    } catch (...) {
+      this->fail(at);
+    }
+    this->position_ = at;
+    this->end();
+  }
+  void finish() override { this->end_of_input(); }
+
+ private:
+  Fn fn_;
+};
+
+// One item's work in each of those stages.
+struct MapStep {
+  template <class Fn, class T, class Emit>
+  static void apply(Fn& fn, T& x, Emit&& emit) {
+    emit(std::invoke(fn, std::move(x)));
+  }
+};
+
+struct FilterStep {
+  template <class Pred, class T, class Emit>
+  static void apply(Pred& pred, T& x, Emit&& emit) {
+    if (std::invoke(pred, std::as_const(x))) emit(std::move(x));
+  }
+};
+
+struct FlatMapStep {
+  template <class Fn, class T, class Emit>
+  static void apply(Fn& fn, T& x, Emit&& emit) {
+    auto r = std::invoke(fn, std::move(x));
+    for (auto&& y : r) emit(std::ranges::range_value_t<decltype(r)>(std::move(y)));
+  }
+};
+
+struct TapStep {
+  template <class Fn, class T, class Emit>
+  static void apply(Fn& fn, T& x, Emit&& emit) {
+    std::invoke(fn, std::as_const(x));
+    emit(std::move(x));
+  }
+};
+
+}  // namespace detail
+
 /// Returned by map(fn): the descriptor of that stage, built when the pipeline runs.
 ///
 /// Thread safety: a value describing a stage; the stage it builds runs on the pipeline thread.
@@ -144,31 +208,7 @@ struct MapStage : detail::Named<MapStage<Fn>> {
   using output = std::decay_t<std::invoke_result_t<Fn&, T&&>>;
 
   template <class T>
-  class Node final : public detail::Node<T, output<T>> {
-   public:
-    Node(Fn fn, std::unique_ptr<detail::Inlet<output<T>>> next, detail::Slot& slot,
-         const detail::Context& ctx)
-        : detail::Node<T, output<T>>(std::move(next), slot, ctx), fn_(std::move(fn)) {}
-    void push(std::vector<T>& batch) override {
-      this->begin(batch);
-      std::uint64_t at = this->position_;
-      try {
-        for (T& x : batch) {
-          const std::uint64_t w = this->weight(x);
-          this->emit(std::invoke(fn_, std::move(x)));
-          at += w;
-        }
-      } catch (...) {
-        this->fail(at);
-      }
-      this->position_ = at;
-      this->end();
-    }
-    void finish() override { this->end_of_input(); }
-
-   private:
-    Fn fn_;
-  };
+  using Node = detail::EachNode<T, output<T>, Fn, detail::MapStep>;
 
   template <class T>
   std::unique_ptr<detail::Inlet<T>> make(std::unique_ptr<detail::Inlet<output<T>>> next,
@@ -195,31 +235,7 @@ struct FilterStage : detail::Named<FilterStage<Pred>> {
   using output = T;
 
   template <class T>
-  class Node final : public detail::Node<T, T> {
-   public:
-    Node(Pred pred, std::unique_ptr<detail::Inlet<T>> next, detail::Slot& slot,
-         const detail::Context& ctx)
-        : detail::Node<T, T>(std::move(next), slot, ctx), pred_(std::move(pred)) {}
-    void push(std::vector<T>& batch) override {
-      this->begin(batch);
-      std::uint64_t at = this->position_;
-      try {
-        for (T& x : batch) {
-          const std::uint64_t w = this->weight(x);
-          if (std::invoke(pred_, std::as_const(x))) this->emit(std::move(x));
-          at += w;
-        }
-      } catch (...) {
-        this->fail(at);
-      }
-      this->position_ = at;
-      this->end();
-    }
-    void finish() override { this->end_of_input(); }
-
-   private:
-    Pred pred_;
-  };
+  using Node = detail::EachNode<T, output<T>, Pred, detail::FilterStep>;
 
   template <class T>
   std::unique_ptr<detail::Inlet<T>> make(std::unique_ptr<detail::Inlet<T>> next, detail::Slot& slot,
@@ -247,32 +263,7 @@ struct FlatMapStage : detail::Named<FlatMapStage<Fn>> {
   using output = std::ranges::range_value_t<range<T>>;
 
   template <class T>
-  class Node final : public detail::Node<T, output<T>> {
-   public:
-    Node(Fn fn, std::unique_ptr<detail::Inlet<output<T>>> next, detail::Slot& slot,
-         const detail::Context& ctx)
-        : detail::Node<T, output<T>>(std::move(next), slot, ctx), fn_(std::move(fn)) {}
-    void push(std::vector<T>& batch) override {
-      this->begin(batch);
-      std::uint64_t at = this->position_;
-      try {
-        for (T& x : batch) {
-          const std::uint64_t w = this->weight(x);
-          range<T> r = std::invoke(fn_, std::move(x));
-          for (auto&& y : r) this->emit(output<T>(std::move(y)));
-          at += w;
-        }
-      } catch (...) {
-        this->fail(at);
-      }
-      this->position_ = at;
-      this->end();
-    }
-    void finish() override { this->end_of_input(); }
-
-   private:
-    Fn fn_;
-  };
+  using Node = detail::EachNode<T, output<T>, Fn, detail::FlatMapStep>;
 
   template <class T>
   std::unique_ptr<detail::Inlet<T>> make(std::unique_ptr<detail::Inlet<output<T>>> next,
@@ -299,32 +290,7 @@ struct TapStage : detail::Named<TapStage<Fn>> {
   using output = T;
 
   template <class T>
-  class Node final : public detail::Node<T, T> {
-   public:
-    Node(Fn fn, std::unique_ptr<detail::Inlet<T>> next, detail::Slot& slot,
-         const detail::Context& ctx)
-        : detail::Node<T, T>(std::move(next), slot, ctx), fn_(std::move(fn)) {}
-    void push(std::vector<T>& batch) override {
-      this->begin(batch);
-      std::uint64_t at = this->position_;
-      try {
-        for (T& x : batch) {
-          const std::uint64_t w = this->weight(x);
-          std::invoke(fn_, std::as_const(x));
-          this->emit(std::move(x));
-          at += w;
-        }
-      } catch (...) {
-        this->fail(at);
-      }
-      this->position_ = at;
-      this->end();
-    }
-    void finish() override { this->end_of_input(); }
-
-   private:
-    Fn fn_;
-  };
+  using Node = detail::EachNode<T, output<T>, Fn, detail::TapStep>;
 
   template <class T>
   std::unique_ptr<detail::Inlet<T>> make(std::unique_ptr<detail::Inlet<T>> next, detail::Slot& slot,
