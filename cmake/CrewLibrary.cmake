@@ -3,8 +3,8 @@
 # One crew library layer: crew::<name> alias, a public header file set rooted at include/ (the
 # include directory for the build and install trees, installed include/crew/**), C++20, PIC,
 # versioned, the project's warnings, every public header compiled on its own when
-# CREW_VERIFY_HEADERS is on (rule 1 of the house style), and installed into the crewTargets
-# export set. Static by default; BUILD_SHARED_LIBS=ON gives shared libraries.
+# CREW_VERIFY_HEADERS is on (every header must include what it uses), and installed into the
+# crewTargets export set. Static by default; BUILD_SHARED_LIBS=ON gives shared libraries.
 include_guard(GLOBAL)
 
 function(crew_add_library target)

@@ -8,7 +8,7 @@
 
 namespace crew::tool {
 
-/// Exit codes shared by every subcommand (house style rule 15, with issue 7's 2 for usage).
+/// Exit codes shared by every subcommand (sysexits values, with issue 7's 2 for usage).
 inline constexpr int kExitOk = 0;
 inline constexpr int kExitData = 1;   ///< corrupt input, authentication failure, I/O failure
 inline constexpr int kExitUsage = 2;  ///< bad flags or arguments (files that cannot be opened)
