@@ -25,7 +25,7 @@ long count_primes(long from, long to) {
 int main() {
   crew::Tasks tasks;
   tasks.add("count_primes", count_primes);
-  if (crew::is_worker_process()) return crew::serve(tasks);
+  if (crew::is_worker_process()) return crew::worker_main(tasks);
 
   constexpr long kLimit = 2'000'000, kSlices = 40, kStep = kLimit / kSlices;
   crew::ProcessPool pool({.tasks = &tasks, .min_workers = 2, .max_workers = 2});

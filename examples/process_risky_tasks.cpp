@@ -28,7 +28,7 @@ int main() {
     std::vector<std::vector<char>> hoard;
     for (;;) hoard.emplace_back(std::size_t{1} << 20, 'x');  // 1 MiB at a time, never freed
   });
-  if (crew::is_worker_process()) return crew::serve(tasks);
+  if (crew::is_worker_process()) return crew::worker_main(tasks);
 
   crew::ProcessPool pool({.tasks = &tasks,
                           .max_workers = 2,

@@ -18,7 +18,7 @@ int main() {
     std::sort(v.begin(), v.end());
     return v;
   });
-  if (crew::is_worker_process()) return crew::serve(tasks);
+  if (crew::is_worker_process()) return crew::worker_main(tasks);
   std::printf("this is a crew worker program serving:");
   for (const auto& n : tasks.names()) std::printf(" %s", tasks.signature(n).c_str());
   std::printf("\nstart it from a ProcessPool with .executable = <this file>\n");

@@ -114,7 +114,7 @@ std::map<std::string, double> node_figures(bool quick) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (crew::is_worker_process()) return crew::serve(tasks());
+  if (crew::is_worker_process()) return crew::worker_main(tasks());
   bool quick = false, node = true;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];

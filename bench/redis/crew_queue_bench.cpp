@@ -215,7 +215,7 @@ struct Bench {
 
 int main(int argc, char** argv) {
   // Process isolation runs this program as its worker processes.
-  if (crew::is_worker_process()) return crew::serve(tasks());
+  if (crew::is_worker_process()) return crew::worker_main(tasks());
   std::string url;
   bool quick = false;
   for (int i = 1; i < argc; ++i) {

@@ -14,7 +14,7 @@
 int main(int argc, char** argv) {
   static const crew::Tasks tasks = example_tasks();
   // Process isolation runs this program again as the task worker.
-  if (crew::is_worker_process()) return crew::serve(tasks);
+  if (crew::is_worker_process()) return crew::worker_main(tasks);
 
   sigset_t signals;  // blocked before the Worker's threads exist, taken by sigwait below
   sigemptyset(&signals);

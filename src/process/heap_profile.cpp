@@ -293,7 +293,8 @@ bool serve_heap_profiles(const char* worker_name) {
   ::unsetenv(kWorkerHeapDirEnv);  // the worker's own children do not write profiles here
   int fds[2];
   if (::pipe2(fds, O_CLOEXEC) != 0 || ::fcntl(fds[1], F_SETFL, O_NONBLOCK) != 0) {
-    fmt::print(stderr, "crew::serve: heap profiles: pipe2 failed ({})\n", std::strerror(errno));
+    fmt::print(stderr, "crew::worker_main: heap profiles: pipe2 failed ({})\n",
+               std::strerror(errno));
     return false;
   }
   // Blocked here before any task runs, so the threads tasks start block it too and SIGUSR2
@@ -308,14 +309,15 @@ bool serve_heap_profiles(const char* worker_name) {
   action.sa_flags = SA_SIGINFO | SA_RESTART;
   sigemptyset(&action.sa_mask);
   if (::sigaction(SIGUSR2, &action, nullptr) != 0) {
-    fmt::print(stderr, "crew::serve: heap profiles: sigaction(SIGUSR2) failed ({})\n",
+    fmt::print(stderr, "crew::worker_main: heap profiles: sigaction(SIGUSR2) failed ({})\n",
                std::strerror(errno));
     return false;
   }
   try {
     std::thread(profile_thread, fds[0], std::move(profile_dir), std::string(worker_name)).detach();
   } catch (const std::system_error& e) {
-    fmt::print(stderr, "crew::serve: heap profiles: could not start their thread ({})\n", e.what());
+    fmt::print(stderr, "crew::worker_main: heap profiles: could not start their thread ({})\n",
+               e.what());
     return false;
   }
   return true;

@@ -99,7 +99,7 @@ ProcessPoolCore::ProcessPoolCore(ProcessPoolOptions options) : options_(std::mov
   if (options_.tasks == nullptr && options_.executable.empty()) {
     invalid(
         "give .tasks (this program's registry, for workers that re-run this program) or "
-        ".executable (another program that calls crew::serve)");
+        ".executable (another program that calls crew::worker_main)");
   }
   if (options_.name.empty()) invalid("name must not be empty");
   if (options_.restart_backoff.count() <= 0) {
@@ -116,7 +116,7 @@ ProcessPoolCore::ProcessPoolCore(ProcessPoolOptions options) : options_(std::mov
   if (!options_.executable.empty() && ::access(executable_.c_str(), X_OK) != 0) {
     invalid(
         fmt::format("executable '{}' cannot be run ({}); give the path of a program that "
-                    "calls crew::serve",
+                    "calls crew::worker_main",
                     executable_, std::strerror(errno)));
   }
   if (executable_ == "/proc/self/exe") {

@@ -171,7 +171,8 @@ class PoolLink {
     own_ = static_cast<WorkerPage*>(map(kWorkerOwnPageFd, kWorkerPageSize, PROT_READ | PROT_WRITE));
     if (doorbell_ < 0 || pool_ == nullptr || own_ == nullptr) {
       throw std::runtime_error(
-          "crew::serve: the pool's doorbell and shared pages (descriptors 4 to 6) are missing; "
+          "crew::worker_main: the pool's doorbell and shared pages (descriptors 4 to 6) are "
+          "missing; "
           "start this program from a crew::ProcessPool built with the same crew version");
     }
     channel_.emplace(sock, &own_->replies, &own_->requests, true);
@@ -313,11 +314,12 @@ bool is_worker_process() noexcept {
   return detail::worker_socket_from_env() >= 0;
 }
 
-int serve(const Tasks& tasks) {
+int worker_main(const Tasks& tasks) {
   const int sock = detail::worker_socket_from_env();
   if (sock < 0) {
     throw std::logic_error(
-        "crew::serve: this process was not started by a crew::ProcessPool (CREW_WORKER_FD is not "
+        "crew::worker_main: this process was not started by a crew::ProcessPool (CREW_WORKER_FD is "
+        "not "
         "set); call it only when crew::is_worker_process() is true");
   }
   const char* name_env = std::getenv(detail::kWorkerNameEnv);

@@ -433,7 +433,7 @@ int run_task_worker() {
     }
   }
   load_plugins(plugins, tasks);  // a failure ends this worker; the pool reports it
-  return crew::serve(tasks);
+  return crew::worker_main(tasks);
 }
 
 namespace {

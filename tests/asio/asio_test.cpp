@@ -28,7 +28,7 @@ TEST(AsioBoost, TheLoopsTimersStayOnTimeWhileThePoolIsSaturated) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (crew::is_worker_process()) return crew::serve(asio_test::tasks());
+  if (crew::is_worker_process()) return crew::worker_main(asio_test::tasks());
   ::testing::InitGoogleTest(&argc, argv);
   return RUN_ALL_TESTS();
 }

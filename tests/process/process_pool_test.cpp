@@ -913,7 +913,7 @@ int main(int argc, char** argv) {
       if (flag == nullptr || !std::filesystem::exists(flag)) {
         throw std::runtime_error("not ready: the flag file is missing");
       }
-      return crew::serve(test_tasks());
+      return crew::worker_main(test_tasks());
     }
     if (std::strcmp(role, "orphan_parent") == 0) {
       ::unsetenv("CREW_TEST_ROLE");
@@ -927,7 +927,7 @@ int main(int argc, char** argv) {
       for (;;) ::pause();
     }
   }
-  if (crew::is_worker_process()) return crew::serve(test_tasks());
+  if (crew::is_worker_process()) return crew::worker_main(test_tasks());
   ::testing::InitGoogleTest(&argc, argv);
   return RUN_ALL_TESTS();
 }

@@ -315,7 +315,7 @@ TEST(ProcessRetry, CloseLetsWaitingRetriesRun) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (crew::is_worker_process()) return crew::serve(test_tasks());
+  if (crew::is_worker_process()) return crew::worker_main(test_tasks());
   ::testing::InitGoogleTest(&argc, argv);
   return RUN_ALL_TESTS();
 }

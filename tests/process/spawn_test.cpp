@@ -570,7 +570,7 @@ int main(int argc, char** argv) {
   if (crew::is_cluster_worker()) return cluster_worker_main(role != nullptr ? role : "");
   if (crew::is_worker_process()) {
     g_startup_fds = open_fds();
-    return crew::serve(tasks());
+    return crew::worker_main(tasks());
   }
   if (role != nullptr) return child_main(role);
   ::testing::InitGoogleTest(&argc, argv);

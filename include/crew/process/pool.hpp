@@ -76,7 +76,7 @@ struct ProcessPoolOptions {
   /// Names processes and log lines: "<name>-<n>".
   std::string name = "crew-proc";
   /// The program to run as a worker; empty means this program (/proc/self/exe). It must call
-  /// crew::serve() when crew::is_worker_process().
+  /// crew::worker_main() when crew::is_worker_process().
   std::string executable{};
   /// Arguments after argv[0] for the worker program.
   std::vector<std::string> args{};

@@ -1,5 +1,5 @@
 // crew::Tasks — the registry of named functions a worker process can run — and the worker side
-// of a ProcessPool: crew::is_worker_process() and crew::serve().
+// of a ProcessPool: crew::is_worker_process() and crew::worker_main().
 #pragma once
 
 #include <cstddef>
@@ -64,7 +64,7 @@ struct PackedValue {
 ///     int main() {
 ///       crew::Tasks tasks;
 ///       tasks.add("fib", fib);
-///       if (crew::is_worker_process()) return crew::serve(tasks);
+///       if (crew::is_worker_process()) return crew::worker_main(tasks);
 ///       crew::ProcessPool pool({.tasks = &tasks});
 ///       long v = pool.run<long>("fib", 30).get();
 ///     }
@@ -145,7 +145,7 @@ class Tasks {
 /// closes the channel or exits (the worker never outlives it). Returns the process exit code
 /// (0 on a normal shutdown); `main` returns it. Throws std::logic_error when this process was not
 /// started by a ProcessPool.
-int serve(const Tasks& tasks);
+int worker_main(const Tasks& tasks);
 
 /// What a named task may ask about its own run.
 namespace this_task {

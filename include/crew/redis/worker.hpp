@@ -18,7 +18,7 @@ namespace crew::inline v0::redis {
 
 enum class Isolation {
   /// A ProcessPool of `concurrency` processes: a crash or a timeout kills one process and fails
-  /// one job. The program must call crew::serve(tasks) when crew::is_worker_process().
+  /// one job. The program must call crew::worker_main(tasks) when crew::is_worker_process().
   process,
   /// A ThreadPool: cheaper, but a crash ends the whole worker and a timed-out or lost task keeps
   /// its thread until it returns (tasks should watch crew::this_task::stop_requested()).
@@ -70,7 +70,7 @@ struct WorkerStats {
 ///
 ///     crew::Tasks tasks;
 ///     tasks.add("fib", fib);
-///     if (crew::is_worker_process()) return crew::serve(tasks);
+///     if (crew::is_worker_process()) return crew::worker_main(tasks);
 ///     crew::redis::Worker worker(tasks, {.url = url, .queue = "images", .concurrency = 4});
 ///     ...  // until asked to stop
 ///     worker.stop(10s);

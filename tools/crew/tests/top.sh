@@ -10,10 +10,13 @@
 set -euo pipefail
 crew=$1
 work=$(mktemp -d)
-tmux_socket=crew-top-test-$$
+# A private tmux server per view: `kill-server` returns before the old server has gone, and a
+# new session on the same socket could reach the dying server ("server exited unexpectedly").
+views=0
+tmux_socket=crew-top-test-$$-0
 tmx() { tmux -L "$tmux_socket" "$@"; }
 cleanup() {
-  tmx kill-server 2>/dev/null || true
+  for ((v = 1; v <= views; v++)); do tmux -L "crew-top-test-$$-$v" kill-server 2>/dev/null || true; done
   kill -9 "${pid:-}" "${auth_pid:-}" "${tls_pid:-}" 2>/dev/null || true
   rm -rf "$work"
 }
@@ -96,7 +99,9 @@ wait_screen() {  # wait_screen <description> <grep -E pattern>: up to 30 s
 }
 printf 'set -g status off\n' >"$work/tmux.conf"  # the pane gets the whole window
 start_view() {
-  tmx kill-server 2>/dev/null || true
+  if ((views > 0)); then tmx kill-server 2>/dev/null || true; fi
+  views=$((views + 1))
+  tmux_socket=crew-top-test-$$-$views
   tmx -f "$work/tmux.conf" new-session -d -s top -x 100 -y 30 \
     "stty -g >'$work/stty.before'; '$crew' top '$url'; echo \"top exited \$?\"; stty -g >'$work/stty.after'; exec sleep 600"
 }
