@@ -13,7 +13,7 @@
 #include <thread>
 #include <vector>
 
-#include <crew/net.hpp>
+#include <crew/stream/net.hpp>
 #include <crew/stream.hpp>
 
 namespace cs = crew::stream;

@@ -19,12 +19,11 @@
 #include <utility>  // before Boost 1.74's Asio, which uses std::exchange without it
 #include <vector>
 
+#include <boost/asio.hpp>
 #include <dirent.h>
 
-#include <boost/asio.hpp>
-
-#include <crew/net.hpp>
 #include <crew/stream.hpp>
+#include <crew/stream/net.hpp>
 
 namespace asio = boost::asio;
 namespace cs = crew::stream;
@@ -76,12 +75,12 @@ struct Client : std::enable_shared_from_this<Client> {
                       });
   }
   void receive() {
-    socket.async_read_some(asio::buffer(in), [self = shared_from_this()](
-                                                 boost::system::error_code ec, std::size_t n) {
-      if (n > 0 && self->in[0] != 'A') self->ok = false;
-      self->received += n;
-      if (!ec) self->receive();
-    });
+    socket.async_read_some(
+        asio::buffer(in), [self = shared_from_this()](boost::system::error_code ec, std::size_t n) {
+          if (n > 0 && self->in[0] != 'A') self->ok = false;
+          self->received += n;
+          if (!ec) self->receive();
+        });
   }
 };
 

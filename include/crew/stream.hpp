@@ -3,7 +3,7 @@
 // public header of the crew::stream target.
 #pragma once
 
-#include <crew/net.hpp>
+#include <crew/stream/net.hpp>
 #include <crew/stream/bytes.hpp>
 #include <crew/stream/codec.hpp>
 #include <crew/stream/coding.hpp>

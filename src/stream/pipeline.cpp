@@ -1,8 +1,13 @@
 // The pipeline thread, the Summary, StageError and the non-template parts of the typed stages.
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <exception>
+#include <functional>
+#include <memory>
+#include <optional>
 #include <stdexcept>
+#include <stop_token>
 #include <string>
 #include <utility>
 
@@ -197,7 +202,7 @@ Future<Summary> start_run(std::unique_ptr<PipelineBuilder> builder, std::vector<
       error = crew::detail::capture([&] {
         driver = builder->build(ctx);
         builder.reset();
-        driver->run();
+        dynamic_cast<PulledDriver&>(*driver).run();
       });
       // Tear down before settling: a write_file sink removes its temporary file, a parallel
       // stage waits for its tasks, so the caller sees the final state once the Future is ready.
@@ -218,6 +223,74 @@ Future<Summary> start_run(std::unique_ptr<PipelineBuilder> builder, std::vector<
     } else {
       promise.set_value(std::move(*summary));
     }
+  });
+  return future;
+}
+
+namespace {
+
+// One pipeline running on its source's executor: the stages' context, the driver, the Future's
+// promise. The driver's callbacks hold it; it lets go of itself when the run ends.
+struct DrivenRun {
+  DrivenRun(const std::vector<std::string>& names, FlowOptions marks, std::stop_token stop,
+            std::shared_ptr<void> keep, std::shared_ptr<std::atomic<bool>> finished)
+      : ctx(names, marks, std::move(stop)), keep(std::move(keep)), finished(std::move(finished)) {}
+
+  // On the executor, in a handler of its own (the driver is not on the stack): tears the stages
+  // down, then settles.
+  void end(std::exception_ptr error) {
+    on_stop.reset();
+    driver.reset();
+    const auto elapsed = std::chrono::steady_clock::now() - t0;
+    const std::uint64_t k = ticks() - k0;
+    const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(elapsed);
+    std::optional<Summary> summary;
+    if (!error) {
+      error = crew::detail::capture([&] { summary.emplace(ctx.summary(ns, ns_per_tick(k, ns))); });
+    }
+    finished->store(true, std::memory_order_release);
+    if (error) {
+      promise.set_exception(std::move(error));
+    } else {
+      promise.set_value(std::move(*summary));
+    }
+  }
+
+  Context ctx;
+  std::shared_ptr<void> keep;
+  std::shared_ptr<std::atomic<bool>> finished;
+  Promise<Summary> promise;
+  std::unique_ptr<Driver> driver;
+  std::optional<std::stop_callback<std::function<void()>>> on_stop;
+  std::chrono::steady_clock::time_point t0;
+  std::uint64_t k0 = 0;
+};
+
+}  // namespace
+
+Future<Summary> start_driven(std::unique_ptr<PipelineBuilder> builder,
+                             std::vector<std::string> names, FlowOptions marks,
+                             std::stop_token stop, std::shared_ptr<void> keep,
+                             std::shared_ptr<std::atomic<bool>> finished) {
+  auto run = std::make_shared<DrivenRun>(names, marks, std::move(stop), std::move(keep),
+                                         std::move(finished));
+  Future<Summary> future = run->promise.get_future();
+  std::exception_ptr error = crew::detail::capture([&] { run->driver = builder->build(run->ctx); });
+  builder.reset();
+  if (error) {
+    run->end(std::move(error));
+    return future;
+  }
+  auto& driver = dynamic_cast<DrivenDriver&>(*run->driver);
+  run->t0 = std::chrono::steady_clock::now();
+  run->k0 = ticks();
+  // Before start(): once started, the run may end (and drop the driver) on another thread.
+  run->on_stop.emplace(run->ctx.stop(), [&driver] { driver.cancel(); });
+  // The driver holds `run` until it is done; end() then releases the driver, and with it the
+  // last reference but the one of the handler running end().
+  driver.start([run](std::exception_ptr e) {
+    auto* d = static_cast<DrivenDriver*>(run->driver.get());
+    d->post([run, e = std::move(e)]() mutable { run->end(std::move(e)); });
   });
   return future;
 }

@@ -4,6 +4,7 @@
 // <crew/stream/detail/drivers.hpp> (sources and what runs a pipeline).
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <functional>
 #include <memory>
@@ -71,6 +72,15 @@ class Flow {
     detail::validate_marks(marks_, "crew::stream::Flow");
     names_.push_back(std::move(name));
   }
+  /// A flow from an AsyncSource implementation (a socket): its pipeline runs on the source's
+  /// executor instead of a thread of its own.
+  Flow(std::unique_ptr<detail::AsyncSource<T>> source, std::string name, FlowOptions marks = {})
+      : builder_(std::make_unique<detail::AsyncSourceBuilder<T>>(std::move(source))),
+        marks_(marks),
+        driven_(true) {
+    detail::validate_marks(marks_, "crew::stream::Flow");
+    names_.push_back(std::move(name));
+  }
   Flow(Flow&&) noexcept = default;
   Flow& operator=(Flow&&) noexcept = default;
 
@@ -86,23 +96,25 @@ class Flow {
     names_.push_back(stage.name);
     return Flow<Out>(
         std::make_unique<detail::StageBuilder<T, S>>(std::move(builder_), std::move(stage), index),
-        std::move(names_), marks_);
+        std::move(names_), marks_, driven_);
   }
   template <class K>
   auto finish(K sink) && {
     using R = typename K::template result<T>;
     const std::size_t index = names_.size();
     names_.push_back(sink.name);
-    return Pipeline<R>(std::move(builder_), std::move(sink), index, std::move(names_), marks_);
+    return Pipeline<R>(std::move(builder_), std::move(sink), index, std::move(names_), marks_,
+                       driven_);
   }
   Flow(std::unique_ptr<detail::Builder<T>> builder, std::vector<std::string> names,
-       FlowOptions marks)
-      : builder_(std::move(builder)), names_(std::move(names)), marks_(marks) {}
+       FlowOptions marks, bool driven)
+      : builder_(std::move(builder)), names_(std::move(names)), marks_(marks), driven_(driven) {}
 
  private:
   std::unique_ptr<detail::Builder<T>> builder_;
   std::vector<std::string> names_;
   FlowOptions marks_;
+  bool driven_ = false;  // the source is an AsyncSource
 };
 
 /// A complete pipeline — source, stages, sink — ready to run once. `R` is the sink's result type:
@@ -113,13 +125,16 @@ class Flow {
 ///     std::uint64_t n = p.take();   // the sink's result
 ///
 /// The stages run on one thread the pipeline starts (named `crew-stream`), one batch at a time;
-/// parallel stages hand items to their ThreadPool. The Future settles only after every stage has
-/// been torn down (a failed write_file has removed its temporary file, parallel tasks have
-/// returned). The destructor waits for a running pipeline.
+/// parallel stages hand items to their ThreadPool. A pipeline whose source is a socket
+/// (`net::Connection::readable()`) starts no thread: its stages run on the socket's executor,
+/// in the completions of its reads, and a read waits until the stages and the sink have room.
+/// The Future settles only after every stage has been torn down (a failed write_file has
+/// removed its temporary file, parallel tasks have returned). The destructor waits for a
+/// running pipeline; one running on an executor keeps what it needs and is not waited for.
 ///
 /// Thread safety: use one Pipeline object from one thread; the stages' own callables run on the
-/// pipeline thread (parallel stages: on pool threads). The sink's writes happen-before the
-/// Future becomes ready.
+/// pipeline thread or the executor (parallel stages: on pool threads). The sink's writes
+/// happen-before the Future becomes ready.
 template <class R>
 class Pipeline {
  public:
@@ -127,10 +142,11 @@ class Pipeline {
 
   template <class T, class K>
   Pipeline(std::unique_ptr<detail::Builder<T>> prev, K sink, std::size_t index,
-           std::vector<std::string> names, FlowOptions marks)
-      : box_(std::make_unique<detail::ResultBox<detail::BoxType<R>>>()),
+           std::vector<std::string> names, FlowOptions marks, bool driven)
+      : box_(std::make_shared<detail::ResultBox<detail::BoxType<R>>>()),
         names_(std::move(names)),
-        marks_(marks) {
+        marks_(marks),
+        driven_(driven) {
     builder_ = std::make_unique<detail::SinkBuilder<T, K, detail::BoxType<R>>>(
         std::move(prev), std::move(sink), index, box_.get());
   }
@@ -143,6 +159,8 @@ class Pipeline {
       box_ = std::move(other.box_);
       names_ = std::move(other.names_);
       marks_ = other.marks_;
+      driven_ = other.driven_;
+      finished_ = std::move(other.finished_);
       thread_ = std::move(other.thread_);
     }
     return *this;
@@ -150,9 +168,9 @@ class Pipeline {
   /// Waits for a running pipeline (the stop token passed to run() is the way to cut it short).
   ~Pipeline() = default;
 
-  /// Starts the pipeline on its own thread. The Future resolves to the Summary, or rejects with
-  /// crew::StageError (a stage threw; the source was stopped) or crew::Cancelled. Throws
-  /// std::logic_error when called a second time: a pipeline runs once.
+  /// Starts the pipeline on its own thread (or its source's executor). The Future resolves to the
+  /// Summary, or rejects with crew::StageError (a stage threw; the source was stopped) or
+  /// crew::Cancelled. Throws std::logic_error when called a second time: a pipeline runs once.
   Future<Summary> run() { return run(std::stop_token{}); }
   /// As run(); when `stop` fires the source stops before its next pull (within one chunk or
   /// batch) and the Future rejects with crew::Cancelled.
@@ -160,6 +178,11 @@ class Pipeline {
     if (!builder_) {
       throw std::logic_error(
           "crew::stream::Pipeline::run: this pipeline already ran; it runs once");
+    }
+    if (driven_) {
+      finished_ = std::make_shared<std::atomic<bool>>(false);
+      return detail::start_driven(std::move(builder_), names_, marks_, std::move(stop), box_,
+                                  finished_);
     }
     return detail::start_run(std::move(builder_), names_, marks_, std::move(stop), thread_);
   }
@@ -170,6 +193,10 @@ class Pipeline {
   template <class U = R>
   requires(!std::is_void_v<U>) U take() {
     if (thread_.joinable()) thread_.join();
+    if (finished_ && !finished_->load(std::memory_order_acquire)) {
+      throw std::logic_error(
+          "crew::stream::Pipeline::take: the pipeline is still running; wait for run()'s Future");
+    }
     if (!box_ || !box_->value) {
       throw std::logic_error(
           "crew::stream::Pipeline::take: no result (run() not finished successfully, or already "
@@ -185,9 +212,12 @@ class Pipeline {
 
  private:
   std::unique_ptr<detail::PipelineBuilder> builder_;
-  std::unique_ptr<detail::ResultBox<detail::BoxType<R>>> box_;
+  // Shared with a run on an executor, which outlives this object when it is dropped early.
+  std::shared_ptr<detail::ResultBox<detail::BoxType<R>>> box_;
   std::vector<std::string> names_;
   FlowOptions marks_;
+  bool driven_ = false;
+  std::shared_ptr<std::atomic<bool>> finished_;  // a run on an executor: set once it is over
   std::jthread thread_;  // declared last: joined before the result box is destroyed
 };
 

@@ -3,11 +3,14 @@
 // when the pipeline starts. Internal to crew::stream; <crew/stream/flow.hpp> is the API.
 #pragma once
 
+#include <atomic>
+#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
 #include <exception>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <stop_token>
 #include <string>
@@ -40,19 +43,80 @@ class Source {
   virtual bool pull(std::vector<T>& out, std::size_t max, const std::stop_token& stop) = 0;
 };
 
-// Runs a whole pipeline: pulls from the source and pushes into the first stage until the source
-// is exhausted, the stop token fires, or a stage throws.
+/// Where a pipeline's items come from when they arrive on an executor (a socket): a pipeline from
+/// an AsyncSource runs there, one read at a time, with no thread of its own; its stages run in the
+/// reads' completions.
+///
+/// Thread safety: read() is called again only after the previous read completed; cancel() and
+/// post() may be called from any thread.
+template <class T>
+class AsyncSource {
+ public:
+  /// `more` is false once the source is exhausted; an error ends the run.
+  using Delivery = std::function<void(std::exception_ptr error, bool more)>;
+
+  AsyncSource() = default;
+  AsyncSource(const AsyncSource&) = delete;
+  AsyncSource& operator=(const AsyncSource&) = delete;
+  virtual ~AsyncSource() = default;
+  /// Starts a read that appends what arrives (a byte source: one chunk) to `out` and then calls
+  /// `done` on the executor, never inside read() itself.
+  virtual void read(std::vector<T>& out, Delivery done) = 0;
+  /// Makes a pending read complete soon (with `more` true and maybe nothing appended).
+  virtual void cancel() noexcept = 0;
+  /// Runs `fn` on the executor, in a handler of its own.
+  virtual void post(std::function<void()> fn) = 0;
+};
+
+/// What a Builder makes: the first stage's feeder, which runs the whole pipeline.
 class Driver {
  public:
   Driver() = default;
   Driver(const Driver&) = delete;
   Driver& operator=(const Driver&) = delete;
   virtual ~Driver() = default;
+};
+
+// Runs a whole pipeline on the calling thread: pulls from the source and pushes into the first
+// stage until the source is exhausted, the stop token fires, or a stage throws.
+class PulledDriver : public Driver {
+ public:
   virtual void run() = 0;
 };
 
+// Runs a whole pipeline from an AsyncSource's completions. start() calls `done` once, on the
+// source's executor, with the error that ended the run or null.
+class DrivenDriver : public Driver {
+ public:
+  using Done = std::function<void(std::exception_ptr)>;
+  virtual void start(Done done) = 0;
+  virtual void cancel() noexcept = 0;
+  virtual void post(std::function<void()> fn) = 0;
+};
+
+// Counts a batch the source produced into its slot and its position.
 template <class T>
-class SourceDriver final : public Driver {
+void count_source_batch(Slot& slot, const std::vector<T>& batch, std::uint64_t& position) {
+  std::size_t held = batch.size();
+  if constexpr (kHasBytes<T>) {
+    std::size_t bytes = 0;
+    for (const T& x : batch) bytes += x.size();
+    slot.bytes_out += bytes;
+    if constexpr (kIsBytes<T>) {
+      held = bytes;
+      position += bytes;
+    } else {
+      position += batch.size();
+    }
+  } else {
+    position += batch.size();
+  }
+  if (held > slot.peak_buffered) slot.peak_buffered = held;
+  slot.items_out += batch.size();
+}
+
+template <class T>
+class SourceDriver final : public PulledDriver {
  public:
   SourceDriver(std::unique_ptr<Source<T>> source, std::unique_ptr<Inlet<T>> next, Context& ctx)
       : source_(std::move(source)), next_(std::move(next)), ctx_(ctx), slot_(ctx.slot(0)) {
@@ -77,36 +141,117 @@ class SourceDriver final : public Driver {
       }
       slot_.busy_ticks += ticks() - start;
       if (!batch.empty()) {
-        std::size_t held = batch.size();
-        if constexpr (kHasBytes<T>) {
-          std::size_t bytes = 0;
-          for (const T& x : batch) bytes += x.size();
-          slot_.bytes_out += bytes;
-          if constexpr (kIsBytes<T>) {
-            held = bytes;
-            position += bytes;
-          } else {
-            position += batch.size();
-          }
-        } else {
-          position += batch.size();
-        }
-        if (held > slot_.peak_buffered) slot_.peak_buffered = held;
-        slot_.items_out += batch.size();
+        count_source_batch(slot_, batch, position);
         next_->push(batch);
         batch.clear();
+        wait_ready();
       }
       if (!more) break;
     }
     if (stop.stop_requested()) throw_cancelled(slot_, position);
     next_->finish();
+    wait_ready();
   }
 
  private:
+  // Waits until the stages have room (an asynchronous sink finished its writes); rethrows its
+  // error. Synchronous sinks answer inside when_ready(), so this costs a lock and no wait.
+  void wait_ready() {
+    std::unique_lock lock(ready_.mutex);
+    ready_.done = false;
+    ready_.error = nullptr;
+    lock.unlock();
+    next_->when_ready([r = &ready_](std::exception_ptr e) {
+      // Notified under the lock: the waiter cannot return (and the driver go) before it is done.
+      std::lock_guard guard(r->mutex);
+      r->error = std::move(e);
+      r->done = true;
+      r->cv.notify_one();
+    });
+    lock.lock();
+    ready_.cv.wait(lock, [this] { return ready_.done; });
+    if (ready_.error) std::rethrow_exception(std::exchange(ready_.error, nullptr));
+  }
+
   std::unique_ptr<Source<T>> source_;
   std::unique_ptr<Inlet<T>> next_;
   Context& ctx_;
   Slot& slot_;
+  struct {
+    std::mutex mutex;
+    std::condition_variable cv;
+    bool done = false;
+    std::exception_ptr error;
+  } ready_;
+};
+
+template <class T>
+class AsyncSourceDriver final : public DrivenDriver {
+ public:
+  AsyncSourceDriver(std::unique_ptr<AsyncSource<T>> source, std::unique_ptr<Inlet<T>> next,
+                    Context& ctx)
+      : source_(std::move(source)), next_(std::move(next)), ctx_(ctx), slot_(ctx.slot(0)) {
+    slot_.counts_bytes = kIsBytes<T>;
+    slot_.mark = kIsBytes<T> ? ctx.marks().high_water_bytes : ctx.marks().high_water_mark;
+  }
+  void start(Done done) override {
+    done_ = std::move(done);
+    source_->post([this] { read_next(); });
+  }
+  void cancel() noexcept override { source_->cancel(); }
+  void post(std::function<void()> fn) override { source_->post(std::move(fn)); }
+
+ private:
+  void read_next() {
+    if (ctx_.stop().stop_requested()) return end_cancelled();
+    source_->read(batch_, [this](std::exception_ptr error, bool more) { on_read(error, more); });
+  }
+  void on_read(std::exception_ptr error, bool more) {
+    if (error) {
+      try {
+        try {
+          std::rethrow_exception(error);
+        } catch (...) {
+          rethrow_as_stage_error(slot_, position_);
+        }
+      } catch (...) {
+        return done_(std::current_exception());
+      }
+    }
+    if (ctx_.stop().stop_requested()) return end_cancelled();
+    const std::uint64_t start = ticks();
+    try {
+      if (!batch_.empty()) {
+        count_source_batch(slot_, batch_, position_);
+        next_->push(batch_);
+        batch_.clear();
+      }
+      if (!more) next_->finish();
+    } catch (...) {
+      return done_(std::current_exception());
+    }
+    slot_.busy_ticks += ticks() - start;
+    if (!more) return next_->when_ready([this](std::exception_ptr e) { done_(std::move(e)); });
+    next_->when_ready([this](std::exception_ptr e) {
+      if (e) return done_(std::move(e));
+      read_next();
+    });
+  }
+  void end_cancelled() {
+    try {
+      throw_cancelled(slot_, position_);
+    } catch (...) {
+      done_(std::current_exception());
+    }
+  }
+
+  std::unique_ptr<AsyncSource<T>> source_;
+  std::unique_ptr<Inlet<T>> next_;
+  Context& ctx_;
+  Slot& slot_;
+  Done done_;
+  std::vector<T> batch_;
+  std::uint64_t position_ = 0;
 };
 
 // Builds the chain of stages backwards, from the inlet that will receive a flow's items up to
@@ -131,6 +276,19 @@ class SourceBuilder final : public Builder<T> {
 
  private:
   std::unique_ptr<Source<T>> source_;
+};
+
+template <class T>
+class AsyncSourceBuilder final : public Builder<T> {
+ public:
+  explicit AsyncSourceBuilder(std::unique_ptr<AsyncSource<T>> source)
+      : source_(std::move(source)) {}
+  std::unique_ptr<Driver> build(std::unique_ptr<Inlet<T>> tail, Context& ctx) override {
+    return std::make_unique<AsyncSourceDriver<T>>(std::move(source_), std::move(tail), ctx);
+  }
+
+ private:
+  std::unique_ptr<AsyncSource<T>> source_;
 };
 
 /// A stage descriptor S turns a flow of T into a flow of `S::template output<T>`.
@@ -210,6 +368,14 @@ class SinkBuilder final : public PipelineBuilder {
 // temporary file, waiting for parallel tasks) and only then settles the returned Future.
 Future<Summary> start_run(std::unique_ptr<PipelineBuilder> builder, std::vector<std::string> names,
                           FlowOptions marks, std::stop_token stop, std::jthread& thread);
+
+// Starts a pipeline whose source is an AsyncSource: builds the stages here, then runs them on
+// the source's executor with no thread of its own. The run keeps `keep` (the sink's result box)
+// alive and sets `finished` just before the Future settles, after the stages are torn down.
+Future<Summary> start_driven(std::unique_ptr<PipelineBuilder> builder,
+                             std::vector<std::string> names, FlowOptions marks,
+                             std::stop_token stop, std::shared_ptr<void> keep,
+                             std::shared_ptr<std::atomic<bool>> finished);
 
 }  // namespace detail
 }  // namespace stream

@@ -98,16 +98,26 @@ class Context {
 /// The receiving side of a stage boundary. A stage's push() consumes a batch (the caller
 /// clears it afterwards); finish() is the end of input.
 ///
-/// Thread safety: called by the pipeline thread only.
+/// Thread safety: called by the pipeline thread only (a pipeline run on an executor: by the
+/// handler running it at the time).
 template <class T>
 class Inlet {
  public:
+  /// Called once with the first error of an asynchronous sink, or null.
+  using Ready = std::function<void(std::exception_ptr)>;
+
   Inlet() = default;
   Inlet(const Inlet&) = delete;
   Inlet& operator=(const Inlet&) = delete;
   virtual ~Inlet() = default;
   virtual void push(std::vector<T>& batch) = 0;
   virtual void finish() = 0;
+  /// Calls `ready` once this stage and those after it have room again: once everything pushed so
+  /// far (and after finish(), the end of input) is done with. Stages and sinks that finish their
+  /// work inside push() are ready at once; a socket sink when its writes have completed, on its
+  /// executor. The driver asks before it reads more, which is the backpressure of a pipeline
+  /// whose sink writes asynchronously.
+  virtual void when_ready(Ready ready) { ready(nullptr); }
 };
 
 /// Base of a stage from In to Out: counts its input, keeps its time, and collects its output up
@@ -124,6 +134,8 @@ class Node : public Inlet<In> {
     slot_.mark = mark_;
     if constexpr (!kIsBytes<Out>) out_.reserve(mark_);
   }
+  // A stage has handed on all it will before its push() returns: its room is downstream's.
+  void when_ready(typename Inlet<In>::Ready ready) override { next_->when_ready(std::move(ready)); }
 
  protected:
   // Starts the clock and counts `batch` in.
