@@ -263,6 +263,26 @@ Connection Connection::connect(const std::string& host, std::uint16_t port,
   return Connection(adopt(std::move(s)));
 }
 
+void Connection::start_connect(const Executor& executor, std::string host, std::uint16_t port,
+                               detail::ConnectionHandler handler) {
+  if (!executor) {
+    throw std::invalid_argument("crew::net::Connection::async_connect: executor is empty");
+  }
+  auto s = std::make_shared<SocketState>(Strand(executor));
+  auto resolver = std::make_shared<tcp::resolver>(executor);
+  resolver->async_resolve(host, std::to_string(port),
+                          [s, resolver, handler = std::move(handler)](
+                              boost::system::error_code ec, tcp::resolver::results_type endpoints) {
+                            if (ec) return handler(ec, Connection());
+                            asio::async_connect(
+                                s->socket, endpoints,
+                                [s, handler](boost::system::error_code ec, const tcp::endpoint&) {
+                                  if (ec) return handler(ec, Connection());
+                                  handler(ec, Connection(adopt(s)));
+                                });
+                          });
+}
+
 Connection::Connection() noexcept = default;
 Connection::Connection(std::shared_ptr<SocketState> state) noexcept : state_(std::move(state)) {}
 Connection::Connection(Connection&&) noexcept = default;

@@ -229,6 +229,36 @@ TEST(Net, AsyncAcceptTakesAnyCompletionToken) {
   listener.close();
 }
 
+TEST(Net, AsyncConnectOnAProgramsIoContext) {
+  boost::asio::io_context io;
+  crew::net::Listener listener;  // on crew's executor
+  std::future<crew::net::Connection> connected = crew::net::Connection::async_connect(
+      io.get_executor(), "127.0.0.1", listener.port(), boost::asio::use_future);
+  std::jthread runner([&] { io.run(); });
+  auto server_side = listener.accept();
+  ASSERT_TRUE(server_side);
+  crew::net::Connection client = connected.get();
+  ASSERT_TRUE(client);
+  EXPECT_EQ(client.local_endpoint(), server_side->remote_endpoint());
+}
+
+TEST(Net, AsyncConnectFailureIsAnErrorCode) {
+  boost::asio::io_context io;
+  boost::system::error_code error;
+  bool called = false;
+  // Port 0 is never listening: the connect is refused.
+  crew::net::Connection::async_connect(
+      io.get_executor(), "127.0.0.1", 0,
+      [&](boost::system::error_code ec, crew::net::Connection conn) {
+        called = true;
+        error = ec;
+        EXPECT_FALSE(conn);
+      });
+  io.run();
+  EXPECT_TRUE(called);
+  EXPECT_TRUE(error);
+}
+
 TEST(Net, CloseEndsAPendingAsyncAccept) {
   crew::net::Listener listener;
   std::promise<boost::system::error_code> result;

@@ -45,6 +45,11 @@ class Connection;
 namespace detail {
 // Completes an accept or connect: the handler gets the error (or none) and the connection.
 using ConnectionHandler = std::function<void(boost::system::error_code, Connection)>;
+
+// Wraps an Asio completion handler: it runs on its own associated executor (default: `fallback`),
+// which counts the pending operation as work meanwhile, so that its io_context does not run out.
+template <class Handler>
+ConnectionHandler completion_of(Handler handler, const Executor& fallback);
 }  // namespace detail
 
 /// One connected TCP socket, used as a Duplex: `readable()` is a flow of the bytes the peer
@@ -76,6 +81,23 @@ class Connection {
   static Connection connect(const std::string& host, std::uint16_t port);
   static Connection connect(const std::string& host, std::uint16_t port, const Executor& executor);
 
+  /// Resolves and connects asynchronously on `executor`; completes with
+  /// `void(boost::system::error_code, Connection)` on the token's executor. Any completion token.
+  ///
+  ///     crew::net::Connection conn = co_await crew::net::Connection::async_connect(
+  ///         io.get_executor(), "127.0.0.1", port, asio::use_awaitable);
+  template <class CompletionToken>
+  static auto async_connect(const Executor& executor, std::string host, std::uint16_t port,
+                            CompletionToken&& token) {
+    return boost::asio::async_initiate<CompletionToken,
+                                       void(boost::system::error_code, Connection)>(
+        [executor, host = std::move(host), port](auto handler) mutable {
+          start_connect(executor, std::move(host), port,
+                        detail::completion_of(std::move(handler), executor));
+        },
+        token);
+  }
+
   Connection(Connection&&) noexcept;
   Connection& operator=(Connection&&) noexcept;
   Connection(const Connection&) = delete;
@@ -103,6 +125,8 @@ class Connection {
  private:
   friend class Listener;
   explicit Connection(std::shared_ptr<detail::SocketState> state) noexcept;
+  static void start_connect(const Executor& executor, std::string host, std::uint16_t port,
+                            detail::ConnectionHandler handler);
   std::shared_ptr<detail::SocketState> state_;
 };
 
@@ -157,17 +181,7 @@ class Listener {
     return boost::asio::async_initiate<CompletionToken,
                                        void(boost::system::error_code, Connection)>(
         [this](auto handler) {
-          using Handler = decltype(handler);
-          // The handler's executor counts the pending accept as work, so that its io_context
-          // does not run out of work meanwhile.
-          auto work = boost::asio::prefer(boost::asio::get_associated_executor(handler, executor()),
-                                          boost::asio::execution::outstanding_work.tracked);
-          auto shared = std::make_shared<Handler>(std::move(handler));
-          start_accept([shared, work](boost::system::error_code ec, Connection conn) {
-            boost::asio::dispatch(work, [shared, ec, conn = std::move(conn)]() mutable {
-              (*shared)(ec, std::move(conn));
-            });
-          });
+          start_accept(detail::completion_of(std::move(handler), executor()));
         },
         token);
   }
@@ -179,6 +193,18 @@ class Listener {
   void start_accept(detail::ConnectionHandler handler, std::stop_token stop = {});
   std::shared_ptr<detail::ListenerState> state_;
 };
+
+template <class Handler>
+detail::ConnectionHandler detail::completion_of(Handler handler, const Executor& fallback) {
+  auto work = boost::asio::prefer(boost::asio::get_associated_executor(handler, fallback),
+                                  boost::asio::execution::outstanding_work.tracked);
+  // std::function copies what it holds; Asio handlers may be move-only.
+  auto shared = std::make_shared<Handler>(std::move(handler));
+  return [shared, work](boost::system::error_code ec, Connection conn) {
+    boost::asio::dispatch(
+        work, [shared, ec, conn = std::move(conn)]() mutable { (*shared)(ec, std::move(conn)); });
+  };
+}
 
 }  // namespace net
 }  // namespace v0
