@@ -5,6 +5,7 @@
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <future>
 #include <memory>
 #include <optional>
@@ -278,10 +279,15 @@ TEST(Net, ADroppedPipelineObjectStillRunsToTheEnd) {
   EXPECT_EQ(done.get().stage("net.write").bytes_in, text.size());
 }
 
-// A raw client socket connected to `port`.
-int raw_connect(std::uint16_t port) {
+// A raw client socket connected to `port`; with `buffer_bytes`, its kernel buffers are fixed at
+// that size (no autotuning).
+int raw_connect(std::uint16_t port, int buffer_bytes = 0) {
   const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) return -1;
+  if (buffer_bytes > 0) {
+    ::setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &buffer_bytes, sizeof buffer_bytes);
+    ::setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &buffer_bytes, sizeof buffer_bytes);
+  }
   sockaddr_in a{};
   a.sin_family = AF_INET;
   a.sin_port = htons(port);
@@ -293,9 +299,17 @@ int raw_connect(std::uint16_t port) {
   return fd;
 }
 
+// The last of the three numbers in /proc/sys/<name> (tcp_rmem: min, default, max).
+std::uint64_t sysctl_max(const std::string& name) {
+  std::ifstream in("/proc/sys/" + name);
+  std::uint64_t min = 0, def = 0, max = 0;
+  in >> min >> def >> max;
+  return max;
+}
+
 TEST(Net, AWriterOnAPipelineThreadDeliversEverythingToASlowReader) {
   crew::net::Listener listener;
-  const int fd = raw_connect(listener.port());
+  const int fd = raw_connect(listener.port(), 128 * 1024);
   ASSERT_GE(fd, 0);
   auto server_side = listener.accept();
   ASSERT_TRUE(server_side);
@@ -310,8 +324,10 @@ TEST(Net, AWriterOnAPipelineThreadDeliversEverythingToASlowReader) {
            }) |
            server_side->writable();
   auto f = p.run();
-  // Ahead of the reader by at most the kernel's buffers on both ends (a few MiB) plus the
-  // sink's mark.
+  // Ahead of the reader by at most the kernel's buffers on both ends (the client's fixed and
+  // doubled, the server's send buffer up to the system's limit), the sink's mark and a chunk.
+  const std::uint64_t bound =
+      sysctl_max("net/ipv4/tcp_wmem") + 4 * 128 * 1024 + 2 * kChunk + (1u << 20);
   std::uint64_t consumed = 0, most_ahead = 0;
   char buffer[4096];
   for (;;) {
@@ -323,7 +339,7 @@ TEST(Net, AWriterOnAPipelineThreadDeliversEverythingToASlowReader) {
   }
   ::close(fd);
   EXPECT_EQ(consumed, kTotal);
-  EXPECT_LT(most_ahead, 24u << 20);
+  EXPECT_LT(most_ahead, bound);
   (void)f.get();
 }
 
@@ -332,7 +348,7 @@ TEST(Net, ASinkThatCannotWriteStopsItsSourceReading) {
   // of the executor's queue, not a guess from the clock.
   boost::asio::io_context io;
   crew::net::Listener listener({.executor = io.get_executor()});
-  const int fd = raw_connect(listener.port());
+  const int fd = raw_connect(listener.port(), 128 * 1024);
   ASSERT_GE(fd, 0);
   crew::net::Connection server_side;
   listener.async_accept([&](boost::system::error_code ec, crew::net::Connection conn) {
@@ -345,10 +361,14 @@ TEST(Net, ASinkThatCannotWriteStopsItsSourceReading) {
   auto f = echo.run();
   // The client sends and never reads. Once the kernel's buffers are full the echo's writes
   // stop, so it must stop reading too: the client then finds no room, however long it waits.
-  // An echo that read on regardless would take all 256 MiB.
+  // What it can send is bounded by the buffers: its own (fixed, and doubled by the kernel) and
+  // the server socket's, which grow up to the system's limits. An echo that read on regardless
+  // would take 64 MiB more.
+  const std::uint64_t bound = sysctl_max("net/ipv4/tcp_rmem") + sysctl_max("net/ipv4/tcp_wmem") +
+                              4 * 128 * 1024 + (1u << 20);
   std::vector<char> chunk(64 * 1024, 'x');
   std::uint64_t sent = 0;
-  for (int idle = 0; idle < 3 && sent < (256u << 20);) {
+  for (int idle = 0; idle < 3 && sent < bound + (64u << 20);) {
     const ssize_t n = ::send(fd, chunk.data(), chunk.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
     if (n > 0) {
       sent += static_cast<std::uint64_t>(n);
@@ -361,7 +381,7 @@ TEST(Net, ASinkThatCannotWriteStopsItsSourceReading) {
       if (::poll(&p, 1, 100) == 0) ++idle;
     }
   }
-  EXPECT_LT(sent, 32u << 20);
+  EXPECT_LT(sent, bound);
   // Closing with unread data resets the connection: the echo's pending write fails.
   ::close(fd);
   io.run();
