@@ -14,11 +14,15 @@
 #include <string>
 #include <system_error>
 #include <thread>
+#include <utility>  // before Boost 1.74's Asio, which uses std::exchange without it
 #include <vector>
 
 #include <arpa/inet.h>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
 #include <boost/asio/io_context.hpp>
-#include <boost/asio/use_future.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
@@ -210,27 +214,37 @@ TEST(Net, RunsOnAProgramsIoContext) {
   EXPECT_EQ(done.get().stage("net.read").bytes_out, text.size());
 }
 
-TEST(Net, AsyncAcceptTakesAnyCompletionToken) {
-  boost::asio::io_context io;
-  crew::net::Listener listener({.executor = io.get_executor()});
-  std::future<crew::net::Connection> accepted = listener.async_accept(boost::asio::use_future);
-  std::jthread runner([&] { io.run(); });
-  auto client = crew::net::Connection::connect("127.0.0.1", listener.port());
-  crew::net::Connection server_side = accepted.get();
-  ASSERT_TRUE(server_side);
-  EXPECT_EQ(server_side.remote_endpoint(), client.local_endpoint());
-  listener.close();
+boost::asio::awaitable<void> accept_one(crew::net::Listener* listener,
+                                        crew::net::Connection* accepted) {
+  *accepted = co_await listener->async_accept(boost::asio::use_awaitable);
 }
 
-TEST(Net, AsyncConnectOnAProgramsIoContext) {
+boost::asio::awaitable<void> connect_to(std::uint16_t port, crew::net::Connection* connected) {
+  *connected = co_await crew::net::Connection::async_connect(
+      co_await boost::asio::this_coro::executor, "127.0.0.1", port, boost::asio::use_awaitable);
+}
+
+TEST(Net, AsyncAcceptInACoroutine) {
+  boost::asio::io_context io;
+  crew::net::Listener listener({.executor = io.get_executor()});
+  crew::net::Connection server_side;
+  boost::asio::co_spawn(io, accept_one(&listener, &server_side), boost::asio::detached);
+  std::jthread runner([&] { io.run(); });  // until the coroutine is done
+  auto client = crew::net::Connection::connect("127.0.0.1", listener.port());
+  runner.join();
+  ASSERT_TRUE(server_side);
+  EXPECT_EQ(server_side.remote_endpoint(), client.local_endpoint());
+}
+
+TEST(Net, AsyncConnectInACoroutine) {
   boost::asio::io_context io;
   crew::net::Listener listener;  // on crew's executor
-  std::future<crew::net::Connection> connected = crew::net::Connection::async_connect(
-      io.get_executor(), "127.0.0.1", listener.port(), boost::asio::use_future);
+  crew::net::Connection client;
+  boost::asio::co_spawn(io, connect_to(listener.port(), &client), boost::asio::detached);
   std::jthread runner([&] { io.run(); });
   auto server_side = listener.accept();
   ASSERT_TRUE(server_side);
-  crew::net::Connection client = connected.get();
+  runner.join();
   ASSERT_TRUE(client);
   EXPECT_EQ(client.local_endpoint(), server_side->remote_endpoint());
 }
