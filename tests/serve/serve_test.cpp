@@ -687,7 +687,17 @@ TEST(Serve, APluginTaskThatSegfaultsCostsOneRequest) {
 TEST(Serve, LoadingAMissingPluginNamesIt) {
   crew::Tasks t;
   EXPECT_THAT([&] { crew::serve_app::load_plugins({"/nonexistent/libx.so"}, t); },
-              ::testing::ThrowsMessage<std::runtime_error>(HasSubstr("/nonexistent/libx.so")));
+              ::testing::ThrowsMessage<crew::PluginError>(HasSubstr("/nonexistent/libx.so")));
+}
+
+// A plugin whose registration throws (its task names are taken: it was loaded already) is a
+// PluginError naming the plugin, not the Tasks registry's bare error.
+TEST(Serve, APluginThatCannotRegisterIsAPluginError) {
+  crew::Tasks t;
+  crew::serve_app::load_plugins({CREW_EXAMPLE_PLUGIN}, t);
+  EXPECT_THAT([&] { crew::serve_app::load_plugins({CREW_EXAMPLE_PLUGIN}, t); },
+              ::testing::ThrowsMessage<crew::PluginError>(::testing::AllOf(
+                  HasSubstr(CREW_EXAMPLE_PLUGIN), HasSubstr("failed to register"))));
 }
 #endif
 
