@@ -71,7 +71,7 @@ void expect_counts_agree(crew::ThreadPool& pool, std::vector<crew::Future<int>>&
 }
 
 TEST(SettleStress, CancelRacesCompletion) {
-  crew::ThreadPool pool({.max_threads = 2});
+  crew::ThreadPool pool({.max_workers = 2});
   std::atomic<int> continuations{0};
   std::vector<crew::Future<int>> results;
   results.reserve(kIterations);
@@ -164,7 +164,7 @@ TEST(SettleStress, TerminateRacesRun) {
     }
   });
   for (int i = 0; i < kIterations; ++i) {
-    pool = std::make_unique<crew::ThreadPool>(crew::PoolOptions{.max_threads = 1});
+    pool = std::make_unique<crew::ThreadPool>(crew::PoolOptions{.max_workers = 1});
     sync.arrive_and_wait();
     pool->terminate();
     sync.arrive_and_wait();
@@ -200,7 +200,7 @@ TEST(SettleStress, CloseRacesPost) {
     }
   });
   for (int i = 0; i < kIterations; ++i) {
-    pool = std::make_unique<crew::ThreadPool>(crew::PoolOptions{.max_threads = 1});
+    pool = std::make_unique<crew::ThreadPool>(crew::PoolOptions{.max_workers = 1});
     sync.arrive_and_wait();
     pool->close();
     sync.arrive_and_wait();
@@ -215,7 +215,7 @@ TEST(SettleStress, CloseRacesPost) {
 // Tasks that run for about as long as their timeout: each settles once, with its value or with
 // TimedOut, and the pool counts each the way its Future says.
 TEST(SettleStress, TimeoutRacesCompletion) {
-  crew::ThreadPool pool({.max_threads = 2});
+  crew::ThreadPool pool({.max_workers = 2});
   std::mt19937 rng(20261202);  // fixed: the same mix of durations every run
   std::uniform_int_distribution<int> micros(0, 200);
   std::atomic<int> continuations{0};
