@@ -24,8 +24,8 @@ constexpr std::size_t kWorkers = 2;
 
 crew::PoolOptions bench_options() {
   crew::PoolOptions options;
-  options.min_threads = kWorkers;
-  options.max_threads = kWorkers;
+  options.min_workers = kWorkers;
+  options.max_workers = kWorkers;
   options.name = "crew-bench";
   return options;
 }

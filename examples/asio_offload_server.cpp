@@ -70,7 +70,7 @@ net::awaitable<int> client(tcp::endpoint at) {
 }  // namespace
 
 int main() {
-  crew::ThreadPool pool({.max_threads = 2});
+  crew::ThreadPool pool({.max_workers = 2});
   net::io_context ioc;  // one thread: everything below but fib runs on it
   tcp::acceptor acceptor(ioc, tcp::endpoint(net::ip::make_address("127.0.0.1"), 0));
   net::co_spawn(ioc, listen(acceptor, pool), net::detached);

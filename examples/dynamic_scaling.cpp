@@ -1,10 +1,10 @@
 // A pool that grows under load and shrinks when idle (Piscina's minThreads / maxThreads /
 // idleTimeout).
 //
-// min_threads = 1, max_threads = 4, idle_timeout = 200 ms. A burst of 40 short tasks makes the
+// min_workers = 1, max_workers = 4, idle_timeout = 200 ms. A burst of 40 short tasks makes the
 // pool add threads up to 4; stats() snapshots show threads, busy, queued, utilization and the
 // wait-time / run-time percentiles. After the burst, threads idle for longer than 200 ms retire
-// until only min_threads remain.
+// until only min_workers remain.
 
 #include <atomic>
 #include <chrono>
@@ -32,9 +32,9 @@ double ms(std::chrono::nanoseconds d) {
 
 void print_stats(const char* label, const crew::PoolStats& s) {
   std::printf(
-      "[%4lld ms] %-9s threads=%zu busy=%zu idle=%zu queued=%zu completed=%llu "
+      "[%4lld ms] %-9s workers=%zu busy=%zu idle=%zu queued=%zu completed=%llu "
       "utilization=%.2f\n",
-      now_ms(), label, s.threads, s.busy, s.idle, s.queued,
+      now_ms(), label, s.workers, s.busy, s.idle, s.queued,
       static_cast<unsigned long long>(s.completed), s.utilization);
 }
 
@@ -50,8 +50,8 @@ int main() {
   constexpr std::size_t kMin = 1;
   constexpr std::size_t kMax = 4;
   constexpr int kTasks = 40;
-  crew::ThreadPool pool({.min_threads = kMin,
-                         .max_threads = kMax,
+  crew::ThreadPool pool({.min_workers = kMin,
+                         .max_workers = kMax,
                          .idle_timeout = std::chrono::milliseconds(200),
                          .name = "elastic"});
   print_stats("start", pool.stats());
@@ -63,7 +63,7 @@ int main() {
   std::vector<crew::Future<void>> burst;
   for (int i = 0; i < kTasks; ++i) {
     burst.push_back(pool.run([&pool, &peak_threads] {
-      const std::size_t now = pool.stats().threads;
+      const std::size_t now = pool.stats().workers;
       std::size_t peak = peak_threads.load();
       while (now > peak && !peak_threads.compare_exchange_weak(peak, now)) {
       }
@@ -85,7 +85,7 @@ int main() {
   print_stats("done", after_burst);
   print_latency("wait_time", after_burst.wait_time);
   print_latency("run_time ", after_burst.run_time);
-  std::printf("peak threads during the burst: %zu (max_threads = %zu)\n", peak_threads.load(),
+  std::printf("peak threads during the burst: %zu (max_workers = %zu)\n", peak_threads.load(),
               kMax);
   if (peak_threads < 2 || peak_threads > kMax) {
     std::printf("FAIL: expected the pool to grow beyond 1 thread and stay within %zu\n", kMax);
@@ -100,14 +100,14 @@ int main() {
   // for a loaded machine, and still a failure if they never retire.
   const auto deadline = Clock::now() + 30s;
   crew::PoolStats idle = pool.stats();
-  while (idle.threads > kMin && Clock::now() < deadline) {
+  while (idle.workers > kMin && Clock::now() < deadline) {
     std::this_thread::sleep_for(50ms);
     idle = pool.stats();
     print_stats("idle", idle);
   }
-  std::printf("after idling: %zu thread(s) (min_threads = %zu)\n", idle.threads, kMin);
-  if (idle.threads != kMin) {
-    std::printf("FAIL: expected the pool to shrink back to min_threads\n");
+  std::printf("after idling: %zu thread(s) (min_workers = %zu)\n", idle.workers, kMin);
+  if (idle.workers != kMin) {
+    std::printf("FAIL: expected the pool to shrink back to min_workers\n");
     ++failures;
   }
 

@@ -42,7 +42,7 @@ crew::Future<long> fib32_by_parts(crew::ThreadPool& pool) {
 
 int main() {
   int failures = 0;
-  crew::ThreadPool pool({.max_threads = 2, .name = "fib"});
+  crew::ThreadPool pool({.max_workers = 2, .name = "fib"});
 
   // 1. Offload and stay responsive.
   std::printf("main: offloading fib(40) to pool '%s' (%zu threads)\n", pool.name().c_str(),

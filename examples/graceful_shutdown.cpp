@@ -52,8 +52,8 @@ int main(int argc, char** argv) {
 
   // A small pool with a bounded queue that makes the producer wait when it is full, so the
   // backlog at shutdown time is real but bounded.
-  crew::ThreadPool pool({.min_threads = 2,
-                         .max_threads = 2,
+  crew::ThreadPool pool({.min_workers = 2,
+                         .max_workers = 2,
                          .max_queue = 16,
                          .on_full = crew::OnFull::wait,
                          .name = "service"});

@@ -137,7 +137,7 @@ bool low_priority_is_not_starved(crew::ThreadPool& pool) {
 }  // namespace
 
 int main() {
-  crew::ThreadPool pool({.min_threads = 1, .max_threads = 1, .name = "prio"});
+  crew::ThreadPool pool({.min_workers = 1, .max_workers = 1, .name = "prio"});
   const bool part1 = priorities_run_highest_first(pool);
   const bool part2 = low_priority_is_not_starved(pool);
   const bool ok = part1 && part2;

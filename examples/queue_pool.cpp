@@ -32,8 +32,8 @@ long long now_ms() {
 int waiting_with_backpressure() {
   constexpr int kTasks = 20;
   constexpr std::size_t kMaxQueue = 4;
-  crew::ThreadPool pool({.min_threads = 2,
-                         .max_threads = 2,
+  crew::ThreadPool pool({.min_workers = 2,
+                         .max_workers = 2,
                          .max_queue = kMaxQueue,
                          .on_full = crew::OnFull::wait,
                          .name = "queue"});
@@ -81,8 +81,8 @@ int waiting_with_backpressure() {
 int rejecting_when_full() {
   int failures = 0;
   constexpr std::size_t kMaxQueue = 2;
-  crew::ThreadPool pool({.min_threads = 1,
-                         .max_threads = 1,
+  crew::ThreadPool pool({.min_workers = 1,
+                         .max_workers = 1,
                          .max_queue = kMaxQueue,
                          .on_full = crew::OnFull::reject,
                          .name = "reject"});

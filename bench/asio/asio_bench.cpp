@@ -57,7 +57,7 @@ int main(int argc, char** argv) {
   }
   const int n = quick ? 20'000 : 200'000;
   const int reps = quick ? 3 : 5;
-  crew::ThreadPool pool({.max_threads = 1});
+  crew::ThreadPool pool({.max_workers = 1});
   net::thread_pool asio_pool(1);
   const auto samples = crew_bench::interleave<double>(
       "round trip", reps,

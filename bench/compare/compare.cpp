@@ -167,7 +167,7 @@ std::uint64_t tiny_sum(std::size_t n) {
 }
 
 double w1_crew(std::size_t n) {
-  crew::ThreadPool pool(crew::PoolOptions{.min_threads = kWorkers, .max_threads = kWorkers});
+  crew::ThreadPool pool(crew::PoolOptions{.min_workers = kWorkers, .max_workers = kWorkers});
   std::vector<crew::Future<int>> futures;
   futures.reserve(n);
   const auto t0 = Clock::now();
@@ -270,7 +270,7 @@ void workload_futures(const Config& cfg, TbbArenas& tbb_arenas) {
 // W2: 1M fire-and-forget tasks, then wait until idle.
 
 double w2_crew(std::size_t n) {
-  crew::ThreadPool pool(crew::PoolOptions{.min_threads = kWorkers, .max_threads = kWorkers});
+  crew::ThreadPool pool(crew::PoolOptions{.min_workers = kWorkers, .max_workers = kWorkers});
   std::atomic<std::size_t> count{0};
   const auto t0 = Clock::now();
   for (std::size_t i = 0; i < n; ++i) {
@@ -372,7 +372,7 @@ void workload_round_trip(const Config& cfg) {
   for (int r = 0; r < cfg.reps; ++r) {
     progress("W3: rep " + std::to_string(r + 1) + "/" + std::to_string(cfg.reps));
     {
-      crew::ThreadPool pool(crew::PoolOptions{.min_threads = kWorkers, .max_threads = kWorkers});
+      crew::ThreadPool pool(crew::PoolOptions{.min_workers = kWorkers, .max_workers = kWorkers});
       samples[0].push_back(round_trips(n, [&] { pool.run([] {}).get(); }));
     }
     {
@@ -420,7 +420,7 @@ void workload_round_trip(const Config& cfg) {
   auto bump = [&count] { return [&count] { count.fetch_add(1, std::memory_order_relaxed); }; };
   IdleCost crew_idle, asio_idle, mutex_idle;
   {
-    crew::ThreadPool pool(crew::PoolOptions{.min_threads = kWorkers, .max_threads = kWorkers});
+    crew::ThreadPool pool(crew::PoolOptions{.min_workers = kWorkers, .max_workers = kWorkers});
     crew_idle = idle_cost([&] {
       for (std::size_t i = 0; i < burst_n; ++i) pool.post(bump());
       pool.wait_idle();
@@ -483,7 +483,7 @@ int fib_tbb(int n) {
 }
 
 double w4_crew(int n, int expected) {
-  crew::ThreadPool pool(crew::PoolOptions{.min_threads = kWorkers, .max_threads = kWorkers});
+  crew::ThreadPool pool(crew::PoolOptions{.min_workers = kWorkers, .max_workers = kWorkers});
   const auto t0 = Clock::now();
   auto top = pool.run([&pool, n] { return fib_crew(pool, n); });
   if (!top.wait_for(std::chrono::seconds(60))) {
@@ -570,7 +570,7 @@ void workload_reduce(const Config& cfg, TbbArenas& tbb_arenas) {
   std::uint64_t expected = 0;
   for (std::size_t i = 0; i < n; ++i) expected += data[i];  // plain loop as the reference
 
-  crew::ThreadPool pool(crew::PoolOptions{.min_threads = kWorkers, .max_threads = kWorkers});
+  crew::ThreadPool pool(crew::PoolOptions{.min_workers = kWorkers, .max_workers = kWorkers});
   auto crew_run = [&] {
     const auto t0 = Clock::now();
     const std::uint64_t sum = crew::parallel_reduce(
@@ -651,7 +651,7 @@ double w6_post(Pool& pool, std::size_t per_producer, const char* what) {
 }
 
 double w6_crew(std::size_t per_producer) {
-  crew::ThreadPool pool(crew::PoolOptions{.min_threads = kWorkers, .max_threads = kWorkers});
+  crew::ThreadPool pool(crew::PoolOptions{.min_workers = kWorkers, .max_workers = kWorkers});
   return w6_post(pool, per_producer, "crew");
 }
 

@@ -157,13 +157,12 @@ struct Bench {
   // Times a worker through `jobs` waiting jobs, from its construction to the last result Redis
   // accepted.
   void process(const std::string& workload, const std::string& queue, Isolation isolation,
-               std::size_t concurrency) {
+               std::size_t workers) {
     double s = 0;
     probe.measure(workload, jobs, [&] {
       const auto t = Clock::now();
       crew::redis::Worker worker(
-          tasks(),
-          {.url = url, .queue = queue, .concurrency = concurrency, .isolation = isolation});
+          tasks(), {.url = url, .queue = queue, .workers = workers, .isolation = isolation});
       auto last = worker.stats();
       auto progressed = Clock::now();
       while (last.completed < static_cast<std::uint64_t>(jobs)) {
@@ -188,7 +187,7 @@ struct Bench {
   void end_to_end(const std::string& queue) {
     crew::redis::Queue q({.url = url, .name = queue});
     crew::redis::Worker worker(
-        tasks(), {.url = url, .queue = queue, .concurrency = 1, .isolation = Isolation::thread});
+        tasks(), {.url = url, .queue = queue, .workers = 1, .isolation = Isolation::thread});
     auto once = [&](int i) {
       if (q.run<int>(kRemoved, "noop", i, kPayload).get() != i) {
         throw std::runtime_error("e2e: a wrong result");

@@ -22,9 +22,9 @@ int main(int argc, char** argv) {
   sigaddset(&signals, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
-  crew::redis::Worker worker(tasks, {.url = argc > 1 ? argv[1] : "redis://127.0.0.1:6379",
-                                     .queue = "examples",
-                                     .concurrency = 2});
+  crew::redis::Worker worker(
+      tasks,
+      {.url = argc > 1 ? argv[1] : "redis://127.0.0.1:6379", .queue = "examples", .workers = 2});
   std::printf("worker %s: waiting for jobs (Ctrl-C stops)\n", worker.id().c_str());
   int sig = 0;
   sigwait(&signals, &sig);

@@ -7,7 +7,8 @@
 namespace crew {
 inline namespace v0 {
 
-/// Base of every error crew raises for a task or a pool. Catch `crew::Error` to handle them all.
+/// Base of every error crew raises for a task, a pool or a library call that failed. Catch
+/// `crew::Error` to handle them all.
 ///
 /// Thread safety: immutable after construction; safe to copy and read from any thread.
 class Error : public std::runtime_error {
@@ -49,6 +50,22 @@ class PoolClosed : public Error {
 class BadArguments : public Error {
  public:
   explicit BadArguments(const std::string& what) : Error(what) {}
+};
+
+/// A cryptographic library call failed (OpenSSL could not compute a digest, draw random bytes or
+/// run a cipher): not the data's fault (corrupt or forged input is stream::DataError) but the
+/// library's or its configuration's. The message names the call and OpenSSL's own reason.
+class CryptoError : public Error {
+ public:
+  explicit CryptoError(const std::string& what) : Error(what) {}
+};
+
+/// A plugin (a shared library given to `crew serve --plugin` or `crew worker --plugin`) could not
+/// be used: it does not exist or does not load, it lacks `crew_register_tasks`, or its
+/// registration threw (a task name already taken, say). The message names the path and why.
+class PluginError : public Error {
+ public:
+  explicit PluginError(const std::string& what) : Error(what) {}
 };
 
 }  // namespace v0

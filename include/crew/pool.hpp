@@ -29,22 +29,24 @@ enum class OnFull {
 
 /// Construction options. Validated once; a bad value throws std::invalid_argument naming it.
 struct PoolOptions {
-  /// Threads kept alive when idle. Default: max_threads (a fixed-size pool).
-  std::optional<std::size_t> min_threads{};
-  /// Upper bound on threads; the pool grows toward it while work waits. Default:
-  /// crew::default_thread_count(). At most 1024.
-  std::optional<std::size_t> max_threads{};
-  /// A thread above min_threads that found no work for this long exits.
+  /// Threads kept alive when idle; 0 is a real value (the pool starts empty and shrinks to
+  /// nothing). Unset: max_workers, a fixed-size pool (a std::optional because this default
+  /// follows another option; ProcessPoolOptions::min_workers defaults to 0 instead).
+  std::optional<std::size_t> min_workers{};
+  /// Most threads; the pool grows toward it while work waits. 0 (the default) means
+  /// crew::default_thread_count(), as for every worker count in crew. At most 1024.
+  std::size_t max_workers = 0;
+  /// A thread above min_workers that found no work for this long exits.
   std::chrono::milliseconds idle_timeout{30'000};
   /// Bound on tasks waiting in the shared queue; 0 means unbounded. A bound is recommended: it is
   /// what gives producers backpressure. Tasks a pool thread submits (nested) are not counted.
   std::size_t max_queue = 0;
   OnFull on_full = OnFull::reject;
-  /// Threads the pool may add beyond max_threads while tasks are stuck: a task still running
+  /// Threads the pool may add beyond max_workers while tasks are stuck: a task still running
   /// kStuckGrace after its timeout (its stop token signalled) holds a thread that cannot be
   /// killed, and without a replacement the pool loses that capacity until it returns. One extra
   /// thread per stuck task, up to this many; each goes away when a stuck task returns. 0 (the
-  /// default) keeps the pool at max_threads. At most 1024.
+  /// default) keeps the pool at max_workers. At most 1024.
   std::size_t max_stuck_replacements = 0;
   /// Used in thread names (`<name>-w0`, ...) and error messages.
   std::string name = "crew";
@@ -137,7 +139,7 @@ inline void check_run_options_fast(const RunOptions& options, std::string_view w
 
 /// A pool of threads that run closures and return their results as crew::Future<T>.
 ///
-///     crew::ThreadPool pool({.max_threads = 4, .max_queue = 1024});
+///     crew::ThreadPool pool({.max_workers = 4, .max_queue = 1024});
 ///     crew::Future<long> f = pool.run(fib, 30);
 ///     pool.post([] { log("fire and forget"); });
 ///     long v = f.get();
@@ -155,7 +157,7 @@ inline void check_run_options_fast(const RunOptions& options, std::string_view w
 /// writes happen-before its Future becomes ready; `run()` returning happens-before the task starts.
 class ThreadPool {
  public:
-  /// Starts `min_threads` threads. Throws std::invalid_argument naming a bad option.
+  /// Starts `min_workers` threads. Throws std::invalid_argument naming a bad option.
   explicit ThreadPool(PoolOptions options = {});
   ThreadPool(const ThreadPool&) = delete;
   ThreadPool& operator=(const ThreadPool&) = delete;

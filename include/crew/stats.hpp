@@ -21,20 +21,24 @@ struct LatencySummary {
 };
 
 /// A snapshot of a pool, from `ThreadPool::stats()`. Counters are totals since the pool started.
+/// The fields ProcessPoolStats shares have its names and meanings.
 struct PoolStats {
-  std::size_t threads = 0;      ///< worker threads alive
+  std::size_t workers = 0;      ///< threads alive
   std::size_t busy = 0;         ///< threads running a task
-  std::size_t idle = 0;         ///< threads - busy
+  std::size_t idle = 0;         ///< workers - busy
   std::size_t queued = 0;       ///< tasks accepted and not yet started
   std::uint64_t completed = 0;  ///< tasks that returned normally
-  std::uint64_t failed =
-      0;  ///< tasks that threw (and fire-and-forget tasks whose error went to on_error)
-  std::uint64_t cancelled = 0;  ///< tasks cancelled, timed out, or rejected by terminate()
+  /// Tasks that threw (and fire-and-forget tasks whose error went to on_error).
+  std::uint64_t failed = 0;
+  std::uint64_t cancelled = 0;  ///< tasks cancelled, or rejected by terminate()
+  /// Tasks whose Future settled with crew::TimedOut, counted at the deadline (the task itself
+  /// may still be running: see `stuck`).
+  std::uint64_t timed_out = 0;
   /// Tasks running more than kStuckGrace past their timeout right now (each holds a thread).
   std::size_t stuck = 0;
   std::uint64_t stuck_total = 0;  ///< tasks that were ever stuck
   /// Share of the pool's capacity spent running tasks since it started:
-  /// total run time / (elapsed time x max_threads), in [0, 1] (Piscina's definition).
+  /// total run time / (elapsed time x max_workers), in [0, 1] (Piscina's definition).
   double utilization = 0.0;
   LatencySummary wait_time;  ///< from submission to start
   LatencySummary run_time;   ///< from start to finish

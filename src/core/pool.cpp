@@ -224,9 +224,9 @@ class PoolCore {
   void wake_all() noexcept;
   void maybe_grow();
   bool spawn_locked();  // park_mutex_ held
-  // max_threads plus a replacement for each stuck task, up to max_stuck_replacements.
+  // max_workers plus a replacement for each stuck task, up to max_stuck_replacements.
   std::size_t capacity() const noexcept {
-    return max_threads_ +
+    return max_workers_ +
            std::min(stuck_.load(std::memory_order_relaxed), opts_.max_stuck_replacements);
   }
   void mark_stuck(Task* t);
@@ -238,8 +238,8 @@ class PoolCore {
   void timer_main(std::stop_token st);
 
   const PoolOptions opts_;
-  const std::size_t min_threads_;
-  const std::size_t max_threads_;
+  const std::size_t min_workers_;
+  const std::size_t max_workers_;
   const double ns_per_tick_;
   const std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();
   std::vector<std::unique_ptr<WorkerSlot>> slots_;
@@ -275,8 +275,9 @@ class PoolCore {
   std::condition_variable idle_cv_;
   std::atomic<std::size_t> idle_waiters_{0};
 
-  std::atomic<std::uint64_t> rejected_{0};  // terminate() rejections, counted as cancelled
-  std::atomic<std::size_t> stuck_{0};       // tasks now running past timeout + kStuckGrace
+  std::atomic<std::uint64_t> rejected_{0};   // terminate() rejections, counted as cancelled
+  std::atomic<std::uint64_t> timed_out_{0};  // Futures the timer settled; the timer's own counter
+  std::atomic<std::size_t> stuck_{0};        // tasks now running past timeout + kStuckGrace
   std::atomic<std::uint64_t> stuck_total_{0};
   std::stop_source terminate_source_;
 
@@ -307,21 +308,21 @@ thread_local PoolCore* PoolCore::tl_core = nullptr;
 thread_local WorkerSlot* PoolCore::tl_slot = nullptr;
 
 namespace {
-// Checks the options and fills in the defaults, so min_threads and max_threads are both set.
+// Checks the options and fills in the defaults, so min_workers is set and max_workers nonzero.
 PoolOptions validated(PoolOptions o) {
   const auto fail = [&](const std::string& msg) {
     throw std::invalid_argument(fmt::format("ThreadPool '{}': {}", o.name, msg));
   };
   if (o.name.empty()) fail("name must not be empty");
-  if (o.max_threads && *o.max_threads == 0) fail("max_threads (0) must be >= 1");
-  const std::size_t max =
-      o.max_threads.value_or(std::max(default_thread_count(), o.min_threads.value_or(0)));
+  const std::size_t max = o.max_workers != 0
+                              ? o.max_workers
+                              : std::max(default_thread_count(), o.min_workers.value_or(0));
   if (max > kMaxThreads) {
-    fail(fmt::format("{} ({}) must be <= {}", o.max_threads ? "max_threads" : "min_threads", max,
-                     kMaxThreads));
+    fail(fmt::format("{} ({}) must be <= {}", o.max_workers != 0 ? "max_workers" : "min_workers",
+                     max, kMaxThreads));
   }
-  if (o.min_threads && *o.min_threads > max) {
-    fail(fmt::format("min_threads ({}) must be <= max_threads ({})", *o.min_threads, max));
+  if (o.min_workers && *o.min_workers > max) {
+    fail(fmt::format("min_workers ({}) must be <= max_workers ({})", *o.min_workers, max));
   }
   if (o.idle_timeout.count() < 0) {
     fail(fmt::format("idle_timeout ({} ms) must be >= 0", o.idle_timeout.count()));
@@ -330,18 +331,18 @@ PoolOptions validated(PoolOptions o) {
     fail(fmt::format("max_stuck_replacements ({}) must be <= {}", o.max_stuck_replacements,
                      kMaxThreads));
   }
-  o.max_threads = max;
-  o.min_threads = o.min_threads.value_or(max);
+  o.max_workers = max;
+  o.min_workers = o.min_workers.value_or(max);
   return o;
 }
 }  // namespace
 
 PoolCore::PoolCore(PoolOptions o)
     : opts_(validated(std::move(o))),
-      min_threads_(*opts_.min_threads),
-      max_threads_(*opts_.max_threads),
+      min_workers_(*opts_.min_workers),
+      max_workers_(opts_.max_workers),
       ns_per_tick_(ns_per_tick()) {
-  const std::size_t slots = max_threads_ + opts_.max_stuck_replacements;
+  const std::size_t slots = max_workers_ + opts_.max_stuck_replacements;
   slots_.reserve(slots);
   for (std::size_t i = 0; i < slots; ++i) {
     auto s = std::make_unique<WorkerSlot>();
@@ -350,7 +351,7 @@ PoolCore::PoolCore(PoolOptions o)
     slots_.push_back(std::move(s));
   }
   std::lock_guard lock(park_mutex_);
-  for (std::size_t i = 0; i < min_threads_; ++i) spawn_locked();
+  for (std::size_t i = 0; i < min_workers_; ++i) spawn_locked();
 }
 
 bool PoolCore::spawn_locked() {
@@ -611,6 +612,8 @@ void PoolCore::execute(WorkerSlot& slot, Task* t) noexcept {
     case Outcome::cancelled:
       bump(slot.cancelled);
       break;
+    case Outcome::timed_out:
+      break;  // counted by the timer thread when it settled the Future
   }
   if (unobserved) report_error(unobserved);
   t->drop();
@@ -678,8 +681,8 @@ void PoolCore::worker_main(WorkerSlot& slot) {
       // More work waiting: pass the baton to a sleeper, or grow, before running ours.
       if (queued_.load(std::memory_order_relaxed) != 0) signal_work();
       execute(slot, t);
-      // Above max_threads only while tasks are stuck: once one returns, a thread leaves.
-      if (threads_.load(std::memory_order_relaxed) > max_threads_ && retire_if_surplus(slot)) {
+      // Above max_workers only while tasks are stuck: once one returns, a thread leaves.
+      if (threads_.load(std::memory_order_relaxed) > max_workers_ && retire_if_surplus(slot)) {
         break;
       }
       continue;
@@ -733,7 +736,7 @@ bool PoolCore::park(WorkerSlot& slot) {
     const std::size_t n = slots_used_.load(std::memory_order_acquire);
     for (std::size_t i = 0; i < n && !work; ++i) work = !slots_[i]->deque.empty_approx();
   }
-  const bool may_shrink = threads_.load(std::memory_order_relaxed) > min_threads_;
+  const bool may_shrink = threads_.load(std::memory_order_relaxed) > min_workers_;
   bool timed_out = false;
   if (!work) {
     trim_task_memory();  // a burst is over: give back what it left in the recycling depot
@@ -754,7 +757,7 @@ bool PoolCore::park(WorkerSlot& slot) {
     num_sleepers_.fetch_sub(1, std::memory_order_seq_cst);
   }
   slot.park_word.store(0, std::memory_order_relaxed);
-  if (timed_out && !stopping_.load() && threads_.load(std::memory_order_relaxed) > min_threads_ &&
+  if (timed_out && !stopping_.load() && threads_.load(std::memory_order_relaxed) > min_workers_ &&
       !any_work_visible()) {
     slot.active = false;
     threads_.fetch_sub(1, std::memory_order_relaxed);
@@ -924,7 +927,7 @@ void PoolCore::timer_main(std::stop_token st) {
     }
     if (!due.empty() || !overdue.empty()) {
       lock.unlock();
-      for (Task* t : due) t->expire(&continuations_);
+      for (Task* t : due) t->expire(&continuations_, timed_out_);
       for (Task* t : overdue) {
         mark_stuck(t);
         t->drop();
@@ -991,8 +994,8 @@ void ContinuationRunner::defer(StateBase& state) noexcept {
     std::unique_lock lock(mutex_);
     if (!closed_) {
       if (!core_) {
-        core_ = std::make_unique<PoolCore>(PoolOptions{.min_threads = 0,
-                                                       .max_threads = kMaxThreads,
+        core_ = std::make_unique<PoolCore>(PoolOptions{.min_workers = 0,
+                                                       .max_workers = kMaxThreads,
                                                        .idle_timeout = kRunnerIdle,
                                                        .name = name_});
       }
@@ -1029,18 +1032,19 @@ PoolStats PoolCore::stats() const {
     w.wait_hist.merge_into(wait_total);
     w.run_hist.merge_into(run_total);
   }
-  s.threads = threads_.load(std::memory_order_relaxed);
-  s.busy = std::min(s.busy, s.threads);
-  s.idle = s.threads - s.busy;
+  s.workers = threads_.load(std::memory_order_relaxed);
+  s.busy = std::min(s.busy, s.workers);
+  s.idle = s.workers - s.busy;
   s.queued += queued_.load(std::memory_order_relaxed);
   s.cancelled += rejected_.load(std::memory_order_relaxed);
+  s.timed_out = timed_out_.load(std::memory_order_relaxed);
   s.stuck = stuck_.load(std::memory_order_relaxed);
   s.stuck_total = stuck_total_.load(std::memory_order_relaxed);
   const double elapsed =
       std::chrono::duration<double, std::nano>(std::chrono::steady_clock::now() - started_).count();
   if (elapsed > 0) {
     s.utilization =
-        std::min(1.0, static_cast<double>(run_ns) / (elapsed * static_cast<double>(max_threads_)));
+        std::min(1.0, static_cast<double>(run_ns) / (elapsed * static_cast<double>(max_workers_)));
   }
   s.wait_time = wait_total.summary();
   s.run_time = run_total.summary();

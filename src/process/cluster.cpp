@@ -77,7 +77,7 @@ constexpr std::size_t kBoardSlots = 256;
 constexpr std::size_t kSlotFields = 4;
 enum SlotField : std::size_t { kSlotId = 0, kSlotConnections = 1, kSlotAccepting = 2 };
 constexpr milliseconds kAcceptPatience{100};
-// How often max_memory_restart reads each worker's resident memory: a worker that crosses it is
+// How often max_rss_restart_bytes reads each worker's resident memory: a worker that crosses it is
 // sent to reload within this much (one small /proc read per worker).
 constexpr milliseconds kMemoryCheckEvery{250};
 constexpr std::string_view kWho = "crew::Cluster";
@@ -280,7 +280,7 @@ int Primary::run() {
       if (shut_down(after)) break;
       continue;
     }
-    if (options_.max_memory_restart != 0 && after >= next_memory_check_) check_memory(after);
+    if (options_.max_rss_restart_bytes != 0 && after >= next_memory_check_) check_memory(after);
     replace_missing(after);
   }
   spdlog::info("crew cluster: all workers stopped, exit {}", exit_code_);
@@ -311,7 +311,7 @@ int Primary::timeout_ms(Clock::time_point now) const {
   } else if (live() < options_.workers) {
     timeout = 0;
   }
-  if (!stopping_ && options_.max_memory_restart != 0) {
+  if (!stopping_ && options_.max_rss_restart_bytes != 0) {
     const auto left = std::chrono::ceil<milliseconds>(next_memory_check_ - now).count();
     timeout = static_cast<int>(std::clamp<long long>(left, 0, timeout));
   }
@@ -441,9 +441,9 @@ void Primary::check_memory(Clock::time_point now) {
   next_memory_check_ = now + kMemoryCheckEvery;
   for (auto& [id, w] : workers_) {
     if (w.ready && !w.draining && !w.replaced &&
-        resident_memory_bytes(w.pid) > options_.max_memory_restart &&
+        resident_memory_bytes(w.pid) > options_.max_rss_restart_bytes &&
         std::find(to_reload_.begin(), to_reload_.end(), id) == to_reload_.end()) {
-      spdlog::warn("crew cluster: worker {} is above max_memory_restart; reloading it", id);
+      spdlog::warn("crew cluster: worker {} is above max_rss_restart_bytes; reloading it", id);
       to_reload_.push_back(id);
       if (reload_waiting_for_ == 0) start_next_reload();
     }

@@ -40,7 +40,7 @@ constexpr std::size_t kErrorTypeMax = 256;
 constexpr std::size_t kTakeMax = 1'000;
 constexpr std::size_t kReportMax = 1'000;
 constexpr std::size_t kRenewMax = 500;
-// Jobs held beyond `concurrency` at most (see Impl::capacity()), whatever the prefetch window.
+// Jobs held beyond `workers` at most (see Impl::capacity()), whatever the prefetch window.
 constexpr std::size_t kPrefetchMax = 64;
 // Weight of the newest run time in the running estimate of a job's run time.
 constexpr double kRunTimeWeight = 0.2;
@@ -91,7 +91,7 @@ WorkerOptions checked(WorkerOptions o) {
   if (o.block.count() < 1) {
     throw std::invalid_argument("crew::redis::WorkerOptions: block must be at least 1 ms");
   }
-  if (o.concurrency == 0) o.concurrency = default_thread_count();
+  if (o.workers == 0) o.workers = default_thread_count();
   return o;
 }
 
@@ -158,7 +158,7 @@ struct Worker::Impl {
     if (options.isolation == Isolation::process) {
       ProcessPoolOptions p;
       p.tasks = options.executable.empty() ? &tasks : nullptr;
-      p.max_workers = options.concurrency;
+      p.max_workers = options.workers;
       p.name = "crew-redis";
       p.executable = options.executable;
       p.args = options.args;
@@ -166,7 +166,7 @@ struct Worker::Impl {
       processes = std::make_unique<ProcessPool>(std::move(p));
     } else {
       PoolOptions p;
-      p.max_threads = options.concurrency;
+      p.max_workers = options.workers;
       threads = std::make_unique<ThreadPool>(p);
     }
   }
@@ -213,7 +213,7 @@ struct Worker::Impl {
               // Free slots, not prefetch room: while its jobs run, the report thread's next
               // crew_report takes more anyway. A crew_take here as well would cost a job that a
               // producer waits for one more call, most of it for nothing.
-              return recover ? !report_taking : running.size() + reserved < options.concurrency;
+              return recover ? !report_taking : running.size() + reserved < options.workers;
             })) {
           return;
         }
@@ -393,27 +393,27 @@ struct Worker::Impl {
 
   // --- prefetch ---
 
-  // Jobs this worker may hold: `concurrency` running, and beyond them as many waiting in the
+  // Jobs this worker may hold: `workers` running, and beyond them as many waiting in the
   // pool's queue as it expects to finish within `prefetch_window`. Short jobs are then taken and
   // reported many to a call (a no-op job costs Redis a fraction of a call), while long ones are
   // not held back from idle workers elsewhere. Until a job has finished nothing is prefetched.
   // Caller holds `mutex`.
   std::size_t capacity() const {
     const double window = std::chrono::duration<double>(options.prefetch_window).count();
-    if (run_seconds <= 0 || window <= 0) return options.concurrency;
-    const double more = window * static_cast<double>(options.concurrency) / run_seconds;
-    return options.concurrency +
+    if (run_seconds <= 0 || window <= 0) return options.workers;
+    const double more = window * static_cast<double>(options.workers) / run_seconds;
+    return options.workers +
            static_cast<std::size_t>(std::min(more, static_cast<double>(kPrefetchMax)));
   }
 
   // One job's run time, from its task finishing. Taken to finished bounds it, but counts the
-  // time it waited in the pool's queue; while the pool was full, `concurrency` times the time
+  // time it waited in the pool's queue; while the pool was full, `workers` times the time
   // since the previous finish bounds it too. Caller holds `mutex`.
   void observe_run_time(const Running& job) {
     const auto now = Clock::now();
     double seconds = std::chrono::duration<double>(now - job.begun).count();
-    if (unfinished > options.concurrency && last_finish > job.begun) {
-      seconds = std::min(seconds, static_cast<double>(options.concurrency) *
+    if (unfinished > options.workers && last_finish > job.begun) {
+      seconds = std::min(seconds, static_cast<double>(options.workers) *
                                       std::chrono::duration<double>(now - last_finish).count());
     }
     --unfinished;
@@ -668,7 +668,7 @@ void Worker::stop(milliseconds deadline) {
 WorkerStats Worker::stats() const {
   std::lock_guard lock(impl_->mutex);
   WorkerStats stats = impl_->counters;
-  stats.prefetch = impl_->capacity() - impl_->options.concurrency;
+  stats.prefetch = impl_->capacity() - impl_->options.workers;
   return stats;
 }
 

@@ -10,6 +10,8 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 
+#include "crypto_error.hpp"
+
 namespace crew::serve_app {
 namespace {
 
@@ -18,7 +20,7 @@ std::array<unsigned char, 32> digest(std::string_view bytes) {
   unsigned int len = 0;
   if (EVP_Digest(bytes.data(), bytes.size(), out.data(), &len, EVP_sha256(), nullptr) != 1 ||
       len != out.size()) {
-    throw std::runtime_error("crew serve: OpenSSL could not compute a SHA-256 digest");
+    crew::detail::throw_crypto_error("crew serve: a token's SHA-256 digest (OpenSSL EVP_Digest)");
   }
   return out;
 }

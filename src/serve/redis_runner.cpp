@@ -44,7 +44,7 @@ class RedisRunner final : public Runner {
         shown_url_(std::move(shown_url)),
         queue_name_(o.queue),
         queue_(std::make_unique<redis::Queue>(redis::QueueOptions{.url = o.url, .name = o.queue})),
-        pool_(PoolOptions{.max_threads = 1, .max_queue = o.max_queue, .name = "crew-redis"}),
+        pool_(PoolOptions{.max_workers = 1, .max_queue = o.max_queue, .name = "crew-redis"}),
         probe_([this](const std::stop_token& stop) { probe(stop); }) {}
   ~RedisRunner() override { stop_probe(); }
   RedisRunner(const RedisRunner&) = delete;

@@ -47,9 +47,9 @@ class ThreadRunner final : public LocalRunner {
   ThreadRunner(const Tasks& tasks, const ThreadRunnerOptions& o)
       : tasks_(tasks),
         task_nice_(o.task_nice),
-        threads_(o.threads == 0 ? default_thread_count() : o.threads),
-        stuck_limit_(o.max_stuck_threads.value_or(threads_)),
-        pool_(PoolOptions{.max_threads = threads_,
+        workers_(o.workers == 0 ? default_thread_count() : o.workers),
+        stuck_limit_(o.max_stuck_replacements.value_or(workers_)),
+        pool_(PoolOptions{.max_workers = workers_,
                           .max_queue = o.max_queue,
                           .max_stuck_replacements = stuck_limit_,
                           .name = "crew-task"}) {}
@@ -171,7 +171,7 @@ class ThreadRunner final : public LocalRunner {
 
   const Tasks& tasks_;
   const int task_nice_;
-  const std::size_t threads_;
+  const std::size_t workers_;
   const std::size_t stuck_limit_;
   mutable ThreadPool pool_;
   mutable std::mutex watch_mutex_;
@@ -244,13 +244,14 @@ std::string Runner::heap_profile(std::string_view worker) {
 }
 
 RunnerStats runner_stats(const PoolStats& s) {
-  return RunnerStats{.workers = s.threads,
+  return RunnerStats{.workers = s.workers,
                      .busy = s.busy,
                      .idle = s.idle,
                      .queued = s.queued,
                      .completed = s.completed,
                      .failed = s.failed,
                      .cancelled = s.cancelled,
+                     .timed_out = s.timed_out,
                      .utilization = s.utilization,
                      .wait_time = s.wait_time,
                      .run_time = s.run_time,

@@ -97,11 +97,11 @@ class Runner {
 
 /// How a thread runner is set up.
 struct ThreadRunnerOptions {
-  std::size_t threads = 0;  ///< 0: crew::default_thread_count()
+  std::size_t workers = 0;  ///< pool threads; 0: crew::default_thread_count()
   std::size_t max_queue = 1024;
   int task_nice = 0;  ///< scheduling priority (nice, 0..19) of the task threads
-  /// Replacement threads for stuck tasks (PoolOptions::max_stuck_replacements); none: `threads`.
-  std::optional<std::size_t> max_stuck_threads;
+  /// Replacement threads for stuck tasks (PoolOptions::max_stuck_replacements); none: `workers`.
+  std::optional<std::size_t> max_stuck_replacements;
 };
 
 /// Tasks run on a ThreadPool in this process.

@@ -562,7 +562,7 @@ int run_service(const ServeConfig& config) {
                          .min_uptime = config.min_uptime,
                          .max_restarts = config.max_restarts,
                          .shutdown_timeout = config.shutdown_timeout,
-                         .max_memory_restart = config.max_memory_restart});
+                         .max_rss_restart_bytes = config.max_rss_restart_bytes});
     } catch (const std::exception& e) {
       std::fprintf(stderr, "crew serve: %s\n", e.what());
       return 69;  // EX_UNAVAILABLE
@@ -600,11 +600,11 @@ int run_service(const ServeConfig& config) {
     o.heap_profile_dir = config.heap_profile_dir;
     runner = make_process_runner(tasks, std::move(o));
   } else {
-    runner = make_thread_runner(tasks,
-                                ThreadRunnerOptions{.threads = config.workers,
-                                                    .max_queue = config.max_queue,
-                                                    .task_nice = config.task_nice,
-                                                    .max_stuck_threads = config.max_stuck_threads});
+    runner = make_thread_runner(
+        tasks, ThreadRunnerOptions{.workers = config.workers,
+                                   .max_queue = config.max_queue,
+                                   .task_nice = config.task_nice,
+                                   .max_stuck_replacements = config.max_stuck_replacements});
   }
   ClusterWorker* worker = cluster ? &cluster->worker() : nullptr;
   Server server(config, std::move(runner));

@@ -28,7 +28,7 @@ struct ServeConfig {
   std::string backend = "local";
   std::string queue = "default";     ///< the Redis queue's name (a Redis backend only)
   std::string isolation = "thread";  ///< "thread" or "process" (the local backend)
-  std::size_t workers = 0;           ///< pool threads or processes; 0: one per core
+  std::size_t workers = 0;           ///< pool threads or processes; 0: default_thread_count()
   std::size_t io_threads = 1;
   std::size_t max_queue = 1024;                      ///< tasks waiting; beyond it: 429
   std::size_t max_body = std::size_t{1} << 20;       ///< bytes; beyond it: 413
@@ -44,8 +44,9 @@ struct ServeConfig {
   std::chrono::milliseconds max_wait{60'000};
   std::chrono::milliseconds shutdown_timeout{10'000};
   /// Thread isolation: replacement threads for tasks stuck past their timeout (they ignore their
-  /// stop token); once all are in use /readyz answers 503. None: as many as `workers`.
-  std::optional<std::size_t> max_stuck_threads;
+  /// stop token), as PoolOptions::max_stuck_replacements (--max-stuck-threads); once all are in
+  /// use /readyz answers 503. None: as many as `workers`.
+  std::optional<std::size_t> max_stuck_replacements;
   /// Scheduling priority (nice, 0..19) of task threads and task worker processes; the I/O
   /// threads stay at the process's own. See docs/operations.md "Priorities".
   int task_nice = 0;
@@ -54,7 +55,7 @@ struct ServeConfig {
   std::size_t cluster = 0;          ///< worker processes sharing the port (0: no cluster)
   std::chrono::milliseconds min_uptime{1'000};  ///< cluster: sooner exits are unstable
   std::size_t max_restarts = 10;                ///< cluster: unstable exits in a row tolerated
-  std::size_t max_memory_restart = 0;           ///< cluster: reload a worker above this RSS
+  std::size_t max_rss_restart_bytes = 0;        ///< cluster: reload a worker above this RSS
   /// Bearer tokens, one a line: every route but /healthz then needs one (401 otherwise).
   std::string auth_token_file;
   bool metrics_public = false;    ///< /metrics needs no token (for a scraper)

@@ -16,6 +16,8 @@
 
 #include <crew/errors.hpp>
 
+#include "crypto_error.hpp"
+
 namespace crew::serve_app {
 namespace {
 
@@ -82,7 +84,7 @@ std::string sha256(const std::string& bytes) {
   unsigned char digest[EVP_MAX_MD_SIZE];
   unsigned int len = 0;
   if (EVP_Digest(bytes.data(), bytes.size(), digest, &len, EVP_sha256(), nullptr) != 1) {
-    throw std::runtime_error("sha256: OpenSSL EVP_Digest failed");
+    crew::detail::throw_crypto_error("sha256: OpenSSL EVP_Digest");
   }
   std::string hex;
   for (unsigned int i = 0; i < len; ++i) hex += fmt::format("{:02x}", digest[i]);
@@ -120,19 +122,23 @@ void load_plugins(const std::vector<std::string>& paths, Tasks& tasks) {
     void* handle = ::dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
     if (handle == nullptr) {
       const char* why = ::dlerror();
-      throw std::runtime_error(fmt::format("plugin '{}' could not be loaded: {}", path,
-                                           why != nullptr ? why : "unknown error"));
+      throw PluginError(
+          fmt::format("plugin '{}' could not be loaded: {}; give the path of a shared "
+                      "library built against this crew",
+                      path, why != nullptr ? why : "unknown error"));
     }
     using Register = void (*)(Tasks&);
     auto fn = reinterpret_cast<Register>(::dlsym(handle, kPluginSymbol));
     if (fn == nullptr) {
-      throw std::runtime_error(fmt::format(
-          "plugin '{}' does not export `extern \"C\" void {}(crew::Tasks&)`", path, kPluginSymbol));
+      throw PluginError(fmt::format(
+          "plugin '{}' does not export `extern \"C\" void {}(crew::Tasks&)`; define it in the "
+          "library to register its tasks",
+          path, kPluginSymbol));
     }
     try {
       fn(tasks);
     } catch (const std::exception& e) {
-      throw std::runtime_error(fmt::format("plugin '{}' failed to register: {}", path, e.what()));
+      throw PluginError(fmt::format("plugin '{}' failed to register: {}", path, e.what()));
     }
   }
 }

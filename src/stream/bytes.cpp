@@ -18,6 +18,8 @@
 
 #include <crew/stream/bytes.hpp>
 
+#include "crypto_error.hpp"
+
 namespace crew {
 inline namespace v0 {
 namespace stream {
@@ -272,7 +274,7 @@ class Sha256Node final : public detail::Node<Buffer, Buffer> {
              const detail::Context& ctx)
       : Node(std::move(next), slot, ctx), on_digest_(std::move(on_digest)), md_(EVP_MD_CTX_new()) {
     if (!md_ || EVP_DigestInit_ex(md_.get(), EVP_sha256(), nullptr) != 1) {
-      throw std::runtime_error("sha256: OpenSSL EVP_DigestInit_ex failed");
+      crew::detail::throw_crypto_error("sha256: OpenSSL EVP_DigestInit_ex");
     }
   }
   void push(std::vector<Buffer>& batch) override {
@@ -280,7 +282,7 @@ class Sha256Node final : public detail::Node<Buffer, Buffer> {
     for (Buffer& b : batch) {
       if (EVP_DigestUpdate(md_.get(), b.data(), b.size()) != 1) {
         try {
-          throw std::runtime_error("sha256: OpenSSL EVP_DigestUpdate failed");
+          crew::detail::throw_crypto_error("sha256: OpenSSL EVP_DigestUpdate");
         } catch (...) {
           fail(position_);
         }
@@ -295,7 +297,7 @@ class Sha256Node final : public detail::Node<Buffer, Buffer> {
     unsigned int n = 0;
     try {
       if (EVP_DigestFinal_ex(md_.get(), digest, &n) != 1) {
-        throw std::runtime_error("sha256: OpenSSL EVP_DigestFinal_ex failed");
+        crew::detail::throw_crypto_error("sha256: OpenSSL EVP_DigestFinal_ex");
       }
       std::string hex;
       hex.reserve(2 * n);

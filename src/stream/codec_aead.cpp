@@ -19,6 +19,8 @@
 
 #include <crew/stream/codec.hpp>
 
+#include "crypto_error.hpp"
+
 namespace crew::inline v0::stream {
 namespace {
 
@@ -67,7 +69,7 @@ void chunk_nonce_aad(const Params& p, std::uint64_t index, bool final, unsigned 
 }
 
 void check(int ok, const char* what) {
-  if (ok != 1) throw std::runtime_error(fmt::format("OpenSSL: {} failed", what));
+  if (ok != 1) crew::detail::throw_crypto_error(fmt::format("OpenSSL EVP_{}", what));
 }
 
 Buffer seal(const Params& p, const Buffer& plain, std::uint64_t index, bool final) {
@@ -156,7 +158,7 @@ class EncryptCodec final : public ChunkCodec {
     h[9] = h[10] = h[11] = std::byte{0};
     store_le(h + 12, chunk_, 4);
     if (RAND_bytes(reinterpret_cast<unsigned char*>(h + 16), kNonce) != 1) {
-      throw std::runtime_error("encrypt: OpenSSL RAND_bytes failed");
+      crew::detail::throw_crypto_error("encrypt: OpenSSL RAND_bytes (the nonce)");
     }
     params_ = std::move(p);
   }
@@ -325,7 +327,7 @@ Key Key::from_file(const std::filesystem::path& path) {
 Key Key::random() {
   Key k;
   if (RAND_bytes(reinterpret_cast<unsigned char*>(k.bytes.data()), 32) != 1) {
-    throw std::runtime_error("Key::random: OpenSSL RAND_bytes failed");
+    crew::detail::throw_crypto_error("Key::random: OpenSSL RAND_bytes");
   }
   return k;
 }

@@ -78,7 +78,7 @@ class Running {
 
 // The cases every flavour runs (each test file calls them from its own TESTs).
 inline void ACallbackGetsTheValueOnItsOwnExecutorNeverOnAPoolThread() {
-  crew::ThreadPool pool({.max_threads = 2});
+  crew::ThreadPool pool({.max_workers = 2});
   Running io;
   std::promise<std::pair<long, std::thread::id>> got;
   crew::async_run(pool, fib, 20, net::bind_executor(io.ioc, [&](std::exception_ptr e, long v) {
@@ -91,7 +91,7 @@ inline void ACallbackGetsTheValueOnItsOwnExecutorNeverOnAPoolThread() {
 }
 
 inline void UseFutureGivesTheValueOrTheTasksException() {
-  crew::ThreadPool pool({.max_threads = 2});
+  crew::ThreadPool pool({.max_workers = 2});
   std::future<int> sum = crew::async_run(
       pool, [](int a, int b) { return a + b; }, 2, 3, net::use_future);
   EXPECT_EQ(sum.get(), 5);
@@ -104,7 +104,7 @@ inline void UseFutureGivesTheValueOrTheTasksException() {
 }
 
 inline void CoroutinesAwaitThreadAndProcessTasks() {
-  crew::ThreadPool pool({.max_threads = 2});
+  crew::ThreadPool pool({.max_workers = 2});
   crew::ProcessPool procs(process_options());
   net::io_context ioc;
   std::vector<std::string> seen;
@@ -132,7 +132,7 @@ inline void CoroutinesAwaitThreadAndProcessTasks() {
 }
 
 inline void ARefusedRunCompletesWithTheErrorInsteadOfThrowing() {
-  crew::ThreadPool pool({.max_threads = 1});
+  crew::ThreadPool pool({.max_workers = 1});
   pool.close();
   std::future<int> f = crew::async_run(
       pool, [] { return 1; }, net::use_future);
@@ -141,7 +141,7 @@ inline void ARefusedRunCompletesWithTheErrorInsteadOfThrowing() {
 
 // The io_context stays responsive while the pool is saturated: CPU work is offloaded.
 inline void TheLoopsTimersStayOnTimeWhileThePoolIsSaturated() {
-  crew::ThreadPool pool({.max_threads = 2});
+  crew::ThreadPool pool({.max_workers = 2});
   net::io_context ioc;
   std::vector<double> lag_ms;
   std::atomic<int> finished{0};

@@ -43,7 +43,7 @@ bool is_aborted(const std::exception_ptr& e) {
 // A thread task that runs until told to stop: the cancellation reaches its stop token, and the
 // caller hears operation_aborted at once.
 TEST(AsioStandalone, CancellingAThreadTaskStopsItAndCompletesWithOperationAborted) {
-  crew::ThreadPool pool({.max_threads = 1});
+  crew::ThreadPool pool({.max_workers = 1});
   asio::io_context ioc;
   asio::cancellation_signal cancel;
   std::atomic<bool> running{false}, stopped{false};
@@ -98,7 +98,7 @@ TEST(AsioStandalone, CancellingAProcessTaskKillsItsWorker) {
 }
 
 TEST(AsioStandalone, CancellingAWaitEndsTheWaitNotTheTask) {
-  crew::ThreadPool pool({.max_threads = 1});
+  crew::ThreadPool pool({.max_workers = 1});
   crew::Promise<int> never;
   asio::io_context ioc;
   asio::cancellation_signal cancel;
@@ -114,7 +114,7 @@ TEST(AsioStandalone, CancellingAWaitEndsTheWaitNotTheTask) {
 }
 
 TEST(AsioStandalone, DeferredAndAsTupleTokens) {
-  crew::ThreadPool pool({.max_threads = 2});
+  crew::ThreadPool pool({.max_workers = 2});
   asio::io_context ioc;
   int deferred_value = 0;
   std::exception_ptr tuple_error;

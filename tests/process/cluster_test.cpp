@@ -316,7 +316,7 @@ TEST(Cluster, ReloadReplacesEveryWorkerWithoutAGap) {
 TEST(Cluster, AWorkerAboveMaxMemoryRestartIsReloadedWithinSeconds) {
   ::setenv(kRole, "serve", 1);
   auto o = opts(1);
-  o.max_memory_restart = std::size_t{128} << 20;
+  o.max_rss_restart_bytes = std::size_t{128} << 20;
   Running r(std::move(o));
   const auto port = r.cluster.port();
   std::optional<Answer> first;

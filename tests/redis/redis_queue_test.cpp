@@ -94,12 +94,12 @@ const crew::Tasks& test_tasks() {
 
 class RedisQueue : public ::testing::Test {
  protected:
-  std::unique_ptr<Worker> worker(Isolation isolation, std::size_t concurrency = 2,
+  std::unique_ptr<Worker> worker(Isolation isolation, std::size_t workers = 2,
                                  std::chrono::milliseconds prefetch_window = 2ms) {
     return std::make_unique<Worker>(test_tasks(), crew::redis::WorkerOptions{
                                                       .url = server_.url(),
                                                       .queue = "q",
-                                                      .concurrency = concurrency,
+                                                      .workers = workers,
                                                       .isolation = isolation,
                                                       .prefetch_window = prefetch_window,
                                                   });

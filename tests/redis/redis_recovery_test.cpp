@@ -68,12 +68,11 @@ class RedisRecovery : public ::testing::Test {
     g_gate_open = false;
   }
 
-  std::unique_ptr<Worker> worker(std::size_t concurrency = 2,
-                                 std::chrono::milliseconds lease = 1s) {
+  std::unique_ptr<Worker> worker(std::size_t workers = 2, std::chrono::milliseconds lease = 1s) {
     return std::make_unique<Worker>(test_tasks(),
                                     crew::redis::WorkerOptions{.url = server_.url(),
                                                                .queue = "q",
-                                                               .concurrency = concurrency,
+                                                               .workers = workers,
                                                                .lease = lease,
                                                                .isolation = Isolation::thread});
   }

@@ -191,9 +191,9 @@ struct ProcessStats {
 // `--reliability-worker`. It publishes its id and counters in `<dir>/worker-<pid>.stats`.
 class WorkerProcess {
  public:
-  WorkerProcess(const std::string& url, const fs::path& dir, int concurrency, milliseconds lease)
+  WorkerProcess(const std::string& url, const fs::path& dir, int workers, milliseconds lease)
       : dir_(dir),
-        child_({"--reliability-worker", url, "q", std::to_string(concurrency),
+        child_({"--reliability-worker", url, "q", std::to_string(workers),
                 std::to_string(lease.count()), dir.string()}) {}
 
   [[nodiscard]] pid_t pid() const { return child_.pid(); }
@@ -416,11 +416,11 @@ class RedisReliability : public ::testing::Test {
     fs::remove_all(dir_, ignored);
   }
 
-  WorkerOptions thread_worker(const std::string& url, std::size_t concurrency,
+  WorkerOptions thread_worker(const std::string& url, std::size_t workers,
                               milliseconds lease = 30s) const {
     return {.url = url,
             .queue = "q",
-            .concurrency = concurrency,
+            .workers = workers,
             .lease = lease,
             .isolation = Isolation::thread};
   }
@@ -983,7 +983,7 @@ TEST_F(RedisReliability, T10_MalformedEntryIsDeadLetteredWithAReasonAndTheWorker
 // --- the worker process and the CPU hog ---
 
 int worker_process(char** argv) {
-  // --reliability-worker <url> <queue> <concurrency> <lease_ms> <dir>
+  // --reliability-worker <url> <queue> <workers> <lease_ms> <dir>
   const fs::path dir = argv[6];
   g_log = (dir / "executions.log").string();
   sigset_t term;
@@ -992,7 +992,7 @@ int worker_process(char** argv) {
   pthread_sigmask(SIG_BLOCK, &term, nullptr);  // before any thread: only sigtimedwait takes it
   Worker worker(test_tasks(), {.url = argv[2],
                                .queue = argv[3],
-                               .concurrency = std::stoul(argv[4]),
+                               .workers = std::stoul(argv[4]),
                                .lease = milliseconds(std::stoll(argv[5])),
                                .isolation = Isolation::thread});
   const fs::path path = dir / ("worker-" + std::to_string(::getpid()) + ".stats");

@@ -98,7 +98,7 @@ class DashboardRoutes : public ::testing::Test {
       return t;
     }();
     crew::serve_app::ThreadRunnerOptions threads;
-    threads.threads = 1;
+    threads.workers = 1;
     crew::serve_app::ServeConfig c;
     c.port = 0;
     c.log_format = "off";

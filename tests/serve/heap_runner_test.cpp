@@ -37,7 +37,7 @@ std::string error_of(crew::serve_app::Runner& runner, std::string_view worker) {
 
 TEST(RunnerHeapProfile, RunnersWithoutHeapProfilingRefuseSayingHow) {
   auto threads = crew::serve_app::make_thread_runner(
-      test_tasks(), {.threads = 1, .max_queue = 16, .task_nice = 0, .max_stuck_threads = {}});
+      test_tasks(), {.workers = 1, .max_queue = 16, .task_nice = 0, .max_stuck_replacements = {}});
   EXPECT_THAT(error_of(*threads, "crew-task-0"), HasSubstr("--isolation process --heap-profiling"));
   threads->close();
 

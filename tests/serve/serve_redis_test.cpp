@@ -61,7 +61,7 @@ class ServeRedis : public ::testing::Test {
     worker_ = std::make_unique<crew::redis::Worker>(
         builtin_tasks(), crew::redis::WorkerOptions{.url = redis_.url(),
                                                     .queue = "t",
-                                                    .concurrency = 2,
+                                                    .workers = 2,
                                                     .isolation = crew::redis::Isolation::thread});
   }
 
@@ -308,7 +308,8 @@ TEST(ServeRedisBackend, TheLocalBackendRefusesJobRoutesNamingTheFlag) {
   c.log_format = "off";
   crew::serve_app::Server server(
       c, crew::serve_app::make_thread_runner(
-             builtin_tasks(), {.threads = 1, .max_queue = 16, .max_stuck_threads = std::nullopt}));
+             builtin_tasks(),
+             {.workers = 1, .max_queue = 16, .max_stuck_replacements = std::nullopt}));
   server.start();
   Client client(server.port());
   auto r = client.request(http::verb::post, "/v1/tasks/fib?wait=false", R"({"args": [10]})");

@@ -116,10 +116,10 @@ struct Running {
       o.log = [](const crew::ProcessLogLine&) {};
       runner = crew::serve_app::make_process_runner(tasks(), std::move(o));
     } else {
-      runner =
-          crew::serve_app::make_thread_runner(tasks(), {.threads = c.workers == 0 ? 2 : c.workers,
-                                                        .max_queue = c.max_queue,
-                                                        .max_stuck_threads = c.max_stuck_threads});
+      runner = crew::serve_app::make_thread_runner(
+          tasks(), {.workers = c.workers == 0 ? 2 : c.workers,
+                    .max_queue = c.max_queue,
+                    .max_stuck_replacements = c.max_stuck_replacements});
     }
     server = std::make_unique<crew::serve_app::Server>(c, std::move(runner));
     server->start();
@@ -416,6 +416,30 @@ TEST(Serve, ProcessIsolationRunsTasksInWorkers) {
   EXPECT_EQ(c.request(http::verb::get, "/api/stats").js()["pool"]["isolation"], "process");
 }
 
+// Both isolations count a task that ran past its timeout as timed_out, apart from cancelled, in
+// /api/stats and in /metrics (the thread pool used to fold timeouts into cancelled).
+TEST(Serve, BothIsolationsReportTimeoutsApartFromCancellations) {
+  for (const bool process : {false, true}) {
+    SCOPED_TRACE(process ? "process isolation" : "thread isolation");
+    ServeConfig cfg;
+    cfg.workers = 1;
+    Running s(cfg, process);
+    Client c(s.port());
+    const auto r =
+        c.request(http::verb::post, "/v1/tasks/sleep_ms?timeout_ms=50", R"({"args": [60000]})");
+    ASSERT_EQ(r.status, 504) << r.body;
+    json pool;
+    EXPECT_TRUE(eventually([&] {
+      pool = c.request(http::verb::get, "/api/stats").js()["pool"];
+      return pool["timed_out"] == 1;
+    })) << pool.dump();
+    EXPECT_EQ(pool["cancelled"], 0);
+    const auto m = c.request(http::verb::get, "/metrics");
+    EXPECT_THAT(m.body, HasSubstr("crew_pool_tasks_total{outcome=\"timed_out\"} 1\n"));
+    EXPECT_THAT(m.body, HasSubstr("crew_pool_tasks_total{outcome=\"cancelled\"} 0\n"));
+  }
+}
+
 // ---- budgets: what one client may ask of the server ----------------------------------------
 
 std::string error_message(const Reply& r) {
@@ -687,7 +711,17 @@ TEST(Serve, APluginTaskThatSegfaultsCostsOneRequest) {
 TEST(Serve, LoadingAMissingPluginNamesIt) {
   crew::Tasks t;
   EXPECT_THAT([&] { crew::serve_app::load_plugins({"/nonexistent/libx.so"}, t); },
-              ::testing::ThrowsMessage<std::runtime_error>(HasSubstr("/nonexistent/libx.so")));
+              ::testing::ThrowsMessage<crew::PluginError>(HasSubstr("/nonexistent/libx.so")));
+}
+
+// A plugin whose registration throws (its task names are taken: it was loaded already) is a
+// PluginError naming the plugin, not the Tasks registry's bare error.
+TEST(Serve, APluginThatCannotRegisterIsAPluginError) {
+  crew::Tasks t;
+  crew::serve_app::load_plugins({CREW_EXAMPLE_PLUGIN}, t);
+  EXPECT_THAT([&] { crew::serve_app::load_plugins({CREW_EXAMPLE_PLUGIN}, t); },
+              ::testing::ThrowsMessage<crew::PluginError>(::testing::AllOf(
+                  HasSubstr(CREW_EXAMPLE_PLUGIN), HasSubstr("failed to register"))));
 }
 #endif
 

@@ -91,7 +91,7 @@ TEST(CodecAead, RoundTripsRandomSizesAroundChunkBoundaries) {
 }
 
 TEST(CodecAead, JobsRunConcurrentlyOnAPoolAndKeepTheirOrder) {
-  crew::ThreadPool pool({.max_threads = 4, .name = "aead-test"});
+  crew::ThreadPool pool({.max_workers = 4, .name = "aead-test"});
   auto run_on_pool = [&pool](ChunkCodec& codec, const Bytes& input) {
     std::vector<ChunkCodec::Job> jobs;
     for (std::size_t at = 0; at < input.size(); at += 10000) {

@@ -169,7 +169,7 @@ TEST(CodecGzip, EveryMemberCarriesItsSizeInTheExtraField) {
 }
 
 TEST(CodecGzip, JobsRunConcurrentlyOnAPoolAndKeepTheirOrder) {
-  crew::ThreadPool pool({.max_threads = 4, .name = "codec-test"});
+  crew::ThreadPool pool({.max_workers = 4, .name = "codec-test"});
   Bytes input = make_text(12 * kBlock + 123, 11);
   for (int level : {1, 6}) {
     auto gz = crew::stream::make_gzip_codec({.level = level, .block = kBlock});

@@ -53,7 +53,7 @@ std::vector<crew::Buffer> run_all(std::vector<crew::Buffer> in,
 }
 
 TEST(CodecStages, GzipGunzipRoundTripOverSizes) {
-  crew::ThreadPool pool({.max_threads = 2});
+  crew::ThreadPool pool({.max_workers = 2});
   const cs::CodecStageOptions on_pool{.pool = &pool, .max_in_flight = 3};
   constexpr std::size_t kBlock = 64 * 1024;
   for (std::size_t n :
@@ -67,7 +67,7 @@ TEST(CodecStages, GzipGunzipRoundTripOverSizes) {
 
 TEST(CodecStages, EncryptDecryptRoundTrip) {
   const cs::Key key = cs::Key::random();
-  crew::ThreadPool pool({.max_threads = 2});
+  crew::ThreadPool pool({.max_workers = 2});
   for (std::size_t n : {std::size_t{0}, std::size_t{1}, std::size_t{8191}, std::size_t{8192},
                         std::size_t{8193}, std::size_t{100 * 1024}}) {
     const std::string text = make_text(n, static_cast<std::uint32_t>(n) + 1);
@@ -132,7 +132,7 @@ TEST(CodecStages, TruncatedGzipFails) {
 
 TEST(CodecStages, BadOptionsThrowAtTheCall) {
   EXPECT_THROW((void)cs::gzip({.level = 99}), std::invalid_argument);
-  crew::ThreadPool pool({.max_threads = 1});
+  crew::ThreadPool pool({.max_workers = 1});
   try {
     (void)cs::gunzip({.pool = &pool, .max_in_flight = 0});
     FAIL();

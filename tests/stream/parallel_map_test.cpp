@@ -28,7 +28,7 @@ void spin_for_item(int x) {
 }
 
 TEST(ParallelMap, OrderedKeepsInputOrderUnderRandomDurations) {
-  crew::ThreadPool pool({.max_threads = 4});
+  crew::ThreadPool pool({.max_workers = 4});
   auto p = cs::from(std::views::iota(0, 400)) |
            cs::parallel_map(pool,
                             [](int x) {
@@ -45,7 +45,7 @@ TEST(ParallelMap, OrderedKeepsInputOrderUnderRandomDurations) {
 }
 
 TEST(ParallelMap, UnorderedDeliversEveryItemOnce) {
-  crew::ThreadPool pool({.max_threads = 4});
+  crew::ThreadPool pool({.max_workers = 4});
   auto p = cs::from(std::views::iota(0, 400)) |
            cs::parallel_map(pool,
                             [](int x) {
@@ -64,7 +64,7 @@ TEST(ParallelMap, UnorderedDeliversEveryItemOnce) {
 }
 
 TEST(ParallelMap, RunsOnPoolThreadsWithinTheBound) {
-  crew::ThreadPool pool({.max_threads = 2});
+  crew::ThreadPool pool({.max_workers = 2});
   std::atomic<int> running{0};
   std::atomic<int> peak{0};
   const auto caller = std::this_thread::get_id();
@@ -90,7 +90,7 @@ TEST(ParallelMap, RunsOnPoolThreadsWithinTheBound) {
 }
 
 TEST(ParallelMap, ThrowingTaskRejectsWithItsIndex) {
-  crew::ThreadPool pool({.max_threads = 2});
+  crew::ThreadPool pool({.max_workers = 2});
   std::atomic<int> pulls{0};
   auto p = cs::from([&pulls]() -> std::optional<int> { return pulls.fetch_add(1); },
                     {.high_water_mark = 4}) |
@@ -114,7 +114,7 @@ TEST(ParallelMap, ThrowingTaskRejectsWithItsIndex) {
 }
 
 TEST(ParallelMap, UnorderedThrowingTaskRejects) {
-  crew::ThreadPool pool({.max_threads = 2});
+  crew::ThreadPool pool({.max_workers = 2});
   auto p = cs::from(std::views::iota(0, 100)) |
            cs::parallel_map(pool,
                             [](int x) {
@@ -127,7 +127,7 @@ TEST(ParallelMap, UnorderedThrowingTaskRejects) {
 }
 
 TEST(ParallelMap, ChainedParallelStages) {
-  crew::ThreadPool pool({.max_threads = 2});
+  crew::ThreadPool pool({.max_workers = 2});
   auto p = cs::from(std::views::iota(0, 300)) |
            cs::parallel_map(pool, [](int x) { return x + 1; }) |
            cs::filter([](int x) { return x % 3 == 0; }) |
@@ -143,7 +143,7 @@ TEST(ParallelMap, ChainedParallelStages) {
 namespace {
 
 TEST(ParallelMap, GrainGroupsItemsAndKeepsOrder) {
-  crew::ThreadPool pool({.max_threads = 3});
+  crew::ThreadPool pool({.max_workers = 3});
   for (bool ordered : {true, false}) {
     auto p = cs::from(std::views::iota(0, 1001)) |
              cs::parallel_map(pool,
@@ -163,7 +163,7 @@ TEST(ParallelMap, GrainGroupsItemsAndKeepsOrder) {
 }
 
 TEST(ParallelMap, GrainFailureNamesTheItemAndDeliversNothingAfterIt) {
-  crew::ThreadPool pool({.max_threads = 2});
+  crew::ThreadPool pool({.max_workers = 2});
   std::vector<int> seen;
   auto p = cs::from(std::views::iota(0, 200)) |
            cs::parallel_map(pool,
@@ -187,7 +187,7 @@ TEST(ParallelMap, GrainFailureNamesTheItemAndDeliversNothingAfterIt) {
 }
 
 TEST(ParallelMap, BadGrainAndInFlight) {
-  crew::ThreadPool pool({.max_threads = 1});
+  crew::ThreadPool pool({.max_workers = 1});
   auto id = [](int x) { return x; };
   try {
     (void)cs::parallel_map(pool, id, {.grain = 0});

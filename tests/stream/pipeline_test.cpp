@@ -163,7 +163,7 @@ TEST(Pipeline, SlowSinkPausesTheSourceAtTheMark) {
 TEST(Pipeline, SlowSinkBehindAParallelStageBoundsMemory) {
   constexpr std::size_t kMark = 4;
   constexpr std::size_t kInFlight = 3;
-  crew::ThreadPool pool({.max_threads = 2});
+  crew::ThreadPool pool({.max_workers = 2});
   std::atomic<std::uint64_t> pulls{0};
   std::latch sink_entered(1);
   std::binary_semaphore gate(0);
@@ -269,7 +269,7 @@ TEST(Pipeline, BadArgumentsNameTheField) {
   } catch (const std::invalid_argument& e) {
     EXPECT_THAT(e.what(), HasSubstr("batch: n (0)"));
   }
-  crew::ThreadPool pool({.max_threads = 1});
+  crew::ThreadPool pool({.max_workers = 1});
   try {
     (void)cs::parallel_map(pool, [](int x) { return x; }, {.max_in_flight = 0});
     FAIL();

@@ -89,7 +89,7 @@ std::string message_of(F&& f) {
 }
 
 TEST(Errors, PoolErrorsHaveMessagesNamingThePool) {
-  crew::ThreadPool pool({.max_threads = 1, .max_queue = 1, .name = "errpool"});
+  crew::ThreadPool pool({.max_workers = 1, .max_queue = 1, .name = "errpool"});
 
   std::latch started(1);
   std::latch release(1);

@@ -363,7 +363,7 @@ TEST(EventLoop, RunningTheLoopOnTwoThreadsAtOnceThrowsLogicError) {
 
 TEST(EventLoop, ThenDeliversOnTheThreadRunningTheLoop) {
   crew::EventLoop loop;
-  crew::ThreadPool pool({.max_threads = 1});
+  crew::ThreadPool pool({.max_workers = 1});
   Watchdog dog(loop);
   std::latch release(1);
   std::thread::id pool_thread;

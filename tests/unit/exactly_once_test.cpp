@@ -56,7 +56,7 @@ void expect_pool_closed(crew::Future<T>& f) {
 // Continuations an executor drops
 
 TEST(ExactlyOnce, ThenOnATerminatedPoolSettlesWithPoolClosed) {
-  crew::ThreadPool pool({.max_threads = 1, .name = "dropper"});
+  crew::ThreadPool pool({.max_workers = 1, .name = "dropper"});
   std::latch holding(1);
   auto busy = pool.run([&holding](std::stop_token st) {
     holding.count_down();
@@ -79,7 +79,7 @@ TEST(ExactlyOnce, ThenOnATerminatedPoolSettlesWithPoolClosed) {
 }
 
 TEST(ExactlyOnce, ThenOnAClosedPoolSettlesWithThePoolsError) {
-  crew::ThreadPool pool({.max_threads = 1});
+  crew::ThreadPool pool({.max_workers = 1});
   pool.close();
   crew::Promise<int> source;
   auto f = source.get_future().then([](int v) { return v; }, pool);
@@ -169,7 +169,7 @@ TEST(ExactlyOnce, AnEventLoopDestroyedWithAQueuedContinuationRunsIt) {
 // Continuations that run because of a timeout
 
 TEST(ExactlyOnce, ATimeoutContinuationNeverRunsOnTheTimerThread) {
-  crew::ThreadPool pool({.max_threads = 1, .name = "tmo"});
+  crew::ThreadPool pool({.max_workers = 1, .name = "tmo"});
   std::string where;
   auto f = timed_out_task(pool).then([&where](crew::Future<int> r) {
     where = current_thread_name();
@@ -184,7 +184,7 @@ TEST(ExactlyOnce, ATimeoutContinuationNeverRunsOnTheTimerThread) {
 // Before: the continuation ran on the timer thread under its lock; the inner task's arm_timer()
 // waited for that lock forever.
 TEST(ExactlyOnce, ATimeoutContinuationMaySubmitATimedTaskAndWaitForIt) {
-  crew::ThreadPool pool({.max_threads = 2});
+  crew::ThreadPool pool({.max_workers = 2});
   auto f = timed_out_task(pool).then([&pool](crew::Future<int> first) {
     EXPECT_THROW(first.get(), crew::TimedOut);
     auto inner = timed_out_task(pool);
@@ -216,14 +216,14 @@ crew::Future<int> await_timeout_then_wait_again(crew::ThreadPool& pool) {
 }
 
 TEST(ExactlyOnce, ACoroutineResumedByATimeoutMayWaitForATimedTask) {
-  crew::ThreadPool pool({.max_threads = 2});
+  crew::ThreadPool pool({.max_workers = 2});
   auto f = await_timeout_then_wait_again(pool);
   ASSERT_TRUE(f.wait_for(kGuard));
   EXPECT_EQ(f.get(), 11);
 }
 
 TEST(ExactlyOnce, WhenAllAndWhenAnyFinishedByATimeoutMayWaitForTimedTasks) {
-  crew::ThreadPool pool({.max_threads = 2});
+  crew::ThreadPool pool({.max_workers = 2});
   std::vector<crew::Future<int>> all_in;
   all_in.push_back(crew::make_ready_future(1));
   all_in.push_back(timed_out_task(pool));
@@ -245,7 +245,7 @@ TEST(ExactlyOnce, WhenAllAndWhenAnyFinishedByATimeoutMayWaitForTimedTasks) {
 
 // Before: a continuation that blocked held the timer thread, so no other task ever timed out.
 TEST(ExactlyOnce, ASlowTimeoutContinuationDelaysNoOtherTimeout) {
-  crew::ThreadPool pool({.max_threads = 2});
+  crew::ThreadPool pool({.max_workers = 2});
   std::latch release(1);
   std::atomic<bool> entered{false};
   auto slow = timed_out_task(pool).then([&](crew::Future<int> /*r*/) {
@@ -276,7 +276,7 @@ TEST(ExactlyOnce, ASlowTimeoutContinuationDelaysNoOtherTimeout) {
 }
 
 TEST(ExactlyOnce, ATimeoutContinuationMayCloseItsPool) {
-  auto pool = std::make_unique<crew::ThreadPool>(crew::PoolOptions{.max_threads = 1});
+  auto pool = std::make_unique<crew::ThreadPool>(crew::PoolOptions{.max_workers = 1});
   auto f = timed_out_task(*pool).then([&pool](crew::Future<int> /*r*/) {
     pool->close();  // waits for the timed-out task's thread, not for this continuation
     return 1;

@@ -432,7 +432,7 @@ TEST(Then, CancellingTheResultDoesNotStopTheSource) {
 }
 
 TEST(Then, OnPoolRunsOnAPoolThread) {
-  crew::ThreadPool pool({.max_threads = 1, .name = "fthen"});
+  crew::ThreadPool pool({.max_workers = 1, .name = "fthen"});
   const auto main_id = std::this_thread::get_id();
 
   // Pending source: fn is posted to the pool when the main thread settles it.
@@ -476,7 +476,7 @@ TEST(Then, OnPoolRunsOnAPoolThread) {
 }
 
 TEST(Then, OnClosedPoolFailsWithPoolClosed) {
-  crew::ThreadPool pool({.max_threads = 1, .name = "fclosed"});
+  crew::ThreadPool pool({.max_workers = 1, .name = "fclosed"});
   pool.close();
   bool called = false;
   auto f = crew::make_ready_future(1).then(
@@ -569,7 +569,7 @@ TEST(CoAwait, ResumesOnTheSettlingThread) {
 }
 
 TEST(CoAwait, ResumesOnAPoolThreadForAPoolTask) {
-  crew::ThreadPool pool({.max_threads = 1, .name = "fawait"});
+  crew::ThreadPool pool({.max_workers = 1, .name = "fawait"});
   std::latch release(1);
   auto task = pool.run([&] {
     release.wait();
@@ -741,7 +741,7 @@ TEST(WhenAll, EmptyInputFutureIsMisuse) {
 }
 
 TEST(WhenAll, GathersPoolTasks) {
-  crew::ThreadPool pool({.max_threads = 2, .name = "fall"});
+  crew::ThreadPool pool({.max_workers = 2, .name = "fall"});
   std::vector<crew::Future<int>> fs;
   for (int i = 0; i < 100; ++i) fs.push_back(pool.run([i] { return i; }));
   auto all = crew::when_all(std::move(fs));

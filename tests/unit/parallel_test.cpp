@@ -58,7 +58,7 @@ void expect_each_index_once(crew::ThreadPool& pool, Index first, Index last, std
 }
 
 TEST(ParallelFor, CoversEveryIndexOnce) {
-  crew::ThreadPool pool({.max_threads = 2, .name = "pfor"});
+  crew::ThreadPool pool({.max_workers = 2, .name = "pfor"});
   for (const int n : {0, 1, 7, 1000, kLargeRange}) {
     for (const std::size_t grain :
          {std::size_t{0}, std::size_t{1}, std::size_t{3}, std::size_t{64}, std::size_t{100'000}}) {
@@ -68,7 +68,7 @@ TEST(ParallelFor, CoversEveryIndexOnce) {
 }
 
 TEST(ParallelFor, NegativeAndOffsetRanges) {
-  crew::ThreadPool pool({.max_threads = 2, .name = "pneg"});
+  crew::ThreadPool pool({.max_workers = 2, .name = "pneg"});
   expect_each_index_once(pool, -50, 50, 0);
   expect_each_index_once(pool, -50, 50, 7);
   expect_each_index_once(pool, -1000, -10, 1);
@@ -78,7 +78,7 @@ TEST(ParallelFor, NegativeAndOffsetRanges) {
 }
 
 TEST(ParallelFor, EmptyAndReversedRangesDoNothing) {
-  crew::ThreadPool pool({.max_threads = 2, .name = "pempty"});
+  crew::ThreadPool pool({.max_workers = 2, .name = "pempty"});
   std::atomic<int> calls{0};
   crew::parallel_for(pool, 5, 5, [&](int) { calls.fetch_add(1); });
   crew::parallel_for(pool, 10, -10, [&](int) { calls.fetch_add(1); });
@@ -89,7 +89,7 @@ TEST(ParallelFor, EmptyAndReversedRangesDoNothing) {
 // The whole int range has more indices than INT_MAX: the count must not be computed in int.
 // Every call throws, so each chunk makes one call and the test stays fast.
 TEST(ParallelFor, FullIntRangeDoesNotOverflow) {
-  crew::ThreadPool pool({.max_threads = 2, .name = "pfull"});
+  crew::ThreadPool pool({.max_workers = 2, .name = "pfull"});
   std::atomic<long> calls{0};
   std::atomic<long> out_of_range{0};
   std::atomic<int> lowest{INT_MAX};
@@ -110,7 +110,7 @@ TEST(ParallelFor, FullIntRangeDoesNotOverflow) {
 }
 
 TEST(ParallelFor, WritesAreVisibleAfterReturn) {
-  crew::ThreadPool pool({.max_threads = 2, .name = "pvis"});
+  crew::ThreadPool pool({.max_workers = 2, .name = "pvis"});
   std::vector<int> out(10'000, 0);  // plain ints: the join must publish them
   crew::parallel_for(pool, std::size_t{0}, out.size(),
                      [&](std::size_t i) { out[i] = static_cast<int>(i) * 2; });
@@ -118,7 +118,7 @@ TEST(ParallelFor, WritesAreVisibleAfterReturn) {
 }
 
 TEST(ParallelFor, ExceptionIsRethrownAfterEveryChunkFinished) {
-  crew::ThreadPool pool({.max_threads = 2, .name = "pexc"});
+  crew::ThreadPool pool({.max_workers = 2, .name = "pexc"});
   constexpr int kN = 1000;
   std::atomic<bool> thrown{false};
   std::atomic<int> in_flight{0};
@@ -165,7 +165,7 @@ TEST(ParallelFor, ExceptionIsRethrownAfterEveryChunkFinished) {
 }
 
 TEST(ParallelFor, NestedInsideAPoolTaskOnOneThread) {
-  crew::ThreadPool pool({.max_threads = 1, .name = "pnest"});
+  crew::ThreadPool pool({.max_workers = 1, .name = "pnest"});
   std::atomic<long> sum{0};
   auto task = pool.run([&] {
     crew::parallel_for(pool, 0, 100, [&](int i) {
@@ -180,7 +180,7 @@ TEST(ParallelFor, NestedInsideAPoolTaskOnOneThread) {
 }
 
 TEST(ParallelFor, ConcurrentCallersShareAPool) {
-  crew::ThreadPool pool({.max_threads = 2, .name = "pshare"});
+  crew::ThreadPool pool({.max_workers = 2, .name = "pshare"});
   constexpr int kCallers = 3;
   constexpr int kN = 10'000;
   std::vector<std::atomic<long>> sums(kCallers);
@@ -199,7 +199,7 @@ TEST(ParallelFor, ConcurrentCallersShareAPool) {
 // parallel_reduce
 
 TEST(ParallelReduce, SumEqualsSerial) {
-  crew::ThreadPool pool({.max_threads = 2, .name = "psum"});
+  crew::ThreadPool pool({.max_workers = 2, .name = "psum"});
   std::mt19937_64 rng(1);
   std::vector<std::uint64_t> v(static_cast<std::size_t>(kLargeRange));
   for (auto& x : v) x = rng() % 1'000'000;
@@ -218,7 +218,7 @@ TEST(ParallelReduce, SumEqualsSerial) {
 }
 
 TEST(ParallelReduce, NegativeRange) {
-  crew::ThreadPool pool({.max_threads = 2, .name = "prneg"});
+  crew::ThreadPool pool({.max_workers = 2, .name = "prneg"});
   const long sum = crew::parallel_reduce(
       pool, -50, 51, 0L,
       [](int b, int e) {
@@ -241,7 +241,7 @@ TEST(ParallelReduce, NegativeRange) {
 
 TEST(ParallelReduce, CombinesChunksLeftToRight) {
   // String concatenation is not commutative: any reordering of chunks shows up.
-  crew::ThreadPool pool({.max_threads = 2, .name = "porder"});
+  crew::ThreadPool pool({.max_workers = 2, .name = "porder"});
   const std::string letters = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
   for (const std::size_t grain : {std::size_t{1}, std::size_t{5}, std::size_t{0}}) {
     const std::string joined = crew::parallel_reduce(
@@ -253,7 +253,7 @@ TEST(ParallelReduce, CombinesChunksLeftToRight) {
 }
 
 TEST(ParallelReduce, FloatingPointResultIsReproducible) {
-  crew::ThreadPool pool({.max_threads = 2, .name = "pfp"});
+  crew::ThreadPool pool({.max_workers = 2, .name = "pfp"});
   std::vector<double> v(100'000);
   std::mt19937_64 rng(5);
   std::uniform_real_distribution<double> d(-1e6, 1e6);
@@ -273,7 +273,7 @@ TEST(ParallelReduce, FloatingPointResultIsReproducible) {
 }
 
 TEST(ParallelReduce, EmptyRangeReturnsIdentity) {
-  crew::ThreadPool pool({.max_threads = 2, .name = "pid"});
+  crew::ThreadPool pool({.max_workers = 2, .name = "pid"});
   bool called = false;
   auto fn = [&](int, int) {
     called = true;
@@ -289,7 +289,7 @@ TEST(ParallelReduce, EmptyRangeReturnsIdentity) {
 }
 
 TEST(ParallelReduce, ExceptionInOneChunkIsRethrown) {
-  crew::ThreadPool pool({.max_threads = 2, .name = "prexc"});
+  crew::ThreadPool pool({.max_workers = 2, .name = "prexc"});
   std::atomic<int> chunks_done{0};
   std::atomic<int> chunks{0};
   EXPECT_THROW((void)crew::parallel_reduce(
@@ -308,7 +308,7 @@ TEST(ParallelReduce, ExceptionInOneChunkIsRethrown) {
 }
 
 TEST(ParallelReduce, NestedInsideAPoolTaskOnOneThread) {
-  crew::ThreadPool pool({.max_threads = 1, .name = "prnest"});
+  crew::ThreadPool pool({.max_workers = 1, .name = "prnest"});
   auto task = pool.run([&] {
     return crew::parallel_reduce(
         pool, 0, 100, 0L,
@@ -327,7 +327,7 @@ TEST(ParallelReduce, NestedInsideAPoolTaskOnOneThread) {
 
 TEST(ParallelFor, FullQueueMeansFewerHelpersNotFailure) {
   crew::ThreadPool pool(
-      {.max_threads = 2, .max_queue = 1, .on_full = crew::OnFull::reject, .name = "pfullq"});
+      {.max_workers = 2, .max_queue = 1, .on_full = crew::OnFull::reject, .name = "pfullq"});
   std::latch a_started(1);
   std::latch b_started(1);
   std::latch release(1);
@@ -354,7 +354,7 @@ TEST(ParallelFor, FullQueueMeansFewerHelpersNotFailure) {
 }
 
 TEST(ParallelFor, ClosedPoolThrowsBeforeAnyCall) {
-  crew::ThreadPool pool({.max_threads = 2, .name = "pclosed"});
+  crew::ThreadPool pool({.max_workers = 2, .name = "pclosed"});
   pool.close();
   std::atomic<int> calls{0};
   EXPECT_THROW(crew::parallel_for(pool, 0, 100, [&](int) { calls++; }), crew::PoolClosed);

@@ -49,7 +49,7 @@ struct Gate {
 };
 
 TEST(ThreadPool, RunsAndReturnsValues) {
-  crew::ThreadPool pool({.max_threads = 2});
+  crew::ThreadPool pool({.max_workers = 2});
   auto sum = pool.run([](int a, int b) { return a + b; }, 2, 40);
   auto text = pool.run([](std::string s) { return s + "!"; }, std::string("hi"));
   auto owned = pool.run([](std::unique_ptr<int> p) { return std::make_unique<int>(*p * 2); },
@@ -60,7 +60,7 @@ TEST(ThreadPool, RunsAndReturnsValues) {
 }
 
 TEST(ThreadPool, PassesReferencesThroughStdRef) {
-  crew::ThreadPool pool({.max_threads = 1});
+  crew::ThreadPool pool({.max_workers = 1});
   int value = 1;
   pool.run([](int& v) { v = 7; }, std::ref(value)).get();
   EXPECT_EQ(value, 7);
@@ -71,7 +71,7 @@ struct CustomError : std::runtime_error {
 };
 
 TEST(ThreadPool, TaskExceptionIsRethrownAndPoolKeepsWorking) {
-  crew::ThreadPool pool({.max_threads = 2});
+  crew::ThreadPool pool({.max_workers = 2});
   auto bad = pool.run([]() -> int { throw CustomError("boom"); });
   EXPECT_THROW(
       {
@@ -95,7 +95,7 @@ TEST(ThreadPool, TaskExceptionIsRethrownAndPoolKeepsWorking) {
 }
 
 TEST(ThreadPool, RunAfterCloseThrowsPoolClosed) {
-  crew::ThreadPool pool({.max_threads = 1});
+  crew::ThreadPool pool({.max_workers = 1});
   pool.close();
   EXPECT_THROW((void)pool.run([] { return 1; }), crew::PoolClosed);
   EXPECT_THROW(pool.post([] {}), crew::PoolClosed);
@@ -111,7 +111,7 @@ TEST(ThreadPool, CloseDrainsEverythingQueued) {
   std::atomic<int> ran{0};
   std::vector<crew::Future<int>> futures;
   {
-    crew::ThreadPool pool({.max_threads = 2});
+    crew::ThreadPool pool({.max_workers = 2});
     for (int i = 0; i < 500; ++i) {
       futures.push_back(pool.run([&ran, i] {
         ran.fetch_add(1);
@@ -125,7 +125,7 @@ TEST(ThreadPool, CloseDrainsEverythingQueued) {
 }
 
 TEST(ThreadPool, FullQueueRejectsAtOnce) {
-  crew::ThreadPool pool({.max_threads = 1, .max_queue = 3, .on_full = crew::OnFull::reject});
+  crew::ThreadPool pool({.max_workers = 1, .max_queue = 3, .on_full = crew::OnFull::reject});
   Gate gate;
   auto blocker = pool.run(gate.body());
   gate.entered.wait();
@@ -145,7 +145,7 @@ TEST(ThreadPool, FullQueueRejectsAtOnce) {
 }
 
 TEST(ThreadPool, FullQueueMakesProducerWait) {
-  crew::ThreadPool pool({.max_threads = 1, .max_queue = 2, .on_full = crew::OnFull::wait});
+  crew::ThreadPool pool({.max_workers = 1, .max_queue = 2, .on_full = crew::OnFull::wait});
   Gate gate;
   auto blocker = pool.run(gate.body());
   gate.entered.wait();
@@ -169,7 +169,7 @@ TEST(ThreadPool, FullQueueMakesProducerWait) {
 }
 
 TEST(ThreadPool, CancelledQueuedTaskNeverRuns) {
-  crew::ThreadPool pool({.max_threads = 1});
+  crew::ThreadPool pool({.max_workers = 1});
   Gate gate;
   auto blocker = pool.run(gate.body());
   gate.entered.wait();
@@ -187,7 +187,7 @@ TEST(ThreadPool, CancelledQueuedTaskNeverRuns) {
 }
 
 TEST(ThreadPool, StopTokenCancelsQueuedTask) {
-  crew::ThreadPool pool({.max_threads = 1});
+  crew::ThreadPool pool({.max_workers = 1});
   Gate gate;
   auto blocker = pool.run(gate.body());
   gate.entered.wait();
@@ -208,7 +208,7 @@ TEST(ThreadPool, StopTokenCancelsQueuedTask) {
 }
 
 TEST(ThreadPool, RunningTaskObservesCancellationThroughItsToken) {
-  crew::ThreadPool pool({.max_threads = 1});
+  crew::ThreadPool pool({.max_workers = 1});
   std::latch started(1);
   std::atomic<bool> saw_stop{false};
   auto f = pool.run([&](std::stop_token st) {
@@ -225,7 +225,7 @@ TEST(ThreadPool, RunningTaskObservesCancellationThroughItsToken) {
 }
 
 TEST(ThreadPool, UserStopReachesRunningTask) {
-  crew::ThreadPool pool({.max_threads = 1});
+  crew::ThreadPool pool({.max_workers = 1});
   std::stop_source stop;
   std::latch started(1);
   auto f = pool.run(crew::RunOptions{.stop = stop.get_token()}, [&](std::stop_token st) {
@@ -239,7 +239,7 @@ TEST(ThreadPool, UserStopReachesRunningTask) {
 }
 
 TEST(ThreadPool, TimeoutSettlesWithTimedOutAndSignalsStop) {
-  crew::ThreadPool pool({.max_threads = 1});
+  crew::ThreadPool pool({.max_workers = 1});
   std::atomic<bool> saw_stop{false};
   const auto t0 = std::chrono::steady_clock::now();
   auto f = pool.run(crew::RunOptions{.timeout = 50ms}, [&](std::stop_token st) {
@@ -264,10 +264,53 @@ TEST(ThreadPool, TimeoutSettlesWithTimedOutAndSignalsStop) {
   EXPECT_EQ(pool.run(crew::RunOptions{.timeout = 10s}, [] { return 5; }).get(), 5);
 }
 
+// As ProcessPoolStats: a timeout is counted in timed_out, a cancellation in cancelled, never
+// both, and a task that throws after its deadline was a timeout, not a failure.
+TEST(ThreadPool, TimeoutsAreCountedApartFromCancellations) {
+  crew::ThreadPool pool({.max_workers = 1});
+  auto timed = pool.run(crew::RunOptions{.timeout = 20ms}, [](std::stop_token st) {
+    while (!st.stop_requested()) std::this_thread::yield();
+    return 1;
+  });
+  EXPECT_THROW(timed.get(), crew::TimedOut);
+  // Counted before the Future became ready, while the task may still be returning.
+  EXPECT_EQ(pool.stats().timed_out, 1U);
+  pool.wait_idle();
+  auto s = pool.stats();
+  EXPECT_EQ(s.timed_out, 1U);
+  EXPECT_EQ(s.cancelled, 0U);
+  EXPECT_EQ(s.completed, 0U);
+
+  auto throws_late = pool.run(crew::RunOptions{.timeout = 20ms}, [](std::stop_token st) {
+    while (!st.stop_requested()) std::this_thread::yield();
+    throw std::runtime_error("stopped");
+  });
+  EXPECT_THROW(throws_late.get(), crew::TimedOut);
+  pool.wait_idle();
+  s = pool.stats();
+  EXPECT_EQ(s.timed_out, 2U);
+  EXPECT_EQ(s.failed, 0U);
+
+  // Cancelled while running, well before its deadline.
+  std::latch started(1);
+  auto cancelled = pool.run(crew::RunOptions{.timeout = 60s}, [&](std::stop_token st) {
+    started.count_down();
+    while (!st.stop_requested()) std::this_thread::yield();
+    return 2;
+  });
+  started.wait();
+  EXPECT_TRUE(cancelled.cancel());
+  EXPECT_THROW(cancelled.get(), crew::Cancelled);
+  pool.wait_idle();
+  s = pool.stats();
+  EXPECT_EQ(s.cancelled, 1U);
+  EXPECT_EQ(s.timed_out, 2U);
+}
+
 // The timer thread sleeps until the earliest deadline it knows of; a shorter timeout armed later
 // must wake it, and one armed after the earliest task finished must too.
 TEST(ThreadPool, AShortTimeoutArmedAfterALongOneExpiresOnTime) {
-  crew::ThreadPool pool({.max_threads = 2});
+  crew::ThreadPool pool({.max_workers = 2});
   auto spin_until_stopped = [](std::stop_token st) {
     while (!st.stop_requested()) std::this_thread::yield();
     return 0;
@@ -289,7 +332,7 @@ TEST(ThreadPool, AShortTimeoutArmedAfterALongOneExpiresOnTime) {
 }
 
 TEST(ThreadPool, TimeoutCountsFromStartNotFromSubmission) {
-  crew::ThreadPool pool({.max_threads = 1});
+  crew::ThreadPool pool({.max_workers = 1});
   Gate gate;
   auto blocker = pool.run(gate.body());
   gate.entered.wait();
@@ -306,14 +349,14 @@ TEST(ThreadPool, TimeoutCountsFromStartNotFromSubmission) {
 }
 
 TEST(ThreadPool, InvalidRunOptionsThrow) {
-  crew::ThreadPool pool({.max_threads = 1});
+  crew::ThreadPool pool({.max_workers = 1});
   EXPECT_THROW((void)pool.run(crew::RunOptions{.timeout = -1ms}, [] {}), std::invalid_argument);
 }
 
 // A thread task that crashed took the process with it, and one that timed out may still be
 // running: only a ProcessPool retries.
 TEST(ThreadPool, RetriesAreRefusedAndNameTheProcessPool) {
-  crew::ThreadPool pool({.max_threads = 1});
+  crew::ThreadPool pool({.max_workers = 1});
   std::atomic<int> runs{0};
   auto task = [&] { return ++runs; };
   EXPECT_THAT([&] { (void)pool.run(crew::RunOptions{.attempts = 3}, task); },
@@ -330,7 +373,7 @@ TEST(ThreadPool, RetriesAreRefusedAndNameTheProcessPool) {
 }
 
 TEST(ThreadPool, HigherPriorityRunsFirst) {
-  crew::ThreadPool pool({.max_threads = 1});
+  crew::ThreadPool pool({.max_workers = 1});
   Gate gate;
   auto blocker = pool.run(gate.body());
   gate.entered.wait();
@@ -350,7 +393,7 @@ TEST(ThreadPool, HigherPriorityRunsFirst) {
 }
 
 TEST(ThreadPool, LowPriorityIsNotStarved) {
-  crew::ThreadPool pool({.max_threads = 1});
+  crew::ThreadPool pool({.max_workers = 1});
   Gate gate;
   auto blocker = pool.run(gate.body());
   gate.entered.wait();
@@ -369,7 +412,7 @@ TEST(ThreadPool, LowPriorityIsNotStarved) {
 }
 
 TEST(ThreadPool, MoreDistinctPrioritiesThanLanesStillRunInOrder) {
-  crew::ThreadPool pool({.max_threads = 1});
+  crew::ThreadPool pool({.max_workers = 1});
   Gate gate;
   auto blocker = pool.run(gate.body());
   gate.entered.wait();
@@ -393,7 +436,7 @@ TEST(ThreadPool, MoreDistinctPrioritiesThanLanesStillRunInOrder) {
 }
 
 TEST(ThreadPool, BusyThreadDoesNotHoldBackQueuedWorkFromAnIdleOne) {
-  crew::ThreadPool pool({.max_threads = 2});
+  crew::ThreadPool pool({.max_workers = 2});
   std::latch first_started(1);
   std::latch second_ran(1);
   // The first task blocks (without helping) until the second has run: only the other thread can
@@ -410,7 +453,7 @@ TEST(ThreadPool, BusyThreadDoesNotHoldBackQueuedWorkFromAnIdleOne) {
 }
 
 TEST(ThreadPool, PostedExceptionsGoToOnError) {
-  crew::ThreadPool pool({.max_threads = 2});
+  crew::ThreadPool pool({.max_workers = 2});
   std::mutex m;
   std::vector<std::string> errors;
   pool.on_error([&](std::exception_ptr e) {
@@ -435,7 +478,7 @@ TEST(ThreadPool, PostedExceptionsGoToOnError) {
 }
 
 TEST(ThreadPool, WaitIdleSeesEveryPostedTask) {
-  crew::ThreadPool pool({.max_threads = 2});
+  crew::ThreadPool pool({.max_workers = 2});
   std::atomic<int> count{0};
   for (int round = 0; round < 20; ++round) {
     for (int i = 0; i < 1000; ++i)
@@ -446,7 +489,7 @@ TEST(ThreadPool, WaitIdleSeesEveryPostedTask) {
 }
 
 TEST(ThreadPool, ConcurrentWaitIdleDoesNotDeadlock) {
-  crew::ThreadPool pool({.max_threads = 2});
+  crew::ThreadPool pool({.max_workers = 2});
   std::atomic<bool> done{false};
   std::atomic<int> count{0};
   auto waiter = [&] {
@@ -463,7 +506,7 @@ TEST(ThreadPool, ConcurrentWaitIdleDoesNotDeadlock) {
 }
 
 TEST(ThreadPool, WaitIdleFromPoolThreadIsAnError) {
-  crew::ThreadPool pool({.max_threads = 1});
+  crew::ThreadPool pool({.max_workers = 1});
   auto f = pool.run([&] { pool.wait_idle(); });
   EXPECT_THROW(f.get(), std::logic_error);
 }
@@ -477,14 +520,14 @@ long fib(crew::ThreadPool& pool, int n) {
 }
 
 TEST(ThreadPool, ForkJoinOnOneThreadCompletes) {
-  crew::ThreadPool pool({.max_threads = 1});
+  crew::ThreadPool pool({.max_workers = 1});
   auto f = pool.run([&] { return fib(pool, 22); });
   ASSERT_TRUE(f.wait_for(60s)) << "fork-join deadlocked";
   EXPECT_EQ(f.get(), 17711);
 }
 
 TEST(ThreadPool, IdleThreadsStealNestedTasks) {
-  crew::ThreadPool pool({.max_threads = 2});
+  crew::ThreadPool pool({.max_workers = 2});
   // Both children must run at the same time to pass the latch: one on the parent's thread (it
   // helps while waiting), the other only if the second thread steals it from the parent's deque.
   auto parent = pool.run([&] {
@@ -500,7 +543,7 @@ TEST(ThreadPool, IdleThreadsStealNestedTasks) {
 }
 
 TEST(ThreadPool, PoolThreadWaitingOnExternalFutureStillRunsNewWork) {
-  crew::ThreadPool pool({.max_threads = 1});
+  crew::ThreadPool pool({.max_workers = 1});
   crew::Promise<int> promise;
   auto waiter = pool.run([f = promise.get_future()]() mutable { return f.get(); });
   // Only the one pool thread can run this, and it is inside waiter's get().
@@ -512,8 +555,8 @@ TEST(ThreadPool, PoolThreadWaitingOnExternalFutureStillRunsNewWork) {
 
 TEST(ThreadPool, GrowsUnderLoadAndShrinksWhenIdle) {
   const auto idle_timeout = 100ms;
-  crew::ThreadPool pool({.min_threads = 1, .max_threads = 4, .idle_timeout = idle_timeout});
-  EXPECT_EQ(pool.stats().threads, 1U);
+  crew::ThreadPool pool({.min_workers = 1, .max_workers = 4, .idle_timeout = idle_timeout});
+  EXPECT_EQ(pool.stats().workers, 1U);
   // Taken before any task can finish, so no thread can have been idle since before t0.
   const auto t0 = std::chrono::steady_clock::now();
   // Four tasks that can only finish together: passes only if the pool grew to four threads.
@@ -525,19 +568,19 @@ TEST(ThreadPool, GrowsUnderLoadAndShrinksWhenIdle) {
   for (int i = 0; i < 4; ++i) {
     fs.push_back(pool.run([&] {
       all_four.arrive_and_wait();
-      if (pool.stats().threads == 4) ++saw_four;
+      if (pool.stats().workers == 4) ++saw_four;
       all_read.arrive_and_wait();
     }));
   }
-  for (auto& f : fs) ASSERT_TRUE(f.wait_for(30s)) << "pool did not grow to max_threads";
+  for (auto& f : fs) ASSERT_TRUE(f.wait_for(30s)) << "pool did not grow to max_workers";
   EXPECT_EQ(saw_four.load(), 4);
   // The shrink should take about idle_timeout; wait for it with a generous deadline (polling a
   // snapshot is the observation, not the synchronisation).
-  while (pool.stats().threads > 1 && std::chrono::steady_clock::now() - t0 < 30s) {
+  while (pool.stats().workers > 1 && std::chrono::steady_clock::now() - t0 < 30s) {
     std::this_thread::sleep_for(1ms);
   }
   const auto took = std::chrono::steady_clock::now() - t0;
-  EXPECT_EQ(pool.stats().threads, 1U) << "the pool did not shrink within 30 s";
+  EXPECT_EQ(pool.stats().workers, 1U) << "the pool did not shrink within 30 s";
   // Not before idle_timeout: every thread ran a task that finished after t0.
   EXPECT_GE(took, idle_timeout);
   // And it still works at the minimum size.
@@ -558,7 +601,7 @@ TEST_P(DestroyWhileProducersSubmit, LosesNothing) {
     std::atomic<bool> stop{false};
     // Bounded, with producers waiting for space: close() must also wake a blocked producer.
     auto pool = std::make_unique<crew::ThreadPool>(
-        crew::PoolOptions{.max_threads = 2, .max_queue = 16, .on_full = crew::OnFull::wait});
+        crew::PoolOptions{.max_workers = 2, .max_queue = 16, .on_full = crew::OnFull::wait});
     std::thread producer([&] {
       while (!stop.load()) {
         try {
@@ -592,7 +635,7 @@ INSTANTIATE_TEST_SUITE_P(ThreadPool, DestroyWhileProducersSubmit, ::testing::Ran
 TEST(ThreadPool, DestructorDrainsNestedWork) {
   std::atomic<int> ran{0};
   for (int c = 0; c < 1000 / kScale; ++c) {
-    crew::ThreadPool pool({.max_threads = 2});
+    crew::ThreadPool pool({.max_workers = 2});
     for (int i = 0; i < 4; ++i) {
       pool.post([&] {
         pool.post([&] {
@@ -607,7 +650,7 @@ TEST(ThreadPool, DestructorDrainsNestedWork) {
 }
 
 TEST(ThreadPool, TerminateRejectsQueuedAndStopsRunning) {
-  crew::ThreadPool pool({.max_threads = 1});
+  crew::ThreadPool pool({.max_workers = 1});
   std::latch started(1);
   auto running = pool.run([&](std::stop_token st) {
     started.count_down();
@@ -635,9 +678,8 @@ TEST(ThreadPool, InvalidOptionsNameTheField) {
     }
     return "";
   };
-  EXPECT_NE(message({.max_threads = 0}).find("max_threads (0)"), std::string::npos);
-  EXPECT_NE(message({.max_threads = 5000}).find("max_threads (5000)"), std::string::npos);
-  EXPECT_NE(message({.min_threads = 5, .max_threads = 4}).find("min_threads (5)"),
+  EXPECT_NE(message({.max_workers = 5000}).find("max_workers (5000)"), std::string::npos);
+  EXPECT_NE(message({.min_workers = 5, .max_workers = 4}).find("min_workers (5)"),
             std::string::npos);
   EXPECT_NE(message({.idle_timeout = -1ms}).find("idle_timeout"), std::string::npos);
   EXPECT_NE(message({.name = ""}).find("name"), std::string::npos);
@@ -650,7 +692,12 @@ TEST(ThreadPool, DefaultsComeFromCrewThreads) {
       {
         setenv("CREW_THREADS", "3", 1);
         crew::ThreadPool pool;
-        std::exit(crew::default_thread_count() == 3 && pool.stats().threads == 3 ? 0 : 1);
+        // max_workers 0, the default, is default_thread_count() as for every worker count.
+        crew::ThreadPool zero({.max_workers = 0});
+        std::exit(crew::default_thread_count() == 3 && pool.stats().workers == 3 &&
+                          zero.thread_count() == 3
+                      ? 0
+                      : 1);
       },
       ::testing::ExitedWithCode(0), "");
   EXPECT_EXIT(
@@ -662,12 +709,12 @@ TEST(ThreadPool, DefaultsComeFromCrewThreads) {
 }
 
 TEST(ThreadPool, StatsCountAndTime) {
-  crew::ThreadPool pool({.max_threads = 2});
+  crew::ThreadPool pool({.max_workers = 2});
   Gate gate;
   auto blocker = pool.run(gate.body());
   gate.entered.wait();
   auto during = pool.stats();
-  EXPECT_EQ(during.threads, 2U);
+  EXPECT_EQ(during.workers, 2U);
   EXPECT_EQ(during.busy, 1U);
   EXPECT_EQ(during.idle, 1U);
   gate.release();
@@ -687,7 +734,7 @@ TEST(ThreadPool, StatsCountAndTime) {
 }
 
 TEST(ThreadPool, ThreadsAreNamed) {
-  crew::ThreadPool pool({.max_threads = 1, .name = "imgs"});
+  crew::ThreadPool pool({.max_workers = 1, .name = "imgs"});
   const std::string name = pool.run([] {
                                  char buf[16] = {};
                                  pthread_getname_np(pthread_self(), buf, sizeof buf);
@@ -699,7 +746,7 @@ TEST(ThreadPool, ThreadsAreNamed) {
 }
 
 TEST(ThreadPool, IsAnExecutorForThen) {
-  crew::ThreadPool pool({.max_threads = 1, .name = "cont"});
+  crew::ThreadPool pool({.max_workers = 1, .name = "cont"});
   crew::Promise<int> p;
   auto f = p.get_future().then(
       [](int v) {
@@ -713,7 +760,7 @@ TEST(ThreadPool, IsAnExecutorForThen) {
 }
 
 TEST(ThreadPool, ManyProducersNothingLost) {
-  crew::ThreadPool pool({.max_threads = 2});
+  crew::ThreadPool pool({.max_workers = 2});
   std::atomic<long> sum{0};
   std::vector<std::thread> producers;
   const int per = 20000 / kScale;

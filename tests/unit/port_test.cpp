@@ -160,7 +160,7 @@ TEST(MessagePort, OnMessageDeliversOnTheChosenLoopInOrder) {
 }
 
 TEST(MessagePort, OnMessageOnAPoolKeepsOrder) {
-  crew::ThreadPool pool({.max_threads = 2});
+  crew::ThreadPool pool({.max_workers = 2});
   crew::MessageChannel ch;
   std::mutex m;
   std::vector<std::int64_t> got;

@@ -38,7 +38,7 @@ auto stubborn(std::latch& open) {
 }
 
 TEST(StuckThreads, AStuckThreadIsReplacedAndTheExtraThreadLeavesWhenItReturns) {
-  crew::ThreadPool pool({.max_threads = 1, .max_stuck_replacements = 1, .name = "stuck"});
+  crew::ThreadPool pool({.max_workers = 1, .max_stuck_replacements = 1, .name = "stuck"});
   std::latch open(1);
   auto stuck = pool.run(crew::RunOptions{.timeout = 20ms}, stubborn(open));
   EXPECT_THROW(stuck.get(), crew::TimedOut);
@@ -48,7 +48,7 @@ TEST(StuckThreads, AStuckThreadIsReplacedAndTheExtraThreadLeavesWhenItReturns) {
   ASSERT_TRUE(quick.wait_for(kPatience));
   EXPECT_EQ(quick.get(), 42);
   crew::PoolStats s = pool.stats();
-  EXPECT_EQ(s.threads, 2u);
+  EXPECT_EQ(s.workers, 2u);
   EXPECT_EQ(s.stuck, 1u);
   EXPECT_EQ(s.stuck_total, 1u);
 
@@ -62,7 +62,7 @@ TEST(StuckThreads, AStuckThreadIsReplacedAndTheExtraThreadLeavesWhenItReturns) {
 }
 
 TEST(StuckThreads, WithoutReplacementsTheStuckTaskHoldsItsThread) {
-  crew::ThreadPool pool({.max_threads = 1, .name = "stuck"});
+  crew::ThreadPool pool({.max_workers = 1, .name = "stuck"});
   std::latch open(1);
   auto stuck = pool.run(crew::RunOptions{.timeout = 20ms}, stubborn(open));
   EXPECT_THROW(stuck.get(), crew::TimedOut);
@@ -71,14 +71,14 @@ TEST(StuckThreads, WithoutReplacementsTheStuckTaskHoldsItsThread) {
   // Nothing may run it while the one thread is held (a wait that can only show a wrong pass,
   // never a wrong failure).
   EXPECT_FALSE(waiting.wait_for(300ms));
-  EXPECT_EQ(pool.stats().threads, 1u);
+  EXPECT_EQ(pool.stats().workers, 1u);
   open.count_down();
   EXPECT_EQ(waiting.get(), 1);
   EXPECT_TRUE(eventually([&] { return pool.stats().stuck == 0; }));
 }
 
 TEST(StuckThreads, ReplacementsStopAtTheBound) {
-  crew::ThreadPool pool({.max_threads = 1, .max_stuck_replacements = 1, .name = "stuck"});
+  crew::ThreadPool pool({.max_workers = 1, .max_stuck_replacements = 1, .name = "stuck"});
   std::latch open(1);
   auto first = pool.run(crew::RunOptions{.timeout = 20ms}, stubborn(open));
   EXPECT_THROW(first.get(), crew::TimedOut);
@@ -89,7 +89,7 @@ TEST(StuckThreads, ReplacementsStopAtTheBound) {
   ASSERT_TRUE(eventually([&] { return pool.stats().stuck == 2; }));
   auto waiting = pool.run([] { return 3; });
   EXPECT_FALSE(waiting.wait_for(300ms));
-  EXPECT_EQ(pool.stats().threads, 2u);
+  EXPECT_EQ(pool.stats().workers, 2u);
   open.count_down();
   EXPECT_EQ(waiting.get(), 3);
   ASSERT_TRUE(eventually([&] { return pool.thread_count() == 1; }));
@@ -97,7 +97,7 @@ TEST(StuckThreads, ReplacementsStopAtTheBound) {
 }
 
 TEST(StuckThreads, ATaskThatHonoursItsStopTokenIsNeverStuck) {
-  crew::ThreadPool pool({.max_threads = 1, .max_stuck_replacements = 1, .name = "stuck"});
+  crew::ThreadPool pool({.max_workers = 1, .max_stuck_replacements = 1, .name = "stuck"});
   std::latch returned(1);
   auto f = pool.run(crew::RunOptions{.timeout = 20ms}, [&returned](std::stop_token stop) {
     while (!stop.stop_requested()) std::this_thread::yield();
@@ -110,7 +110,7 @@ TEST(StuckThreads, ATaskThatHonoursItsStopTokenIsNeverStuck) {
   const crew::PoolStats s = pool.stats();
   EXPECT_EQ(s.stuck, 0u);
   EXPECT_EQ(s.stuck_total, 0u);
-  EXPECT_EQ(s.threads, 1u);
+  EXPECT_EQ(s.workers, 1u);
 }
 
 TEST(StuckThreads, TheBoundIsValidated) {

@@ -156,7 +156,7 @@ int run_pipe(const PipeOptions& o) {
 
   SignalWatcher signals;
   const std::size_t threads = o.threads ? o.threads : default_thread_count();
-  ThreadPool pool({.max_threads = threads, .name = "crew-pipe"});
+  ThreadPool pool({.max_workers = threads, .name = "crew-pipe"});
   const cs::CodecStageOptions on_pool{.pool = &pool};
   Progress progress(total, !o.no_progress && (o.progress || isatty(STDERR_FILENO) == 1));
   std::uint64_t done = 0;

@@ -61,7 +61,9 @@ Command add_serve_command(CLI::App& app) {
       ->envname("CREW_ISOLATION")
       ->check(CLI::IsMember({"thread", "process"}))
       ->capture_default_str();
-  serve->add_option("--workers", config->workers, "Pool threads or processes (0: one per core)")
+  serve
+      ->add_option("--workers", config->workers,
+                   "Pool threads or processes (0: CREW_THREADS, else one per core)")
       ->envname("CREW_WORKERS")
       ->capture_default_str();
   serve->add_option("--io-threads", config->io_threads, "Threads doing HTTP I/O")
@@ -98,7 +100,7 @@ Command add_serve_command(CLI::App& app) {
       ->envname("CREW_MAX_TASK_TIMEOUT_MS")
       ->check(CLI::NonNegativeNumber);
   serve
-      ->add_option("--max-stuck-threads", config->max_stuck_threads,
+      ->add_option("--max-stuck-threads", config->max_stuck_replacements,
                    "Thread isolation: threads added for tasks stuck past their timeout (they "
                    "ignore their stop request); once all are in use /readyz answers 503. "
                    "Default: --workers")
@@ -159,8 +161,9 @@ Command add_serve_command(CLI::App& app) {
       ->envname("CREW_MAX_RESTARTS")
       ->capture_default_str();
   serve
-      ->add_option("--max-memory-restart", config->max_memory_restart,
-                   "Cluster: reload a worker whose RSS goes above this many bytes (0: never)")
+      ->add_option("--max-memory-restart", config->max_rss_restart_bytes,
+                   "Cluster: reload a worker whose resident memory goes above this many bytes "
+                   "(ClusterOptions::max_rss_restart_bytes; 0: never)")
       ->envname("CREW_MAX_MEMORY_RESTART")
       ->capture_default_str();
   serve

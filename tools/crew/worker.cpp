@@ -35,7 +35,7 @@ struct WorkerConfig {
   std::string url = "redis://127.0.0.1:6379";
   std::string queue = "default";
   std::vector<std::string> plugins;
-  std::size_t concurrency = 0;
+  std::size_t workers = 0;
   std::string isolation = "process";
   std::int64_t lease_ms = 30'000;
   std::int64_t prefetch_ms = 2;
@@ -57,7 +57,7 @@ std::string worker_metrics(const redis::Worker& worker, const std::string& queue
     out += fmt::format("crew_worker_jobs_total{{outcome=\"{}\"}} {}\n", outcome, n);
   }
   out += fmt::format(
-      "# HELP crew_worker_prefetch Jobs this worker may now hold beyond its concurrency.\n"
+      "# HELP crew_worker_prefetch Jobs this worker may now hold beyond its --workers.\n"
       "# TYPE crew_worker_prefetch gauge\n"
       "crew_worker_prefetch {}\n",
       w.prefetch);
@@ -92,7 +92,7 @@ int run_worker(const WorkerConfig& config) {
 
   redis::WorkerOptions options{.url = config.url,
                                .queue = config.queue,
-                               .concurrency = config.concurrency,
+                               .workers = config.workers,
                                .lease = std::chrono::milliseconds(config.lease_ms),
                                .isolation = config.isolation == "thread"
                                                 ? redis::Isolation::thread
@@ -161,8 +161,9 @@ Command add_worker_command(CLI::App& app) {
                   " (repeatable)")
       ->envname("CREW_PLUGINS")
       ->delimiter(':');
-  cmd->add_option("--concurrency", config->concurrency, "Jobs at once (0: one per core)")
-      ->envname("CREW_CONCURRENCY")
+  cmd->add_option("--workers", config->workers,
+                  "Jobs at once: pool threads or processes (0: CREW_THREADS, else one per core)")
+      ->envname("CREW_WORKERS")
       ->capture_default_str();
   cmd->add_option("--isolation", config->isolation,
                   "Where tasks run: process (a ProcessPool) or thread (a ThreadPool)")
@@ -175,7 +176,7 @@ Command add_worker_command(CLI::App& app) {
       ->check(CLI::Range(std::int64_t{1'000}, std::int64_t{24} * 3'600'000))
       ->capture_default_str();
   cmd->add_option("--prefetch-ms", config->prefetch_ms,
-                  "Hold as many jobs beyond --concurrency as this worker finishes in this long "
+                  "Hold as many jobs beyond --workers as this worker finishes in this long "
                   "(at most 64; 0: none): short jobs then travel many per Redis call")
       ->envname("CREW_PREFETCH_MS")
       ->check(CLI::Range(std::int64_t{0}, std::int64_t{60'000}))

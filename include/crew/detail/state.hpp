@@ -79,6 +79,21 @@ class StateBase {
   bool try_claim() noexcept {
     return (word_.fetch_or(kClaimed, std::memory_order_acq_rel) & kClaimed) == 0;
   }
+  /// try_claim() for a timeout: the claim is marked in the same atomic step, so a settler that
+  /// lost the race learns why at once (timed_out_claim()) and a pool counts the task once.
+  bool try_claim_timeout() noexcept {
+    std::uint32_t s = word_.load(std::memory_order_relaxed);
+    while ((s & kClaimed) == 0) {
+      if (word_.compare_exchange_weak(s, s | kClaimed | kTimedOut, std::memory_order_acq_rel)) {
+        return true;
+      }
+    }
+    return false;
+  }
+  /// True once try_claim_timeout() won the claim.
+  [[nodiscard]] bool timed_out_claim() const noexcept {
+    return (word_.load(std::memory_order_acquire) & kTimedOut) != 0;
+  }
 
   /// Makes the result visible, wakes blocked waiters and runs the continuation, if any: here, or
   /// through `deferral` when one is given (unless the continuation hands_off()). The caller must
@@ -131,6 +146,7 @@ class StateBase {
   static constexpr std::uint32_t kReady = 2;
   static constexpr std::uint32_t kWaiters = 4;
   static constexpr std::uint32_t kContinuation = 8;
+  static constexpr std::uint32_t kTimedOut = 16;
 
   void block_until_ready(std::chrono::nanoseconds slice) const noexcept;
 

@@ -19,7 +19,9 @@
 
 namespace crew::inline v0::detail {
 
-enum class Outcome : std::uint8_t { completed, failed, cancelled };
+/// How a task ended, for the pool's counters. timed_out comes from a settle that lost to the
+/// timer (which counted it already).
+enum class Outcome : std::uint8_t { completed, failed, cancelled, timed_out };
 
 /// Memory for tasks, recycled per thread (see src/core/task_alloc.cpp).
 void* allocate_task(std::size_t size);
@@ -50,9 +52,11 @@ class Task : public QueueNode {
   virtual void reject(std::exception_ptr why) noexcept = 0;
   /// Already settled (cancelled while queued): skip it.
   [[nodiscard]] virtual bool settled() const noexcept { return false; }
-  /// The timeout passed while running: settle with TimedOut and request stop. The Future's
+  /// The timeout passed while running: settle with TimedOut, bump `timed_out` (before the Future
+  /// is ready, so a waiter woken by it sees the count) and request stop. The Future's
   /// continuation, if any, goes through `deferral` (never runs on the timer thread).
-  virtual void expire(ContinuationDeferral* /*deferral*/) noexcept {}
+  virtual void expire(ContinuationDeferral* /*deferral*/,
+                      std::atomic<std::uint64_t>& /*timed_out*/) noexcept {}
   /// Takes a reference for the timer thread, which expires a task outside its lock (the task may
   /// finish and be dropped meanwhile); released with drop(). Only timed tasks are ever retained.
   virtual void retain() noexcept {}
@@ -96,21 +100,28 @@ class FutureTask final : public State<R>, public Task {
     try {
       if constexpr (std::is_void_v<R>) {
         invoke();
-        return this->set_value() ? Outcome::completed : Outcome::cancelled;
+        return this->set_value() ? Outcome::completed : lost();
       } else {
-        return this->set_value(invoke()) ? Outcome::completed : Outcome::cancelled;
+        return this->set_value(invoke()) ? Outcome::completed : lost();
       }
     } catch (...) {
       error = std::current_exception();
     }
     // Settled after the catch block has ended, so this thread holds no reference to the exception
     // once the Future is ready.
-    return this->set_exception(std::move(error)) ? Outcome::failed : Outcome::cancelled;
+    return this->set_exception(std::move(error)) ? Outcome::failed : lost();
   }
   void reject(std::exception_ptr why) noexcept override { this->set_exception(std::move(why)); }
   [[nodiscard]] bool settled() const noexcept override { return this->claimed(); }
-  void expire(ContinuationDeferral* deferral) noexcept override {
-    this->set_exception(make_timed_out(timeout), deferral);
+  void expire(ContinuationDeferral* deferral,
+              std::atomic<std::uint64_t>& timed_out) noexcept override {
+    auto error = make_timed_out(timeout);
+    if (this->try_claim_timeout()) {
+      // Only the timer thread writes this counter.
+      timed_out.store(timed_out.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+      this->error_ = std::move(error);
+      this->publish(deferral);
+    }
     request_stop();
   }
   void retain() noexcept override { this->add_ref(); }
@@ -138,6 +149,10 @@ class FutureTask final : public State<R>, public Task {
     FutureTask* self;
     void operator()() const noexcept { self->cancel(); }
   };
+  // The task's own result came too late: who settled first says how it counts.
+  Outcome lost() const noexcept {
+    return this->timed_out_claim() ? Outcome::timed_out : Outcome::cancelled;
+  }
   decltype(auto) invoke() {
     if constexpr (kStopAware) {
       return std::invoke(fn_, stop_.get_token());

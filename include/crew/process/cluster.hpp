@@ -22,7 +22,7 @@
 #include <string>
 #include <vector>
 
-#include <crew/memory.hpp>  // resident_memory_bytes, which max_memory_restart checks
+#include <crew/memory.hpp>  // resident_memory_bytes, which max_rss_restart_bytes checks
 #include <crew/shared_buffer.hpp>
 
 namespace crew {
@@ -50,8 +50,9 @@ struct ClusterOptions {
   std::chrono::milliseconds restart_backoff{100};
   /// stop() or SIGTERM: how long workers get to drain before SIGKILL.
   std::chrono::milliseconds shutdown_timeout{10'000};
-  /// A worker whose resident memory goes above this many bytes is reloaded gracefully (0: never).
-  std::size_t max_memory_restart = 0;
+  /// A worker whose resident memory goes above this many bytes is reloaded gracefully (0: never;
+  /// PM2's max_memory_restart). Named as ProcessPoolOptions::max_rss_restart_bytes, its twin.
+  std::size_t max_rss_restart_bytes = 0;
 };
 
 /// Another worker's latest published state (see ClusterWorker::publish).

@@ -39,9 +39,11 @@ struct ProcessPoolOptions {
   /// The tasks this program registers. With the default executable (this program) the pool
   /// checks task names against it before sending; may be null with `executable`.
   const Tasks* tasks = nullptr;
-  /// Workers kept alive even when idle (started at construction).
+  /// Workers kept alive even when idle (started at construction); 0 (the default) is a real
+  /// value: none, workers start on demand. (PoolOptions::min_workers defaults to max_workers.)
   std::size_t min_workers = 0;
-  /// Most worker processes at once; 0 means default_thread_count().
+  /// Most worker processes at once; 0 (the default) means default_thread_count(), as every
+  /// worker count in crew.
   std::size_t max_workers = 0;
   /// A worker above min_workers idle this long exits.
   std::chrono::milliseconds idle_timeout{30'000};

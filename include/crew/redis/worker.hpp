@@ -17,7 +17,7 @@
 namespace crew::inline v0::redis {
 
 enum class Isolation {
-  /// A ProcessPool of `concurrency` processes: a crash or a timeout kills one process and fails
+  /// A ProcessPool of `workers` processes: a crash or a timeout kills one process and fails
   /// one job. The program must call crew::worker_main(tasks) when crew::is_worker_process().
   process,
   /// A ThreadPool: cheaper, but a crash ends the whole worker and a timed-out or lost task keeps
@@ -29,8 +29,9 @@ struct WorkerOptions {
   std::string url = "redis://127.0.0.1:6379";
   /// The queue's name, as in QueueOptions::name.
   std::string queue = "default";
-  /// Jobs run at once; 0: crew::default_thread_count().
-  std::size_t concurrency = 0;
+  /// Jobs run at once: the threads or processes of the Worker's pool (as ProcessPoolOptions::
+  /// max_workers and `crew serve --workers`); 0: crew::default_thread_count().
+  std::size_t workers = 0;
   /// A running job's lease: renewed every lease/3 by a thread of its own; a worker silent for
   /// longer loses its jobs to others. At least 1 s.
   std::chrono::milliseconds lease{30'000};
@@ -38,7 +39,7 @@ struct WorkerOptions {
   /// A job whose worker stopped renewing its lease runs again this many times at most, then is
   /// dead-lettered as WorkerCrashed.
   int max_reclaims = 3;
-  /// Prefetch: besides the `concurrency` jobs it runs, a worker holds as many more (waiting in its
+  /// Prefetch: besides the `workers` jobs it runs, a worker holds as many more (waiting in its
   /// pool's queue, leased to it) as it expects to finish within this window, from the run time of
   /// the jobs it finished, and at most 64. Short jobs are then taken and reported many per Redis
   /// call; jobs longer than the window are never held back from other workers. 0: off.
@@ -62,7 +63,7 @@ struct WorkerStats {
   std::uint64_t lost = 0;       ///< leases lost: the task was stopped, its outcome never reported
   std::uint64_t released = 0;   ///< jobs handed back by stop()
   std::uint64_t refused = 0;    ///< outcomes Redis refused (the lease had moved on meanwhile)
-  /// Now: jobs this worker may hold beyond `concurrency` (see WorkerOptions::prefetch_window).
+  /// Now: jobs this worker may hold beyond `workers` (see WorkerOptions::prefetch_window).
   std::uint64_t prefetch = 0;
 };
 
@@ -71,7 +72,7 @@ struct WorkerStats {
 ///     crew::Tasks tasks;
 ///     tasks.add("fib", fib);
 ///     if (crew::is_worker_process()) return crew::worker_main(tasks);
-///     crew::redis::Worker worker(tasks, {.url = url, .queue = "images", .concurrency = 4});
+///     crew::redis::Worker worker(tasks, {.url = url, .queue = "images", .workers = 4});
 ///     ...  // until asked to stop
 ///     worker.stop(10s);
 ///

@@ -19,7 +19,7 @@
 
 int main() {
   try {
-    crew::ThreadPool pool({.max_threads = 2});
+    crew::ThreadPool pool({.max_workers = 2});
     crew::Future<int> answer = pool.run([](int a, int b) { return a * b; }, 6, 7);
     const int got = answer.get();
     if (got != 42) {

@@ -54,7 +54,7 @@ done
 start_redis "$work"
 url="redis://127.0.0.1:$redis_port"
 
-"$crew" worker --redis "$url" --queue s --concurrency 2 >"$work/worker" 2>&1 &
+"$crew" worker --redis "$url" --queue s --workers 2 >"$work/worker" 2>&1 &
 worker=$!
 "$crew" serve --port 0 --backend "$url" --queue s --log-format off >"$work/serve" 2>&1 &
 pid=$!

@@ -27,7 +27,7 @@ grep -q "127.0.0.1:$closed" "$work/unreachable" || fail "no URL in: $(cat "$work
 start_redis "$work"
 port=$redis_port
 
-"$crew" worker --redis "redis://127.0.0.1:$port" --queue t --concurrency 2 \
+"$crew" worker --redis "redis://127.0.0.1:$port" --queue t --workers 2 \
   --metrics-port 0 >"$work/out" 2>&1 &
 pid=$!
 for _ in $(seq 1 3000); do  # up to 30 s: sanitizer builds start slowly
