@@ -10,7 +10,7 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 
-#include "crypto_error.hpp"
+#include "common/crypto_error.hpp"
 
 namespace crew::serve_app {
 namespace {

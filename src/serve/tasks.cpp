@@ -16,7 +16,7 @@
 
 #include <crew/errors.hpp>
 
-#include "crypto_error.hpp"
+#include "common/crypto_error.hpp"
 
 namespace crew::serve_app {
 namespace {

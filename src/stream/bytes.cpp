@@ -18,7 +18,7 @@
 
 #include <crew/stream/bytes.hpp>
 
-#include "crypto_error.hpp"
+#include "common/crypto_error.hpp"
 
 namespace crew {
 inline namespace v0 {

@@ -19,7 +19,7 @@
 
 #include <crew/stream/codec.hpp>
 
-#include "crypto_error.hpp"
+#include "common/crypto_error.hpp"
 
 namespace crew::inline v0::stream {
 namespace {

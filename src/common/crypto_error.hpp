@@ -1,4 +1,5 @@
-// crew::CryptoError for a failed OpenSSL call, with OpenSSL's own reason (internal).
+// crew::CryptoError for a failed OpenSSL call, with OpenSSL's own reason (internal; shared by
+// crew::stream and crew serve, each of which links OpenSSL privately).
 #pragma once
 
 #include <string>
