@@ -8,11 +8,16 @@
 // and every other request carry on. `legacy_spin_ms` stands for code that never looks at its stop
 // token (crew::this_task::stop_requested()): under thread isolation it keeps its thread past its
 // timeout and through a shutdown deadline; under process isolation its worker is killed.
+// `legacy_wait_for_file` is the same kind of task, but it returns when a file appears (looking
+// every millisecond), so that a test decides when, however busy the machine.
 #include <chrono>
 #include <csignal>
 #include <cstdint>
 #include <sstream>
 #include <string>
+#include <thread>
+
+#include <sys/stat.h>
 
 #include <crew/process/tasks.hpp>
 
@@ -39,10 +44,19 @@ long legacy_spin_ms(long ms) {
   return spins;
 }
 
+long legacy_wait_for_file(const std::string& path) {
+  long looks = 0;
+  for (struct stat st{}; ::stat(path.c_str(), &st) != 0; ++looks) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  return looks;
+}
+
 }  // namespace
 
 extern "C" void crew_register_tasks(crew::Tasks& tasks) {
   tasks.add("word_count", word_count);
   tasks.add("legacy_checksum", legacy_checksum);
   tasks.add("legacy_spin_ms", legacy_spin_ms);
+  tasks.add("legacy_wait_for_file", legacy_wait_for_file);
 }

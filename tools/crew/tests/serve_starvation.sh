@@ -3,8 +3,9 @@
 # sum_range(9e18), which would take years, and hang up. In both isolations, while they run
 # fib(20) still answers; after they hang up the server's CPU use falls back to idle within the
 # task timeout + 1 s. Then, under thread isolation, tasks that ignore their stop token (the example
-# plugin's legacy_spin_ms): each stuck thread is replaced up to --max-stuck-threads, after which
-# /readyz answers 503 and the log names the task; capacity shrinks back when they return.
+# plugin's legacy_wait_for_file, which returns when this script creates its file): each stuck
+# thread is replaced up to --max-stuck-threads, after which /readyz answers 503 and the log names
+# the task; capacity shrinks back when they return.
 #
 #   serve_starvation.sh <path-to-crew> <path-to-libcrew_example_plugin.so>
 set -euo pipefail
@@ -102,30 +103,32 @@ log="$work/stuck.log"
 pid=$!
 port=$(wait_port "$log" 127.0.0.1)
 ready() { [[ $(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/readyz") == "$1" ]]; }
-# They spin 20 s and 15 s: long enough for every look below on a busy machine.
-send_task 5 "$port" legacy_spin_ms "[20000]"
+# They return when their file appears: every look below happens while both are stuck, however
+# long a busy machine takes.
+send_task 5 "$port" legacy_wait_for_file "[\"$work/release\"]"
 until_true "the first task stuck" stat_is "$port" '"stuck":1'
 until_true "a replacement thread" stat_is "$port" '"workers":2'
 ready 200 || fail "/readyz is not 200 with one of two replacements in use"
 read -r code seconds <<<"$(post_fib "$port")"
 [[ $code == 200 ]] || fail "fib(20) got $code beside one stuck thread"
-send_task 6 "$port" legacy_spin_ms "[15000]"
+send_task 6 "$port" legacy_wait_for_file "[\"$work/release\"]"
 until_true "the second task stuck" stat_is "$port" '"stuck":2'
 ready 503 || fail "/readyz is not 503 with every replacement in use"
 grep -q '"reason":"2 tasks ignore' <<<"$(curl -s "http://127.0.0.1:$port/readyz")" ||
   fail "/readyz does not say why: $(curl -s "http://127.0.0.1:$port/readyz")"
-stat_is "$port" '"stuck_tasks":\{"legacy_spin_ms":2\}' ||
+stat_is "$port" '"stuck_tasks":\{"legacy_wait_for_file":2\}' ||
   fail "/api/stats does not name the stuck task: $(get "$port" /api/stats)"
 grep -q '^crew_pool_stuck 2$' <<<"$(get "$port" /metrics)" || fail "/metrics: no crew_pool_stuck 2"
-until_true "the log naming the task" grep -q "task 'legacy_spin_ms' is still running past its 300 ms timeout.*/readyz answers 503" "$log"
+until_true "the log naming the task" grep -q "task 'legacy_wait_for_file' is still running past its 300 ms timeout.*/readyz answers 503" "$log"
 read -r code seconds <<<"$(post_fib "$port")"
 [[ $code == 200 ]] || fail "fib(20) got $code beside two stuck threads"
-# They return after their 20 s: capacity shrinks back to the one worker.
+# Released, they return: capacity shrinks back to the one worker.
+touch "$work/release"
 until_true "the stuck tasks returning" stat_is "$port" '"stuck":0'
 until_true "capacity back to one thread" stat_is "$port" '"workers":1'
 ready 200 || fail "/readyz is not 200 once the stuck tasks returned"
 stat_is "$port" '"stuck_total":2' || fail "stuck_total is not 2: $(get "$port" /api/stats)"
-grep -q "stuck task 'legacy_spin_ms' returned" "$log" || fail "the log does not say they returned"
+grep -q "stuck task 'legacy_wait_for_file' returned" "$log" || fail "the log does not say they returned"
 exec 5<&- 6<&-
 kill -TERM "$pid"
 wait "$pid" || fail "exit $? after SIGTERM: $(cat "$log")"
