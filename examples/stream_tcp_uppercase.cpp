@@ -15,8 +15,8 @@
 #include <thread>
 #include <vector>
 
-#include <crew/stream/net.hpp>
 #include <crew/stream.hpp>
+#include <crew/stream/net.hpp>
 
 namespace cs = crew::stream;
 

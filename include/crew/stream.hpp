@@ -3,11 +3,11 @@
 // public header of the crew::stream target.
 #pragma once
 
-#include <crew/stream/net.hpp>
 #include <crew/stream/bytes.hpp>
 #include <crew/stream/codec.hpp>
 #include <crew/stream/coding.hpp>
 #include <crew/stream/error.hpp>
 #include <crew/stream/flow.hpp>
+#include <crew/stream/net.hpp>
 #include <crew/stream/stages.hpp>
 #include <crew/stream/summary.hpp>
