@@ -1,8 +1,9 @@
 // crew_queue_bench: crew's half of bench/redis/run.sh, which runs it and bullmq_bench.js against
 // the same redis-server and prints them side by side. See bench/README.md.
 //
-//   crew_queue_bench --url redis://127.0.0.1:PORT [--quick]
+//   crew_queue_bench --url redis://127.0.0.1:PORT [--quick] [--only WORKLOAD]
 //
+// --only runs one workload (after the backlog it needs), for profiling Redis or the client.
 // Prints one `key value` line per figure: `<workload>.rate` (jobs/s), `e2e.p50_us`/`e2e.p99_us`,
 // and for every workload the Redis work it caused per job: `<workload>.calls` (commands, the
 // ones the functions run included), `<workload>.cpu_us` (Redis CPU, user + sys) and
@@ -217,14 +218,17 @@ int main(int argc, char** argv) {
   if (crew::is_worker_process()) return crew::worker_main(tasks());
   std::string url;
   bool quick = false;
+  std::string only;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--quick") {
       quick = true;
     } else if (a == "--url" && i + 1 < argc) {
       url = argv[++i];
+    } else if (a == "--only" && i + 1 < argc) {
+      only = argv[++i];
     } else {
-      std::fprintf(stderr, "usage: crew_queue_bench --url redis://HOST:PORT [--quick]\n");
+      std::fprintf(stderr, "usage: crew_queue_bench --url redis://HOST:PORT [--quick] [--only WORKLOAD]\n");
       return a == "--help" ? 0 : crew_bench::kUsageError;
     }
   }
@@ -234,16 +238,23 @@ int main(int argc, char** argv) {
   }
   try {
     Bench b{.url = url, .jobs = quick ? 2'000 : 20'000, .round_trips = quick ? 500 : 5'000};
+    const auto wanted = [&](const char* workload) { return only.empty() || only == workload; };
     // The jobs each enqueue leaves behind are the next processing run's backlog.
-    b.enqueue_one("enqueue_one", "one");
-    b.process("process_c1", "one", Isolation::thread, 1);
-    b.enqueue_bulk("enqueue_bulk", "bulk");
-    b.process("process_c32", "bulk", Isolation::thread, 32);
-    b.fill("proc1");
-    b.process("process_proc_c1", "proc1", Isolation::process, 1);
-    b.fill("proc32");
-    b.process("process_proc_c32", "proc32", Isolation::process, 32);
-    b.end_to_end("e2e");
+    if (wanted("enqueue_one")) b.enqueue_one("enqueue_one", "one");
+    if (only == "process_c1") b.fill("one");
+    if (wanted("process_c1")) b.process("process_c1", "one", Isolation::thread, 1);
+    if (wanted("enqueue_bulk")) b.enqueue_bulk("enqueue_bulk", "bulk");
+    if (only == "process_c32") b.fill("bulk");
+    if (wanted("process_c32")) b.process("process_c32", "bulk", Isolation::thread, 32);
+    if (wanted("process_proc_c1")) {
+      b.fill("proc1");
+      b.process("process_proc_c1", "proc1", Isolation::process, 1);
+    }
+    if (wanted("process_proc_c32")) {
+      b.fill("proc32");
+      b.process("process_proc_c32", "proc32", Isolation::process, 32);
+    }
+    if (wanted("e2e")) b.end_to_end("e2e");
   } catch (const std::exception& e) {
     std::fprintf(stderr, "crew_queue_bench: %s\n", e.what());
     return 1;

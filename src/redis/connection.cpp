@@ -138,16 +138,47 @@ Reply Connection::run(std::size_t argc, const char** argv, const std::size_t* le
     raw = redisCommandArgv(context_.get(), static_cast<int>(argc), argv, lengths);
     error_number = errno;
   }
-  if (!raw) {
-    if (context_->err == REDIS_ERR_IO && (error_number == EAGAIN || error_number == EWOULDBLOCK)) {
-      broke("no reply within the command timeout (" +
-            std::to_string(options_.command_timeout.count()) + " ms)");
-    }
-    broke(context_->errstr);
-  }
+  if (!raw) failed(error_number);
   std::unique_ptr<redisReply, void (*)(void*)> reply(static_cast<redisReply*>(raw),
                                                      freeReplyObject);
   return convert(*reply);
+}
+
+void Connection::failed(int error_number) {
+  if (context_->err == REDIS_ERR_IO && (error_number == EAGAIN || error_number == EWOULDBLOCK)) {
+    broke("no reply within the command timeout (" +
+          std::to_string(options_.command_timeout.count()) + " ms)");
+  }
+  broke(context_->errstr);
+}
+
+std::vector<Reply> Connection::pipeline(const std::vector<std::vector<std::string>>& commands) {
+  if (!context_) {
+    throw ConnectionError(url_.redacted() + ": the connection is broken; reconnect() first");
+  }
+  std::vector<Reply> replies;
+  SigpipeGuard guard;
+  for (const auto& args : commands) {
+    std::vector<const char*> argv;
+    std::vector<std::size_t> lengths;
+    for (const auto& arg : args) {
+      argv.push_back(arg.data());
+      lengths.push_back(arg.size());
+    }
+    if (redisAppendCommandArgv(context_.get(), static_cast<int>(argv.size()), argv.data(),
+                               lengths.data()) != REDIS_OK) {
+      broke(context_->errstr);
+    }
+  }
+  for (std::size_t i = 0; i < commands.size(); ++i) {
+    void* raw = nullptr;
+    errno = 0;
+    if (redisGetReply(context_.get(), &raw) != REDIS_OK || !raw) failed(errno);
+    std::unique_ptr<redisReply, void (*)(void*)> reply(static_cast<redisReply*>(raw),
+                                                       freeReplyObject);
+    replies.push_back(convert(*reply));
+  }
+  return replies;
 }
 
 Reply Connection::command(std::initializer_list<std::string_view> args) {

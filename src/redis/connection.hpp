@@ -106,6 +106,10 @@ class Connection {
   /// connection is broken until reconnect().
   Reply command(std::initializer_list<std::string_view> args);
   Reply command(const std::vector<std::string>& args);
+  /// Sends `commands` at once and returns their replies in order: Redis runs each as soon as the
+  /// one before it answered, with no round trip between (a blocking read and what follows it).
+  /// Errors as command().
+  std::vector<Reply> pipeline(const std::vector<std::vector<std::string>>& commands);
 
   [[nodiscard]] bool broken() const noexcept { return !context_; }
 
@@ -136,6 +140,7 @@ class Connection {
 
   void connect();
   Reply run(std::size_t argc, const char** argv, const std::size_t* lengths);
+  [[noreturn]] void failed(int error_number);
   Reply checked(std::initializer_list<std::string_view> args, std::string_view what);
   [[noreturn]] void broke(std::string_view reason);
 

@@ -7,7 +7,7 @@
 -- exactly once however late or repeated a call is. Arguments are checked before the first write:
 -- a function that raises after writing would leave its writes in place.
 
-local VERSION = 7
+local VERSION = 8
 
 local GROUP = 'workers'
 local NOTIFY_MAXLEN = '10000'
@@ -20,6 +20,8 @@ local MAX_BACKOFF_MS = 24 * 3600 * 1000
 -- Fixed, so that every worker and producer adds into the same buckets.
 local LATENCY_BOUNDS = {1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000,
   300000}
+local LATENCY_LABELS = {}
+for i = 1, #LATENCY_BOUNDS do LATENCY_LABELS[i] = 'le:' .. LATENCY_BOUNDS[i] end
 
 -- A bad argument raises a tagged table; `checked` turns it into a plain error reply (an error
 -- raised from Lua would carry the script's line number instead).
@@ -53,9 +55,11 @@ local function text(fn, name, value, max)
   return value
 end
 
+-- Plain decimal digits only: the functions store a checked argument as it came, and Redis must
+-- read it back as an integer (PEXPIRE, ZADD).
 local function int(fn, name, value, min, max)
-  local n = tonumber(value)
-  if not n or n ~= math.floor(n) or n < min or n >= math.huge or (max and n > max) then
+  local n = type(value) == 'string' and string.find(value, '^%d+$') and tonumber(value)
+  if not n or n < min or n >= math.huge or (max and n > max) then
     reject(fn, name .. ' must be an integer in ' .. min .. '..' .. (max or 'inf') .. ", got '"
       .. tostring(value) .. "'")
   end
@@ -67,31 +71,46 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
+-- Integers as text, made once: every number handed to redis.call is formatted with printf, which
+-- was a tenth of the hot paths' time (perf of redis-server: printf_fp).
+-- Small ones are kept; of the others only the last (a call's `now`, given for every job of it).
+local small_texts, last_number, last_text = {}, nil, nil
+local function digits(n)
+  local v = small_texts[n]
+  if v then return v end
+  if n == last_number then return last_text end
+  v = string.format('%d', n)
+  if n >= 0 and n < 10000 then
+    small_texts[n] = v
+  else
+    last_number, last_text = n, v
+  end
+  return v
+end
+
 local function job_key(p, id) return p .. 'job:' .. id end
 
-local function load_job(key)
-  local flat = redis.call('HGETALL', key)
+-- A job hash holds only what differs from these defaults (version 8): fewer fields make every
+-- HMGET and HSET of a job cheaper, and a submission writes 7 fields instead of 17.
+local DEFAULTS = {priority = '0', attempts = '1', attempt = '0', backoff = 'fixed',
+  backoff_ms = '0', jitter = '0', timeout_ms = '0', retain_ms = '0', reclaims = '0'}
+-- The options a submission stores when they are not the default: name, argument offset.
+local OPTIONS = {{'attempts', 6}, {'backoff', 7}, {'backoff_ms', 8}, {'jitter', 9},
+  {'timeout_ms', 10}, {'retain_ms', 11}}
+
+-- A whole job, defaults filled in, and `stream`, its priority's stream; nil when there is none.
+-- For the rarer paths: the hot ones read only the fields they use.
+local function load_job(p, id)
+  local flat = redis.call('HGETALL', job_key(p, id))
   if #flat == 0 then return nil end
   local job = {}
   for i = 1, #flat, 2 do job[flat[i]] = flat[i + 1] end
-  return job
-end
-
--- The named fields of a job hash (`state` first), or nil when there is no such job. The hot paths
--- read only what they use: turning a whole hash into Lua strings costs more than the HGETALL.
-local function load_fields(key, names)
-  local values = redis.call('HMGET', key, unpack(names))
-  if not values[1] then return nil end
-  local job = {}
-  for i, name in ipairs(names) do
-    if values[i] then job[name] = values[i] end
+  for name, value in pairs(DEFAULTS) do
+    if not job[name] then job[name] = value end
   end
+  job.stream = p .. 'p' .. job.priority
   return job
 end
-
-local START_FIELDS = {'state', 'stream', 'entry', 'attempt', 'task', 'args', 'timeout_ms'}
-local COMPLETE_FIELDS = {'state', 'lease', 'stream', 'entry', 'producer', 'ready_ms', 'created_ms',
-  'retain_ms'}
 
 local function bump(p, counter) redis.call('HINCRBY', p .. 'stats', counter, 1) end
 
@@ -105,41 +124,31 @@ local function call_with(head, items)
   end
 end
 
-local function append(list_of, key, ...)
-  local list = list_of[key]
-  if not list then
-    list = {}
-    list_of[key] = list
-  end
-  for _, v in ipairs({...}) do list[#list + 1] = v end
-end
-
--- What a call adds to the counter hashes, summed; the results streams it wrote to; the stream
--- entries it settled and the leases it ended: written at its end (flush), one command per hash,
--- stream or key rather than per job. A batch of outcomes adds into the same few fields.
-local function new_tally() return {stats = {}, latency = {}, results = {}, xdel = {}, unlease = {}} end
+-- What a call adds to the counter hashes, summed; the results streams it wrote to; the leases it
+-- ended: written at its end (flush), one command per hash, stream or key rather than per job. A
+-- batch of outcomes adds into the same few fields.
+local function new_tally() return {stats = {}, latency = {}, results = {}, unlease = {}} end
 
 local function add(tally, hash, field, n) tally[hash][field] = (tally[hash][field] or 0) + n end
 
 local function flush(p, tally)
   for _, hash in ipairs({'stats', 'latency'}) do
-    for field, n in pairs(tally[hash]) do redis.call('HINCRBY', p .. hash, field, n) end
+    for field, n in pairs(tally[hash]) do redis.call('HINCRBY', p .. hash, field, digits(n)) end
   end
   -- NX: a living producer's own renewal is not cut short.
   for key in pairs(tally.results) do redis.call('PEXPIRE', key, RESULTS_TTL_MS, 'NX') end
-  for stream, entries in pairs(tally.xdel) do call_with({'XDEL', stream}, entries) end
   call_with({'ZREM', p .. 'leases'}, tally.unlease)
 end
 
 -- Counts a completed job's end-to-end latency, from when it could first run (submission, or the
 -- end of its delay) to its result, in the queue's histogram hash: bucket `le:<ms>` (`le:inf` for
 -- the rest), plus `count` and `sum_ms`. Redis time on both ends: no client clock is involved.
-local function observe_latency(tally, job, now)
-  local ms = math.max(0, now - tonumber(job.ready_ms or job.created_ms))
+local function observe_latency(tally, ready_ms, now)
+  local ms = math.max(0, now - tonumber(ready_ms))
   local bucket = 'le:inf'
-  for _, bound in ipairs(LATENCY_BOUNDS) do
+  for i, bound in ipairs(LATENCY_BOUNDS) do
     if ms <= bound then
-      bucket = 'le:' .. bound
+      bucket = LATENCY_LABELS[i]
       break
     end
   end
@@ -152,9 +161,8 @@ end
 local function next_token(p) return tostring(redis.call('INCR', p .. 'seq')) end
 
 local function enqueue(p, id, priority)
-  local stream = p .. 'p' .. priority
-  local entry = redis.call('XADD', stream, '*', 'id', id)
-  redis.call('HSET', job_key(p, id), 'state', 'waiting', 'stream', stream, 'entry', entry)
+  local entry = redis.call('XADD', p .. 'p' .. priority, '*', 'id', id)
+  redis.call('HSET', job_key(p, id), 'state', 'waiting', 'entry', entry)
 end
 
 -- A delayed job also wakes one blocked worker (the `wake` stream is read by the group too), so it
@@ -217,51 +225,70 @@ local function owned(job, lease)
   return job and job.state == 'active' and job.lease == lease
 end
 
--- The 12 arguments of one submission from argv[at] on, checked (see crew_submit).
+-- Checks the 12 arguments of one submission from argv[at] on (see crew_submit); -> its priority
+-- and delay as numbers. The others are stored as they came.
 local function submission(fn, argv, at)
-  local job = {
-    id = text(fn, 'id', argv[at], 256),
-    producer = text(fn, 'producer', argv[at + 1], 256),
-    task = text(fn, 'task', argv[at + 2], 256),
-    args = argv[at + 3],
-    priority = int(fn, 'priority', argv[at + 4], 0, 3),
-    delay = int(fn, 'delay_ms', argv[at + 5], 0),
-    attempts = int(fn, 'attempts', argv[at + 6], 1),
-    backoff = argv[at + 7],
-    backoff_ms = int(fn, 'backoff_ms', argv[at + 8], 0),
-    jitter = argv[at + 9],
-    timeout_ms = int(fn, 'timeout_ms', argv[at + 10], 0),
-    retain_ms = int(fn, 'retain_ms', argv[at + 11], 0),
-  }
-  if job.backoff ~= 'fixed' and job.backoff ~= 'exponential' then
-    reject(fn, "backoff must be 'fixed' or 'exponential', got '" .. tostring(job.backoff) .. "'")
+  text(fn, 'id', argv[at], 256)
+  text(fn, 'producer', argv[at + 1], 256)
+  text(fn, 'task', argv[at + 2], 256)
+  local priority = int(fn, 'priority', argv[at + 4], 0, 3)
+  local delay = int(fn, 'delay_ms', argv[at + 5], 0)
+  int(fn, 'attempts', argv[at + 6], 1)
+  local backoff = argv[at + 7]
+  if backoff ~= 'fixed' and backoff ~= 'exponential' then
+    reject(fn, "backoff must be 'fixed' or 'exponential', got '" .. tostring(backoff) .. "'")
   end
-  local jitter = tonumber(job.jitter)
+  int(fn, 'backoff_ms', argv[at + 8], 0)
+  local jitter = tonumber(argv[at + 9])
   if not (jitter and jitter >= 0 and jitter <= 1) then  -- NaN fails every comparison
-    reject(fn, "jitter must be a number in 0..1, got '" .. tostring(job.jitter) .. "'")
+    reject(fn, "jitter must be a number in 0..1, got '" .. tostring(argv[at + 9]) .. "'")
   end
-  return job
+  int(fn, 'timeout_ms', argv[at + 10], 0)
+  int(fn, 'retain_ms', argv[at + 11], 0)
+  return priority, delay
 end
 
--- Creates a checked submission's job, or attaches to the job of that id: -> {'created'|'exists',
--- state}. A job that can run now gets its stream entry first, so that one HSET writes its hash.
-local function create(p, tally, now, job)
-  local key = job_key(p, job.id)
+-- Creates a checked submission's job (argv[at] on), or attaches to the job of that id:
+-- -> {'created'|'exists', state}. A job that can run now gets its stream entry first, so that one
+-- HSET writes its hash; options at their default are left out of it (DEFAULTS).
+local function create(p, tally, now, argv, at, priority, delay)
+  local id = argv[at]
+  local key = job_key(p, id)
   local state = redis.call('HGET', key, 'state')
   if state then return {'exists', state} end
   add(tally, 'stats', 'submitted', 1)
-  local common = {'task', job.task, 'args', job.args, 'producer', job.producer, 'priority',
-    job.priority, 'attempts', job.attempts, 'attempt', 0, 'backoff', job.backoff, 'backoff_ms',
-    job.backoff_ms, 'jitter', job.jitter, 'timeout_ms', job.timeout_ms, 'retain_ms',
-    job.retain_ms, 'created_ms', now, 'ready_ms', now + job.delay, 'reclaims', 0}
-  if job.delay > 0 then
-    redis.call('HSET', key, 'state', 'delayed', unpack(common))
-    delay_job(p, job.id, now + job.delay)
+  local hset
+  if delay > 0 then
+    hset = {'HSET', key, 'state', 'delayed'}
+  else
+    local entry = redis.call('XADD', p .. 'p' .. digits(priority), '*', 'id', id)
+    hset = {'HSET', key, 'state', 'waiting', 'entry', entry}
+  end
+  local n = #hset
+  hset[n + 1], hset[n + 2] = 'task', argv[at + 2]
+  hset[n + 3], hset[n + 4] = 'args', argv[at + 3]
+  hset[n + 5], hset[n + 6] = 'producer', argv[at + 1]
+  hset[n + 7], hset[n + 8] = 'created_ms', digits(now)
+  n = n + 8
+  if priority ~= 0 then
+    hset[n + 1], hset[n + 2] = 'priority', digits(priority)
+    n = n + 2
+  end
+  for _, option in ipairs(OPTIONS) do
+    local name, value = option[1], argv[at + option[2]]
+    if value ~= DEFAULTS[name] then
+      hset[n + 1], hset[n + 2] = name, value
+      n = n + 2
+    end
+  end
+  if delay > 0 then
+    hset[n + 1], hset[n + 2] = 'ready_ms', digits(now + delay)
+  end
+  redis.call(unpack(hset))
+  if delay > 0 then
+    delay_job(p, id, now + delay)
     return {'created', 'delayed'}
   end
-  local stream = p .. 'p' .. job.priority
-  local entry = redis.call('XADD', stream, '*', 'id', job.id)
-  redis.call('HSET', key, 'state', 'waiting', 'stream', stream, 'entry', entry, unpack(common))
   return {'created', 'waiting'}
 end
 
@@ -272,9 +299,9 @@ local function submit(keys, argv)
   local fn = 'crew_submit'
   local p = prefix_of(fn, keys)
   if #argv ~= 12 then reject(fn, 'expects 12 arguments, got ' .. #argv) end
-  local job = submission(fn, argv, 1)
+  local priority, delay = submission(fn, argv, 1)
   local tally = new_tally()
-  local reply = create(p, tally, now_ms(), job)
+  local reply = create(p, tally, now_ms(), argv, 1, priority, delay)
   flush(p, tally)
   return reply
 end
@@ -284,7 +311,7 @@ local function promote_due(p, limit, now)
   local moved = 0
   for _, id in ipairs(ids) do
     redis.call('ZREM', p .. 'delayed', id)
-    local job = load_job(job_key(p, id))
+    local job = load_job(p, id)
     if job and job.state == 'delayed' then
       enqueue(p, id, job.priority)
       moved = moved + 1
@@ -353,34 +380,54 @@ local function stray(p, stream, entry, id, job)
   return nil
 end
 
--- Starts the job named by `entry` of `stream` for `worker`:
+-- Starts the job named by `entry` of `stream` (priority `priority`, as text) for `worker`:
 --   {'run', lease, task, args, timeout_ms, attempt} | {'skip', reason}
--- The entry is acknowledged here: from now on the lease, not the group's pending list, tracks the
--- job, so the pending list only ever holds deliveries that never started (see crew_reclaim). The
--- entry itself stays until the job settles.
--- `now` and `token` (a function giving the next lease token) come from the caller, so that a
--- batch asks for the time and for tokens once.
--- The acknowledgements and lease deadlines of the jobs a call starts go into `starts`
--- (new_starts) and are written together by apply_starts before it returns.
-local function start_entry(p, stream, entry, id, worker, lease_ms, now, token, starts)
-  local job = id ~= '' and load_fields(job_key(p, id), START_FIELDS) or nil
+-- The caller removes the entry from its stream, acknowledged (crew_start) or never pending
+-- (crew_take reads with NOACK): from now on the lease, not the stream, tracks the job. The streams
+-- then hold exactly the jobs waiting (crew_stats), and the pending list only deliveries that never
+-- started (see crew_reclaim).
+-- The lease token is the entry's id after its priority: an entry starts a job at most once (a
+-- started job's hash no longer names it), so no token repeats, and none costs a counter.
+-- `starts` (new_starts) carries the call's time and lease deadline, read and formatted once, and
+-- collects the deadlines, written with one ZADD by apply_starts.
+local function start_entry(p, stream, priority, entry, id, worker, starts)
+  local key = job_key(p, id)
+  local v = id ~= '' and redis.call('HMGET', key, 'state', 'entry', 'priority', 'attempt', 'task',
+    'args', 'timeout_ms') or {}
+  local job = v[1] and {state = v[1], entry = v[2],
+    stream = (v[3] or '0') == priority and stream or p .. 'p' .. v[3]} or nil
   local reason = stray(p, stream, entry, id, job)
   if reason then return {'skip', reason} end
   if job.state ~= 'waiting' then return {'skip', 'job is ' .. job.state} end
-  append(starts.acks, stream, entry)
-  local lease = token()
-  local attempt = tonumber(job.attempt) + 1
-  redis.call('HSET', job_key(p, id), 'state', 'active', 'owner', worker, 'lease', lease,
-    'attempt', attempt, 'started_ms', now)
-  append(starts, 'leases', now + lease_ms, id)
-  return {'run', lease, job.task, job.args, tonumber(job.timeout_ms), attempt}
+  local lease = priority .. ':' .. entry
+  local attempt = v[4] and tonumber(v[4]) + 1 or 1
+  redis.call('HSET', key, 'state', 'active', 'entry', '', 'owner', worker, 'lease', lease,
+    'attempt', digits(attempt), 'started_ms', starts.now_text)
+  local leases = starts.leases
+  leases[#leases + 1] = starts.deadline
+  leases[#leases + 1] = id
+  return {'run', lease, v[5], v[6], v[7] and tonumber(v[7]) or 0, attempt}
 end
 
-local function new_starts() return {acks = {}, leases = {}} end
+local function new_starts(now, lease_ms)
+  return {now_text = digits(now), deadline = string.format('%d', now + lease_ms), leases = {}}
+end
 
-local function apply_starts(p, starts)
-  for stream, entries in pairs(starts.acks) do call_with({'XACK', stream, GROUP}, entries) end
-  call_with({'ZADD', p .. 'leases'}, starts.leases)
+local function apply_starts(p, starts) call_with({'ZADD', p .. 'leases'}, starts.leases) end
+
+-- Removes the entries of `stream` up to `last`, all delivered by now, except the first one still
+-- pending (a blocking XREADGROUP's, not started yet) and those after it. One XTRIM frees whole
+-- listpack nodes, where an XDEL per entry looks each one up.
+local function trim_delivered(stream, last)
+  local ms, seq = string.match(last, '^(%d+)-(%d+)$')
+  ms, seq = tonumber(ms), tonumber(seq) + 1
+  local pending = redis.call('XPENDING', stream, GROUP)
+  if pending[1] > 0 then
+    local pms, pseq = string.match(pending[2], '^(%d+)-(%d+)$')
+    pms, pseq = tonumber(pms), tonumber(pseq)
+    if pms < ms or (pms == ms and pseq < seq) then ms, seq = pms, pseq end
+  end
+  redis.call('XTRIM', stream, 'MINID', string.format('%d-%d', ms, seq))
 end
 
 -- crew_start(prefix; id, stream, entry, worker, lease_ms)
@@ -394,9 +441,9 @@ local function start(keys, argv)
   local entry = text(fn, 'entry', argv[3], 64)
   local worker = text(fn, 'worker', argv[4], 256)
   local lease_ms = int(fn, 'lease_ms', argv[5], 1)
-  local starts = new_starts()
-  local started = start_entry(p, stream, entry, id, worker, lease_ms, now_ms(),
-    function() return next_token(p) end, starts)
+  local starts = new_starts(now_ms(), lease_ms)
+  local started = start_entry(p, stream, string.sub(stream, -1), entry, id, worker, starts)
+  if started[1] == 'run' then drop_entry(stream, entry) end
   apply_starts(p, starts)
   return started
 end
@@ -408,30 +455,32 @@ local function renew(keys, argv)
   local id = text(fn, 'id', argv[1], 256)
   local lease = text(fn, 'lease', argv[2], 64)
   local lease_ms = int(fn, 'lease_ms', argv[3], 1)
-  if not owned(load_job(job_key(p, id)), lease) then return 'lost' end
+  if not owned(load_job(p, id), lease) then return 'lost' end
   redis.call('ZADD', p .. 'leases', 'XX', now_ms() + lease_ms, id)
   return 'ok'
 end
 
 -- A job kept for 0 ms is deleted at once: its result travels in the notification only, so the
--- hash is not written first.
+-- hash is not written first. Its stream entry left when it started (start_entry).
 local function complete_one(p, tally, now, id, lease, result)
-  local job = load_fields(job_key(p, id), COMPLETE_FIELDS)
-  if not owned(job, lease) then return 'refused' end
-  -- The entry was acknowledged when the job started (start_entry): deleting it is what is left.
-  if job.stream and job.entry and job.entry ~= '' then append(tally.xdel, job.stream, job.entry) end
-  append(tally, 'unlease', id)
-  local results = p .. 'results:' .. job.producer
+  local key = job_key(p, id)
+  local v = redis.call('HMGET', key, 'state', 'lease', 'producer', 'created_ms', 'ready_ms',
+    'retain_ms')
+  if v[1] ~= 'active' or v[2] ~= lease then return 'refused' end
+  local unlease = tally.unlease
+  unlease[#unlease + 1] = id
+  local results = p .. 'results:' .. v[3]
   redis.call('XADD', results, 'MAXLEN', '~', NOTIFY_MAXLEN, '*', 'id', id, 'state', 'completed',
     'result', result)
   tally.results[results] = true
   add(tally, 'stats', 'completed', 1)
-  observe_latency(tally, job, now)
-  if tonumber(job.retain_ms) == 0 then
-    redis.call('DEL', job_key(p, id))
+  observe_latency(tally, v[5] or v[4], now)
+  local retain = v[6]
+  if not retain or retain == '0' then
+    redis.call('DEL', key)
   else
-    redis.call('HSET', job_key(p, id), 'state', 'completed', 'result', result, 'finished_ms', now)
-    redis.call('PEXPIRE', job_key(p, id), job.retain_ms)
+    redis.call('HSET', key, 'state', 'completed', 'result', result, 'finished_ms', digits(now))
+    redis.call('PEXPIRE', key, retain)
   end
   return 'ok'
 end
@@ -467,7 +516,7 @@ end
 
 -- -> {'retry', delay_ms} | {'dead'} | 'refused' (see crew_fail)
 local function fail_one(p, tally, id, lease, error_type, message)
-  local job = load_job(job_key(p, id))
+  local job = load_job(p, id)
   if not owned(job, lease) then return 'refused' end
   add(tally, 'stats', 'failed', 1)
   -- BadArguments (an unknown task, arguments or a result that do not fit) would fail the same
@@ -516,7 +565,7 @@ local function release(keys, argv)
   local p = prefix_of(fn, keys)
   local id = text(fn, 'id', argv[1], 256)
   local lease = text(fn, 'lease', argv[2], 64)
-  local job = load_job(job_key(p, id))
+  local job = load_job(p, id)
   if not owned(job, lease) then return 'refused' end
   drop_entry(job.stream, job.entry)
   redis.call('ZREM', p .. 'leases', id)
@@ -539,7 +588,7 @@ local function redeliver_unstarted(p, limit, idle_ms)
         local entry = row[1]
         local found = redis.call('XRANGE', stream, entry, entry)[1]
         local id = found and found[2][1] == 'id' and found[2][2] or ''
-        local job = id ~= '' and load_job(job_key(p, id)) or nil
+        local job = id ~= '' and load_job(p, id) or nil
         if not stray(p, stream, entry, id, job) and job.state == 'waiting' then
           drop_entry(stream, entry)
           enqueue(p, id, job.priority)
@@ -565,7 +614,7 @@ local function reclaim(keys, argv)
   local requeued, dead = 0, 0
   for _, id in ipairs(ids) do
     redis.call('ZREM', p .. 'leases', id)
-    local job = load_job(job_key(p, id))
+    local job = load_job(p, id)
     if job and job.state == 'active' then
       local reclaims = tonumber(job.reclaims) + 1
       redis.call('HSET', job_key(p, id), 'lease', next_token(p), 'reclaims', reclaims)
@@ -590,9 +639,9 @@ end
 local function stats(keys)
   local p = prefix_of('crew_stats', keys)
   local active = redis.call('ZCARD', p .. 'leases')
-  local in_streams = 0
-  for priority = 0, 3 do in_streams = in_streams + redis.call('XLEN', p .. 'p' .. priority) end
-  local out = {'waiting', in_streams - active, 'delayed', redis.call('ZCARD', p .. 'delayed'),
+  local waiting = 0  -- a job leaves its stream when it starts
+  for priority = 0, 3 do waiting = waiting + redis.call('XLEN', p .. 'p' .. priority) end
+  local out = {'waiting', waiting, 'delayed', redis.call('ZCARD', p .. 'delayed'),
     'active', active, 'dead_letters', redis.call('XLEN', p .. 'dead')}
   local counters = redis.call('HGETALL', p .. 'stats')
   for i = 1, #counters, 2 do
@@ -620,9 +669,10 @@ local function job(keys, argv)
   if not values[1] then return false end
   local out = {}
   for i, name in ipairs(JOB_FIELDS) do
-    if values[i] then
+    local value = values[i] or DEFAULTS[name]
+    if value then
       out[#out + 1] = name
-      out[#out + 1] = values[i]
+      out[#out + 1] = value
     end
   end
   if values[1] == 'delayed' then
@@ -636,9 +686,12 @@ local function job(keys, argv)
 end
 
 -- New entries of one priority stream for `worker`, at most `count`. No BLOCK: a function must not
--- wait. A group that is gone (the stream was deleted) is created again, as crew_init would.
+-- wait. NOACK: the call starts or settles every entry it reads, so none needs a pending-list
+-- entry (a lookup to add and one to acknowledge). A group that is gone (the stream was deleted)
+-- is created again, as crew_init would.
 local function read_new(p, stream, worker, count)
-  local args = {'XREADGROUP', 'GROUP', GROUP, worker, 'COUNT', count, 'STREAMS', stream, '>'}
+  local args = {'XREADGROUP', 'GROUP', GROUP, worker, 'COUNT', digits(count), 'NOACK', 'STREAMS',
+    stream, '>'}
   local reply = redis.pcall(unpack(args))
   if type(reply) == 'table' and reply.err then
     if not string.find(reply.err, 'NOGROUP', 1, true) then error(reply) end
@@ -649,58 +702,6 @@ local function read_new(p, stream, worker, count)
   return reply[1][2]
 end
 
--- Promotes due delayed jobs, then starts up to `count` jobs for `worker`, highest priority first
--- (COUNT applies per stream, so the streams are read one by one with what is still wanted).
--- A stale or malformed entry is settled as crew_start would and does not count.
---   -> {due_ms, {id, lease, task, args, timeout_ms, attempt}...}, due_ms as crew_next_due's
--- When nothing started the caller blocks next: old `wake` entries (a delayed job was submitted)
--- are skipped, since due_ms already accounts for every delayed job, and would only end its
--- block at once.
-local function take_jobs(p, worker, count, lease_ms, now)
-  promote_due(p, 100, now)
-  -- Lease tokens must never repeat, not be consecutive: one INCRBY reserves enough for the call.
-  local last, given = nil, 0
-  local function token()
-    if not last then last = redis.call('INCRBY', p .. 'seq', count) end
-    given = given + 1
-    return tostring(last - count + given)
-  end
-  local out = {0}
-  local starts = new_starts()
-  for priority = 3, 0, -1 do
-    local stream = p .. 'p' .. priority
-    while #out - 1 < count do
-      local wanted = count - (#out - 1)
-      local entries = read_new(p, stream, worker, wanted)
-      for _, e in ipairs(entries) do
-        local fields = e[2]
-        local id = type(fields) == 'table' and fields[1] == 'id' and fields[2] or ''
-        local started = start_entry(p, stream, e[1], id, worker, lease_ms, now, token, starts)
-        if started[1] == 'run' then
-          out[#out + 1] = {id, started[2], started[3], started[4], started[5], started[6]}
-        end
-      end
-      if #entries < wanted then break end
-    end
-  end
-  apply_starts(p, starts)
-  if #out == 1 then redis.pcall('XGROUP', 'SETID', p .. 'wake', GROUP, '$') end
-  out[1] = due_in(p, now)
-  return out
-end
-
--- crew_take(prefix; worker, count, lease_ms) -> {due_ms, {id, lease, task, args, timeout_ms,
--- attempt}...}: a worker's one call per turn for work (see take_jobs). A repeated call (its reply
--- was lost) starts other jobs; crew_recover hands over the ones the first call started.
-local function take(keys, argv)
-  local fn = 'crew_take'
-  local p = prefix_of(fn, keys)
-  local worker = text(fn, 'worker', argv[1], 256)
-  local count = int(fn, 'count', argv[2], 1, 10000)
-  local lease_ms = int(fn, 'lease_ms', argv[3], 1)
-  return take_jobs(p, worker, count, lease_ms, now_ms())
-end
-
 -- Entries of `stream` delivered to `worker` and never acknowledged, at most 100 (none when the
 -- group is gone). A deleted one comes without fields (false).
 local function read_own(stream, worker)
@@ -708,6 +709,95 @@ local function read_own(stream, worker)
     '0')
   if type(reply) ~= 'table' or reply.err or not reply[1] then return {} end
   return reply[1][2]
+end
+
+-- Starts the entries delivered to `worker` and never started (a blocking XREADGROUP's), as
+-- crew_start would, into `out`, and acknowledges its `wake` deliveries.
+local function start_own(p, worker, starts, out)
+  for priority = 3, 0, -1 do
+    local stream = p .. 'p' .. digits(priority)
+    for _, e in ipairs(read_own(stream, worker)) do
+      local fields = e[2]
+      if not fields then
+        redis.call('XACK', stream, GROUP, e[1])
+      else
+        local id = fields[1] == 'id' and fields[2] or ''
+        local started = start_entry(p, stream, digits(priority), e[1], id, worker, starts)
+        if started[1] == 'run' then
+          drop_entry(stream, e[1])
+          started[1] = id
+          out[#out + 1] = started
+        end
+      end
+    end
+  end
+  for _, e in ipairs(read_own(p .. 'wake', worker)) do
+    redis.call('XACK', p .. 'wake', GROUP, e[1])
+  end
+end
+
+-- Promotes due delayed jobs, then starts up to `count` jobs for `worker`, highest priority first
+-- (COUNT applies per stream, so the streams are read one by one with what is still wanted).
+-- A stale or malformed entry is settled as crew_start would and does not count.
+--   -> {due_ms, {id, lease, task, args, timeout_ms, attempt}...}, due_ms as crew_next_due's
+-- When nothing started the caller blocks next: old `wake` entries (a delayed job was submitted)
+-- are skipped, since due_ms already accounts for every delayed job, and would only end its
+-- block at once. With `own`, the entries delivered to `worker` and never started come first
+-- (start_own), and new ones are taken only when there were any: own entries may take `count`
+-- past its value.
+local function take_jobs(p, worker, count, lease_ms, now, own)
+  promote_due(p, 100, now)
+  local out = {0}
+  local starts = new_starts(now, lease_ms)
+  local more = true
+  if own then
+    start_own(p, worker, starts, out)
+    -- Only a delivery says that more may follow. A read that delivered nothing (its block ended,
+    -- or a stopping worker unblocked it) takes nothing new: a worker that stops starts nothing.
+    more = #out > 1
+  end
+  for priority = 3, more and 0 or 4, -1 do
+    local stream = p .. 'p' .. digits(priority)
+    local last
+    while #out - 1 < count do
+      local wanted = count - (#out - 1)
+      local entries = read_new(p, stream, worker, wanted)
+      for _, e in ipairs(entries) do
+        local fields = e[2]
+        local id = type(fields) == 'table' and fields[1] == 'id' and fields[2] or ''
+        local started = start_entry(p, stream, digits(priority), e[1], id, worker, starts)
+        if started[1] == 'run' then
+          started[1] = id
+          out[#out + 1] = started
+        end
+        last = e[1]
+      end
+      if #entries < wanted then break end
+    end
+    if last then trim_delivered(stream, last) end
+  end
+  apply_starts(p, starts)
+  if #out == 1 then redis.pcall('XGROUP', 'SETID', p .. 'wake', GROUP, '$') end
+  out[1] = due_in(p, now)
+  return out
+end
+
+-- crew_take(prefix; worker, count, lease_ms[, 'own']) -> {due_ms, {id, lease, task, args,
+-- timeout_ms, attempt}...}: a worker's one call per turn for work (see take_jobs). A repeated
+-- call (its reply was lost) starts other jobs; crew_recover hands over the ones the first call
+-- started. 'own' first starts what a blocking XREADGROUP delivered to `worker`: a worker sends
+-- this call pipelined behind its blocking read, so Redis starts a job as it delivers it, with no
+-- round trip between.
+local function take(keys, argv)
+  local fn = 'crew_take'
+  local p = prefix_of(fn, keys)
+  local worker = text(fn, 'worker', argv[1], 256)
+  local count = int(fn, 'count', argv[2], 1, 10000)
+  local lease_ms = int(fn, 'lease_ms', argv[3], 1)
+  if argv[4] ~= nil and argv[4] ~= 'own' then
+    reject(fn, "the 4th argument, if any, must be 'own', got '" .. argv[4] .. "'")
+  end
+  return take_jobs(p, worker, count, lease_ms, now_ms(), argv[4] == 'own')
 end
 
 -- crew_recover(prefix; worker, lease_ms, lease...) -> {{id, lease, task, args, timeout_ms,
@@ -727,36 +817,19 @@ local function recover(keys, argv)
   for i = 3, #argv do runs[text(fn, 'lease', argv[i], 64)] = true end
   local now = now_ms()
   local out = {}
-  local starts = new_starts()
+  local starts = new_starts(now, lease_ms)
   for _, id in ipairs(redis.call('ZRANGE', p .. 'leases', 0, -1)) do
     local key = job_key(p, id)
     local held = redis.call('HMGET', key, 'state', 'owner', 'lease')
     if held[1] == 'active' and held[2] == worker and not runs[held[3]] then
       local job = redis.call('HMGET', key, 'task', 'args', 'timeout_ms', 'attempt')
       redis.call('ZADD', p .. 'leases', 'XX', now + lease_ms, id)
-      out[#out + 1] = {id, held[3], job[1], job[2], tonumber(job[3]), tonumber(job[4])}
+      out[#out + 1] = {id, held[3], job[1], job[2], tonumber(job[3] or '0'),
+        tonumber(job[4] or '1')}
     end
   end
-  for priority = 3, 0, -1 do
-    local stream = p .. 'p' .. priority
-    for _, e in ipairs(read_own(stream, worker)) do
-      local fields = e[2]
-      if not fields then
-        redis.call('XACK', stream, GROUP, e[1])
-      else
-        local id = fields[1] == 'id' and fields[2] or ''
-        local started = start_entry(p, stream, e[1], id, worker, lease_ms, now,
-          function() return next_token(p) end, starts)
-        if started[1] == 'run' then
-          out[#out + 1] = {id, started[2], started[3], started[4], started[5], started[6]}
-        end
-      end
-    end
-  end
+  start_own(p, worker, starts, out)
   apply_starts(p, starts)
-  for _, e in ipairs(read_own(p .. 'wake', worker)) do
-    redis.call('XACK', p .. 'wake', GROUP, e[1])
-  end
   return out
 end
 
@@ -847,13 +920,14 @@ local function submit_many(keys, argv)
   local now = now_ms()
   local out = {}
   for i = 0, n - 1 do
-    local ok, job = pcall(submission, fn, argv, 2 + 12 * i)
+    local at = 2 + 12 * i
+    local ok, priority, delay = pcall(submission, fn, argv, at)
     if ok then
-      out[#out + 1] = create(p, tally, now, job)
-    elseif type(job) == 'table' and job.crew_error then
-      out[#out + 1] = redis.error_reply(job.crew_error)
+      out[#out + 1] = create(p, tally, now, argv, at, priority, delay)
+    elseif type(priority) == 'table' and priority.crew_error then
+      out[#out + 1] = redis.error_reply(priority.crew_error)
     else
-      error(job)
+      error(priority)
     end
   end
   flush(p, tally)

@@ -254,8 +254,10 @@ struct Worker::Impl {
 
   // One crew_take for up to `free` jobs (it promotes due delayed jobs and starts the jobs,
   // highest priority first); only when it started nothing, one blocking XREADGROUP for the next
-  // entry of any stream, or of `wake` (a delayed job was submitted), which crew_start then
-  // starts. A `hint` from a crew_report that started nothing stands for the crew_take.
+  // entry of any stream, or of `wake` (a delayed job was submitted), with a crew_take 'own'
+  // pipelined behind it: Redis starts what the read delivered as soon as it delivers it, so a job
+  // that arrives while this worker waits costs one round trip, not two. A `hint` from a
+  // crew_report that started nothing stands for the first crew_take.
   void fetch(std::size_t free, const std::optional<IdleHint>& hint) {
     std::optional<long long> due = hint ? due_from(*hint) : std::nullopt;
     if (!due) {
@@ -269,40 +271,19 @@ struct Worker::Impl {
     milliseconds block = options.block;
     if (*due >= 0) block = std::clamp(milliseconds(*due), milliseconds(1), block);
     fetch_client = fetch_connection.client_id();
-    read_entries(fetch_connection.command({"XREADGROUP", "GROUP", "workers", id, "COUNT", "1",
-                                           "BLOCK", ms_text(block), "STREAMS", prefix + "p3",
-                                           prefix + "p2", prefix + "p1", prefix + "p0",
-                                           prefix + "wake", ">", ">", ">", ">", ">"}));
-  }
-
-  // Starts the jobs of one blocking XREADGROUP reply.
-  void read_entries(const Reply& reply) {
-    if (reply.is_error()) {
-      if (!reply.error().starts_with("NOGROUP")) {
-        throw std::runtime_error("XREADGROUP: " + reply.error());
-      }
-      const Reply init = fcall(fetch_connection, "crew_init", {});
-      if (init.is_error()) throw std::runtime_error("crew_init: " + init.error());
-      return;
+    const std::vector<Reply> replies = fetch_connection.pipeline(
+        {{"XREADGROUP", "GROUP", "workers", id, "COUNT", "1", "BLOCK", ms_text(block), "STREAMS",
+          prefix + "p3", prefix + "p2", prefix + "p1", prefix + "p0", prefix + "wake", ">", ">",
+          ">", ">", ">"},
+         {"FCALL", "crew_take", "1", prefix, id, std::to_string(free), ms_text(options.lease),
+          "own"}});
+    // The read's entries are the pipelined crew_take's to start; a group that is gone was
+    // created again by it.
+    if (replies[0].is_error() && !replies[0].error().starts_with("NOGROUP")) {
+      throw std::runtime_error("XREADGROUP: " + replies[0].error());
     }
-    if (reply.is_nil()) return;
-    for (const Reply& stream : reply.elements()) {
-      const std::string& name = stream[0].str();
-      for (const Reply& entry : stream[1].elements()) {
-        if (name == prefix + "wake") {
-          // Only a reason to call crew_take again (next turn).
-          fetch_connection.command({"XACK", name, "workers", entry[0].str()});
-          continue;
-        }
-        std::string job_id;
-        const Reply& fields = entry[1];
-        if (fields.type() == Reply::Type::array && fields.elements().size() >= 2 &&
-            fields[0].str() == "id") {
-          job_id = fields[1].str();
-        }
-        start(name, entry[0].str(), job_id);
-      }
-    }
+    if (replies[1].is_error()) throw std::runtime_error("crew_take: " + replies[1].error());
+    start_taken(replies[1]);
   }
 
   // Runs what calls whose reply was lost started in this worker's name (crew_recover), at once
@@ -320,14 +301,6 @@ struct Worker::Impl {
           "crew::redis::Worker {}: calls whose reply was lost had started {} jobs; they run now",
           options.queue, reply.elements().size());
     }
-  }
-
-  void start(const std::string& stream, const std::string& entry, const std::string& job_id) {
-    const Reply reply =
-        fcall(fetch_connection, "crew_start", {job_id, stream, entry, id, ms_text(options.lease)});
-    if (reply.is_error()) throw std::runtime_error("crew_start: " + reply.error());
-    if (reply[0].str() != "run") return;  // a stale or malformed entry, settled by crew_start
-    begin(job_id, reply[1].str(), reply[2].str(), reply[3].str(), milliseconds(reply[4].integer()));
   }
 
   // Starts the jobs of a crew_take reply ({due_ms, {id, lease, task, args, timeout_ms,

@@ -183,9 +183,9 @@ TEST_F(RedisFunctions, SubmitStartComplete) {
   EXPECT_EQ(run[5].integer(), 1);
   EXPECT_EQ(job("j1")["state"], "active");
   EXPECT_EQ(job("j1")["owner"], "w1");
-  // Acknowledged at start: the lease tracks the job now, the entry stays until it settles.
+  // Acknowledged and deleted at start: the lease tracks the job now.
   EXPECT_EQ(redis_.command({"XPENDING", kQueue + "p2", "workers"})[0].integer(), 0);
-  EXPECT_EQ(redis_.command({"XLEN", kQueue + "p2"}).integer(), 1);
+  EXPECT_EQ(redis_.command({"XLEN", kQueue + "p2"}).integer(), 0);
   EXPECT_EQ(stats()["active"], 1);
   EXPECT_EQ(stats()["waiting"], 0);
 
@@ -505,7 +505,7 @@ TEST_F(RedisFunctions, DeliveryThatNeverStartedIsRedelivered) {
   // w1's old entry is stale now: starting it is skipped, starting the new one runs.
   EXPECT_EQ(start(*lost, "w1")[0].str(), "skip");
   EXPECT_EQ(start(*again, "w2")[0].str(), "run");
-  EXPECT_EQ(redis_.command({"XLEN", kQueue + "p1"}).integer(), 1);
+  EXPECT_EQ(redis_.command({"XLEN", kQueue + "p1"}).integer(), 0);
   EXPECT_EQ(redis_.command({"XPENDING", kQueue + "p1", "workers"})[0].integer(), 0);
   auto dead = stream("dead");
   ASSERT_EQ(dead.size(), 1u);
@@ -553,6 +553,12 @@ TEST_F(RedisFunctions, JobShowsTheRecordWithoutArgumentsAndWritesNothing) {
   for (const char* absent : {"args", "started_ms", "finished_ms", "result", "error", "due_ms"}) {
     EXPECT_EQ(waiting.count(absent), 0u) << absent;
   }
+  // Defaults are not stored in the job's hash; crew_job shows them all the same.
+  ASSERT_EQ(submit({.id = "plain", .priority = 0})[0].str(), "created");
+  Fields plain = job_of("plain");
+  EXPECT_EQ(plain["priority"], "0");
+  EXPECT_EQ(plain["attempts"], "1");
+  EXPECT_EQ(job("plain").count("priority"), 0u);
 
   auto delivery = read("w1");
   ASSERT_TRUE(delivery);
@@ -662,6 +668,49 @@ TEST_F(RedisFunctions, TakePromotesDueDelayedJobsNeverEarly) {
   EXPECT_EQ(t.due_ms, -1);
 }
 
+// What a worker pipelines behind its blocking read: the delivered entry starts first, with no
+// round trip between delivery and start.
+TEST_F(RedisFunctions, TakeOwnStartsWhatABlockingReadDeliveredFirst) {
+  ASSERT_EQ(submit({.id = "j1"})[0].str(), "created");
+  auto delivery = read("w1");  // the blocking read's
+  ASSERT_TRUE(delivery);
+  ASSERT_EQ(delivery->id, "j1");
+  ASSERT_EQ(submit({.id = "j2", .priority = 3})[0].str(), "created");
+  // j1 first, though j2 has the higher priority: it was delivered already.
+  const Taken own = taken_of(fcall("crew_take", {"w1", "1", "10000", "own"}));
+  EXPECT_EQ(ids_of(own), (std::vector<std::string>{"j1"}));
+  EXPECT_EQ(job("j1")["state"], "active");
+  EXPECT_EQ(redis_.command({"XPENDING", kQueue + "p1", "workers"})[0].integer(), 0);
+  EXPECT_EQ(redis_.command({"XLEN", kQueue + "p1"}).integer(), 0);
+  // Nothing of w1's is left to start, and a read that delivered nothing (it timed out, or a
+  // stopping worker unblocked it) starts nothing new either.
+  EXPECT_TRUE(taken_of(fcall("crew_take", {"w1", "5", "10000", "own"})).jobs.empty());
+  EXPECT_EQ(job("j2")["state"], "waiting");
+  // With a delivery, the same call goes on to new jobs, up to its count.
+  ASSERT_EQ(submit({.id = "j3"})[0].str(), "created");
+  ASSERT_EQ(read("w1")->id, "j2");
+  EXPECT_EQ(ids_of(taken_of(fcall("crew_take", {"w1", "5", "10000", "own"}))),
+            (std::vector<std::string>{"j2", "j3"}));
+  EXPECT_EQ(redis_.command({"XLEN", kQueue + "p3"}).integer(), 0);
+  const Reply bad = fcall("crew_take", {"w1", "1", "10000", "mine"});
+  ASSERT_TRUE(bad.is_error());
+  EXPECT_THAT(bad.error(), HasSubstr("must be 'own'"));
+}
+
+// A lease token is the entry's id after its priority: different for every start of a job.
+TEST_F(RedisFunctions, EveryStartOfAJobHasANewLease) {
+  ASSERT_EQ(submit({.id = "j1"})[0].str(), "created");
+  const Taken first = take("w1", 1);
+  ASSERT_EQ(first.jobs.size(), 1u);
+  EXPECT_EQ(first.jobs[0].second.substr(0, 2), "1:");
+  ASSERT_EQ(fcall("crew_release", {"j1", first.jobs[0].second}).str(), "ok");
+  const Taken second = take("w1", 1);
+  ASSERT_EQ(second.jobs.size(), 1u);
+  EXPECT_NE(second.jobs[0].second, first.jobs[0].second);
+  EXPECT_EQ(fcall("crew_complete", {"j1", first.jobs[0].second, "late"}).str(), "refused");
+  EXPECT_EQ(fcall("crew_complete", {"j1", second.jobs[0].second, "r"}).str(), "ok");
+}
+
 TEST_F(RedisFunctions, TakeSettlesStaleAndMalformedEntriesWithoutCountingThem) {
   redis_.command({"XADD", kQueue + "p1", "*", "junk", "1"});
   redis_.command({"XADD", kQueue + "p1", "*", "id", "ghost"});
@@ -670,7 +719,8 @@ TEST_F(RedisFunctions, TakeSettlesStaleAndMalformedEntriesWithoutCountingThem) {
   ASSERT_EQ(submit({.id = "j2"})[0].str(), "created");
   EXPECT_EQ(ids_of(take("w1", 1)), (std::vector<std::string>{"j1"}));
   EXPECT_EQ(ids_of(take("w1", 5)), (std::vector<std::string>{"j2"}));
-  EXPECT_EQ(redis_.command({"XLEN", kQueue + "p1"}).integer(), 2);  // j1's and j2's own
+  // Every entry read is gone: the started jobs' with their start, the others settled.
+  EXPECT_EQ(redis_.command({"XLEN", kQueue + "p1"}).integer(), 0);
   EXPECT_EQ(redis_.command({"XPENDING", kQueue + "p1", "workers"})[0].integer(), 0);
   auto dead = stream("dead");
   ASSERT_EQ(dead.size(), 2u);
@@ -787,8 +837,11 @@ TEST_F(RedisFunctions, SubmitManyAnswersEachSubmissionAndARepeatAttaches) {
   ASSERT_TRUE(first[1].is_error());
   EXPECT_THAT(first[1].error(), HasSubstr("priority must be"));
   EXPECT_EQ(first[2].describe(), R"(["created", "delayed"])");
-  EXPECT_EQ(job("a")["stream"], kQueue + "p1");
+  EXPECT_EQ(job("a")["priority"], "1");
   EXPECT_EQ(job("a")["state"], "waiting");
+  // Options at their default are not stored; crew_job shows them.
+  EXPECT_EQ(job("a").count("attempts"), 0u);
+  EXPECT_EQ(job("a").count("timeout_ms"), 0u);
   EXPECT_EQ(job("later")["state"], "delayed");
   EXPECT_EQ(redis_.command({"EXISTS", kQueue + "job:bad"}).integer(), 0);
   EXPECT_EQ(stat("submitted"), 2);
