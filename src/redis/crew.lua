@@ -124,10 +124,12 @@ local function call_with(head, items)
   end
 end
 
--- What a call adds to the counter hashes, summed; the results streams it wrote to; the leases it
--- ended: written at its end (flush), one command per hash, stream or key rather than per job. A
--- batch of outcomes adds into the same few fields.
-local function new_tally() return {stats = {}, latency = {}, results = {}, unlease = {}} end
+-- What a call adds to the counter hashes, summed; the results it notifies, by results stream;
+-- the leases it ended and the job hashes it deleted: written at its end (flush), one command per
+-- hash, stream or key rather than per job. Every redis.call costs more than the work of most
+-- commands here (its arguments and reply go through RESP and Lua), so a batch of outcomes costs a
+-- few calls, not a few per job.
+local function new_tally() return {stats = {}, latency = {}, results = {}, unlease = {}, del = {}} end
 
 local function add(tally, hash, field, n) tally[hash][field] = (tally[hash][field] or 0) + n end
 
@@ -135,8 +137,18 @@ local function flush(p, tally)
   for _, hash in ipairs({'stats', 'latency'}) do
     for field, n in pairs(tally[hash]) do redis.call('HINCRBY', p .. hash, field, digits(n)) end
   end
-  -- NX: a living producer's own renewal is not cut short.
-  for key in pairs(tally.results) do redis.call('PEXPIRE', key, RESULTS_TTL_MS, 'NX') end
+  -- One entry carries several jobs' notifications, each a group of fields from its `id` on, at
+  -- most 1 000 fields an entry.
+  for key, fields in pairs(tally.results) do
+    for from = 1, #fields, 996 do
+      local args = {'XADD', key, 'MAXLEN', '~', NOTIFY_MAXLEN, '*'}
+      for i = from, math.min(from + 995, #fields) do args[#args + 1] = fields[i] end
+      redis.call(unpack(args))
+    end
+    -- NX: a living producer's own renewal is not cut short.
+    redis.call('PEXPIRE', key, RESULTS_TTL_MS, 'NX')
+  end
+  call_with({'DEL'}, tally.del)
   call_with({'ZREM', p .. 'leases'}, tally.unlease)
 end
 
@@ -470,14 +482,20 @@ local function complete_one(p, tally, now, id, lease, result)
   local unlease = tally.unlease
   unlease[#unlease + 1] = id
   local results = p .. 'results:' .. v[3]
-  redis.call('XADD', results, 'MAXLEN', '~', NOTIFY_MAXLEN, '*', 'id', id, 'state', 'completed',
-    'result', result)
-  tally.results[results] = true
+  local fields = tally.results[results]
+  if not fields then
+    fields = {}
+    tally.results[results] = fields
+  end
+  local n = #fields
+  fields[n + 1], fields[n + 2], fields[n + 3] = 'id', id, 'state'
+  fields[n + 4], fields[n + 5], fields[n + 6] = 'completed', 'result', result
   add(tally, 'stats', 'completed', 1)
   observe_latency(tally, v[5] or v[4], now)
   local retain = v[6]
   if not retain or retain == '0' then
-    redis.call('DEL', key)
+    local del = tally.del
+    del[#del + 1] = key
   else
     redis.call('HSET', key, 'state', 'completed', 'result', result, 'finished_ms', digits(now))
     redis.call('PEXPIRE', key, retain)

@@ -291,17 +291,25 @@ struct Queue::Impl {
     }
   }
 
+  // One notification entry carries one or more jobs' outcomes (a worker reports a batch in one
+  // entry), each a group of fields from its `id` on.
   void on_notification(const Reply& fields) {
     std::map<std::string, std::string> f;
+    const auto settle_one = [&] {
+      const std::string& id = f["id"];
+      if (f["state"] == "completed") {
+        settle(id, {id, f["result"], {}, {}});
+      } else if (f["state"] == "dead") {
+        settle(id, {id, {}, f["error_type"], f["error"]});
+      }
+      f.clear();
+    };
     for (std::size_t i = 0; i + 1 < fields.elements().size(); i += 2) {
-      f[fields[i].str()] = fields[i + 1].str();
+      const std::string& name = fields[i].str();
+      if (name == "id" && !f.empty()) settle_one();
+      f[name] = fields[i + 1].str();
     }
-    const std::string& id = f["id"];
-    if (f["state"] == "completed") {
-      settle(id, {id, f["result"], {}, {}});
-    } else if (f["state"] == "dead") {
-      settle(id, {id, {}, f["error_type"], f["error"]});
-    }
+    if (!f.empty()) settle_one();
   }
 
   void pause(const std::stop_token& stop) {

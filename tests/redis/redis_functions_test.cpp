@@ -773,6 +773,33 @@ TEST_F(RedisFunctions, ReportSettlesABatchThenTakesTheNextJobs) {
   EXPECT_EQ(stats()["waiting"], 1);  // d
 }
 
+// A batch's notifications to one producer go in one entry, a group of fields per job from its
+// `id` on; the hashes of jobs kept for 0 ms go with one DEL.
+TEST_F(RedisFunctions, ReportNotifiesABatchInOneEntry) {
+  for (const char* id : {"a", "b", "c"}) {
+    ASSERT_EQ(submit({.id = id, .retain_ms = 0})[0].str(), "created");
+  }
+  const Taken t = take("w1", 3);
+  ASSERT_EQ(t.jobs.size(), 3u);
+  std::vector<std::string> args = {"w1", "0", "10000", "3"};
+  for (const auto& [id, lease] : t.jobs) {
+    args.insert(args.end(), {"complete", id, lease, "r" + id, ""});
+  }
+  EXPECT_EQ(fcall("crew_report", args).describe(), R"([["ok", "ok", "ok"]])");
+  const Reply entries =
+      redis_.command({"XRANGE", kQueue + "results:producer-1", "-", "+"});
+  ASSERT_EQ(entries.elements().size(), 1u);
+  std::vector<std::string> fields;
+  for (const Reply& f : entries[0][1].elements()) fields.push_back(f.str());
+  EXPECT_EQ(fields, (std::vector<std::string>{"id", "a", "state", "completed", "result", "ra",  //
+                                              "id", "b", "state", "completed", "result", "rb",  //
+                                              "id", "c", "state", "completed", "result", "rc"}));
+  for (const char* id : {"a", "b", "c"}) {
+    EXPECT_EQ(redis_.command({"EXISTS", kQueue + "job:" + id}).integer(), 0) << id;
+  }
+  EXPECT_EQ(stat("completed"), 3);
+}
+
 TEST_F(RedisFunctions, ReportChecksEveryOutcomeBeforeSettlingAny) {
   ASSERT_EQ(submit({.id = "a"})[0].str(), "created");
   const Taken t = take("w1", 1);
