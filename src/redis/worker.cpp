@@ -2,6 +2,7 @@
 // A running job is keyed by its lease token (unique for ever), so a job that comes back to this
 // worker after it lost the lease is a different entry from the stale run.
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -18,6 +19,7 @@
 #include <vector>
 
 #include <fmt/format.h>
+#include <pthread.h>
 
 #include <crew/pool.hpp>
 #include <crew/process/pool.hpp>
@@ -44,6 +46,12 @@ constexpr std::size_t kRenewMax = 500;
 constexpr std::size_t kPrefetchMax = 64;
 // Weight of the newest run time in the running estimate of a job's run time.
 constexpr double kRunTimeWeight = 0.2;
+// Report threads, each with its connection. A second one reports while the first one's call is
+// in Redis, once this many outcomes are queued: Redis then always has the next call to run,
+// where one call at a time left it idle for a round trip and the client's turn per batch, and a
+// batch this size still costs Redis little per job for the call itself.
+constexpr std::size_t kReporters = 2;
+constexpr std::size_t kSecondReportBatch = 16;
 
 struct Running {
   std::string id;
@@ -105,7 +113,7 @@ struct Worker::Impl {
   std::string id = process_unique_id();
   Connection fetch_connection;
   Connection lease_connection;
-  Connection report_connection;
+  std::array<Connection, kReporters> report_connections;
   std::unique_ptr<ProcessPool> processes;
   std::unique_ptr<ThreadPool> threads;
 
@@ -132,7 +140,8 @@ struct Worker::Impl {
   // connection): the fetch thread asks crew_recover for them, and until it has, the report thread
   // takes no jobs, so that no reply with jobs in it is in flight while crew_recover runs.
   bool recover = false;
-  bool report_taking = false;  // a crew_report that starts jobs is in flight
+  std::size_t reports = 0;         // crew_report calls in flight
+  std::size_t report_taking = 0;  // of which start jobs
   std::deque<Outcome> outcomes;
   WorkerStats counters;
 
@@ -144,7 +153,8 @@ struct Worker::Impl {
   bool stopped = false;
   std::atomic<bool> taking{true};           // false once stop() began: no more jobs are started
   std::atomic<long long> fetch_client{-1};  // for CLIENT UNBLOCK
-  std::jthread fetcher, leaser, reporter;
+  std::jthread fetcher, leaser;
+  std::array<std::jthread, kReporters> reporters;
 
   Impl(const Tasks& t, WorkerOptions o)
       : tasks(t),
@@ -154,7 +164,9 @@ struct Worker::Impl {
         fetch_connection(url,
                          {options.connect_timeout, options.command_timeout + options.block, true}),
         lease_connection(url, {options.connect_timeout, options.command_timeout, false}),
-        report_connection(url, {options.connect_timeout, options.command_timeout, false}) {
+        report_connections{
+            Connection(url, {options.connect_timeout, options.command_timeout, false}),
+            Connection(url, {options.connect_timeout, options.command_timeout, false})} {
     if (options.isolation == Isolation::process) {
       ProcessPoolOptions p;
       p.tasks = options.executable.empty() ? &tasks : nullptr;
@@ -213,7 +225,7 @@ struct Worker::Impl {
               // Free slots, not prefetch room: while its jobs run, the report thread's next
               // crew_report takes more anyway. A crew_take here as well would cost a job that a
               // producer waits for one more call, most of it for nothing.
-              return recover ? !report_taking : running.size() + reserved < options.workers;
+              return recover ? report_taking == 0 : running.size() + reserved < options.workers;
             })) {
           return;
         }
@@ -399,13 +411,18 @@ struct Worker::Impl {
 
   // Reports every queued outcome in one crew_report, which also starts up to as many jobs as the
   // reported ones free slots: at steady state one round trip finishes jobs and takes the next.
-  void report_loop(const std::stop_token& stop) {
+  // While another report thread's call is in flight, only a batch of kSecondReportBatch.
+  void report_loop(const std::stop_token& stop, Connection& connection) {
     for (;;) {
       std::vector<Outcome> batch;
       std::size_t take = 0;
       {
         std::unique_lock lock(mutex);
-        if (!outcome_queued.wait(lock, stop, [&] { return !outcomes.empty(); })) return;
+        if (!outcome_queued.wait(lock, stop, [&] {
+              return !outcomes.empty() && (reports == 0 || outcomes.size() >= kSecondReportBatch);
+            })) {
+          return;
+        }
         while (!outcomes.empty() && batch.size() < kReportMax) {
           batch.push_back(std::move(outcomes.front()));
           outcomes.pop_front();
@@ -415,17 +432,20 @@ struct Worker::Impl {
         if (taking && !recover && busy < capacity()) {
           take = std::min(capacity() - busy, kTakeMax);
           reserved += take;
-          report_taking = true;
+          ++report_taking;
         }
+        ++reports;
       }
-      const bool lost_take = report(batch, take, stop);
+      const bool lost_take = report(batch, take, stop, connection);
       {
         std::lock_guard lock(mutex);
         for (const Outcome& o : batch) running.erase(o.job->lease);
         reserved -= take;
-        report_taking = false;
+        if (take > 0) --report_taking;
+        --reports;
         if (lost_take) recover = true;
       }
+      // Outcomes short of a second batch that waited for this call are this thread's next turn.
       slots_changed.notify_all();
     }
   }
@@ -433,7 +453,8 @@ struct Worker::Impl {
   // Retries through reconnects: a repeated report is refused by its lease tokens, never doubled.
   // A retry takes no jobs: the fetch thread takes work meanwhile. True when the call that took
   // jobs failed: it may have started them without its reply getting here (see crew_recover).
-  bool report(const std::vector<Outcome>& batch, std::size_t take, const std::stop_token& stop) {
+  bool report(const std::vector<Outcome>& batch, std::size_t take, const std::stop_token& stop,
+              Connection& report_connection) {
     std::vector<const Outcome*> reported;
     std::vector<std::string> args{id, "", ms_text(options.lease), ""};
     for (const Outcome& o : batch) {
@@ -593,8 +614,8 @@ struct Worker::Impl {
     leaser.join();
     // Outcomes still queued are not reported: their jobs are handed back with the rest. After the
     // join no crew_report is in flight, so `running` holds every job this worker started.
-    reporter.request_stop();
-    reporter.join();
+    for (auto& reporter : reporters) reporter.request_stop();
+    for (auto& reporter : reporters) reporter.join();
     std::vector<std::shared_ptr<Running>> left;
     {
       std::lock_guard lock(mutex);
@@ -625,9 +646,21 @@ Worker::Worker(const Tasks& tasks, WorkerOptions options)
   }
   const Reply init = i.fcall(i.fetch_connection, "crew_init", {});
   if (init.is_error()) throw ConnectionError("crew_init: " + init.error());
-  i.reporter = std::jthread([&i](const std::stop_token& stop) { i.report_loop(stop); });
-  i.leaser = std::jthread([&i](const std::stop_token& stop) { i.lease_loop(stop); });
-  i.fetcher = std::jthread([&i](const std::stop_token& stop) { i.fetch_loop(stop); });
+  // Named, so that top and perf tell them apart.
+  for (std::size_t n = 0; n < kReporters; ++n) {
+    i.reporters[n] = std::jthread([&i, n](const std::stop_token& stop) {
+      pthread_setname_np(pthread_self(), "crew-rd-report");
+      i.report_loop(stop, i.report_connections[n]);
+    });
+  }
+  i.leaser = std::jthread([&i](const std::stop_token& stop) {
+    pthread_setname_np(pthread_self(), "crew-rd-lease");
+    i.lease_loop(stop);
+  });
+  i.fetcher = std::jthread([&i](const std::stop_token& stop) {
+    pthread_setname_np(pthread_self(), "crew-rd-fetch");
+    i.fetch_loop(stop);
+  });
 }
 
 Worker::~Worker() {
