@@ -89,6 +89,18 @@ local function digits(n)
 end
 
 local function job_key(p, id) return p .. 'job:' .. id end
+-- The ids of the jobs `worker` runs; its lease deadline is its score in `leases`.
+local function held_key(p, worker) return p .. 'held:' .. worker end
+
+-- Renews `worker`'s lease (GT: a deadline never moves back).
+local function lease_worker(p, worker, deadline)
+  redis.call('ZADD', p .. 'leases', 'GT', deadline, worker)
+end
+
+-- The job leaves its owner's held set (version 7's jobs have no owner's set: nothing to do).
+local function unhold(p, id, job)
+  if job.owner then redis.call('SREM', held_key(p, job.owner), id) end
+end
 
 -- A job hash holds only what differs from these defaults (version 8): fewer fields make every
 -- HMGET and HSET of a job cheaper, and a submission writes 7 fields instead of 17.
@@ -125,7 +137,8 @@ local function call_with(head, items)
 end
 
 -- What a call adds to the counter hashes, summed; the results it notifies, by results stream;
--- the leases it ended and the job hashes it deleted: written at its end (flush), one command per
+-- the jobs it settled, by owner, and the job hashes it deleted: written at its end (flush), one
+-- command per
 -- hash, stream or key rather than per job. Every redis.call costs more than the work of most
 -- commands here (its arguments and reply go through RESP and Lua), so a batch of outcomes costs a
 -- few calls, not a few per job.
@@ -149,7 +162,7 @@ local function flush(p, tally)
     redis.call('PEXPIRE', key, RESULTS_TTL_MS, 'NX')
   end
   call_with({'DEL'}, tally.del)
-  call_with({'ZREM', p .. 'leases'}, tally.unlease)
+  for owner, ids in pairs(tally.unlease) do call_with({'SREM', held_key(p, owner)}, ids) end
 end
 
 -- Counts a completed job's end-to-end latency, from when it could first run (submission, or the
@@ -225,7 +238,7 @@ end
 -- The job's last word: dead-lettered, its producer told, its hash kept for retain_ms.
 local function settle_dead(p, id, job, error_type, message)
   drop_entry(job.stream, job.entry)
-  redis.call('ZREM', p .. 'leases', id)
+  unhold(p, id, job)
   redis.call('HSET', job_key(p, id), 'state', 'dead', 'error_type', error_type, 'error', message,
     'finished_ms', now_ms())
   dead_letter(p, id, job.task, error_type, message, job.attempt)
@@ -415,17 +428,21 @@ local function start_entry(p, stream, priority, entry, id, worker, starts)
   local attempt = v[4] and tonumber(v[4]) + 1 or 1
   redis.call('HSET', key, 'state', 'active', 'entry', '', 'owner', worker, 'lease', lease,
     'attempt', digits(attempt), 'started_ms', starts.now_text)
-  local leases = starts.leases
-  leases[#leases + 1] = starts.deadline
-  leases[#leases + 1] = id
+  local held = starts.held
+  held[#held + 1] = id
   return {'run', lease, v[5], v[6], v[7] and tonumber(v[7]) or 0, attempt}
 end
 
 local function new_starts(now, lease_ms)
-  return {now_text = digits(now), deadline = string.format('%d', now + lease_ms), leases = {}}
+  return {now_text = digits(now), deadline = string.format('%d', now + lease_ms), held = {}}
 end
 
-local function apply_starts(p, starts) call_with({'ZADD', p .. 'leases'}, starts.leases) end
+-- The jobs a call started join their worker's held set, and the worker's lease is renewed.
+local function apply_starts(p, worker, starts)
+  if #starts.held == 0 then return end
+  call_with({'SADD', held_key(p, worker)}, starts.held)
+  lease_worker(p, worker, starts.deadline)
+end
 
 -- Removes the entries of `stream` up to `last`, all delivered by now, except the first one still
 -- pending (a blocking XREADGROUP's, not started yet) and those after it. One XTRIM frees whole
@@ -456,7 +473,7 @@ local function start(keys, argv)
   local starts = new_starts(now_ms(), lease_ms)
   local started = start_entry(p, stream, string.sub(stream, -1), entry, id, worker, starts)
   if started[1] == 'run' then drop_entry(stream, entry) end
-  apply_starts(p, starts)
+  apply_starts(p, worker, starts)
   return started
 end
 
@@ -467,8 +484,9 @@ local function renew(keys, argv)
   local id = text(fn, 'id', argv[1], 256)
   local lease = text(fn, 'lease', argv[2], 64)
   local lease_ms = int(fn, 'lease_ms', argv[3], 1)
-  if not owned(load_job(p, id), lease) then return 'lost' end
-  redis.call('ZADD', p .. 'leases', 'XX', now_ms() + lease_ms, id)
+  local job = load_job(p, id)
+  if not owned(job, lease) then return 'lost' end
+  lease_worker(p, job.owner, now_ms() + lease_ms)
   return 'ok'
 end
 
@@ -477,9 +495,14 @@ end
 local function complete_one(p, tally, now, id, lease, result)
   local key = job_key(p, id)
   local v = redis.call('HMGET', key, 'state', 'lease', 'producer', 'created_ms', 'ready_ms',
-    'retain_ms')
+    'retain_ms', 'owner')
   if v[1] ~= 'active' or v[2] ~= lease then return 'refused' end
-  local unlease = tally.unlease
+  local owner = v[7] or ''
+  local unlease = tally.unlease[owner]
+  if not unlease then
+    unlease = {}
+    tally.unlease[owner] = unlease
+  end
   unlease[#unlease + 1] = id
   local results = p .. 'results:' .. v[3]
   local fields = tally.results[results]
@@ -544,7 +567,7 @@ local function fail_one(p, tally, id, lease, error_type, message)
     return {'dead'}
   end
   delete_entry(job.stream, job.entry)
-  redis.call('ZREM', p .. 'leases', id)
+  unhold(p, id, job)
   redis.call('HSET', job_key(p, id), 'error_type', error_type, 'error', message, 'entry', '')
   add(tally, 'stats', 'retried', 1)
   local delay = backoff_delay(job)
@@ -586,7 +609,7 @@ local function release(keys, argv)
   local job = load_job(p, id)
   if not owned(job, lease) then return 'refused' end
   drop_entry(job.stream, job.entry)
-  redis.call('ZREM', p .. 'leases', id)
+  unhold(p, id, job)
   redis.call('HSET', job_key(p, id), 'attempt', math.max(tonumber(job.attempt) - 1, 0),
     'lease', next_token(p))
   enqueue(p, id, job.priority)
@@ -618,45 +641,68 @@ local function redeliver_unstarted(p, limit, idle_ms)
   return count
 end
 
+-- Takes an active job from its presumed dead owner: its lease token changes (the old owner's
+-- renew, complete and fail are refused from now on) and it runs again, or is dead-lettered as
+-- WorkerCrashed once it has been reclaimed more than max_reclaims times. -> 'requeued' | 'dead'
+local function reclaim_job(p, id, job, max_reclaims)
+  local reclaims = tonumber(job.reclaims) + 1
+  redis.call('HSET', job_key(p, id), 'lease', next_token(p), 'reclaims', reclaims)
+  bump(p, 'reclaimed')
+  if reclaims > max_reclaims then
+    settle_dead(p, id, job, 'WorkerCrashed', 'worker ' .. tostring(job.owner)
+      .. ' stopped renewing its lease (reclaims: ' .. reclaims .. ')')
+    return 'dead'
+  end
+  drop_entry(job.stream, job.entry)
+  enqueue(p, id, job.priority)
+  return 'requeued'
+end
+
 -- crew_reclaim(prefix; limit, max_reclaims, unstarted_idle_ms) -> {requeued, dead, redelivered}
--- A job whose lease deadline passed has an owner presumed dead: its lease token changes (the old
--- owner's renew, complete and fail are refused from now on) and it runs again, or is
--- dead-lettered as WorkerCrashed once it has been reclaimed more than max_reclaims times.
+-- A worker whose lease deadline passed is presumed dead: every job it held is reclaimed
+-- (reclaim_job), at most `limit` workers a call. Version 8 made leases per worker (one `leases`
+-- member per worker, its jobs in `held:<worker>`); a member that names a job is version 7's lease
+-- of that one job, reclaimed the same way.
 local function reclaim(keys, argv)
   local fn = 'crew_reclaim'
   local p = prefix_of(fn, keys)
   local limit = int(fn, 'limit', argv[1], 1)
   local max_reclaims = int(fn, 'max_reclaims', argv[2], 0)
   local idle_ms = int(fn, 'unstarted_idle_ms', argv[3], 0)
-  local ids = redis.call('ZRANGEBYSCORE', p .. 'leases', '-inf', now_ms(), 'LIMIT', 0, limit)
-  local requeued, dead = 0, 0
-  for _, id in ipairs(ids) do
-    redis.call('ZREM', p .. 'leases', id)
-    local job = load_job(p, id)
-    if job and job.state == 'active' then
-      local reclaims = tonumber(job.reclaims) + 1
-      redis.call('HSET', job_key(p, id), 'lease', next_token(p), 'reclaims', reclaims)
-      bump(p, 'reclaimed')
-      if reclaims > max_reclaims then
-        settle_dead(p, id, job, 'WorkerCrashed', 'worker ' .. tostring(job.owner)
-          .. ' stopped renewing its lease (reclaims: ' .. reclaims .. ')')
-        dead = dead + 1
-      else
-        drop_entry(job.stream, job.entry)
-        enqueue(p, id, job.priority)
-        requeued = requeued + 1
+  local expired = redis.call('ZRANGEBYSCORE', p .. 'leases', '-inf', now_ms(), 'LIMIT', 0, limit)
+  local count = {requeued = 0, dead = 0}
+  for _, member in ipairs(expired) do
+    redis.call('ZREM', p .. 'leases', member)
+    local held = held_key(p, member)
+    local ids = redis.call('SMEMBERS', held)
+    redis.call('DEL', held)
+    for _, id in ipairs(ids) do
+      local job = load_job(p, id)
+      if job and job.state == 'active' and job.owner == member then
+        local outcome = reclaim_job(p, id, job, max_reclaims)
+        count[outcome] = count[outcome] + 1
+      end
+    end
+    if #ids == 0 then
+      local job = load_job(p, member)
+      if job and job.state == 'active' then
+        local outcome = reclaim_job(p, member, job, max_reclaims)
+        count[outcome] = count[outcome] + 1
       end
     end
   end
   local redelivered = idle_ms > 0 and redeliver_unstarted(p, limit, idle_ms) or 0
-  return {requeued, dead, redelivered}
+  return {count.requeued, count.dead, redelivered}
 end
 
 -- crew_stats(prefix) -> {name, value, ...}: jobs by state, the counters, then the latency
 -- histogram's fields prefixed `latency:` (`latency:le:<ms>`, `latency:count`, `latency:sum_ms`).
 local function stats(keys)
   local p = prefix_of('crew_stats', keys)
-  local active = redis.call('ZCARD', p .. 'leases')
+  local active = 0
+  for _, worker in ipairs(redis.call('ZRANGE', p .. 'leases', 0, -1)) do
+    active = active + redis.call('SCARD', held_key(p, worker))
+  end
   local waiting = 0  -- a job leaves its stream when it starts
   for priority = 0, 3 do waiting = waiting + redis.call('XLEN', p .. 'p' .. priority) end
   local out = {'waiting', waiting, 'delayed', redis.call('ZCARD', p .. 'delayed'),
@@ -794,7 +840,7 @@ local function take_jobs(p, worker, count, lease_ms, now, own)
     end
     if last then trim_delivered(stream, last) end
   end
-  apply_starts(p, starts)
+  apply_starts(p, worker, starts)
   if #out == 1 then redis.pcall('XGROUP', 'SETID', p .. 'wake', GROUP, '$') end
   out[1] = due_in(p, now)
   return out
@@ -836,18 +882,18 @@ local function recover(keys, argv)
   local now = now_ms()
   local out = {}
   local starts = new_starts(now, lease_ms)
-  for _, id in ipairs(redis.call('ZRANGE', p .. 'leases', 0, -1)) do
+  for _, id in ipairs(redis.call('SMEMBERS', held_key(p, worker))) do
     local key = job_key(p, id)
     local held = redis.call('HMGET', key, 'state', 'owner', 'lease')
     if held[1] == 'active' and held[2] == worker and not runs[held[3]] then
       local job = redis.call('HMGET', key, 'task', 'args', 'timeout_ms', 'attempt')
-      redis.call('ZADD', p .. 'leases', 'XX', now + lease_ms, id)
       out[#out + 1] = {id, held[3], job[1], job[2], tonumber(job[3] or '0'),
         tonumber(job[4] or '1')}
     end
   end
+  if #out > 0 then lease_worker(p, worker, now + lease_ms) end
   start_own(p, worker, starts, out)
-  apply_starts(p, starts)
+  apply_starts(p, worker, starts)
   return out
 end
 
@@ -908,18 +954,17 @@ local function renew_many(keys, argv)
     text(fn, 'lease', argv[i + 1], 64)
   end
   local deadline = now_ms() + lease_ms
-  local lost, renewed = {}, {'ZADD', p .. 'leases', 'XX'}
+  local lost, owners = {}, {}
   for i = 2, #argv, 2 do
     local id, lease = argv[i], argv[i + 1]
-    local job = redis.call('HMGET', job_key(p, id), 'state', 'lease')
+    local job = redis.call('HMGET', job_key(p, id), 'state', 'lease', 'owner')
     if job[1] == 'active' and job[2] == lease then
-      renewed[#renewed + 1] = deadline
-      renewed[#renewed + 1] = id
+      owners[job[3]] = true
     else
       lost[#lost + 1] = lease
     end
   end
-  if #renewed > 3 then redis.call(unpack(renewed)) end
+  for owner in pairs(owners) do lease_worker(p, owner, deadline) end
   return lost
 end
 

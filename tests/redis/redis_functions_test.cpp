@@ -85,6 +85,14 @@ class RedisFunctions : public ::testing::Test {
     return fcall("crew_start", {d.id, d.stream, d.entry, worker, std::to_string(lease_ms)});
   }
 
+  // A worker's lease deadline (ms, Redis clock), and how many jobs it holds.
+  double deadline(const std::string& worker) {
+    return std::stod(redis_.command({"ZSCORE", kQueue + "leases", worker}).str());
+  }
+  long long held(const std::string& worker) {
+    return redis_.command({"SCARD", kQueue + "held:" + worker}).integer();
+  }
+
   Fields job(const std::string& id) {
     return fields_of(redis_.command({"HGETALL", kQueue + "job:" + id}));
   }
@@ -192,7 +200,7 @@ TEST_F(RedisFunctions, SubmitStartComplete) {
   EXPECT_EQ(fcall("crew_complete", {"j1", lease, result}).str(), "ok");
   EXPECT_EQ(redis_.command({"XLEN", kQueue + "p2"}).integer(), 0);
   EXPECT_EQ(redis_.command({"XPENDING", kQueue + "p2", "workers"})[0].integer(), 0);
-  EXPECT_EQ(redis_.command({"ZCARD", kQueue + "leases"}).integer(), 0);
+  EXPECT_EQ(held("w1"), 0);
   EXPECT_EQ(job("j1")["state"], "completed");
   EXPECT_EQ(job("j1")["result"], result);
   EXPECT_GT(redis_.command({"PTTL", kQueue + "job:j1"}).integer(), 0);
@@ -403,10 +411,10 @@ TEST_F(RedisFunctions, RenewNeedsTheCurrentLease) {
   auto delivery = read("w1");
   ASSERT_TRUE(delivery);
   const std::string lease = start(*delivery, "w1", 1000)[1].str();
-  const double before = std::stod(redis_.command({"ZSCORE", kQueue + "leases", "j1"}).str());
+  // Leases are per worker: renewing a job renews its worker's.
+  const double before = deadline("w1");
   EXPECT_EQ(fcall("crew_renew", {"j1", lease, "60000"}).str(), "ok");
-  const double after = std::stod(redis_.command({"ZSCORE", kQueue + "leases", "j1"}).str());
-  EXPECT_GE(after - before, 59'000);
+  EXPECT_GE(deadline("w1") - before, 59'000);
   EXPECT_EQ(fcall("crew_renew", {"j1", lease + "0", "60000"}).str(), "lost");
   EXPECT_EQ(fcall("crew_renew", {"nothing", lease, "60000"}).str(), "lost");
   ASSERT_EQ(fcall("crew_complete", {"j1", lease, "r"}).str(), "ok");
@@ -458,7 +466,7 @@ TEST_F(RedisFunctions, ReleaseHandsTheJobBackAtOnceWithoutSpendingAnAttempt) {
   EXPECT_EQ(fcall("crew_release", {"j1", lease}).str(), "ok");
   EXPECT_EQ(job("j1")["state"], "waiting");
   EXPECT_EQ(job("j1")["attempt"], "0");
-  EXPECT_EQ(redis_.command({"ZCARD", kQueue + "leases"}).integer(), 0);
+  EXPECT_EQ(held("w1"), 0);
   EXPECT_EQ(fcall("crew_release", {"j1", lease}).str(), "refused");
   EXPECT_EQ(fcall("crew_complete", {"j1", lease, "late"}).str(), "refused");
 
@@ -635,7 +643,8 @@ TEST_F(RedisFunctions, TakeStartsUpToCountJobsHighestPriorityFirst) {
   EXPECT_EQ(job("p3-0")["owner"], "w1");
   EXPECT_EQ(job("p3-0")["lease"], started[1].str());
   EXPECT_EQ(ids_of(taken_of(first)), (std::vector<std::string>{"p3-0", "p3-1", "p2-0"}));
-  EXPECT_EQ(redis_.command({"ZCARD", kQueue + "leases"}).integer(), 3);
+  EXPECT_EQ(held("w1"), 3);
+  EXPECT_EQ(redis_.command({"ZCARD", kQueue + "leases"}).integer(), 1);  // one worker
   // Started jobs are acknowledged: the pending lists hold nothing.
   for (const char* stream : {"p3", "p2"}) {
     EXPECT_EQ(redis_.command({"XPENDING", kQueue + stream, "workers"})[0].integer(), 0);
@@ -823,16 +832,18 @@ TEST_F(RedisFunctions, RenewManyRenewsOwnedLeasesAndReturnsTheLostOnes) {
   const auto& [b, lease_b] = t.jobs[1];
   const auto& [c, lease_c] = t.jobs[2];
   ASSERT_EQ(fcall("crew_complete", {c, lease_c, "r"}).str(), "ok");
-  const double before = std::stod(redis_.command({"ZSCORE", kQueue + "leases", a}).str());
+  EXPECT_EQ(held("w1"), 2);  // c left with its result
+  const double before = deadline("w1");
+  // Only lost leases: the worker's deadline stays.
+  EXPECT_EQ(fcall("crew_renew_many", {"60000", b, lease_b + "0"}).describe(),
+            "[\"" + lease_b + "0\"]");
+  EXPECT_LT(deadline("w1") - before, 1'000);
   const Reply lost =
       fcall("crew_renew_many", {"60000", a, lease_a, b, lease_b + "0", c, lease_c, "none", "1"});
   std::vector<std::string> lost_leases;
   for (const Reply& lease : lost.elements()) lost_leases.push_back(lease.str());
   EXPECT_EQ(lost_leases, (std::vector<std::string>{lease_b + "0", lease_c, "1"}));
-  EXPECT_GE(std::stod(redis_.command({"ZSCORE", kQueue + "leases", a}).str()) - before, 59'000);
-  // A lost lease's job keeps its deadline, and a settled one gets no entry in the lease zset.
-  EXPECT_LT(std::stod(redis_.command({"ZSCORE", kQueue + "leases", b}).str()) - before, 1'000);
-  EXPECT_TRUE(redis_.command({"ZSCORE", kQueue + "leases", c}).is_nil());
+  EXPECT_GE(deadline("w1") - before, 59'000);
   EXPECT_EQ(fcall("crew_renew_many", {"60000"}).describe(), "[]");
   EXPECT_THAT(fcall("crew_renew_many", {"60000", a}).error(), HasSubstr("pairs"));
 }
@@ -910,14 +921,12 @@ TEST_F(RedisFunctions, RecoverHandsAWorkerWhatCallsWhoseReplyItLostStarted) {
   ASSERT_FALSE(
       redis_.command({"XREADGROUP", "GROUP", "workers", "w1", "STREAMS", kQueue + "wake", ">"})
           .is_nil());
-  const double before = std::stod(redis_.command({"ZSCORE", kQueue + "leases", "b"}).str());
-
   const Reply recovered = fcall("crew_recover", {"w1", "60000", runs.jobs[0].second});
   ASSERT_EQ(recovered.elements().size(), 2u) << recovered.describe();
   // b as crew_take started it, its lease renewed; c started now.
   EXPECT_EQ(recovered[0].describe(),
             R"(["b", ")" + lost.jobs[0].second + R"(", "echo", "args", 700, 1])");
-  EXPECT_GE(std::stod(redis_.command({"ZSCORE", kQueue + "leases", "b"}).str()) - before, 59'000);
+  EXPECT_GE(deadline("w1") - static_cast<double>(redis_now_ms()), 59'000);
   EXPECT_EQ(recovered[1][0].str(), "c");
   EXPECT_EQ(recovered[1][5].integer(), 1);
   EXPECT_EQ(job("c")["state"], "active");

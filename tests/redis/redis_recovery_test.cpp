@@ -154,7 +154,7 @@ TEST_F(RedisRecovery, LostLeaseStopsTheTaskAndItsOutcomeIsNeverReported) {
   ASSERT_TRUE(eventually([&] { return g_executions.load() == 1; }));  // running: see the next test
   ASSERT_EQ(field("j", "state"), "active");
   // As if this worker had been silent past its lease: expire it now and reclaim.
-  redis_.command({"ZADD", "crew:{q}:leases", "XX", "0", "j"});
+  redis_.command({"ZADD", "crew:{q}:leases", "XX", "0", w->id()});
   const auto reclaimed = fcall("crew_reclaim", {"10", "3", "0"});
   ASSERT_EQ(reclaimed.describe(), "[1, 0, 0]");
   EXPECT_EQ(f.get(), 7);

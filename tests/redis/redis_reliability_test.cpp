@@ -271,9 +271,17 @@ long long pending(Connection& redis) {
   }
   return n;
 }
+// Jobs held by workers (leases are per worker, each with a set of the jobs it runs).
+long long held_jobs(Connection& redis) {
+  long long n = 0;
+  const Reply workers = redis.command({"ZRANGE", kPrefix + "leases", "0", "-1"});
+  for (const Reply& worker : workers.elements()) {
+    n += redis.command({"SCARD", kPrefix + "held:" + worker.str()}).integer();
+  }
+  return n;
+}
 bool drained(Connection& redis) {
-  return work_entries(redis) == 0 && pending(redis) == 0 &&
-         redis.command({"ZCARD", kPrefix + "leases"}).integer() == 0 &&
+  return work_entries(redis) == 0 && pending(redis) == 0 && held_jobs(redis) == 0 &&
          redis.command({"ZCARD", kPrefix + "delayed"}).integer() == 0;
 }
 
@@ -289,7 +297,7 @@ struct Lease {
 // The jobs `owner` is running, by Redis.
 std::vector<Lease> active_jobs_of(Connection& redis, const std::string& owner) {
   std::vector<Lease> out;
-  const Reply ids = redis.command({"ZRANGE", kPrefix + "leases", "0", "-1"});
+  const Reply ids = redis.command({"SMEMBERS", kPrefix + "held:" + owner});
   for (const Reply& id : ids.elements()) {
     const Reply f =
         redis.command({"HMGET", kPrefix + "job:" + id.str(), "owner", "lease", "state"});
