@@ -477,7 +477,8 @@ local function start(keys, argv)
   return started
 end
 
--- crew_renew(prefix; id, lease, lease_ms) -> 'ok' | 'lost' (the worker must stop the task).
+-- crew_renew(prefix; id, lease, lease_ms) -> 'ok' (its worker's lease renewed) | 'lost' (the
+-- worker must stop the task).
 local function renew(keys, argv)
   local fn = 'crew_renew'
   local p = prefix_of(fn, keys)
@@ -867,11 +868,11 @@ end
 -- crew_recover(prefix; worker, lease_ms, lease...) -> {{id, lease, task, args, timeout_ms,
 -- attempt}...}: what calls whose reply `worker` never got (Redis killed or stalled, the connection
 -- dropped) left in its name, each of which would otherwise wait a whole lease for crew_reclaim.
--- Jobs active in its name whose lease is not among the given ones (the jobs it runs) get their
--- lease renewed and are handed over: a crew_take, crew_report or crew_start started them. Entries
+-- Jobs active in its name whose lease is not among the given ones (the jobs it runs) are handed
+-- over, its lease renewed: a crew_take, crew_report or crew_start started them. Entries
 -- delivered to it and never started (a blocking XREADGROUP's) are started as crew_start would;
--- its `wake` deliveries are acknowledged. It reads the lease of every active job in the queue, so
--- a worker calls it only after a failed call, and with no call that starts jobs in flight.
+-- its `wake` deliveries are acknowledged. It reads every job the worker holds, so a worker calls
+-- it only after a failed call, and with no call that starts jobs in flight.
 local function recover(keys, argv)
   local fn = 'crew_recover'
   local p = prefix_of(fn, keys)
@@ -943,7 +944,8 @@ local function report(keys, argv)
 end
 
 -- crew_renew_many(prefix; lease_ms, {id, lease} x n) -> the leases of the jobs no longer this
--- caller's (the worker must stop them); the others' deadlines move to now + lease_ms.
+-- caller's (the worker must stop them); the lease of the worker holding the others moves to
+-- now + lease_ms.
 local function renew_many(keys, argv)
   local fn = 'crew_renew_many'
   local p = prefix_of(fn, keys)
