@@ -142,7 +142,11 @@ end
 -- hash, stream or key rather than per job. Every redis.call costs more than the work of most
 -- commands here (its arguments and reply go through RESP and Lua), so a batch of outcomes costs a
 -- few calls, not a few per job.
-local function new_tally() return {stats = {}, latency = {}, results = {}, unlease = {}, del = {}} end
+-- `done`: the jobs settled so far, so that an outcome repeated within one call is refused
+-- although the writes that settle the first (the DEL, say) are still to come.
+local function new_tally()
+  return {stats = {}, latency = {}, results = {}, unlease = {}, del = {}, done = {}}
+end
 
 local function add(tally, hash, field, n) tally[hash][field] = (tally[hash][field] or 0) + n end
 
@@ -494,10 +498,12 @@ end
 -- A job kept for 0 ms is deleted at once: its result travels in the notification only, so the
 -- hash is not written first. Its stream entry left when it started (start_entry).
 local function complete_one(p, tally, now, id, lease, result)
+  if tally.done[id] then return 'refused' end
   local key = job_key(p, id)
   local v = redis.call('HMGET', key, 'state', 'lease', 'producer', 'created_ms', 'ready_ms',
     'retain_ms', 'owner')
   if v[1] ~= 'active' or v[2] ~= lease then return 'refused' end
+  tally.done[id] = true
   local owner = v[7] or ''
   local unlease = tally.unlease[owner]
   if not unlease then
@@ -558,8 +564,10 @@ end
 
 -- -> {'retry', delay_ms} | {'dead'} | 'refused' (see crew_fail)
 local function fail_one(p, tally, id, lease, error_type, message)
+  if tally.done[id] then return 'refused' end
   local job = load_job(p, id)
   if not owned(job, lease) then return 'refused' end
+  tally.done[id] = true
   add(tally, 'stats', 'failed', 1)
   -- BadArguments (an unknown task, arguments or a result that do not fit) would fail the same
   -- way again: no attempt is spent on it, as in a local ProcessPool.

@@ -809,6 +809,26 @@ TEST_F(RedisFunctions, ReportNotifiesABatchInOneEntry) {
   EXPECT_EQ(stat("completed"), 3);
 }
 
+// The writes that settle a batch come at its end: an outcome repeated within the same call is
+// refused all the same, so a job is settled once and its producer told once.
+TEST_F(RedisFunctions, AnOutcomeRepeatedWithinOneReportIsRefused) {
+  ASSERT_EQ(submit({.id = "a", .retain_ms = 0})[0].str(), "created");
+  const Taken t = take("w1", 1);
+  ASSERT_EQ(t.jobs.size(), 1u);
+  const std::string& lease = t.jobs[0].second;
+  const std::vector<std::string> args = {"w1",       "0", "10000", "3",           //
+                                         "complete", "a", lease,   "r1",  "",     //
+                                         "complete", "a", lease,   "r2",  "",     //
+                                         "fail",     "a", lease,   "E",   "e"};   //
+  EXPECT_EQ(fcall("crew_report", args).describe(), R"([["ok", "refused", "refused"]])");
+  EXPECT_EQ(stat("completed"), 1);
+  EXPECT_EQ(stat("failed"), 0);
+  auto results = stream("results:producer-1");
+  ASSERT_EQ(results.size(), 1u);
+  EXPECT_EQ(results[0]["result"], "r1");
+  EXPECT_EQ(held("w1"), 0);
+}
+
 TEST_F(RedisFunctions, ReportChecksEveryOutcomeBeforeSettlingAny) {
   ASSERT_EQ(submit({.id = "a"})[0].str(), "created");
   const Taken t = take("w1", 1);
