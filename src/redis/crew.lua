@@ -448,10 +448,19 @@ local function apply_starts(p, worker, starts)
   lease_worker(p, worker, starts.deadline)
 end
 
--- Removes the entries of `stream` up to `last`, all delivered by now, except the first one still
--- pending (a blocking XREADGROUP's, not started yet) and those after it. One XTRIM frees whole
--- listpack nodes, where an XDEL per entry looks each one up.
-local function trim_delivered(stream, last)
+-- Removes the entries of `stream` the group is done with: all it delivered (up to its
+-- last-delivered id), except the first one still pending (a blocking XREADGROUP's, not started
+-- yet) and those after it. One XTRIM frees whole listpack nodes, where an XDEL per entry looks
+-- each one up. Called where entries are taken (crew_take) and where a pending one is resolved
+-- (started, redelivered): the entries a pending one held back go with it.
+local function trim_done(stream)
+  local last
+  for _, group in ipairs(redis.call('XINFO', 'GROUPS', stream)) do
+    local fields = {}
+    for i = 1, #group, 2 do fields[group[i]] = group[i + 1] end
+    if fields.name == GROUP then last = fields['last-delivered-id'] end
+  end
+  if not last then return end
   local ms, seq = string.match(last, '^(%d+)-(%d+)$')
   ms, seq = tonumber(ms), tonumber(seq) + 1
   local pending = redis.call('XPENDING', stream, GROUP)
@@ -476,7 +485,10 @@ local function start(keys, argv)
   local lease_ms = int(fn, 'lease_ms', argv[5], 1)
   local starts = new_starts(now_ms(), lease_ms)
   local started = start_entry(p, stream, string.sub(stream, -1), entry, id, worker, starts)
-  if started[1] == 'run' then drop_entry(stream, entry) end
+  if started[1] == 'run' then
+    drop_entry(stream, entry)
+    trim_done(stream)
+  end
   apply_starts(p, worker, starts)
   return started
 end
@@ -633,7 +645,7 @@ local function redeliver_unstarted(p, limit, idle_ms)
   for priority = 0, 3 do
     local stream = p .. 'p' .. priority
     local pending = redis.pcall('XPENDING', stream, GROUP, 'IDLE', idle_ms, '-', '+', limit)
-    if type(pending) == 'table' and not pending.err then
+    if type(pending) == 'table' and not pending.err and #pending > 0 then
       for _, row in ipairs(pending) do
         local entry = row[1]
         local found = redis.call('XRANGE', stream, entry, entry)[1]
@@ -645,6 +657,7 @@ local function redeliver_unstarted(p, limit, idle_ms)
           count = count + 1
         end
       end
+      trim_done(stream)
     end
   end
   return count
@@ -789,7 +802,8 @@ end
 local function start_own(p, worker, starts, out)
   for priority = 3, 0, -1 do
     local stream = p .. 'p' .. digits(priority)
-    for _, e in ipairs(read_own(stream, worker)) do
+    local own = read_own(stream, worker)
+    for _, e in ipairs(own) do
       local fields = e[2]
       if not fields then
         redis.call('XACK', stream, GROUP, e[1])
@@ -803,6 +817,7 @@ local function start_own(p, worker, starts, out)
         end
       end
     end
+    if #own > 0 then trim_done(stream) end
   end
   for _, e in ipairs(read_own(p .. 'wake', worker)) do
     redis.call('XACK', p .. 'wake', GROUP, e[1])
@@ -847,7 +862,7 @@ local function take_jobs(p, worker, count, lease_ms, now, own)
       end
       if #entries < wanted then break end
     end
-    if last then trim_delivered(stream, last) end
+    if last then trim_done(stream) end
   end
   apply_starts(p, worker, starts)
   if #out == 1 then redis.pcall('XGROUP', 'SETID', p .. 'wake', GROUP, '$') end

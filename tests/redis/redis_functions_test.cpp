@@ -706,6 +706,30 @@ TEST_F(RedisFunctions, TakeOwnStartsWhatABlockingReadDeliveredFirst) {
   EXPECT_THAT(bad.error(), HasSubstr("must be 'own'"));
 }
 
+// Entries a take started stay behind an older one still pending (a blocking read's, not started
+// yet), and go with it once it is resolved: started, or redelivered after its reader died.
+TEST_F(RedisFunctions, EntriesHeldBackByAPendingOneGoWithIt) {
+  for (const char* id : {"j1", "j2", "j3"}) ASSERT_EQ(submit({.id = id})[0].str(), "created");
+  auto delivery = read("w1");
+  ASSERT_TRUE(delivery);
+  ASSERT_EQ(delivery->id, "j1");
+  ASSERT_EQ(ids_of(take("w2", 2)), (std::vector<std::string>{"j2", "j3"}));
+  EXPECT_EQ(redis_.command({"XLEN", kQueue + "p1"}).integer(), 3);  // j1's held them back
+  EXPECT_EQ(stats()["waiting"], 3);
+  ASSERT_EQ(start(*delivery, "w1")[0].str(), "run");
+  EXPECT_EQ(redis_.command({"XLEN", kQueue + "p1"}).integer(), 0);
+
+  // The same, resolved by a redelivery.
+  for (const char* id : {"k1", "k2"}) ASSERT_EQ(submit({.id = id})[0].str(), "created");
+  ASSERT_EQ(read("w3")->id, "k1");  // w3 dies before starting it
+  ASSERT_EQ(ids_of(take("w2", 1)), (std::vector<std::string>{"k2"}));
+  EXPECT_EQ(redis_.command({"XLEN", kQueue + "p1"}).integer(), 2);
+  poll_until("crew_reclaim", {"10", "3", "1"}, "[0, 0, 1]");
+  EXPECT_EQ(redis_.command({"XLEN", kQueue + "p1"}).integer(), 1);  // k1's new entry alone
+  EXPECT_EQ(ids_of(take("w2", 1)), (std::vector<std::string>{"k1"}));
+  EXPECT_EQ(redis_.command({"XLEN", kQueue + "p1"}).integer(), 0);
+}
+
 // A lease token is the entry's id after its priority: different for every start of a job.
 TEST_F(RedisFunctions, EveryStartOfAJobHasANewLease) {
   ASSERT_EQ(submit({.id = "j1"})[0].str(), "created");
