@@ -228,7 +228,8 @@ int main(int argc, char** argv) {
     } else if (a == "--only" && i + 1 < argc) {
       only = argv[++i];
     } else {
-      std::fprintf(stderr, "usage: crew_queue_bench --url redis://HOST:PORT [--quick] [--only WORKLOAD]\n");
+      std::fprintf(stderr,
+                   "usage: crew_queue_bench --url redis://HOST:PORT [--quick] [--only WORKLOAD]\n");
       return a == "--help" ? 0 : crew_bench::kUsageError;
     }
   }

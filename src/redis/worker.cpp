@@ -140,7 +140,7 @@ struct Worker::Impl {
   // connection): the fetch thread asks crew_recover for them, and until it has, the report thread
   // takes no jobs, so that no reply with jobs in it is in flight while crew_recover runs.
   bool recover = false;
-  std::size_t reports = 0;         // crew_report calls in flight
+  std::size_t reports = 0;        // crew_report calls in flight
   std::size_t report_taking = 0;  // of which start jobs
   std::deque<Outcome> outcomes;
   WorkerStats counters;

@@ -819,8 +819,7 @@ TEST_F(RedisFunctions, ReportNotifiesABatchInOneEntry) {
     args.insert(args.end(), {"complete", id, lease, "r" + id, ""});
   }
   EXPECT_EQ(fcall("crew_report", args).describe(), R"([["ok", "ok", "ok"]])");
-  const Reply entries =
-      redis_.command({"XRANGE", kQueue + "results:producer-1", "-", "+"});
+  const Reply entries = redis_.command({"XRANGE", kQueue + "results:producer-1", "-", "+"});
   ASSERT_EQ(entries.elements().size(), 1u);
   std::vector<std::string> fields;
   for (const Reply& f : entries[0][1].elements()) fields.push_back(f.str());
@@ -840,10 +839,10 @@ TEST_F(RedisFunctions, AnOutcomeRepeatedWithinOneReportIsRefused) {
   const Taken t = take("w1", 1);
   ASSERT_EQ(t.jobs.size(), 1u);
   const std::string& lease = t.jobs[0].second;
-  const std::vector<std::string> args = {"w1",       "0", "10000", "3",           //
-                                         "complete", "a", lease,   "r1",  "",     //
-                                         "complete", "a", lease,   "r2",  "",     //
-                                         "fail",     "a", lease,   "E",   "e"};   //
+  const std::vector<std::string> args = {"w1",       "0", "10000", "3",         //
+                                         "complete", "a", lease,   "r1", "",    //
+                                         "complete", "a", lease,   "r2", "",    //
+                                         "fail",     "a", lease,   "E",  "e"};  //
   EXPECT_EQ(fcall("crew_report", args).describe(), R"([["ok", "refused", "refused"]])");
   EXPECT_EQ(stat("completed"), 1);
   EXPECT_EQ(stat("failed"), 0);
