@@ -1,8 +1,9 @@
 #!lua name=crew
 -- The crew queue's Redis 7 function library (docs/architecture.md, "Redis queue"). Every function
 -- takes one key, the queue prefix `crew:{<queue>}:`: its hash tag puts all of a queue's keys in one
--- Cluster slot, and jobs reached through the delayed and lease zsets cannot be declared up front
--- anyway, so the functions derive every key from the prefix. All time is the Redis clock (TIME).
+-- Cluster slot, and jobs reached through the delayed zset and the held sets cannot be declared up
+-- front anyway, so the functions derive every key from the prefix. All time is the Redis clock
+-- (TIME).
 -- Every state change checks the job's current state (and lease token), so each job is settled
 -- exactly once however late or repeated a call is. Arguments are checked before the first write:
 -- a function that raises after writing would leave its writes in place.
@@ -138,10 +139,9 @@ end
 
 -- What a call adds to the counter hashes, summed; the results it notifies, by results stream;
 -- the jobs it settled, by owner, and the job hashes it deleted: written at its end (flush), one
--- command per
--- hash, stream or key rather than per job. Every redis.call costs more than the work of most
--- commands here (its arguments and reply go through RESP and Lua), so a batch of outcomes costs a
--- few calls, not a few per job.
+-- command per hash, stream or key rather than per job. Every redis.call costs more than the work
+-- of most commands here (its arguments and reply go through RESP and Lua), so a batch of outcomes
+-- costs a few calls, not a few per job.
 -- `done`: the jobs settled so far, so that an outcome repeated within one call is refused
 -- although the writes that settle the first (the DEL, say) are still to come.
 local function new_tally()
@@ -418,7 +418,7 @@ end
 -- The lease token is the entry's id after its priority: an entry starts a job at most once (a
 -- started job's hash no longer names it), so no token repeats, and none costs a counter.
 -- `starts` (new_starts) carries the call's time and lease deadline, read and formatted once, and
--- collects the deadlines, written with one ZADD by apply_starts.
+-- collects the jobs started, which apply_starts adds to the worker's held set with one SADD.
 local function start_entry(p, stream, priority, entry, id, worker, starts)
   local key = job_key(p, id)
   local v = id ~= '' and redis.call('HMGET', key, 'state', 'entry', 'priority', 'attempt', 'task',

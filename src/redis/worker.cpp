@@ -289,13 +289,17 @@ struct Worker::Impl {
           ">", ">", ">"},
          {"FCALL", "crew_take", "1", prefix, id, std::to_string(free), ms_text(options.lease),
           "own"}});
-    // The read's entries are the pipelined crew_take's to start; a group that is gone was
-    // created again by it.
-    if (replies[0].is_error() && !replies[0].error().starts_with("NOGROUP")) {
-      throw std::runtime_error("XREADGROUP: " + replies[0].error());
-    }
+    // The read's entries are the pipelined crew_take's to start.
     if (replies[1].is_error()) throw std::runtime_error("crew_take: " + replies[1].error());
     start_taken(replies[1]);
+    if (replies[0].is_error()) {
+      if (!replies[0].error().starts_with("NOGROUP")) {
+        throw std::runtime_error("XREADGROUP: " + replies[0].error());
+      }
+      // A stream was deleted with its group (`wake`, say, which crew_take does not read).
+      const Reply init = fcall(fetch_connection, "crew_init", {});
+      if (init.is_error()) throw std::runtime_error("crew_init: " + init.error());
+    }
   }
 
   // Runs what calls whose reply was lost started in this worker's name (crew_recover), at once
