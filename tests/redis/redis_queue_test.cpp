@@ -295,7 +295,9 @@ TEST_F(RedisQueue, AWorkerPrefetchesShortJobsButNotLongOnes) {
   // The first gate job blocks the only slot; the other three were taken with it all the same.
   EXPECT_TRUE(eventually([&] { return w->stats().started == 24; })) << w->stats().started;
   {
-    std::lock_guard lock(g_gate.mutex);
+    // Begun is not yet running: the pool thread may still be on its way to the first one.
+    std::unique_lock lock(g_gate.mutex);
+    EXPECT_TRUE(g_gate.changed.wait_for(lock, 60s, [] { return !g_gate.order.empty(); }));
     EXPECT_EQ(g_gate.order.size(), 1U);
     g_gate.released = 4;
   }
