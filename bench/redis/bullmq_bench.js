@@ -2,7 +2,9 @@
 // same `key value` output (see there). BullMQ and ioredis come from bench/node/package.json via
 // NODE_PATH.
 //
-//   node bench/redis/bullmq_bench.js --port PORT [--quick]
+//   node bench/redis/bullmq_bench.js --port PORT [--quick] [--only WORKLOAD]
+//
+// --only runs one workload (after the backlog it needs), as crew_queue_bench's --only.
 'use strict';
 const { Queue, QueueEvents, Worker } = require('bullmq');
 const Redis = require('ioredis');
@@ -10,8 +12,10 @@ const Redis = require('ioredis');
 const args = process.argv.slice(2);
 const quick = args.includes('--quick');
 const port = Number(args[args.indexOf('--port') + 1]);
-if (!(port > 0)) {
-  console.error('usage: bullmq_bench.js --port PORT [--quick]');
+const only = args.includes('--only') ? args[args.indexOf('--only') + 1] : '';
+const wanted = (workload) => only === '' || only === workload;
+if (!(port > 0) || only === undefined) {
+  console.error('usage: bullmq_bench.js --port PORT [--quick] [--only WORKLOAD]');
   process.exit(64);
 }
 const JOBS = quick ? 2000 : 20000;
@@ -71,20 +75,33 @@ async function enqueueOne(workload, name) {
   await queue.close();
 }
 
+// Adds JOBS jobs with addBulk, BATCH at a time; returns the seconds it took.
+async function addBatches(queue) {
+  const t = now();
+  for (let i = 0; i < JOBS; i += BATCH) {
+    const batch = [];
+    for (let k = i; k < Math.min(i + BATCH, JOBS); ++k) batch.push(job(k));
+    await queue.addBulk(batch);
+  }
+  return now() - t;
+}
+
 async function enqueueBulk(workload, name) {
   const queue = new Queue(name, { connection });
   await queue.waitUntilReady();
   let s = 0;
   await measure(workload, JOBS, async () => {
-    const t = now();
-    for (let i = 0; i < JOBS; i += BATCH) {
-      const batch = [];
-      for (let k = i; k < Math.min(i + BATCH, JOBS); ++k) batch.push(job(k));
-      await queue.addBulk(batch);
-    }
-    s = now() - t;
+    s = await addBatches(queue);
   });
   emit(`${workload}.rate`, JOBS / s);
+  await queue.close();
+}
+
+// A backlog for a processing run, not measured.
+async function fill(name) {
+  const queue = new Queue(name, { connection });
+  await queue.waitUntilReady();
+  await addBatches(queue);
   await queue.close();
 }
 
@@ -167,11 +184,13 @@ async function endToEnd(name) {
 
 (async () => {
   // The jobs each enqueue leaves behind are the next processing run's backlog.
-  await enqueueOne('enqueue_one', 'one');
-  await processAll('process_c1', 'one', 1);
-  await enqueueBulk('enqueue_bulk', 'bulk');
-  await processAll('process_c32', 'bulk', 32);
-  await endToEnd('e2e');
+  if (wanted('enqueue_one')) await enqueueOne('enqueue_one', 'one');
+  if (only === 'process_c1') await fill('one');
+  if (wanted('process_c1')) await processAll('process_c1', 'one', 1);
+  if (wanted('enqueue_bulk')) await enqueueBulk('enqueue_bulk', 'bulk');
+  if (only === 'process_c32') await fill('bulk');
+  if (wanted('process_c32')) await processAll('process_c32', 'bulk', 32);
+  if (wanted('e2e')) await endToEnd('e2e');
   probe.disconnect();
 })().catch((error) => {
   console.error(`bullmq_bench: ${error.stack || error}`);

@@ -5,9 +5,10 @@
 //
 // --only runs one workload (after the backlog it needs), for profiling Redis or the client.
 // Prints one `key value` line per figure: `<workload>.rate` (jobs/s), `e2e.p50_us`/`e2e.p99_us`,
-// and for every workload the Redis work it caused per job: `<workload>.calls` (commands, the
-// ones the functions run included), `<workload>.cpu_us` (Redis CPU, user + sys) and
-// `<workload>.cmd.<command>` (calls of one command). Exit 1 when a job is lost or wrong.
+// `e2e.inlined` (the share of jobs the worker's fetch thread ran itself), and for every workload
+// the Redis work it caused per job: `<workload>.calls` (commands, the ones the functions run
+// included), `<workload>.cpu_us` (Redis CPU, user + sys) and `<workload>.cmd.<command>` (calls of
+// one command). Exit 1 when a job is lost or wrong.
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
@@ -207,6 +208,8 @@ struct Bench {
     std::sort(us.begin(), us.end());
     emit("e2e.p50_us", us[us.size() / 2]);
     emit("e2e.p99_us", us[us.size() * 99 / 100]);
+    // The share of the jobs the worker's fetch thread ran itself (WorkerOptions::inline_below).
+    emit("e2e.inlined", static_cast<double>(worker.stats().inlined) / (round_trips + 100));
     worker.stop(5s);
   }
 };

@@ -221,6 +221,8 @@ template <class T>
 class Promise {
  public:
   Promise() : state_(new detail::State<T>()) {}
+  /// Adopts `state`, of a state type of its own (internal).
+  explicit Promise(detail::State<T>* state) noexcept : state_(state) {}
   Promise(Promise&&) noexcept = default;
   Promise& operator=(Promise&& o) noexcept {
     if (this != &o) {

@@ -157,9 +157,19 @@ void settle(Promise<R>& promise, const JobOutcome& outcome) {
   if (error) promise.set_exception(std::move(error));
 }
 
+// The state of a Future whose result comes from another process through Redis: a network round
+// trip away at least, so a thread that waits for it sleeps at once instead of spinning first
+// (StateBase::wait()). The spin only kept the CPU from the threads that bring the result about
+// when they share it (a producer and a worker in one process), and cannot pay off otherwise.
+template <class R>
+class RemoteState final : public crew::detail::State<R> {
+ public:
+  bool drive() const noexcept override { return true; }
+};
+
 template <class R>
 Settle settler(Future<R>& future) {
-  auto promise = std::make_shared<Promise<R>>();
+  auto promise = std::make_shared<Promise<R>>(new RemoteState<R>());
   future = promise->get_future();
   return [promise](const JobOutcome& outcome) { settle(*promise, outcome); };
 }

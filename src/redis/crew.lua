@@ -8,7 +8,7 @@
 -- exactly once however late or repeated a call is. Arguments are checked before the first write:
 -- a function that raises after writing would leave its writes in place.
 
-local VERSION = 8
+local VERSION = 9
 
 local GROUP = 'workers'
 local NOTIFY_MAXLEN = '10000'
@@ -362,6 +362,15 @@ local function due_in(p, now)
   return math.max(tonumber(first[2]) - now, 0)
 end
 
+-- Promotes due delayed jobs (at most `limit`); -> due_in after. One look when none is due, the
+-- common case, where promoting first and asking after took two.
+local function promote_then_due(p, limit, now)
+  local due = due_in(p, now)
+  if due ~= 0 then return due end
+  promote_due(p, limit, now)
+  return due_in(p, now)
+end
+
 -- crew_next_due(prefix) -> milliseconds until the earliest delayed job is due (0: due now), or
 -- -1 when none waits. A worker blocks no longer than this, so delayed jobs start on time.
 local function next_due(keys)
@@ -472,6 +481,12 @@ local function trim_done(stream)
   redis.call('XTRIM', stream, 'MINID', string.format('%d-%d', ms, seq))
 end
 
+-- Removes `stream`'s entries the group is done with (trim_done) after a pending one was resolved;
+-- an empty stream (the common case: the entry was the only one) needs no look.
+local function trim_resolved(stream)
+  if redis.call('XLEN', stream) > 0 then trim_done(stream) end
+end
+
 -- crew_start(prefix; id, stream, entry, worker, lease_ms)
 --   -> {'run', lease, task, args, timeout_ms, attempt} | {'skip', reason}
 -- Called with what a blocking XREADGROUP delivered (see start_entry).
@@ -487,7 +502,7 @@ local function start(keys, argv)
   local started = start_entry(p, stream, string.sub(stream, -1), entry, id, worker, starts)
   if started[1] == 'run' then
     drop_entry(stream, entry)
-    trim_done(stream)
+    trim_resolved(stream)
   end
   apply_starts(p, worker, starts)
   return started
@@ -797,19 +812,34 @@ local function read_own(stream, worker)
   return reply[1][2]
 end
 
+-- The entries delivered to `worker` and never acknowledged, at most 100 a stream, of the priority
+-- streams (highest first) and `wake`: {{stream, entries}...}. One read for the five: a call per
+-- stream was most of a waited-for job's start. A group that is gone fails the read of all, so
+-- then they are read one by one.
+local function read_all_own(p, worker)
+  local streams = {p .. 'p3', p .. 'p2', p .. 'p1', p .. 'p0', p .. 'wake'}
+  local reply = redis.pcall('XREADGROUP', 'GROUP', GROUP, worker, 'COUNT', 100, 'STREAMS',
+    streams[1], streams[2], streams[3], streams[4], streams[5], '0', '0', '0', '0', '0')
+  if type(reply) == 'table' and not reply.err and #reply == 5 then return reply end
+  local out = {}
+  for i, stream in ipairs(streams) do out[i] = {stream, read_own(stream, worker)} end
+  return out
+end
+
 -- Starts the entries delivered to `worker` and never started (a blocking XREADGROUP's), as
 -- crew_start would, into `out`, and acknowledges its `wake` deliveries.
 local function start_own(p, worker, starts, out)
-  for priority = 3, 0, -1 do
-    local stream = p .. 'p' .. digits(priority)
-    local own = read_own(stream, worker)
+  local owns = read_all_own(p, worker)
+  for i = 1, 4 do
+    local stream, own = owns[i][1], owns[i][2]
+    local priority = digits(4 - i)
     for _, e in ipairs(own) do
       local fields = e[2]
       if not fields then
         redis.call('XACK', stream, GROUP, e[1])
       else
         local id = fields[1] == 'id' and fields[2] or ''
-        local started = start_entry(p, stream, digits(priority), e[1], id, worker, starts)
+        local started = start_entry(p, stream, priority, e[1], id, worker, starts)
         if started[1] == 'run' then
           drop_entry(stream, e[1])
           started[1] = id
@@ -817,9 +847,9 @@ local function start_own(p, worker, starts, out)
         end
       end
     end
-    if #own > 0 then trim_done(stream) end
+    if #own > 0 then trim_resolved(stream) end
   end
-  for _, e in ipairs(read_own(p .. 'wake', worker)) do
+  for _, e in ipairs(owns[5][2]) do
     redis.call('XACK', p .. 'wake', GROUP, e[1])
   end
 end
@@ -834,8 +864,7 @@ end
 -- (start_own), and new ones are taken only when there were any: own entries may take `count`
 -- past its value.
 local function take_jobs(p, worker, count, lease_ms, now, own)
-  promote_due(p, 100, now)
-  local out = {0}
+  local out = {promote_then_due(p, 100, now)}
   local starts = new_starts(now, lease_ms)
   local more = true
   if own then
@@ -866,7 +895,6 @@ local function take_jobs(p, worker, count, lease_ms, now, own)
   end
   apply_starts(p, worker, starts)
   if #out == 1 then redis.pcall('XGROUP', 'SETID', p .. 'wake', GROUP, '$') end
-  out[1] = due_in(p, now)
   return out
 end
 

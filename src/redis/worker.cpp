@@ -85,6 +85,23 @@ struct Outcome {
   std::optional<ErrorRecord> error;
 };
 
+// A job the fetch thread ran itself (WorkerOptions::inline_below): its outcome, reported with the
+// next read, and what the call that started it said of the next delayed job, for that read's
+// block time.
+struct Ran {
+  Outcome outcome;
+  IdleHint due;
+};
+
+// A take's reply, started: how many jobs, and the one to run on this thread, if any.
+struct Started {
+  std::size_t count = 0;
+  std::shared_ptr<Running> job;
+  std::string task;
+  std::string args;
+  IdleHint due;
+};
+
 WorkerOptions checked(WorkerOptions o) {
   if (o.lease < milliseconds(1'000)) {
     throw std::invalid_argument("crew::redis::WorkerOptions: lease must be at least 1 s");
@@ -95,6 +112,10 @@ WorkerOptions checked(WorkerOptions o) {
   if (o.prefetch_window.count() < 0) {
     throw std::invalid_argument(
         "crew::redis::WorkerOptions: prefetch_window must not be negative (0 turns prefetch off)");
+  }
+  if (o.inline_below.count() < 0) {
+    throw std::invalid_argument(
+        "crew::redis::WorkerOptions: inline_below must not be negative (0 turns it off)");
   }
   if (o.block.count() < 1) {
     throw std::invalid_argument("crew::redis::WorkerOptions: block must be at least 1 ms");
@@ -143,6 +164,8 @@ struct Worker::Impl {
   std::size_t reports = 0;        // crew_report calls in flight
   std::size_t report_taking = 0;  // of which start jobs
   std::deque<Outcome> outcomes;
+  // The job the fetch thread runs itself (inline_below), while it does.
+  std::shared_ptr<Running> running_inline;
   WorkerStats counters;
 
   // queue_stats(): its own connection, made on first use.
@@ -215,35 +238,53 @@ struct Worker::Impl {
   // --- fetch thread ---
 
   void fetch_loop(const std::stop_token& stop) {
+    std::optional<Ran> ran;  // an outcome to report with the next read
     for (;;) {
       std::size_t free = 0;
       std::optional<IdleHint> hint;
       std::optional<std::vector<std::string>> recovering;  // the leases this worker runs
+      bool handed_over = false;
       {
         std::unique_lock lock(mutex);
+        // No read follows while stopping or recovering: the report threads report it.
+        if (ran && (recover || !taking)) {
+          outcomes.push_back(std::move(ran->outcome));
+          ran.reset();
+          handed_over = true;
+        }
+        // The job reported with the next read leaves `running` after it, but its slot is free.
+        const std::size_t reporting = ran ? 1 : 0;
         if (!slots_changed.wait(lock, stop, [&] {
               // Free slots, not prefetch room: while its jobs run, the report thread's next
               // crew_report takes more anyway. A crew_take here as well would cost a job that a
               // producer waits for one more call, most of it for nothing.
-              return recover ? report_taking == 0 : running.size() + reserved < options.workers;
+              return recover ? report_taking == 0
+                             : running.size() - reporting + reserved < options.workers;
             })) {
+          if (ran) outcomes.push_back(std::move(ran->outcome));
+          lock.unlock();
+          outcome_queued.notify_all();
           return;
         }
         if (recover) {
           recovering.emplace();
           for (const auto& [lease, job] : running) recovering->push_back(lease);
         } else {
-          free = std::min(capacity() - running.size() - reserved, kTakeMax);
+          free = std::min(capacity() - (running.size() - reporting) - reserved, kTakeMax);
           reserved += free;
           hint = std::exchange(idle_hint, std::nullopt);
         }
       }
+      if (handed_over) outcome_queued.notify_all();
       bool failed = true;
       const bool go_on = turn(fetch_connection, stop, "fetch", [&] {
         if (recovering) {
           recover_jobs(*recovering);
         } else {
-          fetch(free, hint);
+          // fetch() owns it now: on an error it hands it to the report threads.
+          std::optional<Ran> reported = std::exchange(ran, std::nullopt);
+          const auto due = reported ? std::optional<IdleHint>(reported->due) : hint;
+          ran = fetch(free, due, std::move(reported));
         }
         failed = false;
       });
@@ -260,7 +301,10 @@ struct Worker::Impl {
         }
       }
       slots_changed.notify_all();
-      if (!go_on) return;
+      if (!go_on) {
+        if (ran) queue_outcome(std::move(ran->outcome));
+        return;
+      }
     }
   }
 
@@ -270,36 +314,77 @@ struct Worker::Impl {
   // pipelined behind it: Redis starts what the read delivered as soon as it delivers it, so a job
   // that arrives while this worker waits costs one round trip, not two. A `hint` from a
   // crew_report that started nothing stands for the first crew_take.
-  void fetch(std::size_t free, const std::optional<IdleHint>& hint) {
+  // `reported`, a job this thread ran, goes first in the same write (a crew_report that takes
+  // nothing: the read and crew_take do). Returns a job this thread ran now, if it did.
+  std::optional<Ran> fetch(std::size_t free, const std::optional<IdleHint>& hint,
+                           std::optional<Ran> reported) {
     std::optional<long long> due = hint ? due_from(*hint) : std::nullopt;
+    if (reported && !due) {
+      // A delayed job is due: crew_take must promote it first.
+      queue_outcome(std::move(reported->outcome));
+      reported.reset();
+    }
     if (!due) {
       const Reply taken =
           fcall(fetch_connection, "crew_take", {id, std::to_string(free), ms_text(options.lease)});
       if (taken.is_error()) throw std::runtime_error("crew_take: " + taken.error());
-      if (start_taken(taken) > 0) return;
+      Started started = start_taken(taken, true);
+      if (started.count > 0) return run_inline(std::move(started));
       due = taken[0].integer();
     }
     // Block no longer than until the next delayed job is due (BLOCK 0 would mean for ever).
     milliseconds block = options.block;
     if (*due >= 0) block = std::clamp(milliseconds(*due), milliseconds(1), block);
-    fetch_client = fetch_connection.client_id();
-    const std::vector<Reply> replies = fetch_connection.pipeline(
-        {{"XREADGROUP", "GROUP", "workers", id, "COUNT", "1", "BLOCK", ms_text(block), "STREAMS",
-          prefix + "p3", prefix + "p2", prefix + "p1", prefix + "p0", prefix + "wake", ">", ">",
-          ">", ">", ">"},
-         {"FCALL", "crew_take", "1", prefix, id, std::to_string(free), ms_text(options.lease),
-          "own"}});
-    // The read's entries are the pipelined crew_take's to start.
-    if (replies[1].is_error()) throw std::runtime_error("crew_take: " + replies[1].error());
-    start_taken(replies[1]);
-    if (replies[0].is_error()) {
-      if (!replies[0].error().starts_with("NOGROUP")) {
-        throw std::runtime_error("XREADGROUP: " + replies[0].error());
-      }
-      // A stream was deleted with its group (`wake`, say, which crew_take does not read).
-      const Reply init = fcall(fetch_connection, "crew_init", {});
-      if (init.is_error()) throw std::runtime_error("crew_init: " + init.error());
+    std::vector<std::vector<std::string>> commands;
+    std::vector<const Outcome*> reporting;
+    if (reported && !reported->outcome.job->abandoned) {
+      reporting.push_back(&reported->outcome);
+      commands.push_back(report_command(reporting, 0));
     }
+    commands.push_back({"XREADGROUP", "GROUP", "workers", id, "COUNT", "1", "BLOCK", ms_text(block),
+                        "STREAMS", prefix + "p3", prefix + "p2", prefix + "p1", prefix + "p0",
+                        prefix + "wake", ">", ">", ">", ">", ">"});
+    commands.push_back({"FCALL", "crew_take", "1", prefix, id, std::to_string(free),
+                        ms_text(options.lease), "own"});
+    fetch_client = fetch_connection.client_id();
+    std::vector<Reply> replies;
+    try {
+      replies = fetch_connection.pipeline(commands);
+    } catch (...) {
+      // Whether the report got there is unknown: the report threads send it again (a repeat is
+      // refused by its lease token, never settled twice).
+      if (reported) queue_outcome(std::move(reported->outcome));
+      throw;
+    }
+    if (reported) {
+      const Reply& reply = replies.front();
+      if (!reporting.empty() && reply.is_error() && !reply.error().starts_with("ERR crew_")) {
+        queue_outcome(std::move(reported->outcome));  // the server's state: sent again later
+      } else {
+        if (!reporting.empty()) count(reporting, reply);
+        std::lock_guard lock(mutex);
+        running.erase(reported->outcome.job->lease);
+      }
+    }
+    const Reply& read = replies[replies.size() - 2];
+    const Reply& own = replies.back();
+    // The read's entries are the pipelined crew_take's to start.
+    if (own.is_error()) throw std::runtime_error("crew_take: " + own.error());
+    std::optional<Ran> ran = run_inline(start_taken(own, true));
+    if (read.is_error()) {
+      try {
+        if (!read.error().starts_with("NOGROUP")) {
+          throw std::runtime_error("XREADGROUP: " + read.error());
+        }
+        // A stream was deleted with its group (`wake`, say, which crew_take does not read).
+        const Reply init = fcall(fetch_connection, "crew_init", {});
+        if (init.is_error()) throw std::runtime_error("crew_init: " + init.error());
+      } catch (...) {
+        if (ran) queue_outcome(std::move(ran->outcome));
+        throw;
+      }
+    }
+    return ran;
   }
 
   // Runs what calls whose reply was lost started in this worker's name (crew_recover), at once
@@ -320,28 +405,71 @@ struct Worker::Impl {
   }
 
   // Starts the jobs of a crew_take reply ({due_ms, {id, lease, task, args, timeout_ms,
-  // attempt}...}); returns how many.
-  std::size_t start_taken(const Reply& taken) {
+  // attempt}...}). With `may_inline`, a lone job that may run on this thread (see
+  // inline_below) is registered but not launched: the caller runs it (run_inline).
+  Started start_taken(const Reply& taken, bool may_inline = false) {
     const auto& elements = taken.elements();
+    Started started;
+    started.count = elements.size() - 1;
+    started.due = IdleHint{Clock::now(), taken[0].integer()};
     for (std::size_t i = 1; i < elements.size(); ++i) {
       const Reply& job = elements[i];
-      begin(job[0].str(), job[1].str(), job[2].str(), job[3].str(), milliseconds(job[4].integer()));
+      const milliseconds timeout(job[4].integer());
+      const bool here = may_inline && started.count == 1 && threads && timeout.count() == 0;
+      auto [running_job, inlined] = track(job[0].str(), job[1].str(), here);
+      if (inlined) {
+        started.job = std::move(running_job);
+        started.task = job[2].str();
+        started.args = job[3].str();
+      } else {
+        launch(running_job, job[2].str(), job[3].str(), timeout);
+      }
     }
-    return elements.size() - 1;
+    return started;
   }
 
   void begin(const std::string& job_id, const std::string& lease, const std::string& task,
              std::string args, milliseconds timeout) {
+    launch(track(job_id, lease, false).first, task, std::move(args), timeout);
+  }
+
+  // Registers a job begun; with `may_inline`, says whether it runs on the calling thread: only
+  // when nothing else runs and the jobs finished so far suggest it is short.
+  std::pair<std::shared_ptr<Running>, bool> track(const std::string& job_id,
+                                                  const std::string& lease, bool may_inline) {
     auto job = std::make_shared<Running>();
     job->id = job_id;
     job->lease = lease;
+    std::lock_guard lock(mutex);
+    const bool here = may_inline && running.empty() && run_seconds > 0 &&
+                      run_seconds < std::chrono::duration<double>(options.inline_below).count();
+    running[job->lease] = job;
+    ++unfinished;
+    ++counters.started;
+    if (here) {
+      ++counters.inlined;
+      running_inline = job;
+    }
+    return {std::move(job), here};
+  }
+
+  // Runs the job start_taken() left to this thread; nothing when there is none.
+  std::optional<Ran> run_inline(Started started) {
+    if (!started.job) return std::nullopt;
+    Outcome outcome{started.job, {}, std::nullopt};
+    try {
+      const this_task::StopScope scope(started.job->stop.get_token());
+      outcome.result = tasks.invoke_packed(started.task, started.args).bytes;
+    } catch (...) {
+      outcome.error = record_of(std::current_exception());
+    }
+    started.job->finished = true;
     {
       std::lock_guard lock(mutex);
-      running[job->lease] = job;
-      ++unfinished;
-      ++counters.started;
+      observe_run_time(*started.job);
+      running_inline.reset();
     }
-    launch(job, task, std::move(args), timeout);
+    return Ran{std::move(outcome), started.due};
   }
 
   void launch(const std::shared_ptr<Running>& job, const std::string& task, std::string args,
@@ -378,6 +506,15 @@ struct Worker::Impl {
       outcomes.push_back(std::move(outcome));
     }
     outcome_queued.notify_one();
+  }
+
+  // An outcome of a job that finished already, for the report threads.
+  void queue_outcome(Outcome outcome) {
+    {
+      std::lock_guard lock(mutex);
+      outcomes.push_back(std::move(outcome));
+    }
+    outcome_queued.notify_all();
   }
 
   // --- prefetch ---
@@ -460,25 +597,15 @@ struct Worker::Impl {
   bool report(const std::vector<Outcome>& batch, std::size_t take, const std::stop_token& stop,
               Connection& report_connection) {
     std::vector<const Outcome*> reported;
-    std::vector<std::string> args{id, "", ms_text(options.lease), ""};
     for (const Outcome& o : batch) {
-      if (o.job->abandoned) continue;
-      reported.push_back(&o);
-      if (o.error) {
-        std::string type = o.error->type.empty() ? "unknown" : o.error->type;
-        type.resize(std::min(type.size(), kErrorTypeMax));
-        args.insert(args.end(), {"fail", o.job->id, o.job->lease, type, o.error->message});
-      } else {
-        args.insert(args.end(), {"complete", o.job->id, o.job->lease, o.result, ""});
-      }
+      if (!o.job->abandoned) reported.push_back(&o);
     }
     if (reported.empty()) return false;  // the fetch thread fills the slots
-    args[3] = std::to_string(reported.size());
     bool lost_take = false;
     for (bool first = true, done = false; !done; first = false) {
-      args[1] = std::to_string(first ? take : 0);
+      const std::vector<std::string> command = report_command(reported, first ? take : 0);
       const bool go_on = turn(report_connection, stop, "report", [&] {
-        const Reply reply = fcall(report_connection, "crew_report", args);
+        const Reply reply = report_connection.command(command);
         // Any error reply but the functions' own argument checks (`ERR crew_...`) is the server's
         // state: LOADING while a restarted Redis reads its AOF back, BUSY, MISCONF, the library
         // not loaded. Nothing was settled, so the outcomes are sent again after a pause (turn());
@@ -490,7 +617,7 @@ struct Worker::Impl {
         count(reported, reply);
         if (reply.is_error() || reply.elements().size() < 2) return;
         const Reply& taken = reply[1];
-        if (start_taken(taken) == 0) {
+        if (start_taken(taken).count == 0) {
           std::lock_guard lock(mutex);
           idle_hint = IdleHint{Clock::now(), taken[0].integer()};
         }
@@ -499,6 +626,30 @@ struct Worker::Impl {
       if (!go_on) return lost_take;
     }
     return lost_take;
+  }
+
+  // crew_report for `reported`, taking up to `take` jobs.
+  std::vector<std::string> report_command(const std::vector<const Outcome*>& reported,
+                                          std::size_t take) const {
+    std::vector<std::string> args{"FCALL",
+                                  "crew_report",
+                                  "1",
+                                  prefix,
+                                  id,
+                                  std::to_string(take),
+                                  ms_text(options.lease),
+                                  std::to_string(reported.size())};
+    args.reserve(args.size() + 5 * reported.size());
+    for (const Outcome* o : reported) {
+      if (o->error) {
+        std::string type = o->error->type.empty() ? "unknown" : o->error->type;
+        type.resize(std::min(type.size(), kErrorTypeMax));
+        args.insert(args.end(), {"fail", o->job->id, o->job->lease, type, o->error->message});
+      } else {
+        args.insert(args.end(), {"complete", o->job->id, o->job->lease, o->result, ""});
+      }
+    }
+    return args;
   }
 
   void count(const std::vector<const Outcome*>& reported, const Reply& reply) {
@@ -602,22 +753,44 @@ struct Worker::Impl {
     }
   }
 
+  // Stops `jobs` and hands them back (crew_release), but for those handed back already. Uses the
+  // lease connection: the lease thread has ended.
+  void hand_back(const std::vector<std::shared_ptr<Running>>& jobs) {
+    std::vector<std::shared_ptr<Running>> left;
+    for (const auto& job : jobs) {
+      if (job && !job->abandoned.exchange(true)) left.push_back(job);
+    }
+    for (const auto& job : left) job->stop.request_stop();
+    release(left);
+  }
+
   void stop(milliseconds deadline) {
     std::lock_guard guard(stop_mutex);
     if (stopped) return;
     stopped = true;
     taking = false;
+    // The fetch thread's turn ends with a read that starts nothing, or with a job it runs itself
+    // (whose outcome then goes to the report threads); it takes no more.
     fetcher.request_stop();
     unblock_fetcher();
-    fetcher.join();
     {
       std::unique_lock lock(mutex);
       slots_changed.wait_for(lock, deadline, [&] { return running.empty(); });
     }
     leaser.request_stop();
     leaser.join();
+    // A job the fetch thread runs itself goes back before the join, which waits for it: it may
+    // outlast the deadline. The others only after: until then the thread may still be reading,
+    // and would take them again.
+    std::shared_ptr<Running> own;
+    {
+      std::lock_guard lock(mutex);
+      own = running_inline;
+    }
+    hand_back({own});
+    fetcher.join();
     // Outcomes still queued are not reported: their jobs are handed back with the rest. After the
-    // join no crew_report is in flight, so `running` holds every job this worker started.
+    // joins no call is in flight, so `running` holds every job this worker started.
     for (auto& reporter : reporters) reporter.request_stop();
     for (auto& reporter : reporters) reporter.join();
     std::vector<std::shared_ptr<Running>> left;
@@ -625,11 +798,7 @@ struct Worker::Impl {
       std::lock_guard lock(mutex);
       for (const auto& [lease, job] : running) left.push_back(job);
     }
-    for (const auto& job : left) {
-      job->abandoned = true;
-      job->stop.request_stop();
-    }
-    release(left);
+    hand_back(left);
     processes.reset();
     threads.reset();
   }

@@ -105,6 +105,19 @@ class RedisQueue : public ::testing::Test {
                                                   });
   }
 
+  // Thread isolation, one slot, and a bound on the run time no job here comes near: once one job
+  // has finished, every job that arrives while the worker runs nothing and has no timeout runs on
+  // the fetch thread (WorkerOptions::inline_below).
+  std::unique_ptr<Worker> inline_worker() {
+    return std::make_unique<Worker>(test_tasks(), crew::redis::WorkerOptions{
+                                                      .url = server_.url(),
+                                                      .queue = "q",
+                                                      .workers = 1,
+                                                      .isolation = Isolation::thread,
+                                                      .inline_below = 60s,
+                                                  });
+  }
+
   std::map<std::string, std::string> job(const std::string& id) {
     const auto flat = redis_.command({"HGETALL", "crew:{q}:job:" + id});
     std::map<std::string, std::string> out;
@@ -162,6 +175,9 @@ TEST_F(RedisQueue, OptionsAreValidatedNamingTheField) {
   EXPECT_THAT(error_of<std::invalid_argument>(
                   [&] { Worker w(test_tasks(), {.url = server_.url(), .lease = 500ms}); }),
               HasSubstr("lease"));
+  EXPECT_THAT(error_of<std::invalid_argument>(
+                  [&] { Worker w(test_tasks(), {.url = server_.url(), .inline_below = -1us}); }),
+              HasSubstr("inline_below"));
 }
 
 TEST_F(RedisQueue, UnreachableRedisIsAConnectionErrorNamingTheUrl) {
@@ -309,11 +325,72 @@ TEST_F(RedisQueue, AWorkerPrefetchesShortJobsButNotLongOnes) {
   EXPECT_EQ(w->stats().prefetch, 0U);
 }
 
+TEST_F(RedisQueue, AnIdleWorkerRunsLoneShortJobsOnItsFetchThread) {
+  auto w = inline_worker();
+  // One at a time, so each arrives while the worker runs nothing. The first runs on the pool
+  // (there is no run time to go by yet), the others on the fetch thread, which reports each
+  // together with its next read.
+  for (int i = 0; i < 20; ++i) EXPECT_EQ(queue_.run<int>("add", i, 1).get(), i + 1);
+  EXPECT_EQ(w->stats().inlined, 19u);
+  // The task's exception reaches the Future as it does from the pool.
+  try {
+    (void)queue_.run<int>("throws").get();
+    ADD_FAILURE() << "no exception";
+  } catch (const crew::RemoteError& e) {
+    EXPECT_EQ(e.type_name(), "std::runtime_error");
+    EXPECT_THAT(e.what(), HasSubstr("boom"));
+  }
+  EXPECT_EQ(w->stats().inlined, 20u);
+  // A job with a timeout runs where the timeout is enforced: on the pool.
+  EXPECT_EQ(queue_.run<int>({.timeout = 30s}, "add", 1, 1).get(), 2);
+  EXPECT_EQ(w->stats().inlined, 20u);
+  EXPECT_TRUE(eventually([&] { return w->stats().completed == 21 && w->stats().failed == 1; }))
+      << w->stats().completed << " completed, " << w->stats().failed << " failed";
+  const crew::redis::QueueStats q = queue_.stats();
+  EXPECT_EQ(q.completed, 21u);
+  EXPECT_EQ(q.dead, 1u);
+  EXPECT_EQ(q.waiting + q.active, 0u);
+}
+
+TEST_F(RedisQueue, StopHandsBackAtOnceTheJobItsFetchThreadRuns) {
+  {
+    std::lock_guard lock(g_gate.mutex);
+    g_gate.order.clear();
+    g_gate.released = 0;
+  }
+  auto w = inline_worker();
+  EXPECT_EQ(queue_.run<int>("add", 1, 1).get(), 2);  // a run time to go by
+  crew::Future<int> f = queue_.run<int>({.job_id = "held"}, "gate", 7);
+  {
+    std::unique_lock lock(g_gate.mutex);
+    ASSERT_TRUE(g_gate.changed.wait_for(lock, 60s, [] { return !g_gate.order.empty(); }));
+  }
+  EXPECT_EQ(w->stats().inlined, 1u);
+  // stop() waits for the fetch thread, which runs the job; the job goes back to the queue first,
+  // so another worker can run it meanwhile.
+  std::jthread stopping([&] { w->stop(0ms); });
+  EXPECT_TRUE(eventually([&] { return job("held")["state"] == "waiting"; }))
+      << job("held")["state"];
+  {
+    std::lock_guard lock(g_gate.mutex);
+    g_gate.released = 2;  // this run and the next
+  }
+  g_gate.changed.notify_all();
+  stopping.join();
+  EXPECT_EQ(w->stats().released, 1u);
+  EXPECT_EQ(w->stats().completed, 1u);  // the first job only: the held one's outcome is dropped
+  auto next = worker(Isolation::thread, 1);
+  EXPECT_EQ(f.get(), 7);
+  std::lock_guard lock(g_gate.mutex);
+  EXPECT_EQ(g_gate.order.size(), 2u);
+}
+
 TEST_F(RedisQueue, RoundTripInWorkerProcesses) {
   auto w = worker(Isolation::process);
   std::vector<crew::Future<int>> sums;
   for (int i = 0; i < 20; ++i) sums.push_back(queue_.run<int>("add", i, 1000));
   for (int i = 0; i < 20; ++i) EXPECT_EQ(sums[i].get(), i + 1000);
+  EXPECT_EQ(w->stats().inlined, 0u);  // a worker process runs every job
 }
 
 TEST_F(RedisQueue, CrashingTaskIsRetriedThenDeadLetteredAsWorkerCrashed) {

@@ -44,6 +44,12 @@ struct WorkerOptions {
   /// the jobs it finished, and at most 64. Short jobs are then taken and reported many per Redis
   /// call; jobs longer than the window are never held back from other workers. 0: off.
   std::chrono::milliseconds prefetch_window{2};
+  /// Thread isolation: a job that arrives while this worker runs nothing, has no timeout and is
+  /// expected (from the jobs finished, as for prefetch) to take less than this runs on the thread
+  /// that took it, which reports it together with its next read. A job a producer waits for then
+  /// costs no thread handoff and one Redis call fewer. A job that runs longer than expected holds
+  /// up only the taking of more jobs, and makes the estimate too long for the next. 0: off.
+  std::chrono::microseconds inline_below{1'000};
   /// How long the fetch thread blocks in one XREADGROUP: bounds how long stop() waits for it.
   std::chrono::milliseconds block{1'000};
   std::chrono::milliseconds connect_timeout{2'000};
@@ -63,6 +69,7 @@ struct WorkerStats {
   std::uint64_t lost = 0;       ///< leases lost: the task was stopped, its outcome never reported
   std::uint64_t released = 0;   ///< jobs handed back by stop()
   std::uint64_t refused = 0;    ///< outcomes Redis refused (the lease had moved on meanwhile)
+  std::uint64_t inlined = 0;    ///< executions run on the fetch thread (see inline_below)
   /// Now: jobs this worker may hold beyond `workers` (see WorkerOptions::prefetch_window).
   std::uint64_t prefetch = 0;
 };
