@@ -482,9 +482,12 @@ local function trim_done(stream)
 end
 
 -- Removes `stream`'s entries the group is done with (trim_done) after a pending one was resolved;
--- an empty stream (the common case: the entry was the only one) needs no look.
+-- an empty stream (the common case: the entry was the only one) needs no look. -> whether
+-- entries are left.
 local function trim_resolved(stream)
-  if redis.call('XLEN', stream) > 0 then trim_done(stream) end
+  if redis.call('XLEN', stream) == 0 then return false end
+  trim_done(stream)
+  return true
 end
 
 -- crew_start(prefix; id, stream, entry, worker, lease_ms)
@@ -827,8 +830,11 @@ local function read_all_own(p, worker)
 end
 
 -- Starts the entries delivered to `worker` and never started (a blocking XREADGROUP's), as
--- crew_start would, into `out`, and acknowledges its `wake` deliveries.
+-- crew_start would, into `out`, and acknowledges its `wake` deliveries. -> whether a stream that
+-- delivered one still holds entries: only then may more be waiting (the read delivers one of
+-- each stream that has new entries).
 local function start_own(p, worker, starts, out)
+  local backlog = false
   local owns = read_all_own(p, worker)
   for i = 1, 4 do
     local stream, own = owns[i][1], owns[i][2]
@@ -847,11 +853,12 @@ local function start_own(p, worker, starts, out)
         end
       end
     end
-    if #own > 0 then trim_resolved(stream) end
+    if #own > 0 and trim_resolved(stream) then backlog = true end
   end
   for _, e in ipairs(owns[5][2]) do
     redis.call('XACK', p .. 'wake', GROUP, e[1])
   end
+  return backlog
 end
 
 -- Promotes due delayed jobs, then starts up to `count` jobs for `worker`, highest priority first
@@ -868,10 +875,11 @@ local function take_jobs(p, worker, count, lease_ms, now, own)
   local starts = new_starts(now, lease_ms)
   local more = true
   if own then
-    start_own(p, worker, starts, out)
-    -- Only a delivery says that more may follow. A read that delivered nothing (its block ended,
-    -- or a stopping worker unblocked it) takes nothing new: a worker that stops starts nothing.
-    more = #out > 1
+    -- Only a delivery says that more may follow, and only from a stream it left entries in. A
+    -- read that delivered nothing (its block ended, or a stopping worker unblocked it) takes
+    -- nothing new: a worker that stops starts nothing.
+    local backlog = start_own(p, worker, starts, out)
+    more = #out > 1 and backlog
   end
   for priority = 3, more and 0 or 4, -1 do
     local stream = p .. 'p' .. digits(priority)

@@ -3,6 +3,7 @@
 #include <chrono>
 #include <map>
 #include <optional>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -704,6 +705,30 @@ TEST_F(RedisFunctions, TakeOwnStartsWhatABlockingReadDeliveredFirst) {
   const Reply bad = fcall("crew_take", {"w1", "1", "10000", "mine"});
   ASSERT_TRUE(bad.is_error());
   EXPECT_THAT(bad.error(), HasSubstr("must be 'own'"));
+}
+
+// A blocking read delivers one entry of each stream with new ones, so more can wait only in a
+// stream its delivery left entries in: only then does crew_take 'own' read for new jobs (a waited-
+// for job's start is spared four empty reads).
+TEST_F(RedisFunctions, TakeOwnLooksForMoreOnlyWhereItsDeliveryLeftEntries) {
+  const auto reads = [&] {
+    std::istringstream info(redis_.command({"INFO", "commandstats"}).str());
+    for (std::string line; std::getline(info, line);) {
+      if (line.starts_with("cmdstat_xreadgroup:calls=")) return std::stoll(line.substr(25));
+    }
+    return 0LL;
+  };
+  for (const char* id : {"j1", "j2"}) ASSERT_EQ(submit({.id = id})[0].str(), "created");
+  ASSERT_EQ(read("w1")->id, "j1");
+  EXPECT_EQ(ids_of(taken_of(fcall("crew_take", {"w1", "5", "10000", "own"}))),
+            (std::vector<std::string>{"j1", "j2"}));
+  ASSERT_EQ(submit({.id = "j3"})[0].str(), "created");
+  ASSERT_EQ(read("w1")->id, "j3");
+  const long long before = reads();
+  EXPECT_EQ(ids_of(taken_of(fcall("crew_take", {"w1", "5", "10000", "own"}))),
+            (std::vector<std::string>{"j3"}));
+  EXPECT_EQ(reads() - before, 1);  // its own pending entries, of all five streams at once
+  EXPECT_EQ(redis_.command({"XLEN", kQueue + "p1"}).integer(), 0);
 }
 
 // Entries a take started stay behind an older one still pending (a blocking read's, not started

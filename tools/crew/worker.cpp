@@ -39,6 +39,7 @@ struct WorkerConfig {
   std::string isolation = "process";
   std::int64_t lease_ms = 30'000;
   std::int64_t prefetch_ms = 2;
+  std::int64_t inline_us = 1'000;
   std::int64_t shutdown_ms = 10'000;
   std::string metrics_host = "127.0.0.1";
   int metrics_port = -1;  // -1: no metrics endpoint
@@ -56,6 +57,12 @@ std::string worker_metrics(const redis::Worker& worker, const std::string& queue
         std::pair{"refused", w.refused}}) {
     out += fmt::format("crew_worker_jobs_total{{outcome=\"{}\"}} {}\n", outcome, n);
   }
+  out += fmt::format(
+      "# HELP crew_worker_inlined_total Executions run on the thread that took them "
+      "(--inline-us).\n"
+      "# TYPE crew_worker_inlined_total counter\n"
+      "crew_worker_inlined_total {}\n",
+      w.inlined);
   out += fmt::format(
       "# HELP crew_worker_prefetch Jobs this worker may now hold beyond its --workers.\n"
       "# TYPE crew_worker_prefetch gauge\n"
@@ -97,7 +104,8 @@ int run_worker(const WorkerConfig& config) {
                                .isolation = config.isolation == "thread"
                                                 ? redis::Isolation::thread
                                                 : redis::Isolation::process,
-                               .prefetch_window = std::chrono::milliseconds(config.prefetch_ms)};
+                               .prefetch_window = std::chrono::milliseconds(config.prefetch_ms),
+                               .inline_below = std::chrono::microseconds(config.inline_us)};
   std::string list;
   for (const auto& p : config.plugins) list += (list.empty() ? "" : ":") + p;
   options.env["CREW_SERVE_PLUGINS"] = list;
@@ -180,6 +188,12 @@ Command add_worker_command(CLI::App& app) {
                   "(at most 64; 0: none): short jobs then travel many per Redis call")
       ->envname("CREW_PREFETCH_MS")
       ->check(CLI::Range(std::int64_t{0}, std::int64_t{60'000}))
+      ->capture_default_str();
+  cmd->add_option("--inline-us", config->inline_us,
+                  "--isolation thread: a job expected to take less than this, arriving while the "
+                  "worker is idle, runs on the thread that took it (0: never)")
+      ->envname("CREW_INLINE_US")
+      ->check(CLI::Range(std::int64_t{0}, std::int64_t{60'000'000}))
       ->capture_default_str();
   cmd->add_option("--shutdown-timeout-ms", config->shutdown_ms,
                   "How long SIGTERM lets running jobs finish before handing them back")
