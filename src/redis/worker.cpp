@@ -346,9 +346,9 @@ struct Worker::Impl {
                         prefix + "wake", ">", ">", ">", ">", ">"});
     commands.push_back({"FCALL", "crew_take", "1", prefix, id, std::to_string(free),
                         ms_text(options.lease), "own"});
-    fetch_client = fetch_connection.client_id();
     std::vector<Reply> replies;
     try {
+      fetch_client = fetch_connection.client_id();
       replies = fetch_connection.pipeline(commands);
     } catch (...) {
       // Whether the report got there is unknown: the report threads send it again (a repeat is
