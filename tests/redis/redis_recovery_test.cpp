@@ -200,6 +200,32 @@ TEST_F(RedisRecovery, StopLetsRunningJobsFinishWithinTheDeadline) {
   for (int i = 0; i < 20; ++i) EXPECT_EQ(sums[i].get(), 2 * i);
 }
 
+// The same for a job the fetch thread runs itself (WorkerOptions::inline_below), whose outcome
+// goes to Redis in the same write as the thread's next read.
+TEST_F(RedisRecovery, AnInlineOutcomeAnsweredWithAServerErrorIsSentAgainNotDropped) {
+  Queue queue({.url = server_.url(), .name = "q"});
+  Worker w(test_tasks(), {.url = server_.url(),
+                          .queue = "q",
+                          .workers = 1,
+                          .lease = 60s,
+                          .isolation = Isolation::thread,
+                          .inline_below = 60s});
+  EXPECT_EQ(queue.run<int>("add", 1, 1).get(), 2);  // a run time to go by
+  crew::Future<int> f = queue.run<int>({.job_id = "j"}, "gated", 5);
+  ASSERT_TRUE(eventually([&] { return g_executions.load() == 2; }));
+  EXPECT_EQ(w.stats().inlined, 1u);
+  ASSERT_EQ(redis_.command({"FUNCTION", "DELETE", "crew"}).str(), "OK");
+  const long long errors = error_replies();
+  g_gate_open = true;
+  ASSERT_TRUE(eventually([&] { return error_replies() > errors; }));
+  crew::redis::Connection reload(crew::redis::parse_url(server_.url()));  // loads the library
+  ASSERT_TRUE(f.wait_for(30s));
+  EXPECT_EQ(f.get(), 5);
+  EXPECT_EQ(g_executions.load(), 2);
+  EXPECT_EQ(field("j", "reclaims"), "");
+  EXPECT_TRUE(eventually([&] { return w.stats().completed == 2; })) << w.stats().completed;
+}
+
 TEST_F(RedisRecovery, AnOutcomeAnsweredWithAServerErrorIsSentAgainNotDropped) {
   Queue queue({.url = server_.url(), .name = "q"});
   auto w = worker(1, 60s);
