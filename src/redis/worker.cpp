@@ -86,11 +86,12 @@ struct Outcome {
 };
 
 // A job the fetch thread ran itself (WorkerOptions::inline_below): its outcome, reported with the
-// next read, and what the call that started it said of the next delayed job, for that read's
-// block time.
+// next call, and what the take that started it said: of the next delayed job (for a read's block
+// time), and whether it found the queue empty otherwise (it started fewer jobs than it asked for).
 struct Ran {
   Outcome outcome;
   IdleHint due;
+  bool drained = false;
 };
 
 // A take's reply, started: how many jobs, and the one to run on this thread, if any.
@@ -100,6 +101,7 @@ struct Started {
   std::string task;
   std::string args;
   IdleHint due;
+  bool drained = false;
 };
 
 WorkerOptions checked(WorkerOptions o) {
@@ -283,8 +285,7 @@ struct Worker::Impl {
         } else {
           // fetch() owns it now: on an error it hands it to the report threads.
           std::optional<Ran> reported = std::exchange(ran, std::nullopt);
-          const auto due = reported ? std::optional<IdleHint>(reported->due) : hint;
-          ran = fetch(free, due, std::move(reported));
+          ran = fetch(free, hint, std::move(reported));
         }
         failed = false;
       });
@@ -314,21 +315,28 @@ struct Worker::Impl {
   // pipelined behind it: Redis starts what the read delivered as soon as it delivers it, so a job
   // that arrives while this worker waits costs one round trip, not two. A `hint` from a
   // crew_report that started nothing stands for the first crew_take.
-  // `reported`, a job this thread ran, goes first in the same write (a crew_report that takes
-  // nothing: the read and crew_take do). Returns a job this thread ran now, if it did.
+  // `reported`, a job this thread ran, goes first in the same write, as a crew_report that takes
+  // nothing. When the take that started it found the queue empty otherwise, the read comes next
+  // at once: Redis then tells the producer before any take runs (it answers a blocked read only
+  // after the whole function). Otherwise the crew_take does: a read delivers an entry of every
+  // stream that has one, which could start more jobs than the worker has slots. Returns a job
+  // this thread ran now, if it did.
   std::optional<Ran> fetch(std::size_t free, const std::optional<IdleHint>& hint,
                            std::optional<Ran> reported) {
-    std::optional<long long> due = hint ? due_from(*hint) : std::nullopt;
-    if (reported && !due) {
-      // A delayed job is due: crew_take must promote it first.
-      queue_outcome(std::move(reported->outcome));
-      reported.reset();
-    }
+    std::optional<long long> due =
+        reported ? (reported->drained ? due_from(reported->due) : std::nullopt)
+                 : (hint ? due_from(*hint) : std::nullopt);
     if (!due) {
-      const Reply taken =
-          fcall(fetch_connection, "crew_take", {id, std::to_string(free), ms_text(options.lease)});
+      std::vector<std::vector<std::string>> commands;
+      std::vector<const Outcome*> reporting = report_first(reported, commands);
+      commands.push_back(
+          {"FCALL", "crew_take", "1", prefix, id, std::to_string(free), ms_text(options.lease)});
+      const std::vector<Reply> replies = send(commands, reported);
+      settle_reported(reported, reporting, replies.front());
+      reported.reset();
+      const Reply& taken = replies.back();
       if (taken.is_error()) throw std::runtime_error("crew_take: " + taken.error());
-      Started started = start_taken(taken, true);
+      Started started = start_taken(taken, free);
       if (started.count > 0) return run_inline(std::move(started));
       due = taken[0].integer();
     }
@@ -336,41 +344,19 @@ struct Worker::Impl {
     milliseconds block = options.block;
     if (*due >= 0) block = std::clamp(milliseconds(*due), milliseconds(1), block);
     std::vector<std::vector<std::string>> commands;
-    std::vector<const Outcome*> reporting;
-    if (reported && !reported->outcome.job->abandoned) {
-      reporting.push_back(&reported->outcome);
-      commands.push_back(report_command(reporting, 0));
-    }
+    std::vector<const Outcome*> reporting = report_first(reported, commands);
     commands.push_back({"XREADGROUP", "GROUP", "workers", id, "COUNT", "1", "BLOCK", ms_text(block),
                         "STREAMS", prefix + "p3", prefix + "p2", prefix + "p1", prefix + "p0",
                         prefix + "wake", ">", ">", ">", ">", ">"});
     commands.push_back({"FCALL", "crew_take", "1", prefix, id, std::to_string(free),
                         ms_text(options.lease), "own"});
-    std::vector<Reply> replies;
-    try {
-      fetch_client = fetch_connection.client_id();
-      replies = fetch_connection.pipeline(commands);
-    } catch (...) {
-      // Whether the report got there is unknown: the report threads send it again (a repeat is
-      // refused by its lease token, never settled twice).
-      if (reported) queue_outcome(std::move(reported->outcome));
-      throw;
-    }
-    if (reported) {
-      const Reply& reply = replies.front();
-      if (!reporting.empty() && reply.is_error() && !reply.error().starts_with("ERR crew_")) {
-        queue_outcome(std::move(reported->outcome));  // the server's state: sent again later
-      } else {
-        if (!reporting.empty()) count(reporting, reply);
-        std::lock_guard lock(mutex);
-        running.erase(reported->outcome.job->lease);
-      }
-    }
+    const std::vector<Reply> replies = send(commands, reported, true);
+    settle_reported(reported, reporting, replies.front());
     const Reply& read = replies[replies.size() - 2];
     const Reply& own = replies.back();
     // The read's entries are the pipelined crew_take's to start.
     if (own.is_error()) throw std::runtime_error("crew_take: " + own.error());
-    std::optional<Ran> ran = run_inline(start_taken(own, true));
+    std::optional<Ran> ran = run_inline(start_taken(own, free));
     if (read.is_error()) {
       try {
         if (!read.error().starts_with("NOGROUP")) {
@@ -385,6 +371,47 @@ struct Worker::Impl {
       }
     }
     return ran;
+  }
+
+  // Puts the crew_report of `reported` (unless its lease was lost meanwhile) first in `commands`;
+  // returns what it reports.
+  std::vector<const Outcome*> report_first(const std::optional<Ran>& reported,
+                                           std::vector<std::vector<std::string>>& commands) const {
+    std::vector<const Outcome*> reporting;
+    if (reported && !reported->outcome.job->abandoned) {
+      reporting.push_back(&reported->outcome);
+      commands.push_back(report_command(reporting, 0));
+    }
+    return reporting;
+  }
+
+  // Sends `commands` on the fetch connection (`blocking`: with a blocking read, which stop()
+  // may end with CLIENT UNBLOCK). When that fails, whether the report got there is unknown: the
+  // report threads send it again (a repeat is refused by its lease token, never settled twice).
+  std::vector<Reply> send(const std::vector<std::vector<std::string>>& commands,
+                          std::optional<Ran>& reported, bool blocking = false) {
+    try {
+      if (blocking) fetch_client = fetch_connection.client_id();
+      return fetch_connection.pipeline(commands);
+    } catch (...) {
+      if (reported) queue_outcome(std::move(reported->outcome));
+      reported.reset();
+      throw;
+    }
+  }
+
+  // What Redis answered to the report of `reported`: a server-state error hands the outcome to
+  // the report threads, which send it again after a pause; otherwise the job is done with.
+  void settle_reported(const std::optional<Ran>& reported,
+                       const std::vector<const Outcome*>& reporting, const Reply& reply) {
+    if (!reported) return;
+    if (!reporting.empty() && reply.is_error() && !reply.error().starts_with("ERR crew_")) {
+      queue_outcome(reported->outcome);
+      return;
+    }
+    if (!reporting.empty()) count(reporting, reply);
+    std::lock_guard lock(mutex);
+    running.erase(reported->outcome.job->lease);
   }
 
   // Runs what calls whose reply was lost started in this worker's name (crew_recover), at once
@@ -405,13 +432,14 @@ struct Worker::Impl {
   }
 
   // Starts the jobs of a crew_take reply ({due_ms, {id, lease, task, args, timeout_ms,
-  // attempt}...}). With `may_inline`, a lone job that may run on this thread (see
-  // inline_below) is registered but not launched: the caller runs it (run_inline).
-  Started start_taken(const Reply& taken, bool may_inline = false) {
+  // attempt}...}) that asked for `asked` jobs. With `may_inline`, a lone job that may run on this
+  // thread (see inline_below) is registered but not launched: the caller runs it (run_inline).
+  Started start_taken(const Reply& taken, std::size_t asked, bool may_inline = true) {
     const auto& elements = taken.elements();
     Started started;
     started.count = elements.size() - 1;
     started.due = IdleHint{Clock::now(), taken[0].integer()};
+    started.drained = started.count < asked;
     for (std::size_t i = 1; i < elements.size(); ++i) {
       const Reply& job = elements[i];
       const milliseconds timeout(job[4].integer());
@@ -469,7 +497,7 @@ struct Worker::Impl {
       observe_run_time(*started.job);
       running_inline.reset();
     }
-    return Ran{std::move(outcome), started.due};
+    return Ran{std::move(outcome), started.due, started.drained};
   }
 
   void launch(const std::shared_ptr<Running>& job, const std::string& task, std::string args,
@@ -617,7 +645,7 @@ struct Worker::Impl {
         count(reported, reply);
         if (reply.is_error() || reply.elements().size() < 2) return;
         const Reply& taken = reply[1];
-        if (start_taken(taken).count == 0) {
+        if (start_taken(taken, take, false).count == 0) {
           std::lock_guard lock(mutex);
           idle_hint = IdleHint{Clock::now(), taken[0].integer()};
         }

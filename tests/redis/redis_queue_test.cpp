@@ -385,6 +385,55 @@ TEST_F(RedisQueue, StopHandsBackAtOnceTheJobItsFetchThreadRuns) {
   EXPECT_EQ(g_gate.order.size(), 2u);
 }
 
+// After a job it ran itself, the fetch thread takes no more than its slots hold: a blocking read
+// would deliver an entry of every stream that has one, so it reads only when the take that
+// started that job had found the queue empty otherwise.
+TEST_F(RedisQueue, AfterAnInlineJobAWorkerStillTakesOnlyWhatItsSlotsHold) {
+  {
+    std::lock_guard lock(g_gate.mutex);
+    g_gate.order.clear();
+    g_gate.released = 0;
+  }
+  Worker w(test_tasks(), {.url = server_.url(),
+                          .queue = "q",
+                          .workers = 1,
+                          .isolation = Isolation::thread,
+                          .prefetch_window = 0ms,
+                          .inline_below = 60s});
+  EXPECT_EQ(queue_.run<int>("add", 1, 1).get(), 2);  // a run time to go by
+  std::vector<crew::Future<int>> jobs;
+  jobs.push_back(queue_.run<int>("gate", 0));
+  {
+    std::unique_lock lock(g_gate.mutex);
+    ASSERT_TRUE(g_gate.changed.wait_for(lock, 60s, [] { return g_gate.order.size() == 1; }));
+  }
+  ASSERT_EQ(w.stats().inlined, 1u);
+  // Three more wait, one in each of the other priorities, while the fetch thread runs the first.
+  for (int priority = 1; priority <= 3; ++priority) {
+    jobs.push_back(queue_.run<int>({.priority = priority}, "gate", priority));
+  }
+  ASSERT_TRUE(eventually([&] { return queue_.stats().waiting == 3; }));
+  for (std::size_t k = 1; k <= 3; ++k) {
+    {
+      std::unique_lock lock(g_gate.mutex);
+      g_gate.released = k;
+      g_gate.changed.notify_all();
+      ASSERT_TRUE(g_gate.changed.wait_for(lock, 60s, [&] { return g_gate.order.size() == k + 1; }))
+          << "job " << k + 1 << " never started";
+    }
+    // The add, the gates run or running, and nothing beyond the one slot.
+    EXPECT_EQ(w.stats().started, k + 2);
+  }
+  {
+    std::lock_guard lock(g_gate.mutex);
+    g_gate.released = 4;
+  }
+  g_gate.changed.notify_all();
+  for (int v = 0; v <= 3; ++v) EXPECT_EQ(jobs[static_cast<std::size_t>(v)].get(), v);
+  std::lock_guard lock(g_gate.mutex);
+  EXPECT_EQ(g_gate.order, (std::vector<int>{0, 3, 2, 1}));
+}
+
 TEST_F(RedisQueue, RoundTripInWorkerProcesses) {
   auto w = worker(Isolation::process);
   std::vector<crew::Future<int>> sums;
