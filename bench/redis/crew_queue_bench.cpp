@@ -5,7 +5,8 @@
 //
 // --only runs one workload (after the backlog it needs), for profiling Redis or the client.
 // Prints one `key value` line per figure: `<workload>.rate` (jobs/s), `e2e.p50_us`/`e2e.p99_us`,
-// `e2e.inlined` (the share of jobs the worker's fetch thread ran itself), and for every workload
+// `e2e.inlined` (the share of jobs the worker's fetch thread ran itself), `floor.p50_us` (the same
+// hops with plain commands: see Bench::floor), and for every workload
 // the Redis work it caused per job: `<workload>.calls` (commands, the ones the functions run
 // included), `<workload>.cpu_us` (Redis CPU, user + sys) and `<workload>.cmd.<command>` (calls of
 // one command). Exit 1 when a job is lost or wrong.
@@ -212,6 +213,49 @@ struct Bench {
     emit("e2e.inlined", static_cast<double>(worker.stats().inlined) / (round_trips + 100));
     worker.stop(5s);
   }
+
+  // The same four one-way hops with nothing of a queue in them: the producer XADDs the job, a
+  // worker thread blocked in XREAD answers with an XADD of its own, which the producer's blocked
+  // XREAD receives; crew's connections, one thread per side and no function. What is left of a
+  // waited-for job's time once the machine's hops and wake-ups are paid: the queue's own work.
+  void floor() {
+    using crew::redis::Connection;
+    using crew::redis::Reply;
+    const auto options = crew::redis::ConnectionOptions{.functions = false};
+    const auto url_parsed = crew::redis::parse_url(url);
+    const int total = round_trips + 100;
+    // The id of the entry an XREAD BLOCK delivered (it reads one stream).
+    const auto entry_id = [](const Reply& r) { return r[0][1][0][0].str(); };
+    std::jthread worker([&] {
+      Connection c(url_parsed, options);
+      std::string last = "0-0";
+      for (int i = 0; i < total; ++i) {
+        last = entry_id(c.command({"XREAD", "BLOCK", "0", "STREAMS", "floor:jobs", last}));
+        (void)c.command({"XADD", "floor:results", "*", "result", std::to_string(i)});
+      }
+    });
+    Connection submit(url_parsed, options);
+    Connection results(url_parsed, options);
+    std::string last = "0-0";
+    std::vector<double> us;
+    us.reserve(round_trips);
+    const auto once = [&](int i) {
+      (void)submit.command({"XADD", "floor:jobs", "*", "n", std::to_string(i), "s", kPayload});
+      last = entry_id(results.command({"XREAD", "BLOCK", "0", "STREAMS", "floor:results", last}));
+    };
+    for (int i = 0; i < 100; ++i) once(i);
+    probe.measure("floor", round_trips, [&] {
+      for (int i = 100; i < total; ++i) {
+        const auto t = Clock::now();
+        once(i);
+        us.push_back(std::chrono::duration<double, std::micro>(Clock::now() - t).count());
+      }
+    });
+    worker.join();
+    (void)submit.command({"DEL", "floor:jobs", "floor:results"});
+    std::sort(us.begin(), us.end());
+    emit("floor.p50_us", us[us.size() / 2]);
+  }
 };
 
 }  // namespace
@@ -259,6 +303,7 @@ int main(int argc, char** argv) {
       b.process("process_proc_c32", "proc32", Isolation::process, 32);
     }
     if (wanted("e2e")) b.end_to_end("e2e");
+    if (wanted("floor")) b.floor();
   } catch (const std::exception& e) {
     std::fprintf(stderr, "crew_queue_bench: %s\n", e.what());
     return 1;

@@ -3,7 +3,8 @@
 # removed on completion for both:
 #   (a) enqueue rate, one at a time and bulk
 #   (b) processing rate of a pre-enqueued backlog, worker concurrency 1 and 32
-#   (c) end-to-end p50/p99, a producer waiting for each result
+#   (c) end-to-end p50/p99, a producer waiting for each result, and the same hops with plain
+#       XADD/XREAD on this machine (the floor any queue pays)
 #   (d) Redis commands and Redis CPU per job (INFO commandstats / INFO cpu deltas)
 #
 #   bench/redis/run.sh [--quick]
@@ -117,6 +118,14 @@ row "(b)   crew process isolation, c 1 (jobs/s)" process_proc_c1.rate 0
 row "(b)   crew process isolation, c 32 (jobs/s)" process_proc_c32.rate 0
 row "(c) end-to-end p50 (us)" e2e.p50_us 0 "<= 1/3" "<= 1/3"
 row "(c) end-to-end p99 (us)" e2e.p99_us 0
+# What this machine's hops cost alone (crew_queue_bench's floor): a third of BullMQ's p50 minus
+# it is what crew's queue work (functions, client threads) may take for (c) to be met.
+floor=${v[crew.floor.p50_us]:-} bull_e2e=${v[bull.e2e.p50_us]:-}
+if [[ -n $floor && -n $bull_e2e ]]; then
+  printf '%-44s %12.0f %12s %9s  %s\n' "(c)   the hops alone, plain XADD/XREAD (us)" "$floor" - \
+    "$(ratio "$floor" "$bull_e2e")" \
+    "$(awk -v f="$floor" -v b="$bull_e2e" 'BEGIN { printf "1/3 of BullMQ leaves %.0f us above it", b / 3 - f }')"
+fi
 workloads=(enqueue_one enqueue_bulk process_c1 process_c32 process_proc_c1 process_proc_c32 e2e)
 for w in "${workloads[@]}"; do row "(d) Redis CPU per job, $w (us)" "$w.cpu_us" 1; done
 row "(d) Redis CPU per job, enqueue bulk + c 32" life.cpu_us 1 "<= 1/2" "<= 1/2"

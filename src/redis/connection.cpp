@@ -2,7 +2,7 @@
 
 #include <cerrno>
 #include <condition_variable>
-#include <csignal>
+#include <cstring>
 #include <mutex>
 #include <stop_token>
 #include <string>
@@ -11,7 +11,7 @@
 #include <vector>
 
 #include <hiredis/hiredis.h>
-#include <pthread.h>
+#include <sys/socket.h>
 #include <sys/time.h>
 
 #include "crew_lua.hpp"
@@ -26,37 +26,6 @@ timeval to_timeval(milliseconds ms) {
   return timeval{static_cast<time_t>(ms.count() / 1000),
                  static_cast<suseconds_t>(ms.count() % 1000 * 1000)};
 }
-
-// hiredis writes with write(2), which raises SIGPIPE when Redis has gone away; its default
-// action would end the whole process. The guard blocks it on this thread for one call and
-// consumes the one the call raised, leaving the EPIPE error for hiredis to report.
-class SigpipeGuard {
- public:
-  SigpipeGuard() {
-    sigemptyset(&pipe_);
-    sigaddset(&pipe_, SIGPIPE);
-    sigset_t pending;
-    sigpending(&pending);
-    was_pending_ = sigismember(&pending, SIGPIPE) == 1;
-    pthread_sigmask(SIG_BLOCK, &pipe_, &old_);
-  }
-  ~SigpipeGuard() {
-    sigset_t pending;
-    sigpending(&pending);
-    if (!was_pending_ && sigismember(&pending, SIGPIPE) == 1) {
-      timespec zero{};
-      sigtimedwait(&pipe_, nullptr, &zero);
-    }
-    pthread_sigmask(SIG_SETMASK, &old_, nullptr);
-  }
-  SigpipeGuard(const SigpipeGuard&) = delete;
-  SigpipeGuard& operator=(const SigpipeGuard&) = delete;
-
- private:
-  sigset_t pipe_{};
-  sigset_t old_{};
-  bool was_pending_ = false;
-};
 
 Reply convert(const redisReply& r) {
   switch (r.type) {
@@ -127,18 +96,47 @@ void Connection::broke(std::string_view reason) {
 }
 
 Reply Connection::run(std::size_t argc, const char** argv, const std::size_t* lengths) {
+  std::string request;
+  append_command(request, argc, argv, lengths);
+  send_all(request);
+  return read_reply();
+}
+
+// Formats with hiredis but sends here: hiredis writes with write(2), which raises SIGPIPE (its
+// default action ends the process) when Redis has gone away. send(2) with MSG_NOSIGNAL reports
+// EPIPE alone, where blocking and consuming the signal around each call cost four system calls.
+void Connection::append_command(std::string& out, std::size_t argc, const char** argv,
+                                const std::size_t* lengths) {
+  char* formatted = nullptr;
+  const int n = redisFormatCommandArgv(&formatted, static_cast<int>(argc), argv, lengths);
+  if (n < 0) throw ConnectionError(url_.redacted() + ": cannot format a command (out of memory)");
+  out.append(formatted, static_cast<std::size_t>(n));
+  redisFreeCommand(formatted);
+}
+
+void Connection::send_all(std::string_view bytes) {
   if (!context_) {
     throw ConnectionError(url_.redacted() + ": the connection is broken; reconnect() first");
   }
-  void* raw = nullptr;
-  int error_number = 0;
-  {
-    SigpipeGuard guard;
-    errno = 0;
-    raw = redisCommandArgv(context_.get(), static_cast<int>(argc), argv, lengths);
-    error_number = errno;
+  while (!bytes.empty()) {
+    const ssize_t sent = ::send(context_->fd, bytes.data(), bytes.size(), MSG_NOSIGNAL);
+    if (sent < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) {
+        broke("could not send within the command timeout (" +
+              std::to_string(options_.command_timeout.count()) + " ms)");
+      }
+      broke(std::string("send failed: ") + std::strerror(errno));
+    }
+    bytes.remove_prefix(static_cast<std::size_t>(sent));
   }
-  if (!raw) failed(error_number);
+}
+
+// hiredis's write buffer stays empty (send_all sent the request), so this only reads.
+Reply Connection::read_reply() {
+  void* raw = nullptr;
+  errno = 0;
+  if (redisGetReply(context_.get(), &raw) != REDIS_OK || !raw) failed(errno);
   std::unique_ptr<redisReply, void (*)(void*)> reply(static_cast<redisReply*>(raw),
                                                      freeReplyObject);
   return convert(*reply);
@@ -153,11 +151,7 @@ void Connection::failed(int error_number) {
 }
 
 std::vector<Reply> Connection::pipeline(const std::vector<std::vector<std::string>>& commands) {
-  if (!context_) {
-    throw ConnectionError(url_.redacted() + ": the connection is broken; reconnect() first");
-  }
-  std::vector<Reply> replies;
-  SigpipeGuard guard;
+  std::string request;
   for (const auto& args : commands) {
     std::vector<const char*> argv;
     std::vector<std::size_t> lengths;
@@ -165,19 +159,12 @@ std::vector<Reply> Connection::pipeline(const std::vector<std::vector<std::strin
       argv.push_back(arg.data());
       lengths.push_back(arg.size());
     }
-    if (redisAppendCommandArgv(context_.get(), static_cast<int>(argv.size()), argv.data(),
-                               lengths.data()) != REDIS_OK) {
-      broke(context_->errstr);
-    }
+    append_command(request, argv.size(), argv.data(), lengths.data());
   }
-  for (std::size_t i = 0; i < commands.size(); ++i) {
-    void* raw = nullptr;
-    errno = 0;
-    if (redisGetReply(context_.get(), &raw) != REDIS_OK || !raw) failed(errno);
-    std::unique_ptr<redisReply, void (*)(void*)> reply(static_cast<redisReply*>(raw),
-                                                       freeReplyObject);
-    replies.push_back(convert(*reply));
-  }
+  send_all(request);
+  std::vector<Reply> replies;
+  replies.reserve(commands.size());
+  for (std::size_t i = 0; i < commands.size(); ++i) replies.push_back(read_reply());
   return replies;
 }
 

@@ -140,6 +140,10 @@ class Connection {
 
   void connect();
   Reply run(std::size_t argc, const char** argv, const std::size_t* lengths);
+  void append_command(std::string& out, std::size_t argc, const char** argv,
+                      const std::size_t* lengths);
+  void send_all(std::string_view bytes);
+  Reply read_reply();
   [[noreturn]] void failed(int error_number);
   Reply checked(std::initializer_list<std::string_view> args, std::string_view what);
   [[noreturn]] void broke(std::string_view reason);

@@ -1,11 +1,13 @@
 #include "outcome.hpp"
 
+#include <atomic>
 #include <random>
 #include <stdexcept>
 #include <string>
 #include <string_view>
 
 #include <fmt/format.h>
+#include <pthread.h>
 #include <unistd.h>
 
 #include <crew/errors.hpp>
@@ -59,11 +61,31 @@ std::string queue_prefix(std::string_view name, std::string_view field) {
   return fmt::format("crew:{{{}}}:", name);
 }
 
+namespace {
+// Bumped in a forked child: its pid differs, and its generators must not repeat the parent's.
+std::atomic<unsigned> fork_generation{0};
+}  // namespace
+
 std::string process_unique_id() {
-  char host[256] = {};
-  if (::gethostname(host, sizeof host - 1) != 0) host[0] = '\0';
-  thread_local std::mt19937_64 random(std::random_device{}());
-  return fmt::format("{}-{}-{:016x}", host, ::getpid(), random());
+  static const int registered =
+      pthread_atfork(nullptr, nullptr, [] { fork_generation.fetch_add(1); });
+  (void)registered;
+  // `<host>-<pid>-` is made once per thread and process: gethostname and getpid were two system
+  // calls for every job submitted.
+  struct Cache {
+    unsigned generation = ~0U;
+    std::string prefix;
+    std::mt19937_64 random;
+  };
+  thread_local Cache cache;
+  if (cache.generation != fork_generation.load()) {
+    char host[256] = {};
+    if (::gethostname(host, sizeof host - 1) != 0) host[0] = '\0';
+    cache.prefix = fmt::format("{}-{}-", host, ::getpid());
+    cache.random.seed(std::random_device{}());
+    cache.generation = fork_generation.load();
+  }
+  return fmt::format("{}{:016x}", cache.prefix, cache.random());
 }
 
 const char* to_string(JobState state) noexcept {

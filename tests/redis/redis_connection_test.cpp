@@ -1,6 +1,7 @@
 // crew::redis::Connection against a real redis-server: errors, binary-safe commands, timeouts,
 // reconnecting after a crash, the function library coming back, the eviction policy.
 #include <chrono>
+#include <csignal>
 #include <stop_token>
 #include <string>
 #include <thread>
@@ -118,6 +119,49 @@ TEST(RedisConnection, PausedServerTimesOutThenReconnects) {
   redis.reconnect(10s);
   EXPECT_FALSE(redis.broken());
   EXPECT_EQ(redis.command({"GET", "k"}).str(), "v");
+}
+
+// The connection sends with MSG_NOSIGNAL: writing to a connection Redis closed fails the call
+// instead of raising SIGPIPE, whose default action (set here) would end the test program.
+TEST(RedisConnection, ASendToAClosedConnectionFailsTheCallNotTheProcess) {
+  ASSERT_NE(std::signal(SIGPIPE, SIG_DFL), SIG_ERR);
+  RedisServer server;
+  Connection redis(parse_url(server.url()));
+  Connection other(parse_url(server.url()));
+  ASSERT_EQ(other.command({"CLIENT", "KILL", "ID", std::to_string(redis.client_id())}).integer(),
+            1);
+  // More than the socket buffers hold: the send itself meets the closed connection.
+  const std::string big(32 << 20, 'x');
+  try {
+    redis.command({"SET", "k", big});
+    FAIL() << "a closed connection took the request";
+  } catch (const ConnectionError& e) {
+    EXPECT_THAT(e.what(), HasSubstr("send failed"));  // EPIPE, or ECONNRESET
+  }
+  EXPECT_TRUE(redis.broken());
+  redis.reconnect(10s);
+  EXPECT_EQ(redis.command({"PING"}).str(), "PONG");
+}
+
+// A paused server reads nothing: a request larger than the socket buffers cannot be sent, and
+// the send gives up after the command timeout rather than blocking for good.
+TEST(RedisConnection, ASendThePausedServerCannotTakeEndsAfterTheCommandTimeout) {
+  RedisServer server;
+  ConnectionOptions options;
+  options.command_timeout = 1s;
+  Connection redis(parse_url(server.url()), options);
+  const std::string big(128 << 20, 'x');
+  server.pause();
+  const auto start = Clock::now();
+  try {
+    redis.command({"SET", "k", big});
+    FAIL() << "a paused server took the request";
+  } catch (const ConnectionError& e) {
+    EXPECT_THAT(e.what(), HasSubstr("could not send within the command timeout (1000 ms)"));
+  }
+  EXPECT_LT(Clock::now() - start, 30s);
+  EXPECT_TRUE(redis.broken());
+  server.resume();
 }
 
 TEST(RedisConnection, ReconnectStopsWhenAsked) {
