@@ -8,7 +8,7 @@
 -- exactly once however late or repeated a call is. Arguments are checked before the first write:
 -- a function that raises after writing would leave its writes in place.
 
-local VERSION = 9
+local VERSION = 10
 
 local GROUP = 'workers'
 local NOTIFY_MAXLEN = '10000'
@@ -137,6 +137,18 @@ local function call_with(head, items)
   end
 end
 
+-- Adds one entry to a producer's results stream. A stream that exists has its time to live (the
+-- call that created it gave it one, and the producer renews it), so only a missing stream costs
+-- more than the XADD: created, and given RESULTS_TTL_MS (NX: a living producer's own renewal is
+-- not cut short).
+local function add_result(key, fields)
+  if redis.call('XADD', key, 'NOMKSTREAM', 'MAXLEN', '~', NOTIFY_MAXLEN, '*', unpack(fields)) then
+    return
+  end
+  redis.call('XADD', key, 'MAXLEN', '~', NOTIFY_MAXLEN, '*', unpack(fields))
+  redis.call('PEXPIRE', key, RESULTS_TTL_MS, 'NX')
+end
+
 -- What a call adds to the counter hashes, summed; the results it notifies, by results stream;
 -- the jobs it settled, by owner, and the job hashes it deleted: written at its end (flush), one
 -- command per hash, stream or key rather than per job. Every redis.call costs more than the work
@@ -158,12 +170,10 @@ local function flush(p, tally)
   -- most 1 000 fields an entry.
   for key, fields in pairs(tally.results) do
     for from = 1, #fields, 996 do
-      local args = {'XADD', key, 'MAXLEN', '~', NOTIFY_MAXLEN, '*'}
-      for i = from, math.min(from + 995, #fields) do args[#args + 1] = fields[i] end
-      redis.call(unpack(args))
+      local entry = {}
+      for i = from, math.min(from + 995, #fields) do entry[#entry + 1] = fields[i] end
+      add_result(key, entry)
     end
-    -- NX: a living producer's own renewal is not cut short.
-    redis.call('PEXPIRE', key, RESULTS_TTL_MS, 'NX')
   end
   call_with({'DEL'}, tally.del)
   for owner, ids in pairs(tally.unlease) do call_with({'SREM', held_key(p, owner)}, ids) end
@@ -171,7 +181,9 @@ end
 
 -- Counts a completed job's end-to-end latency, from when it could first run (submission, or the
 -- end of its delay) to its result, in the queue's histogram hash: bucket `le:<ms>` (`le:inf` for
--- the rest), plus `count` and `sum_ms`. Redis time on both ends: no client clock is involved.
+-- the rest), plus `sum_ms`; its count is the `completed` counter (crew_stats reports it as
+-- `latency:count`), one HINCRBY fewer per call. Redis time on both ends: no client clock is
+-- involved.
 local function observe_latency(tally, ready_ms, now)
   local ms = math.max(0, now - tonumber(ready_ms))
   local bucket = 'le:inf'
@@ -182,7 +194,6 @@ local function observe_latency(tally, ready_ms, now)
     end
   end
   add(tally, 'latency', bucket, 1)
-  add(tally, 'latency', 'count', 1)
   add(tally, 'latency', 'sum_ms', ms)
 end
 
@@ -217,11 +228,9 @@ local function delete_entry(stream, entry)
 end
 
 local function notify(p, id, job, fields)
-  local key = p .. 'results:' .. job.producer
-  local args = {key, 'MAXLEN', '~', NOTIFY_MAXLEN, '*', 'id', id}
-  for _, v in ipairs(fields) do args[#args + 1] = v end
-  redis.call('XADD', unpack(args))
-  redis.call('PEXPIRE', key, RESULTS_TTL_MS, 'NX')
+  local entry = {'id', id}
+  for _, v in ipairs(fields) do entry[#entry + 1] = v end
+  add_result(p .. 'results:' .. job.producer, entry)
 end
 
 local function retain(p, id, job)
@@ -747,15 +756,21 @@ local function stats(keys)
   for priority = 0, 3 do waiting = waiting + redis.call('XLEN', p .. 'p' .. priority) end
   local out = {'waiting', waiting, 'delayed', redis.call('ZCARD', p .. 'delayed'),
     'active', active, 'dead_letters', redis.call('XLEN', p .. 'dead')}
+  local completed = 0
   local counters = redis.call('HGETALL', p .. 'stats')
   for i = 1, #counters, 2 do
     out[#out + 1] = counters[i]
     out[#out + 1] = tonumber(counters[i + 1])
+    if counters[i] == 'completed' then completed = out[#out] end
   end
+  -- Every completed job is observed once (a `count` field versions before 10 kept is ignored).
+  if completed > 0 then out[#out + 1], out[#out + 2] = 'latency:count', completed end
   local latency = redis.call('HGETALL', p .. 'latency')
   for i = 1, #latency, 2 do
-    out[#out + 1] = 'latency:' .. latency[i]
-    out[#out + 1] = tonumber(latency[i + 1])
+    if latency[i] ~= 'count' then
+      out[#out + 1] = 'latency:' .. latency[i]
+      out[#out + 1] = tonumber(latency[i + 1])
+    end
   end
   return out
 end

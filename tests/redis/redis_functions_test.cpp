@@ -23,6 +23,7 @@ using crew::redis::Reply;
 using crew_test::RedisServer;
 using namespace std::chrono_literals;
 using ::testing::HasSubstr;
+using ::testing::Not;
 using Clock = std::chrono::steady_clock;
 using Fields = std::map<std::string, std::string>;
 
@@ -234,6 +235,9 @@ TEST_F(RedisFunctions, LatencyHistogramCountsCompletedJobsFromWhenTheyCouldRun) 
 
   auto s = stats();
   EXPECT_EQ(s["latency:count"], 2);
+  // The count is the `completed` counter; a `count` field an older version kept is ignored.
+  ASSERT_EQ(redis_.command({"HSET", kQueue + "latency", "count", "99"}).integer(), 1);
+  EXPECT_EQ(stats()["latency:count"], 2);
   long long in_buckets = 0;
   for (const auto& [name, n] : s) {
     if (name.starts_with("latency:le:")) in_buckets += n;
@@ -272,7 +276,8 @@ TEST_F(RedisFunctions, RetainZeroDeletesTheJobOnceTheProducerIsTold) {
 TEST_F(RedisFunctions, AResultsStreamExpiresUnlessItsProducerRenewsIt) {
   const std::string results = kQueue + "results:producer-1";
   auto settle = [&](const std::string& id, const char* how) {
-    ASSERT_EQ(submit({.id = id, .attempts = 1})[0].str(), "created");
+    // Kept 0 ms: no PEXPIRE of the job's hash either.
+    ASSERT_EQ(submit({.id = id, .attempts = 1, .retain_ms = 0})[0].str(), "created");
     auto delivery = read("w1");
     ASSERT_TRUE(delivery);
     const std::string lease = start(*delivery, "w1")[1].str();
@@ -292,8 +297,12 @@ TEST_F(RedisFunctions, AResultsStreamExpiresUnlessItsProducerRenewsIt) {
   }
   // A renewal (a living producer's Queue) is not cut short by later notifications.
   ASSERT_EQ(redis_.command({"PEXPIRE", results, "7200000"}).integer(), 1);
+  // A stream that exists has its time to live: its notifications cost one XADD and no PEXPIRE.
+  ASSERT_EQ(redis_.command({"CONFIG", "RESETSTAT"}).str(), "OK");
   settle("j-after", "complete");
+  settle("j-dead", "fail");
   EXPECT_GT(redis_.command({"PTTL", results}).integer(), 7'000'000);
+  EXPECT_THAT(redis_.command({"INFO", "commandstats"}).str(), Not(HasSubstr("cmdstat_pexpire")));
 }
 
 TEST_F(RedisFunctions, SubmitWithAnExistingIdAttachesAndNeverRunsAgain) {
