@@ -124,7 +124,8 @@ floor=${v[crew.floor.p50_us]:-} bull_e2e=${v[bull.e2e.p50_us]:-}
 if [[ -n $floor && -n $bull_e2e ]]; then
   printf '%-44s %12.0f %12s %9s  %s\n' "(c)   the hops alone, plain XADD/XREAD (us)" "$floor" - \
     "$(ratio "$floor" "$bull_e2e")" \
-    "$(awk -v f="$floor" -v b="$bull_e2e" 'BEGIN { printf "1/3 of BullMQ leaves %.0f us above it", b / 3 - f }')"
+    "$(awk -v f="$floor" -v b="$bull_e2e" -v c="${v[crew.floor.cpu_us]:-0}" \
+      'BEGIN { printf "Redis CPU %.0f us; 1/3 of BullMQ leaves %.0f us above it", c, b / 3 - f }')"
 fi
 workloads=(enqueue_one enqueue_bulk process_c1 process_c32 process_proc_c1 process_proc_c32 e2e)
 for w in "${workloads[@]}"; do row "(d) Redis CPU per job, $w (us)" "$w.cpu_us" 1; done
